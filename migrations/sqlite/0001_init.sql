@@ -1,0 +1,36 @@
+-- CA certificates and their sealed private keys (AES-256-GCM under the KEK).
+CREATE TABLE ca_certs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    role         TEXT    NOT NULL CHECK (role IN ('root', 'intermediate')),
+    state        TEXT    NOT NULL CHECK (state IN ('prepared', 'active', 'retired')),
+    fingerprint  TEXT    NOT NULL UNIQUE,
+    cert_der     BLOB    NOT NULL,
+    sealed_key   BLOB,
+    not_before   INTEGER NOT NULL,
+    not_after    INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+
+-- The issuance ledger: append-only, dense sequence from 0 (the Merkle leaf index).
+CREATE TABLE ledger_entries (
+    seq                INTEGER PRIMARY KEY,
+    kind               TEXT    NOT NULL CHECK (kind IN ('issued', 'denied')),
+    recorded_at_ms     INTEGER NOT NULL,
+    serial             TEXT    UNIQUE,
+    spiffe_id          TEXT,
+    instance_guid      TEXT    NOT NULL,
+    app_guid           TEXT    NOT NULL,
+    space_guid         TEXT,
+    org_guid           TEXT,
+    cell_id            TEXT    NOT NULL,
+    container_ip       TEXT,
+    not_before         INTEGER,
+    not_after          INTEGER,
+    public_key_sha256  TEXT,
+    issuer_fingerprint TEXT,
+    cert_der           BLOB,
+    reason             TEXT,
+    leaf_hash          BLOB    NOT NULL
+);
+CREATE INDEX ledger_entries_app ON ledger_entries (app_guid, seq);
+CREATE INDEX ledger_entries_time ON ledger_entries (recorded_at_ms);

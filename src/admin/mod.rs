@@ -1,0 +1,87 @@
+//! Admin HTTP: health, the trust bundle, and the audit API over the ledger.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::CertificateAuthority;
+use crate::ids::Guid;
+use crate::ledger::AuditLog;
+use crate::store::LedgerFilter;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// For the trust bundle.
+    pub ca: Arc<CertificateAuthority>,
+    /// For the audit API.
+    pub audit: AuditLog,
+}
+
+/// The most ledger entries one request returns.
+const MAX_PAGE: i64 = 10_000;
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/bundle.pem", get(bundle))
+        .route("/v1/ledger", get(ledger))
+        .with_state(state)
+}
+
+/// Serves the admin routes on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+}
+
+async fn bundle(State(state): State<AdminState>) -> Response {
+    let pem: String = state.ca.roots().iter().map(|r| r.pem()).collect();
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerQuery {
+    app_guid: Option<String>,
+    serial: Option<String>,
+    since_ms: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -> Response {
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg + "\n").into_response();
+    let app_guid = match q.app_guid.as_deref().map(str::parse::<Guid>).transpose() {
+        Ok(g) => g.map(|g| g.to_string()),
+        Err(e) => return bad(format!("app_guid: {e}")),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return bad(format!("limit must be between 1 and {MAX_PAGE}"));
+    }
+    let filter = LedgerFilter {
+        app_guid,
+        serial: q.serial.map(|s| s.to_ascii_lowercase()),
+        since_ms: q.since_ms,
+        limit: Some(limit),
+    };
+    match state.audit.list(&filter).await {
+        Ok(entries) => Json(entries).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "ledger query failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable\n").into_response()
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The one interface between the agent half and the server half.
+//!
+//! The agent asks for certificates only through [`Authority`]. In `idmint dev` the server's
+//! [`crate::server::IssuanceService`] implements it in-process; a gRPC client will implement
+//! it for agents on other machines, without either half changing.
+
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+use crate::ids::Ttl;
+use crate::placement::Placement;
+
+/// A request to certify the key in `csr` for one placed instance.
+#[derive(Clone, Debug)]
+pub struct SignRequest {
+    /// The instance the certificate is for.
+    pub placement: Placement,
+    /// A PKCS#10 CSR, DER or PEM. Only its public key is used.
+    pub csr: Vec<u8>,
+    /// Lifetime wanted; `None` for the server's default.
+    pub ttl: Option<Ttl>,
+}
+
+/// A certificate the server issued and recorded.
+#[derive(Clone, Debug)]
+pub struct SignedCert {
+    /// The SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// The leaf, DER.
+    pub cert_der: Vec<u8>,
+    /// Intermediates to present after the leaf, DER.
+    pub chain_der: Vec<Vec<u8>>,
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+    /// True when the lifetime was cut short to the issuing CA's expiry.
+    pub capped: bool,
+    /// Position of the issuance record in the ledger.
+    pub ledger_seq: i64,
+}
+
+/// Why the authority did not issue. The message is for an operator to act on.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request itself is wrong (bad CSR, TTL, identity); the refusal was recorded.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The authority cannot issue right now (storage, expired CA); retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the agent half needs from the server half.
+pub trait Authority: Send + Sync {
+    /// Issues a certificate. Returns only once the issuance is durable in the ledger.
+    fn sign(&self, request: SignRequest) -> impl Future<Output = Result<SignedCert, Error>> + Send;
+
+    /// The trust bundle (root certificates, DER) that verifies what this authority issues.
+    fn trust_bundle(&self) -> impl Future<Output = Result<Vec<Vec<u8>>, Error>> + Send;
+}

@@ -1,0 +1,118 @@
+//! Wiring: config → store → CA → ledger → services, with owned tasks and a bounded shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::{self, CertificateAuthority, Init};
+use crate::config::Config;
+use crate::ledger::{AuditLog, Ledger};
+use crate::server::IssuanceService;
+use crate::store::Store;
+
+/// How long shutdown waits for tasks (the ledger writer's last batch) before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The running domain: everything the adapters and commands use.
+pub struct Runtime {
+    /// The effective configuration.
+    pub config: Config,
+    /// The CA in use.
+    pub ca: Arc<CertificateAuthority>,
+    /// The server half.
+    pub issuance: IssuanceService,
+    /// Ledger reads.
+    pub audit: AuditLog,
+    store: Store,
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Runtime {
+    /// Opens the store and CA (creating them when `init` allows) and starts the ledger writer.
+    pub async fn start(config: Config, init: Init) -> Result<Runtime> {
+        let create = init == Init::CreateIfMissing;
+        if create && config.store.url.starts_with("sqlite://") {
+            ensure_writable_dir(&config.data_dir)?;
+        }
+        let store = Store::open(&config.store, create).await?;
+        let ca = ca::load(config.ca.clone(), &store, init, OffsetDateTime::now_utc()).await?;
+        Ok(Self::with_parts(config, store, Arc::new(ca)))
+    }
+
+    /// Starts the ledger writer around an already loaded store and CA.
+    pub fn with_parts(config: Config, store: Store, ca: Arc<CertificateAuthority>) -> Runtime {
+        let shutdown = CancellationToken::new();
+        let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
+        Runtime {
+            issuance: IssuanceService::new(ca.clone(), ledger),
+            audit: AuditLog::new(store.clone()),
+            ca,
+            config,
+            store,
+            shutdown,
+            tasks: vec![("ledger writer", writer)],
+        }
+    }
+
+    /// Adds a task that shutdown cancels and waits for.
+    pub fn spawn<F>(&mut self, name: &'static str, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task(self.shutdown.child_token()));
+        self.tasks.push((name, handle));
+    }
+
+    /// Cancels every task, waits (bounded) for them, and closes the store. Queued ledger
+    /// records are committed before the writer ends.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        drop(self.issuance);
+        for (name, handle) in self.tasks {
+            match tokio::time::timeout(SHUTDOWN_GRACE, handle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(task = name, error = %e, "task failed"),
+                Err(_) => tracing::error!(task = name, "task did not stop in time"),
+            }
+        }
+        self.store.close().await;
+    }
+}
+
+/// Creates `dir` if needed and proves it is writable, so a bad data directory is reported as
+/// such rather than as a database error later.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("data directory {} cannot be created", dir.display()))?;
+    let probe = dir.join(".idmint-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).ok();
+    Ok(())
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so readers never see a
+/// partial file. `mode` applies to the new file.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

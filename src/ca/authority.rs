@@ -1,0 +1,226 @@
+//! The CA in use: its roots, its signing intermediate, and leaf issuance.
+
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+
+use super::leaf::{self, LeafSpec};
+use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Settings};
+use crate::ids::Ttl;
+use crate::placement::Placement;
+use crate::spiffe::IdValues;
+
+/// How far a leaf's notBefore is set back, so a peer whose clock is a little behind accepts it.
+const BACKDATE: Duration = Duration::from_secs(30);
+
+/// A loaded, ready CA.
+pub struct CertificateAuthority {
+    settings: Settings,
+    roots: Vec<CaCert>,
+    /// The signing intermediate, then any intermediates above it (upstream mode).
+    chain: Vec<CaCert>,
+    key: CaKey,
+}
+
+/// One issued leaf and the facts recorded about it.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The leaf, DER.
+    pub cert_der: Vec<u8>,
+    /// The intermediates to send after it, signing CA first.
+    pub chain_der: Vec<Vec<u8>>,
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// The SPIFFE ID in its URI SAN.
+    pub spiffe_id: String,
+    /// The validity written.
+    pub validity: Validity,
+    /// SHA-256 of the certified SubjectPublicKeyInfo, hex.
+    pub public_key_sha256: String,
+    /// SHA-256 fingerprint of the signing CA certificate, hex.
+    pub issuer_fingerprint: String,
+}
+
+/// A leaf's validity window, and whether the CA's expiry shortened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// Start (backdated slightly).
+    pub not_before: OffsetDateTime,
+    /// End.
+    pub not_after: OffsetDateTime,
+    /// True when `not_after` was cut to the issuing CA's expiry.
+    pub capped: bool,
+}
+
+/// The validity of a leaf with lifetime `ttl` issued at `now` by a CA valid over
+/// `ca_not_before..ca_not_after`. A TTL longer than the CA's whole life is refused; one that
+/// would outlive the CA's remaining life is capped to it.
+pub fn leaf_validity(
+    ttl: Ttl,
+    ca_not_before: OffsetDateTime,
+    ca_not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<Validity, Error> {
+    let ca_life = ca_not_after - ca_not_before;
+    if ttl.duration() > ca_life {
+        return Err(Error::TtlBeyondCa {
+            requested: ttl,
+            limit: format!("{}s", ca_life.whole_seconds()),
+        });
+    }
+    if now >= ca_not_after {
+        return Err(Error::CaExpired(ca_not_after.to_string()));
+    }
+    let wanted_end = now + ttl.duration();
+    Ok(Validity {
+        not_before: (now - BACKDATE).max(ca_not_before),
+        not_after: wanted_end.min(ca_not_after),
+        capped: wanted_end > ca_not_after,
+    })
+}
+
+impl CertificateAuthority {
+    pub(super) fn new(settings: Settings, roots: Vec<CaCert>, chain: Vec<CaCert>, key: CaKey) -> Self {
+        CertificateAuthority {
+            settings,
+            roots,
+            chain,
+            key,
+        }
+    }
+
+    /// The settings this CA runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The trust anchors: what relying parties must trust.
+    pub fn roots(&self) -> &[CaCert] {
+        &self.roots
+    }
+
+    /// The signing intermediate.
+    pub fn intermediate(&self) -> &CaCert {
+        &self.chain[0]
+    }
+
+    /// The intermediates sent after a leaf, signing CA first.
+    pub fn chain(&self) -> &[CaCert] {
+        &self.chain
+    }
+
+    /// A description of the signing key, e.g. "ECDSA P-256".
+    pub fn key_description(&self) -> String {
+        self.key.describe()
+    }
+
+    /// Issues a leaf for `placement` from a CSR (DER or PEM). Only the CSR's public key is
+    /// used, after its signature verifies; every other field is ours. `ttl` defaults to the
+    /// configured leaf TTL.
+    pub fn issue(
+        &self,
+        placement: &Placement,
+        csr_bytes: &[u8],
+        ttl: Option<Ttl>,
+        now: OffsetDateTime,
+    ) -> Result<Issued, Error> {
+        let issuer = self.intermediate();
+        let validity = leaf_validity(
+            ttl.unwrap_or(self.settings.leaf_ttl),
+            issuer.not_before,
+            issuer.not_after,
+            now,
+        )?;
+        let spiffe_id = self.settings.id_template.render(
+            &self.settings.trust_domain,
+            IdValues {
+                org_guid: placement.org_guid.as_ref().map(|g| g.as_str()),
+                space_guid: placement.space_guid.as_ref().map(|g| g.as_str()),
+                app_guid: placement.app_guid.as_str(),
+            },
+        )?;
+        let checked = csr::check(csr_bytes)?;
+        let serial = random_serial()?;
+        let spec = LeafSpec {
+            serial: &serial,
+            issuer_name_der: &issuer.subject_der,
+            issuer_key_id: issuer.key_id.as_deref(),
+            not_before: validity.not_before,
+            not_after: validity.not_after,
+            spiffe_id: spiffe_id.as_str(),
+            placement,
+            spki_der: &checked.spki_der,
+            scheme: self.key.scheme(),
+        };
+        let tbs = leaf::tbs_der(&spec);
+        let signature = self.key.sign(&tbs)?;
+        Ok(Issued {
+            cert_der: leaf::certificate_der(&tbs, self.key.scheme(), &signature),
+            chain_der: self.chain.iter().map(|c| c.der.clone()).collect(),
+            serial_hex: encode_hex(&serial),
+            spiffe_id: spiffe_id.to_string(),
+            validity,
+            public_key_sha256: sha256_hex(&checked.spki_der),
+            issuer_fingerprint: issuer.fingerprint.clone(),
+        })
+    }
+}
+
+/// 16 random bytes, positive, with bit 126 set so the DER INTEGER is always 16 bytes long:
+/// 126 bits of randomness, well above the 64 the CA/B and SPIFFE rules ask for.
+pub(super) fn random_serial() -> Result<[u8; 16], Error> {
+    let mut serial = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| Error::Random)?;
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    Ok(serial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn ttl(s: &str) -> Ttl {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn validity_within_ca_life() {
+        let (start, end) = (datetime!(2026-01-01 0:00 UTC), datetime!(2026-02-01 0:00 UTC));
+        let now = datetime!(2026-01-10 12:00 UTC);
+        let v = leaf_validity(ttl("1h"), start, end, now).unwrap();
+        assert_eq!(v.not_after, datetime!(2026-01-10 13:00 UTC));
+        assert_eq!(v.not_before, datetime!(2026-01-10 11:59:30 UTC));
+        assert!(!v.capped);
+    }
+
+    #[test]
+    fn validity_capped_at_ca_expiry_and_never_before_ca_start() {
+        let (start, end) = (datetime!(2026-01-01 0:00 UTC), datetime!(2026-01-01 2:00 UTC));
+        let v = leaf_validity(ttl("1h"), start, end, datetime!(2026-01-01 1:30 UTC)).unwrap();
+        assert_eq!(v.not_after, end);
+        assert!(v.capped);
+        let v = leaf_validity(ttl("1h"), start, end, start).unwrap();
+        assert_eq!(v.not_before, start);
+    }
+
+    #[test]
+    fn ttl_beyond_ca_life_and_expired_ca_are_refused() {
+        let (start, end) = (datetime!(2026-01-01 0:00 UTC), datetime!(2026-01-02 0:00 UTC));
+        let r = leaf_validity(ttl("2d"), start, end, start);
+        assert!(matches!(r, Err(Error::TtlBeyondCa { .. })));
+        let r = leaf_validity(ttl("1h"), start, end, end);
+        assert!(matches!(r, Err(Error::CaExpired(_))));
+    }
+
+    #[test]
+    fn serials_are_positive_sixteen_bytes() {
+        for _ in 0..100 {
+            let s = random_serial().unwrap();
+            assert_eq!(s[0] & 0xc0, 0x40);
+        }
+    }
+}

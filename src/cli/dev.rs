@@ -1,0 +1,63 @@
+//! `idmint dev`: the whole service in one process on embedded SQLite.
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminState};
+use crate::app::{self, Runtime};
+use crate::ca::Init;
+use crate::config::Config;
+use super::table::rfc3339;
+
+pub async fn run(config: Config) -> Result<()> {
+    let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
+    let bundle_path = rt.config.data_dir.join("bundle.pem");
+    let bundle: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
+    app::write_atomic(&bundle_path, bundle.as_bytes(), 0o644)?;
+
+    let listen = rt.config.admin.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))?;
+    let admin_addr = listener.local_addr()?;
+    let state = AdminState {
+        ca: rt.ca.clone(),
+        audit: rt.audit.clone(),
+    };
+    rt.spawn("admin http", |token| admin::serve(listener, state, token));
+
+    let c = &rt.config;
+    let inter = rt.ca.intermediate();
+    println!("idmint dev: trust domain {}", c.ca.trust_domain);
+    println!("  data directory      {}", c.data_dir.display());
+    println!("  database            {}", crate::store::redact_url(&c.store.url));
+    println!("  key-encryption key  {}", c.ca.kek_file.display());
+    println!("  trust bundle        {}", bundle_path.display());
+    for root in rt.ca.roots() {
+        println!("  root CA             {} (until {})", root.fingerprint, rfc3339(root.not_after));
+    }
+    println!(
+        "  intermediate CA     {} ({}, until {})",
+        inter.fingerprint,
+        rt.ca.key_description(),
+        rfc3339(inter.not_after)
+    );
+    println!("  admin HTTP          http://{admin_addr}  (/healthz, /v1/bundle.pem, /v1/ledger)");
+    println!("ready; Ctrl-C to stop");
+
+    wait_for_signal().await?;
+    println!("shutting down");
+    rt.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

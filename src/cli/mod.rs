@@ -1,0 +1,123 @@
+//! The `idmint` command line.
+
+mod audit;
+mod bench;
+mod ca;
+mod dev;
+mod issue;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Sources};
+
+/// idmint: SPIFFE X.509 identities for Cloud Foundry apps, served to Envoy sidecars.
+#[derive(Parser, Debug)]
+#[command(name = "idmint", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML). Default: ./idmint.toml when it exists.
+    #[arg(long, global = true, env = "IDMINT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set ca.leaf_ttl=30m (repeatable; wins over file and env).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<(String, String)>,
+    /// Data directory (same as --set data_dir=DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service on embedded SQLite with a dev CA, in ./idmint-data by default.
+    Dev,
+    /// Inspect or initialise the certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Issue a certificate for one app instance (operator use).
+    Issue(issue::IssueArgs),
+    /// Search and show the issuance ledger.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Validate the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Measure throughput against this machine's raw ceiling.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate idmint.toml + IDMINT_* + flags and print the effective config (secrets redacted).
+    Check,
+}
+
+fn parse_override(s: &str) -> Result<(String, String), String> {
+    Sources::parse_override(s).map_err(|e| e.to_string())
+}
+
+impl Cli {
+    fn config(&self) -> Result<Config> {
+        let mut overrides = Vec::new();
+        if let Some(dir) = &self.data_dir {
+            overrides.push(("data_dir".to_string(), dir.display().to_string()));
+        }
+        overrides.extend(self.overrides.iter().cloned());
+        let sources = Sources {
+            file: self.config.clone(),
+            overrides,
+        };
+        Ok(Config::load(&sources)?)
+    }
+}
+
+/// Parses the command line, runs the command, and maps failure to exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Dev) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDMINT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = cli.config()?;
+    match cli.command {
+        Command::Dev => dev::run(config).await,
+        Command::Ca(cmd) => ca::run(cmd, config).await,
+        Command::Issue(args) => issue::run(args, config).await,
+        Command::Audit(cmd) => audit::run(cmd, config).await,
+        Command::Config(ConfigCommand::Check) => {
+            match &config.file {
+                Some(f) => println!("# config OK (file {}, environment, flags)", f.display()),
+                None => println!("# config OK (no file; defaults, environment, flags)"),
+            }
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Bench(cmd) => bench::run(cmd, config).await,
+    }
+}

@@ -1,0 +1,428 @@
+//! One validated [`Config`] from `idmint.toml`, `IDMINT_*` environment variables and flags,
+//! in that order of precedence (flags win).
+//!
+//! Every layer is merged as a TOML table, then read once into a strict schema, so a typo in
+//! any layer is an error naming the key rather than a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ca::{self, Mode, UpstreamFiles};
+use crate::ids::Ttl;
+use crate::spiffe::{IdTemplate, TrustDomain};
+use crate::store;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot read config file {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("config file {path} is not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("unknown environment variable {0}; known: {known}", known = env_names().join(", "))]
+    UnknownEnv(String),
+    #[error("--set takes KEY=VALUE with a known key, got {0:?}")]
+    BadOverride(String),
+    #[error("{key}: {detail}")]
+    Invalid { key: &'static str, detail: String },
+}
+
+/// Every setting a layer may give, as `section.key`. Environment names derive from these:
+/// `ca.leaf_ttl` is `IDMINT_CA_LEAF_TTL`.
+pub const KEYS: &[&str] = &[
+    "trust_domain",
+    "data_dir",
+    "spiffe_id_template",
+    "store.url",
+    "ca.mode",
+    "ca.kek_file",
+    "ca.root_ttl",
+    "ca.intermediate_ttl",
+    "ca.leaf_ttl",
+    "ca.upstream.intermediate_cert",
+    "ca.upstream.intermediate_key",
+    "ca.upstream.root_bundle",
+    "admin.listen",
+];
+
+/// Environment variables that are read elsewhere, not settings.
+const OTHER_ENV: &[&str] = &["IDMINT_CONFIG", "IDMINT_LOG"];
+
+fn env_name(key: &str) -> String {
+    format!("IDMINT_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn env_names() -> Vec<String> {
+    KEYS.iter().map(|k| env_name(k)).collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    trust_domain: Option<String>,
+    data_dir: Option<PathBuf>,
+    spiffe_id_template: Option<String>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    ca: RawCa,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    mode: Option<String>,
+    kek_file: Option<PathBuf>,
+    root_ttl: Option<String>,
+    intermediate_ttl: Option<String>,
+    leaf_ttl: Option<String>,
+    #[serde(default)]
+    upstream: RawUpstream,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    intermediate_cert: Option<PathBuf>,
+    intermediate_key: Option<PathBuf>,
+    root_bundle: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+/// Admin HTTP settings.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Where the admin HTTP server listens.
+    pub listen: SocketAddr,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where local state lives (SQLite database, KEK file by default).
+    pub data_dir: PathBuf,
+    /// Database.
+    pub store: store::Settings,
+    /// Certificate authority.
+    pub ca: ca::Settings,
+    /// Admin HTTP.
+    pub admin: AdminSettings,
+    /// The config file read, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// Where configuration comes from, besides the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// An explicit config file (must exist). Without it, `./idmint.toml` is read if present.
+    pub file: Option<PathBuf>,
+    /// Flag overrides as (key, value), applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Parses a `--set KEY=VALUE` flag.
+    pub fn parse_override(s: &str) -> Result<(String, String), Error> {
+        match s.split_once('=') {
+            Some((k, v)) if KEYS.contains(&k) => Ok((k.to_string(), v.to_string())),
+            _ => Err(Error::BadOverride(s.to_string())),
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from `sources` and the process environment.
+    pub fn load(sources: &Sources) -> Result<Config, Error> {
+        Self::load_with_env(sources, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        sources: &Sources,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Error> {
+        let default_file = Path::new("idmint.toml");
+        let file = match &sources.file {
+            Some(f) => Some(f.clone()),
+            None => default_file.exists().then(|| default_file.to_path_buf()),
+        };
+        let mut table = match &file {
+            Some(path) => read_table(path)?,
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if !name.starts_with("IDMINT_") || OTHER_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            let key = KEYS
+                .iter()
+                .find(|k| env_name(k) == name)
+                .ok_or_else(|| Error::UnknownEnv(name.clone()))?;
+            set(&mut table, key, value);
+        }
+        for (key, value) in &sources.overrides {
+            set(&mut table, key, value.clone());
+        }
+        let raw: Raw = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Parse {
+                path: file.clone().unwrap_or_else(|| PathBuf::from("(environment and flags)")),
+                detail: e.message().to_string(),
+            })?;
+        let mut config = validate(raw)?;
+        config.file = file;
+        Ok(config)
+    }
+
+    /// The configuration as TOML in the same schema `idmint.toml` uses, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let text = |s: &str| toml::Value::String(s.to_string());
+        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        let mut root = toml::Table::new();
+        root.insert("trust_domain".into(), text(self.ca.trust_domain.as_str()));
+        root.insert("data_dir".into(), path(&self.data_dir));
+        root.insert("spiffe_id_template".into(), text(self.ca.id_template.as_str()));
+        let mut store = toml::Table::new();
+        store.insert("url".into(), text(&store::redact_url(&self.store.url)));
+        let mut ca = toml::Table::new();
+        match &self.ca.mode {
+            Mode::SelfSigned => {
+                ca.insert("mode".into(), text("self-signed"));
+            }
+            Mode::Upstream(files) => {
+                ca.insert("mode".into(), text("upstream"));
+                let mut up = toml::Table::new();
+                up.insert("intermediate_cert".into(), path(&files.intermediate_cert));
+                up.insert("intermediate_key".into(), path(&files.intermediate_key));
+                up.insert("root_bundle".into(), path(&files.root_bundle));
+                ca.insert("upstream".into(), toml::Value::Table(up));
+            }
+        }
+        ca.insert("kek_file".into(), path(&self.ca.kek_file));
+        ca.insert("root_ttl".into(), text(&self.ca.root_ttl.to_string()));
+        ca.insert("intermediate_ttl".into(), text(&self.ca.intermediate_ttl.to_string()));
+        ca.insert("leaf_ttl".into(), text(&self.ca.leaf_ttl.to_string()));
+        let mut admin = toml::Table::new();
+        admin.insert("listen".into(), text(&self.admin.listen.to_string()));
+        root.insert("store".into(), toml::Value::Table(store));
+        root.insert("ca".into(), toml::Value::Table(ca));
+        root.insert("admin".into(), toml::Value::Table(admin));
+        toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Read {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    text.parse::<toml::Table>().map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        detail: e.message().to_string(),
+    })
+}
+
+fn set(table: &mut toml::Table, key: &str, value: String) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("keys are not empty");
+    let mut t = table;
+    for part in parts {
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t.insert(last.to_string(), toml::Value::String(value));
+}
+
+fn invalid(key: &'static str, detail: impl ToString) -> Error {
+    Error::Invalid {
+        key,
+        detail: detail.to_string(),
+    }
+}
+
+fn ttl(key: &'static str, value: Option<String>, default: &str) -> Result<Ttl, Error> {
+    value
+        .as_deref()
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e| invalid(key, e))
+}
+
+fn validate(raw: Raw) -> Result<Config, Error> {
+    let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("idmint-data"));
+    let trust_domain: TrustDomain = raw
+        .trust_domain
+        .as_deref()
+        .unwrap_or("cf.internal")
+        .parse()
+        .map_err(|e| invalid("trust_domain", e))?;
+    let id_template = IdTemplate::new(
+        raw.spiffe_id_template.as_deref().unwrap_or(IdTemplate::DEFAULT),
+        &trust_domain,
+    )
+    .map_err(|e| invalid("spiffe_id_template", e))?;
+    let root_ttl = ttl("ca.root_ttl", raw.ca.root_ttl, "10y")?;
+    let intermediate_ttl = ttl("ca.intermediate_ttl", raw.ca.intermediate_ttl, "365d")?;
+    let leaf_ttl = ttl("ca.leaf_ttl", raw.ca.leaf_ttl, "1h")?;
+    if intermediate_ttl > root_ttl {
+        return Err(invalid(
+            "ca.intermediate_ttl",
+            format!("{intermediate_ttl} is longer than ca.root_ttl {root_ttl}"),
+        ));
+    }
+    if leaf_ttl > intermediate_ttl {
+        return Err(invalid(
+            "ca.leaf_ttl",
+            format!("{leaf_ttl} is longer than ca.intermediate_ttl {intermediate_ttl}"),
+        ));
+    }
+    let up = raw.ca.upstream;
+    let mode = match raw.ca.mode.as_deref().unwrap_or("self-signed") {
+        "self-signed" => {
+            if up.intermediate_cert.is_some() || up.intermediate_key.is_some() || up.root_bundle.is_some() {
+                return Err(invalid("ca.upstream", "upstream files are set but ca.mode is \"self-signed\"; set ca.mode = \"upstream\""));
+            }
+            Mode::SelfSigned
+        }
+        "upstream" => {
+            let need = |v: Option<PathBuf>, key: &'static str| {
+                v.ok_or_else(|| invalid(key, "required when ca.mode = \"upstream\""))
+            };
+            Mode::Upstream(UpstreamFiles {
+                intermediate_cert: need(up.intermediate_cert, "ca.upstream.intermediate_cert")?,
+                intermediate_key: need(up.intermediate_key, "ca.upstream.intermediate_key")?,
+                root_bundle: need(up.root_bundle, "ca.upstream.root_bundle")?,
+            })
+        }
+        other => {
+            return Err(invalid(
+                "ca.mode",
+                format!("{other:?} is not \"self-signed\" or \"upstream\""),
+            ))
+        }
+    };
+    let store_url = raw
+        .store
+        .url
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("idmint.db").display()));
+    if !(store_url.starts_with("sqlite://")
+        || store_url.starts_with("postgres://")
+        || store_url.starts_with("postgresql://"))
+    {
+        return Err(invalid("store.url", "must start with sqlite:// or postgres://"));
+    }
+    let listen = raw
+        .admin
+        .listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:8470")
+        .parse()
+        .map_err(|e| invalid("admin.listen", format!("not an address:port: {e}")))?;
+    Ok(Config {
+        ca: ca::Settings {
+            trust_domain,
+            id_template,
+            mode,
+            kek_file: raw.ca.kek_file.unwrap_or_else(|| data_dir.join("kek")),
+            root_ttl,
+            intermediate_ttl,
+            leaf_ttl,
+        },
+        store: store::Settings { url: store_url },
+        admin: AdminSettings { listen },
+        data_dir,
+        file: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("idmint.toml");
+        std::fs::write(&file, "trust_domain = \"file.td\"\n[ca]\nleaf_ttl = \"2h\"\nroot_ttl = \"5y\"\n").unwrap();
+        let sources = Sources {
+            file: Some(file),
+            overrides: vec![("ca.leaf_ttl".into(), "15m".into())],
+        };
+        let c = Config::load_with_env(
+            &sources,
+            env(&[("IDMINT_TRUST_DOMAIN", "env.td"), ("IDMINT_CA_LEAF_TTL", "3h")]),
+        )
+        .unwrap();
+        assert_eq!(c.ca.trust_domain.as_str(), "env.td");
+        assert_eq!(c.ca.leaf_ttl.to_string(), "15m");
+        assert_eq!(c.ca.root_ttl.to_string(), "5y");
+        assert!(c.store.url.ends_with("idmint-data/idmint.db"));
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let s = Sources::default();
+        let err = Config::load_with_env(&s, env(&[("IDMINT_CA_LEAF_TLL", "1h")])).unwrap_err();
+        assert!(err.to_string().contains("IDMINT_CA_LEAF_TLL"), "{err}");
+        let err = Config::load_with_env(&s, env(&[("IDMINT_CA_LEAF_TTL", "soon")])).unwrap_err();
+        assert!(err.to_string().starts_with("ca.leaf_ttl:"), "{err}");
+        let err = Config::load_with_env(&s, env(&[("IDMINT_CA_LEAF_TTL", "400d")])).unwrap_err();
+        assert!(err.to_string().contains("longer than ca.intermediate_ttl"), "{err}");
+        let err = Config::load_with_env(&s, env(&[("IDMINT_CA_MODE", "upstream")])).unwrap_err();
+        assert!(err.to_string().contains("ca.upstream.intermediate_cert"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[ca]\nleaf_tll = \"1h\"\n").unwrap();
+        let err = Config::load_with_env(&Sources { file: Some(file), ..s.clone() }, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("leaf_tll"), "{err}");
+        assert!(Sources::parse_override("ca.nope=1").is_err());
+    }
+
+    #[test]
+    fn printed_config_reads_back_the_same() {
+        let c = Config::load_with_env(&Sources::default(), env(&[("IDMINT_CA_LEAF_TTL", "20m")])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("idmint.toml");
+        std::fs::write(&file, c.to_redacted_toml()).unwrap();
+        let again = Config::load_with_env(&Sources { file: Some(file), ..Default::default() }, env(&[])).unwrap();
+        assert_eq!(again.to_redacted_toml(), c.to_redacted_toml());
+        assert_eq!(again.ca.leaf_ttl.to_string(), "20m");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let s = Sources {
+            overrides: vec![("store.url".into(), "postgres://idmint:hunter2@db:5432/idmint".into())],
+            ..Default::default()
+        };
+        let c = Config::load_with_env(&s, env(&[])).unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://idmint:***@db:5432/idmint"), "{shown}");
+    }
+}

@@ -1,0 +1,124 @@
+//! Issuance: CA + ledger behind the [`Authority`] interface.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::api::{Authority, Error, SignRequest, SignedCert};
+use crate::ca::{self, CertificateAuthority, Issued};
+use crate::ledger::Ledger;
+use crate::placement::Placement;
+use crate::store::{EntryKind, LedgerRecord};
+
+/// Issues certificates and records each issuance and denial durably before answering.
+#[derive(Clone)]
+pub struct IssuanceService {
+    ca: Arc<CertificateAuthority>,
+    ledger: Ledger,
+}
+
+impl IssuanceService {
+    /// A service signing with `ca` and recording in `ledger`.
+    pub fn new(ca: Arc<CertificateAuthority>, ledger: Ledger) -> Self {
+        IssuanceService { ca, ledger }
+    }
+
+    /// The CA in use.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// [`Authority::sign`] at an explicit time.
+    pub async fn sign_at(&self, req: SignRequest, now: OffsetDateTime) -> Result<SignedCert, Error> {
+        match self.ca.issue(&req.placement, &req.csr, req.ttl, now) {
+            Ok(issued) => {
+                let record = issued_record(&req.placement, &issued, now);
+                let seq = self.ledger.append(record).await.map_err(unavailable)?;
+                if issued.validity.capped {
+                    tracing::warn!(serial = %issued.serial_hex, not_after = %issued.validity.not_after,
+                        "leaf lifetime capped at the issuing CA's expiry");
+                }
+                Ok(SignedCert {
+                    spiffe_id: issued.spiffe_id,
+                    cert_der: issued.cert_der,
+                    chain_der: issued.chain_der,
+                    serial_hex: issued.serial_hex,
+                    not_before: issued.validity.not_before,
+                    not_after: issued.validity.not_after,
+                    capped: issued.validity.capped,
+                    ledger_seq: seq,
+                })
+            }
+            Err(e) if e.is_request_error() || matches!(e, ca::Error::CaExpired(_)) => {
+                let reason = e.to_string();
+                tracing::info!(instance = %req.placement.instance_guid, %reason, "issuance denied");
+                self.ledger
+                    .append(denial_record(&req.placement, &reason, now))
+                    .await
+                    .map_err(unavailable)?;
+                Err(if e.is_request_error() {
+                    Error::Refused(reason)
+                } else {
+                    Error::Unavailable(reason)
+                })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+impl Authority for IssuanceService {
+    async fn sign(&self, req: SignRequest) -> Result<SignedCert, Error> {
+        self.sign_at(req, OffsetDateTime::now_utc()).await
+    }
+
+    async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.ca.roots().iter().map(|r| r.der.clone()).collect())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn placement_record(p: &Placement, kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {
+    LedgerRecord {
+        kind,
+        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+        serial: None,
+        spiffe_id: None,
+        instance_guid: p.instance_guid.to_string(),
+        app_guid: p.app_guid.to_string(),
+        space_guid: p.space_guid.as_ref().map(|g| g.to_string()),
+        org_guid: p.org_guid.as_ref().map(|g| g.to_string()),
+        cell_id: p.cell_id.to_string(),
+        container_ip: p.container_ip.map(|ip| ip.to_string()),
+        not_before: None,
+        not_after: None,
+        public_key_sha256: None,
+        issuer_fingerprint: None,
+        cert_der: None,
+        reason: None,
+        leaf_hash: Vec::new(),
+    }
+}
+
+fn issued_record(p: &Placement, issued: &Issued, now: OffsetDateTime) -> LedgerRecord {
+    LedgerRecord {
+        serial: Some(issued.serial_hex.clone()),
+        spiffe_id: Some(issued.spiffe_id.clone()),
+        not_before: Some(issued.validity.not_before.unix_timestamp()),
+        not_after: Some(issued.validity.not_after.unix_timestamp()),
+        public_key_sha256: Some(issued.public_key_sha256.clone()),
+        issuer_fingerprint: Some(issued.issuer_fingerprint.clone()),
+        cert_der: Some(issued.cert_der.clone()),
+        ..placement_record(p, EntryKind::Issued, now)
+    }
+}
+
+fn denial_record(p: &Placement, reason: &str, now: OffsetDateTime) -> LedgerRecord {
+    LedgerRecord {
+        reason: Some(reason.to_string()),
+        ..placement_record(p, EntryKind::Denied, now)
+    }
+}

@@ -1,0 +1,6 @@
+//! The server half: turns sign requests into certificates, recording every decision in the
+//! ledger before answering.
+
+mod issuance;
+
+pub use issuance::IssuanceService;

@@ -1,0 +1,230 @@
+//! Persistent state over sqlx: SQLite (embedded default) or PostgreSQL (HA).
+//!
+//! Both backends share one set of queries through sqlx's `Any` driver; what differs
+//! (connecting, locking, migrations) lives in `sqlite.rs` and `postgres.rs`.
+
+mod ledger_queries;
+mod postgres;
+mod records;
+mod sqlite;
+
+use std::path::PathBuf;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("database URL {0:?} is neither sqlite://PATH nor postgres://…")]
+    UnsupportedUrl(String),
+    #[error("no database at {0}; start `idmint dev` (or `idmint ca init`) first to create one")]
+    Missing(PathBuf),
+    #[error("database file {path} is corrupt or not an idmint database ({detail}); it was left untouched")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("cannot open database {target}: {detail}")]
+    Open { target: String, detail: String },
+    #[error("schema migration failed on {target}: {detail}")]
+    Migrate { target: String, detail: String },
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("database holds an unreadable value in {0}")]
+    BadValue(&'static str),
+}
+
+/// Where the store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens the store and brings its schema up to date. With `create`, a missing SQLite
+    /// file is created; without it, a missing file is an error.
+    pub async fn open(settings: &Settings, create: bool) -> Result<Store, Error> {
+        sqlx::any::install_default_drivers();
+        let url = settings.url.as_str();
+        let (backend, connect_url) = if let Some(path) = url.strip_prefix("sqlite://") {
+            (Backend::Sqlite, sqlite::prepare(PathBuf::from(path), create)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(Error::UnsupportedUrl(url.to_string()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlite::configure_connection(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(|e| classify_open_error(backend, url, e))?;
+        let store = Store { pool, backend };
+        store.migrate(url).await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, url: &str) -> Result<(), Error> {
+        let result = match self.backend {
+            Backend::Sqlite => sqlite::MIGRATOR.run(&self.pool).await,
+            Backend::Postgres => postgres::MIGRATOR.run(&self.pool).await,
+        };
+        result.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => {
+                classify_open_error(self.backend, url, inner)
+            }
+            other => Error::Migrate {
+                target: redact_url(url),
+                detail: other.to_string(),
+            },
+        })
+    }
+
+    /// Closes every connection, waiting for in-flight queries.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Every CA certificate row, oldest first.
+    pub async fn ca_records(&self) -> Result<Vec<CaRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT role, state, fingerprint, cert_der, sealed_key, not_before, not_after, created_at \
+             FROM ca_certs ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CaRecord {
+                    role: r.try_get("role")?,
+                    state: r.try_get("state")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    cert_der: r.try_get("cert_der")?,
+                    sealed_key: r.try_get("sealed_key")?,
+                    not_before: r.try_get("not_before")?,
+                    not_after: r.try_get("not_after")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Inserts `records` only if no CA exists yet, in one transaction. Returns false when
+    /// another process initialised the CA first; the caller then loads that one.
+    pub async fn insert_first_ca(&self, records: &[CaRecord]) -> Result<bool, Error> {
+        let mut conn = self.pool.acquire().await?;
+        self.begin_exclusive(&mut conn).await?;
+        let result = async {
+            let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ca_certs")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("n")?;
+            if count > 0 {
+                return Ok(false);
+            }
+            for r in records {
+                sqlx::query(
+                    "INSERT INTO ca_certs (role, state, fingerprint, cert_der, sealed_key, \
+                     not_before, not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&r.role)
+                .bind(&r.state)
+                .bind(&r.fingerprint)
+                .bind(&r.cert_der)
+                .bind(&r.sealed_key)
+                .bind(r.not_before)
+                .bind(r.not_after)
+                .bind(r.created_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(true)
+        }
+        .await;
+        finish(&mut conn, result).await
+    }
+
+    /// Starts a transaction that holds the write lock from its first statement, so reading
+    /// "what is the next sequence number" and writing it cannot interleave with another writer.
+    async fn begin_exclusive(&self, conn: &mut sqlx::AnyConnection) -> Result<(), Error> {
+        match self.backend {
+            Backend::Sqlite => sqlite::begin_exclusive(conn).await,
+            Backend::Postgres => postgres::begin_exclusive(conn).await,
+        }
+    }
+}
+
+/// Commits on success, rolls back on error.
+async fn finish<T>(
+    conn: &mut sqlx::AnyConnection,
+    result: Result<T, Error>,
+) -> Result<T, Error> {
+    use sqlx::Executor;
+    match result {
+        Ok(v) => {
+            conn.execute("COMMIT").await?;
+            Ok(v)
+        }
+        Err(e) => {
+            // The original error matters more than a failed rollback.
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+fn classify_open_error(backend: Backend, url: &str, e: sqlx::Error) -> Error {
+    let detail = e.to_string();
+    if backend == Backend::Sqlite
+        && (detail.contains("not a database") || detail.contains("malformed"))
+    {
+        return Error::Corrupt {
+            path: PathBuf::from(url.trim_start_matches("sqlite://")),
+            detail,
+        };
+    }
+    Error::Open {
+        target: redact_url(url),
+        detail,
+    }
+}
+
+/// A database URL with any password replaced, safe for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
+}

@@ -1,0 +1,116 @@
+//! Rows as the store reads and writes them.
+
+use serde::Serialize;
+
+/// Whether a ledger entry records an issuance or a denial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A certificate was issued.
+    Issued,
+    /// A request was refused.
+    Denied,
+}
+
+impl EntryKind {
+    /// The value stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Issued => "issued",
+            EntryKind::Denied => "denied",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<EntryKind> {
+        match s {
+            "issued" => Some(EntryKind::Issued),
+            "denied" => Some(EntryKind::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// One ledger record, before it has a sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerRecord {
+    /// Issued or denied.
+    pub kind: EntryKind,
+    /// When the server decided, in Unix milliseconds.
+    pub recorded_at_ms: i64,
+    /// Certificate serial, lowercase hex (issued only).
+    pub serial: Option<String>,
+    /// The certificate's SPIFFE ID (issued only).
+    pub spiffe_id: Option<String>,
+    /// Instance the request was for.
+    pub instance_guid: String,
+    /// App of that instance.
+    pub app_guid: String,
+    /// Space, when known.
+    pub space_guid: Option<String>,
+    /// Org, when known.
+    pub org_guid: Option<String>,
+    /// Cell that asked.
+    pub cell_id: String,
+    /// Container IP, when known.
+    pub container_ip: Option<String>,
+    /// Validity start, Unix seconds (issued only).
+    pub not_before: Option<i64>,
+    /// Validity end, Unix seconds (issued only).
+    pub not_after: Option<i64>,
+    /// SHA-256 of the certified SubjectPublicKeyInfo, hex (issued only).
+    pub public_key_sha256: Option<String>,
+    /// SHA-256 fingerprint of the issuing CA certificate, hex (issued only).
+    pub issuer_fingerprint: Option<String>,
+    /// The certificate, DER (issued only).
+    #[serde(skip)]
+    pub cert_der: Option<Vec<u8>>,
+    /// Why the request was refused (denied only).
+    pub reason: Option<String>,
+    /// RFC 6962 leaf hash of this record's canonical encoding.
+    #[serde(skip)]
+    pub leaf_hash: Vec<u8>,
+}
+
+/// A record as stored, with its position in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerEntry {
+    /// Dense sequence number from 0.
+    pub seq: i64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: LedgerRecord,
+}
+
+/// Which ledger entries to list. Empty filter: all, newest last.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerFilter {
+    /// Only entries for this app.
+    pub app_guid: Option<String>,
+    /// Only the entry with this serial.
+    pub serial: Option<String>,
+    /// Only entries recorded at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// At most this many (the newest).
+    pub limit: Option<i64>,
+}
+
+/// A CA certificate row.
+#[derive(Clone, Debug)]
+pub struct CaRecord {
+    /// `root` or `intermediate`.
+    pub role: String,
+    /// `prepared`, `active` or `retired`.
+    pub state: String,
+    /// SHA-256 of the DER certificate, hex.
+    pub fingerprint: String,
+    /// The certificate.
+    pub cert_der: Vec<u8>,
+    /// Private key sealed under the KEK, when idmint holds it.
+    pub sealed_key: Option<Vec<u8>>,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// When the row was written, Unix seconds.
+    pub created_at: i64,
+}

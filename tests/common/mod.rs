@@ -1,0 +1,139 @@
+//! Helpers shared by the integration tests: configs in temporary directories, openssl as an
+//! independent verifier, and a throwaway PostgreSQL database.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use idmint::ca::cert_pem;
+use idmint::config::{Config, Sources};
+use idmint::placement::Placement;
+
+/// A config whose state lives in `dir`, with extra `key=value` overrides.
+pub fn config_in(dir: &Path, overrides: &[(&str, &str)]) -> Config {
+    let mut all = vec![("data_dir".to_string(), dir.display().to_string())];
+    all.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let sources = Sources {
+        file: None,
+        overrides: all,
+    };
+    Config::load_with_env(&sources, Vec::new()).expect("test config is valid")
+}
+
+pub const APP: &str = "a0a0a0a0-0000-4000-8000-000000000001";
+pub const SPACE: &str = "5a5a5a5a-0000-4000-8000-000000000002";
+pub const ORG: &str = "0e0e0e0e-0000-4000-8000-000000000003";
+pub const INSTANCE: &str = "1a1a1a1a-0000-4000-8000-000000000004";
+
+/// The placement most tests issue for.
+pub fn placement() -> Placement {
+    Placement {
+        instance_guid: INSTANCE.parse().unwrap(),
+        app_guid: APP.parse().unwrap(),
+        space_guid: Some(SPACE.parse().unwrap()),
+        org_guid: Some(ORG.parse().unwrap()),
+        cell_id: "cell-1".parse().unwrap(),
+        container_ip: Some("10.255.1.7".parse().unwrap()),
+    }
+}
+
+/// The SPIFFE ID the default template gives [`placement`] in `cf.internal`.
+pub fn expected_spiffe_id() -> String {
+    format!("spiffe://cf.internal/org/{ORG}/space/{SPACE}/app/{APP}")
+}
+
+/// Runs openssl with `args` in `dir`; returns (success, stdout + stderr).
+pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed: it is the independent verifier in these tests");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Runs openssl and fails the test if it fails.
+pub fn openssl_ok(dir: &Path, args: &[&str]) -> String {
+    let (ok, text) = openssl(dir, args);
+    assert!(ok, "openssl {args:?} failed: {text}");
+    text
+}
+
+/// Verifies `leaf` up to `roots` through `intermediates` with `openssl verify`.
+pub fn openssl_verify(dir: &Path, roots: &[Vec<u8>], intermediates: &[Vec<u8>], leaf: &[u8]) -> (bool, String) {
+    let write = |name: &str, ders: &[Vec<u8>]| -> PathBuf {
+        let path = dir.join(name);
+        let pem: String = ders.iter().map(|d| cert_pem(d)).collect();
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let roots = write("verify-roots.pem", roots);
+    let inter = write("verify-inter.pem", intermediates);
+    let leaf = write("verify-leaf.pem", &[leaf.to_vec()]);
+    openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            roots.to_str().unwrap(),
+            "-untrusted",
+            inter.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Verifies `leaf` as a TLS client and server certificate with rustls-webpki.
+pub fn webpki_verify(roots: &[Vec<u8>], intermediates: &[Vec<u8>], leaf: &[u8]) -> Result<(), String> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let root_ders: Vec<CertificateDer<'_>> = roots.iter().map(|r| CertificateDer::from(r.as_slice())).collect();
+    let anchors: Vec<_> = root_ders
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let inter: Vec<CertificateDer<'_>> = intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let leaf_der = CertificateDer::from(leaf);
+    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| e.to_string())?;
+    let algs = webpki::ALL_VERIFICATION_ALGS;
+    for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
+        ee.verify_for_usage(algs, &anchors, &inter, UnixTime::now(), usage, None, None)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Makes a CSR with openssl: `keygen` are the args of `openssl genpkey`/`req` key creation,
+/// `extra` are extra `openssl req` args (e.g. -addext). Returns the CSR PEM bytes.
+pub fn openssl_csr(dir: &Path, name: &str, keygen: &[&str], extra: &[&str]) -> Vec<u8> {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(keygen);
+    args.extend_from_slice(&["-out", &key]);
+    openssl_ok(dir, &args);
+    let mut args = vec!["req", "-new", "-key", &key, "-subj", "/CN=requested-name", "-out", &csr];
+    args.extend_from_slice(extra);
+    openssl_ok(dir, &args);
+    std::fs::read(dir.join(csr)).unwrap()
+}
+
+/// The PostgreSQL server every HA test uses.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Creates a fresh database for one test and returns its URL. Fails the test, with the reason,
+/// if PostgreSQL is not reachable: these tests are never skipped.
+pub async fn fresh_pg_database(tag: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {PG_ADMIN_URL} is required for this test (make test starts it): {e}")
+    });
+    let mut rnd = [0u8; 6];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd).unwrap();
+    let name = format!("idmint_{tag}_{}", idmint::ca::encode_hex(&rnd));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
