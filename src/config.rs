@@ -182,7 +182,9 @@ impl Config {
         let raw: Raw = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Parse {
-                path: file.clone().unwrap_or_else(|| PathBuf::from("(environment and flags)")),
+                path: file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("(environment and flags)")),
                 detail: e.message().to_string(),
             })?;
         let mut config = validate(raw)?;
@@ -197,7 +199,10 @@ impl Config {
         let mut root = toml::Table::new();
         root.insert("trust_domain".into(), text(self.ca.trust_domain.as_str()));
         root.insert("data_dir".into(), path(&self.data_dir));
-        root.insert("spiffe_id_template".into(), text(self.ca.id_template.as_str()));
+        root.insert(
+            "spiffe_id_template".into(),
+            text(self.ca.id_template.as_str()),
+        );
         let mut store = toml::Table::new();
         store.insert("url".into(), text(&store::redact_url(&self.store.url)));
         let mut ca = toml::Table::new();
@@ -216,7 +221,10 @@ impl Config {
         }
         ca.insert("kek_file".into(), path(&self.ca.kek_file));
         ca.insert("root_ttl".into(), text(&self.ca.root_ttl.to_string()));
-        ca.insert("intermediate_ttl".into(), text(&self.ca.intermediate_ttl.to_string()));
+        ca.insert(
+            "intermediate_ttl".into(),
+            text(&self.ca.intermediate_ttl.to_string()),
+        );
         ca.insert("leaf_ttl".into(), text(&self.ca.leaf_ttl.to_string()));
         let mut admin = toml::Table::new();
         admin.insert("listen".into(), text(&self.admin.listen.to_string()));
@@ -278,7 +286,9 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         .parse()
         .map_err(|e| invalid("trust_domain", e))?;
     let id_template = IdTemplate::new(
-        raw.spiffe_id_template.as_deref().unwrap_or(IdTemplate::DEFAULT),
+        raw.spiffe_id_template
+            .as_deref()
+            .unwrap_or(IdTemplate::DEFAULT),
         &trust_domain,
     )
     .map_err(|e| invalid("spiffe_id_template", e))?;
@@ -300,7 +310,10 @@ fn validate(raw: Raw) -> Result<Config, Error> {
     let up = raw.ca.upstream;
     let mode = match raw.ca.mode.as_deref().unwrap_or("self-signed") {
         "self-signed" => {
-            if up.intermediate_cert.is_some() || up.intermediate_key.is_some() || up.root_bundle.is_some() {
+            if up.intermediate_cert.is_some()
+                || up.intermediate_key.is_some()
+                || up.root_bundle.is_some()
+            {
                 return Err(invalid("ca.upstream", "upstream files are set but ca.mode is \"self-signed\"; set ca.mode = \"upstream\""));
             }
             Mode::SelfSigned
@@ -330,7 +343,10 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         || store_url.starts_with("postgres://")
         || store_url.starts_with("postgresql://"))
     {
-        return Err(invalid("store.url", "must start with sqlite:// or postgres://"));
+        return Err(invalid(
+            "store.url",
+            "must start with sqlite:// or postgres://",
+        ));
     }
     let listen = raw
         .admin
@@ -361,21 +377,31 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("idmint.toml");
-        std::fs::write(&file, "trust_domain = \"file.td\"\n[ca]\nleaf_ttl = \"2h\"\nroot_ttl = \"5y\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "trust_domain = \"file.td\"\n[ca]\nleaf_ttl = \"2h\"\nroot_ttl = \"5y\"\n",
+        )
+        .unwrap();
         let sources = Sources {
             file: Some(file),
             overrides: vec![("ca.leaf_ttl".into(), "15m".into())],
         };
         let c = Config::load_with_env(
             &sources,
-            env(&[("IDMINT_TRUST_DOMAIN", "env.td"), ("IDMINT_CA_LEAF_TTL", "3h")]),
+            env(&[
+                ("IDMINT_TRUST_DOMAIN", "env.td"),
+                ("IDMINT_CA_LEAF_TTL", "3h"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.ca.trust_domain.as_str(), "env.td");
@@ -392,24 +418,45 @@ mod tests {
         let err = Config::load_with_env(&s, env(&[("IDMINT_CA_LEAF_TTL", "soon")])).unwrap_err();
         assert!(err.to_string().starts_with("ca.leaf_ttl:"), "{err}");
         let err = Config::load_with_env(&s, env(&[("IDMINT_CA_LEAF_TTL", "400d")])).unwrap_err();
-        assert!(err.to_string().contains("longer than ca.intermediate_ttl"), "{err}");
+        assert!(
+            err.to_string().contains("longer than ca.intermediate_ttl"),
+            "{err}"
+        );
         let err = Config::load_with_env(&s, env(&[("IDMINT_CA_MODE", "upstream")])).unwrap_err();
-        assert!(err.to_string().contains("ca.upstream.intermediate_cert"), "{err}");
+        assert!(
+            err.to_string().contains("ca.upstream.intermediate_cert"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[ca]\nleaf_tll = \"1h\"\n").unwrap();
-        let err = Config::load_with_env(&Sources { file: Some(file), ..s.clone() }, env(&[])).unwrap_err();
+        let err = Config::load_with_env(
+            &Sources {
+                file: Some(file),
+                ..s.clone()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("leaf_tll"), "{err}");
         assert!(Sources::parse_override("ca.nope=1").is_err());
     }
 
     #[test]
     fn printed_config_reads_back_the_same() {
-        let c = Config::load_with_env(&Sources::default(), env(&[("IDMINT_CA_LEAF_TTL", "20m")])).unwrap();
+        let c = Config::load_with_env(&Sources::default(), env(&[("IDMINT_CA_LEAF_TTL", "20m")]))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("idmint.toml");
         std::fs::write(&file, c.to_redacted_toml()).unwrap();
-        let again = Config::load_with_env(&Sources { file: Some(file), ..Default::default() }, env(&[])).unwrap();
+        let again = Config::load_with_env(
+            &Sources {
+                file: Some(file),
+                ..Default::default()
+            },
+            env(&[]),
+        )
+        .unwrap();
         assert_eq!(again.to_redacted_toml(), c.to_redacted_toml());
         assert_eq!(again.ca.leaf_ttl.to_string(), "20m");
     }
@@ -417,12 +464,18 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         let s = Sources {
-            overrides: vec![("store.url".into(), "postgres://idmint:hunter2@db:5432/idmint".into())],
+            overrides: vec![(
+                "store.url".into(),
+                "postgres://idmint:hunter2@db:5432/idmint".into(),
+            )],
             ..Default::default()
         };
         let c = Config::load_with_env(&s, env(&[])).unwrap();
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("postgres://idmint:***@db:5432/idmint"), "{shown}");
+        assert!(
+            shown.contains("postgres://idmint:***@db:5432/idmint"),
+            "{shown}"
+        );
     }
 }

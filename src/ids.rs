@@ -16,7 +16,9 @@ pub enum Error {
     BadGuid(String),
     #[error("cell id {0:?} must be 1-128 characters of letters, digits, '.', '-' or '_'")]
     BadCellId(String),
-    #[error("{0:?} is not a duration (expected a number followed by s, m, h, d or y, e.g. \"1h\")")]
+    #[error(
+        "{0:?} is not a duration (expected a number followed by s, m, h, d or y, e.g. \"1h\")"
+    )]
     BadDuration(String),
     #[error("duration {0:?} must be greater than zero")]
     ZeroDuration(String),
@@ -151,7 +153,12 @@ mod tests {
     fn guids_are_checked_and_lowercased() {
         let g: Guid = "0A1B2C3D-0000-4000-8000-00000000000F".parse().unwrap();
         assert_eq!(g.as_str(), "0a1b2c3d-0000-4000-8000-00000000000f");
-        for bad in ["", "xyz", "0a1b2c3d-0000-4000-8000-00000000000", "0a1b2c3d00004000800000000000000f"] {
+        for bad in [
+            "",
+            "xyz",
+            "0a1b2c3d-0000-4000-8000-00000000000",
+            "0a1b2c3d00004000800000000000000f",
+        ] {
             assert!(bad.parse::<Guid>().is_err(), "{bad:?} accepted");
         }
     }

@@ -2,9 +2,12 @@
 //! X.509-SVIDs bound to Cloud Foundry app instances.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod app;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod ids;
 pub mod ledger;
@@ -12,6 +15,3 @@ pub mod placement;
 pub mod server;
 pub mod spiffe;
 pub mod store;
-pub mod admin;
-pub mod app;
-pub mod cli;

@@ -163,14 +163,19 @@ pub struct IdTemplate(String);
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TemplateError {
-    #[error("SPIFFE ID template {0:?} must contain {{app_guid}}, or every app would share one identity")]
+    #[error(
+        "SPIFFE ID template {0:?} must contain {{app_guid}}, or every app would share one identity"
+    )]
     MissingAppGuid(String),
     #[error("SPIFFE ID template {template:?} has an unknown placeholder {{{name}}}; known: trust_domain, org_guid, space_guid, app_guid")]
     UnknownPlaceholder { template: String, name: String },
     #[error("SPIFFE ID template {template:?} does not give a valid SPIFFE ID: {source}")]
     Invalid { template: String, source: Error },
     #[error("SPIFFE ID template {template:?} leaves the trust domain {trust_domain}")]
-    OtherTrustDomain { template: String, trust_domain: String },
+    OtherTrustDomain {
+        template: String,
+        trust_domain: String,
+    },
     #[error("the SPIFFE ID template needs {{{0}}}, which was not given for this app")]
     MissingValue(&'static str),
 }
@@ -279,7 +284,10 @@ mod template_tests {
             t.render(&td, v).unwrap().as_str(),
             "spiffe://cf.internal/org/o/space/s/app/a"
         );
-        let no_org = IdValues { org_guid: None, ..v };
+        let no_org = IdValues {
+            org_guid: None,
+            ..v
+        };
         assert_eq!(
             t.render(&td, no_org),
             Err(TemplateError::MissingValue("org_guid"))

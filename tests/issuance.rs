@@ -26,7 +26,9 @@ fn roots(rt: &Runtime) -> Vec<Vec<u8>> {
 async fn issued_leaf_has_the_svid_and_diego_profile_and_verifies_independently() {
     let dir = tempfile::tempdir().unwrap();
     let rt = dev_runtime(dir.path(), &[]).await;
-    let svid = agent::obtain_svid(&rt.issuance, placement(), None).await.unwrap();
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .unwrap();
     let cert = &svid.cert;
 
     let (ok, out) = openssl_verify(dir.path(), &roots(&rt), &cert.chain_der, &cert.cert_der);
@@ -34,45 +36,106 @@ async fn issued_leaf_has_the_svid_and_diego_profile_and_verifies_independently()
     webpki_verify(&roots(&rt), &cert.chain_der, &cert.cert_der).expect("webpki verifies");
 
     let (_, x) = X509Certificate::from_der(&cert.cert_der).unwrap();
-    let sans = &x.subject_alternative_name().unwrap().unwrap().value.general_names;
-    let uris: Vec<_> = sans.iter().filter_map(|n| match n { GeneralName::URI(u) => Some(*u), _ => None }).collect();
-    assert_eq!(uris, vec![expected_spiffe_id().as_str()], "exactly one URI SAN");
-    assert!(sans.contains(&GeneralName::DNSName(INSTANCE)), "instance GUID DNS SAN");
-    assert!(sans.contains(&GeneralName::IPAddress(&[10, 255, 1, 7])), "container IP SAN");
+    let sans = &x
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names;
+    let uris: Vec<_> = sans
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        uris,
+        vec![expected_spiffe_id().as_str()],
+        "exactly one URI SAN"
+    );
+    assert!(
+        sans.contains(&GeneralName::DNSName(INSTANCE)),
+        "instance GUID DNS SAN"
+    );
+    assert!(
+        sans.contains(&GeneralName::IPAddress(&[10, 255, 1, 7])),
+        "container IP SAN"
+    );
     assert_eq!(sans.len(), 3, "no other SANs: {sans:?}");
 
-    let bc = x.basic_constraints().unwrap().expect("basicConstraints present");
+    let bc = x
+        .basic_constraints()
+        .unwrap()
+        .expect("basicConstraints present");
     assert!(bc.critical && !bc.value.ca, "CA:FALSE, critical");
     let ku = x.key_usage().unwrap().expect("keyUsage present");
     assert!(ku.critical, "keyUsage critical");
-    assert!(ku.value.digital_signature() && ku.value.key_encipherment() && ku.value.key_agreement());
+    assert!(
+        ku.value.digital_signature() && ku.value.key_encipherment() && ku.value.key_agreement()
+    );
     assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign());
     let eku = x.extended_key_usage().unwrap().expect("EKU present").value;
     assert!(eku.server_auth && eku.client_auth && eku.other.is_empty() && !eku.any);
 
-    let cn: Vec<_> = x.subject().iter_common_name().map(|a| a.as_str().unwrap()).collect();
+    let cn: Vec<_> = x
+        .subject()
+        .iter_common_name()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_eq!(cn, vec![INSTANCE]);
-    let mut ous: Vec<_> = x.subject().iter_organizational_unit().map(|a| a.as_str().unwrap().to_string()).collect();
+    let mut ous: Vec<_> = x
+        .subject()
+        .iter_organizational_unit()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
     ous.sort();
-    assert_eq!(ous, vec![format!("app:{APP}"), format!("organization:{ORG}"), format!("space:{SPACE}")]);
+    assert_eq!(
+        ous,
+        vec![
+            format!("app:{APP}"),
+            format!("organization:{ORG}"),
+            format!("space:{SPACE}")
+        ]
+    );
 
     assert!(x.serial.bits() >= 64, "serial has at least 64 bits");
     let life = x.validity().not_after.timestamp() - x.validity().not_before.timestamp();
     assert_eq!(life, 3600 + 30, "default 1h TTL plus 30s backdating");
-    assert_eq!(x.issuer().as_raw(), X509Certificate::from_der(&cert.chain_der[0]).unwrap().1.subject().as_raw());
+    assert_eq!(
+        x.issuer().as_raw(),
+        X509Certificate::from_der(&cert.chain_der[0])
+            .unwrap()
+            .1
+            .subject()
+            .as_raw()
+    );
 
     // The record was durable before the certificate was handed out: a separate handle sees it.
     let other = Store::open(&rt.config.store, false).await.unwrap();
-    let entries = other.ledger_entries(&LedgerFilter::default()).await.unwrap();
+    let entries = other
+        .ledger_entries(&LedgerFilter::default())
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 1);
     let r = &entries[0].record;
     assert_eq!(entries[0].seq, cert.ledger_seq);
     assert_eq!(r.kind, EntryKind::Issued);
     assert_eq!(r.serial.as_deref(), Some(cert.serial_hex.as_str()));
     assert_eq!(r.spiffe_id.as_deref(), Some(expected_spiffe_id().as_str()));
-    assert_eq!((r.app_guid.as_str(), r.instance_guid.as_str(), r.cell_id.as_str()), (APP, INSTANCE, "cell-1"));
+    assert_eq!(
+        (
+            r.app_guid.as_str(),
+            r.instance_guid.as_str(),
+            r.cell_id.as_str()
+        ),
+        (APP, INSTANCE, "cell-1")
+    );
     assert_eq!(r.cert_der.as_deref(), Some(cert.cert_der.as_slice()));
-    assert_eq!(r.issuer_fingerprint.as_deref(), Some(rt.ca.intermediate().fingerprint.as_str()));
+    assert_eq!(
+        r.issuer_fingerprint.as_deref(),
+        Some(rt.ca.intermediate().fingerprint.as_str())
+    );
     let spki_hash = idmint::ca::sha256_hex(x.public_key().raw);
     assert_eq!(r.public_key_sha256.as_deref(), Some(spki_hash.as_str()));
     assert_eq!(r.not_after, Some(x.validity().not_after.timestamp()));
@@ -89,21 +152,44 @@ async fn names_and_powers_asked_for_in_a_csr_are_not_granted() {
         "greedy",
         &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         &[
-            "-addext", "subjectAltName=DNS:evil.example,URI:spiffe://cf.internal/admin,IP:1.2.3.4",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-            "-addext", "extendedKeyUsage=codeSigning",
+            "-addext",
+            "subjectAltName=DNS:evil.example,URI:spiffe://cf.internal/admin,IP:1.2.3.4",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-addext",
+            "extendedKeyUsage=codeSigning",
         ],
     );
     let cert = rt
         .issuance
-        .sign(SignRequest { placement: placement(), csr, ttl: None })
+        .sign(SignRequest {
+            placement: placement(),
+            csr,
+            ttl: None,
+        })
         .await
         .expect("the key is certified; the requests are ignored");
     let (_, x) = X509Certificate::from_der(&cert.cert_der).unwrap();
-    let text = openssl_ok(dir.path(), &["x509", "-noout", "-text", "-in", &write_pem(dir.path(), &cert.cert_der)]);
-    assert!(!text.contains("evil.example") && !text.contains("/admin") && !text.contains("1.2.3.4"), "{text}");
-    assert!(!text.contains("requested-name"), "subject CN from the CSR leaked: {text}");
+    let text = openssl_ok(
+        dir.path(),
+        &[
+            "x509",
+            "-noout",
+            "-text",
+            "-in",
+            &write_pem(dir.path(), &cert.cert_der),
+        ],
+    );
+    assert!(
+        !text.contains("evil.example") && !text.contains("/admin") && !text.contains("1.2.3.4"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("requested-name"),
+        "subject CN from the CSR leaked: {text}"
+    );
     assert!(!text.contains("Code Signing"), "{text}");
     assert!(!x.basic_constraints().unwrap().unwrap().value.ca);
     assert!(!x.key_usage().unwrap().unwrap().value.key_cert_sign());
@@ -123,11 +209,24 @@ async fn rsa_and_p384_keys_are_certified() {
     let dir = tempfile::tempdir().unwrap();
     let rt = dev_runtime(dir.path(), &[]).await;
     for (name, keygen) in [
-        ("rsa2048", vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
-        ("p384", vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        (
+            "rsa2048",
+            vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+        (
+            "p384",
+            vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
     ] {
         let csr = openssl_csr(dir.path(), name, &keygen, &[]);
-        let cert = rt.issuance.sign(SignRequest { placement: placement(), csr, ttl: None }).await;
+        let cert = rt
+            .issuance
+            .sign(SignRequest {
+                placement: placement(),
+                csr,
+                ttl: None,
+            })
+            .await;
         let cert = cert.unwrap_or_else(|e| panic!("{name}: {e}"));
         let (ok, out) = openssl_verify(dir.path(), &roots(&rt), &cert.chain_der, &cert.cert_der);
         assert!(ok, "{name}: {out}");
@@ -138,7 +237,10 @@ async fn rsa_and_p384_keys_are_certified() {
 /// Counts ledger rows by kind.
 async fn kinds(rt: &Runtime) -> (usize, usize) {
     let all = rt.audit.list(&LedgerFilter::default()).await.unwrap();
-    let issued = all.iter().filter(|e| e.record.kind == EntryKind::Issued).count();
+    let issued = all
+        .iter()
+        .filter(|e| e.record.kind == EntryKind::Issued)
+        .count();
     (issued, all.len() - issued)
 }
 
@@ -153,15 +255,33 @@ async fn bad_csrs_are_refused_with_a_clear_reason_and_recorded_as_denials_only()
     let mut trailing = good.clone();
     trailing.extend_from_slice(b"extra");
     let ed25519 = openssl_csr(dir.path(), "ed", &["-algorithm", "ED25519"], &[]);
-    let p521 = openssl_csr(dir.path(), "p521", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"], &[]);
-    let rsa1024 = openssl_csr(dir.path(), "rsa1024", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"], &[]);
+    let p521 = openssl_csr(
+        dir.path(),
+        "p521",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
+        &[],
+    );
+    let rsa1024 = openssl_csr(
+        dir.path(),
+        "rsa1024",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+        &[],
+    );
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("bad signature", bad_signature, "signature does not verify"),
-        ("garbage", b"\x30\x03garbage bytes".to_vec(), "not a DER or PEM"),
+        (
+            "garbage",
+            b"\x30\x03garbage bytes".to_vec(),
+            "not a DER or PEM",
+        ),
         ("empty", Vec::new(), "not a DER or PEM"),
         ("trailing data", trailing, "trailing data"),
-        ("bad PEM", b"-----BEGIN CERTIFICATE REQUEST-----\n!!!\n".to_vec(), "not a DER or PEM"),
+        (
+            "bad PEM",
+            b"-----BEGIN CERTIFICATE REQUEST-----\n!!!\n".to_vec(),
+            "not a DER or PEM",
+        ),
         ("Ed25519", ed25519, "unsupported key type"),
         ("P-521", p521, "unsupported key type EC curve 1.3.132.0.35"),
         ("RSA-1024", rsa1024, "unsupported key type RSA-1024"),
@@ -169,7 +289,11 @@ async fn bad_csrs_are_refused_with_a_clear_reason_and_recorded_as_denials_only()
     for (name, csr, expected) in &cases {
         let err = rt
             .issuance
-            .sign(SignRequest { placement: placement(), csr: csr.clone(), ttl: None })
+            .sign(SignRequest {
+                placement: placement(),
+                csr: csr.clone(),
+                ttl: None,
+            })
             .await
             .expect_err(name);
         match &err {
@@ -179,33 +303,58 @@ async fn bad_csrs_are_refused_with_a_clear_reason_and_recorded_as_denials_only()
     }
     assert_eq!(kinds(&rt).await, (0, cases.len()), "only denials recorded");
     let denials = rt.audit.list(&LedgerFilter::default()).await.unwrap();
-    assert!(denials.iter().all(|d| d.record.reason.is_some() && d.record.cert_der.is_none() && d.record.serial.is_none()));
+    assert!(denials.iter().all(|d| d.record.reason.is_some()
+        && d.record.cert_der.is_none()
+        && d.record.serial.is_none()));
     rt.shutdown().await;
 }
 
 #[tokio::test]
 async fn ttl_beyond_the_ca_is_refused_and_ttl_past_its_expiry_is_capped() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = dev_runtime(dir.path(), &[("ca.intermediate_ttl", "2h"), ("ca.leaf_ttl", "1h")]).await;
+    let rt = dev_runtime(
+        dir.path(),
+        &[("ca.intermediate_ttl", "2h"), ("ca.leaf_ttl", "1h")],
+    )
+    .await;
     let csr = || agent::new_key_and_csr().unwrap().1;
 
     let err = rt
         .issuance
-        .sign(SignRequest { placement: placement(), csr: csr(), ttl: Some("3h".parse().unwrap()) })
+        .sign(SignRequest {
+            placement: placement(),
+            csr: csr(),
+            ttl: Some("3h".parse().unwrap()),
+        })
         .await
         .unwrap_err();
-    assert!(matches!(&err, ApiError::Refused(m) if m.contains("longer than the issuing CA's whole lifetime")), "{err}");
+    assert!(
+        matches!(&err, ApiError::Refused(m) if m.contains("longer than the issuing CA's whole lifetime")),
+        "{err}"
+    );
     assert_eq!(kinds(&rt).await, (0, 1));
 
     // 2h is within the CA's 2h+60s life, but ends after it: capped, and the caller is told.
     let cert = rt
         .issuance
-        .sign(SignRequest { placement: placement(), csr: csr(), ttl: Some("2h".parse().unwrap()) })
+        .sign(SignRequest {
+            placement: placement(),
+            csr: csr(),
+            ttl: Some("2h".parse().unwrap()),
+        })
         .await
         .unwrap();
     assert!(cert.capped);
     assert_eq!(cert.not_after, rt.ca.intermediate().not_after);
-    let normal = rt.issuance.sign(SignRequest { placement: placement(), csr: csr(), ttl: None }).await.unwrap();
+    let normal = rt
+        .issuance
+        .sign(SignRequest {
+            placement: placement(),
+            csr: csr(),
+            ttl: None,
+        })
+        .await
+        .unwrap();
     assert!(!normal.capped);
     assert_eq!(kinds(&rt).await, (2, 1));
     rt.shutdown().await;
@@ -219,10 +368,17 @@ async fn a_template_value_that_is_missing_is_refused() {
     p.org_guid = None;
     let err = rt
         .issuance
-        .sign(SignRequest { placement: p, csr: agent::new_key_and_csr().unwrap().1, ttl: None })
+        .sign(SignRequest {
+            placement: p,
+            csr: agent::new_key_and_csr().unwrap().1,
+            ttl: None,
+        })
         .await
         .unwrap_err();
-    assert!(matches!(&err, ApiError::Refused(m) if m.contains("{org_guid}")), "{err}");
+    assert!(
+        matches!(&err, ApiError::Refused(m) if m.contains("{org_guid}")),
+        "{err}"
+    );
     assert_eq!(kinds(&rt).await, (0, 1));
     rt.shutdown().await;
 }
@@ -234,7 +390,11 @@ async fn concurrent_issuance_gives_a_dense_ledger_with_unique_serials() {
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let issuance = rt.issuance.clone();
-            tokio::spawn(async move { agent::obtain_svid(&issuance, placement(), None).await.map(|s| s.cert.ledger_seq) })
+            tokio::spawn(async move {
+                agent::obtain_svid(&issuance, placement(), None)
+                    .await
+                    .map(|s| s.cert.ledger_seq)
+            })
         })
         .collect();
     let mut seqs = Vec::new();
@@ -244,7 +404,10 @@ async fn concurrent_issuance_gives_a_dense_ledger_with_unique_serials() {
     seqs.sort();
     assert_eq!(seqs, (0..200).collect::<Vec<i64>>());
     let entries = rt.audit.list(&LedgerFilter::default()).await.unwrap();
-    let mut serials: Vec<_> = entries.iter().map(|e| e.record.serial.clone().unwrap()).collect();
+    let mut serials: Vec<_> = entries
+        .iter()
+        .map(|e| e.record.serial.clone().unwrap())
+        .collect();
     serials.sort();
     serials.dedup();
     assert_eq!(serials.len(), 200);

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -97,8 +97,15 @@ async fn load_self_signed(
         .filter(|r| r.role == "root" && r.state != "prepared")
         .map(|r| CaCert::from_der(Role::Root, &r.cert_der))
         .collect::<Result<Vec<_>, _>>()?;
-    debug_assert!(roots.iter().any(|r| r.fingerprint == root_record.fingerprint));
-    Ok(CertificateAuthority::new(settings, roots, vec![intermediate], key))
+    debug_assert!(roots
+        .iter()
+        .any(|r| r.fingerprint == root_record.fingerprint));
+    Ok(CertificateAuthority::new(
+        settings,
+        roots,
+        vec![intermediate],
+        key,
+    ))
 }
 
 /// A new root and intermediate, keys sealed under `kek`, ready to store.
@@ -108,7 +115,12 @@ fn create_self_signed(
     now: OffsetDateTime,
 ) -> Result<Vec<CaRecord>, Error> {
     let root_key = CaKey::generate_p256()?;
-    let root_params = ca_params(settings, Role::Root, now, now + settings.root_ttl.duration())?;
+    let root_params = ca_params(
+        settings,
+        Role::Root,
+        now,
+        now + settings.root_ttl.duration(),
+    )?;
     let root_der = root_params.self_signed(&root_key)?.der().to_vec();
 
     let inter_key = CaKey::generate_p256()?;
@@ -117,23 +129,26 @@ fn create_self_signed(
     let issuer = Issuer::from_params(&root_params, &root_key);
     let inter_der = inter_params.signed_by(&inter_key, &issuer)?.der().to_vec();
 
-    [(Role::Root, root_der, &root_key), (Role::Intermediate, inter_der, &inter_key)]
-        .into_iter()
-        .map(|(role, der, key)| {
-            let cert = CaCert::from_der(role, &der)?;
-            let pkcs8 = key.pkcs8_der().expect("generated keys keep their PKCS#8");
-            Ok(CaRecord {
-                role: role.as_str().into(),
-                state: "active".into(),
-                sealed_key: Some(kek.seal(cert.fingerprint.as_bytes(), pkcs8)?),
-                fingerprint: cert.fingerprint,
-                not_before: cert.not_before.unix_timestamp(),
-                not_after: cert.not_after.unix_timestamp(),
-                created_at: now.unix_timestamp(),
-                cert_der: der,
-            })
+    [
+        (Role::Root, root_der, &root_key),
+        (Role::Intermediate, inter_der, &inter_key),
+    ]
+    .into_iter()
+    .map(|(role, der, key)| {
+        let cert = CaCert::from_der(role, &der)?;
+        let pkcs8 = key.pkcs8_der().expect("generated keys keep their PKCS#8");
+        Ok(CaRecord {
+            role: role.as_str().into(),
+            state: "active".into(),
+            sealed_key: Some(kek.seal(cert.fingerprint.as_bytes(), pkcs8)?),
+            fingerprint: cert.fingerprint,
+            not_before: cert.not_before.unix_timestamp(),
+            not_after: cert.not_after.unix_timestamp(),
+            created_at: now.unix_timestamp(),
+            cert_der: der,
         })
-        .collect()
+    })
+    .collect()
 }
 
 fn ca_params(
@@ -148,7 +163,10 @@ fn ca_params(
     dn.push(DnType::OrganizationName, "idmint");
     dn.push(DnType::OrganizationalUnitName, td.as_str());
     let stamp = now.unix_timestamp();
-    dn.push(DnType::CommonName, format!("idmint {} CA {stamp}", role.as_str()));
+    dn.push(
+        DnType::CommonName,
+        format!("idmint {} CA {stamp}", role.as_str()),
+    );
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(match role {
         Role::Root => 1,
@@ -161,7 +179,7 @@ fn ca_params(
     ];
     p.not_before = now - Duration::from_secs(60);
     p.not_after = not_after;
-    p.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    p.serial_number = Some(SerialNumber::from_slice(&random_serial(now)?));
     p.subject_alt_names = vec![SanType::URI(td.id_string().try_into()?)];
     p.use_authority_key_identifier_extension = role == Role::Intermediate;
     Ok(p)
@@ -182,18 +200,25 @@ fn load_upstream(
         std::fs::read(&files.intermediate_key)
             .map_err(|e| fail(&files.intermediate_key, e.to_string()))?,
     );
-    let key = CaKey::from_pem(&key_pem).map_err(|e| fail(&files.intermediate_key, e.to_string()))?;
+    let key =
+        CaKey::from_pem(&key_pem).map_err(|e| fail(&files.intermediate_key, e.to_string()))?;
     let signing = &chain[0];
     if signing.public_key_raw != key.public_key_raw() {
         return Err(fail(
             &files.intermediate_key,
-            format!("key does not match the certificate in {}", files.intermediate_cert.display()),
+            format!(
+                "key does not match the certificate in {}",
+                files.intermediate_cert.display()
+            ),
         ));
     }
     if let Some(not_ca) = chain.iter().find(|c| !c.is_ca) {
         return Err(fail(
             &files.intermediate_cert,
-            format!("{} is not a CA certificate (basicConstraints cA is not set)", not_ca.subject),
+            format!(
+                "{} is not a CA certificate (basicConstraints cA is not set)",
+                not_ca.subject
+            ),
         ));
     }
     if signing.not_after <= now {
@@ -206,7 +231,10 @@ fn load_upstream(
         if !signed_by(&pair[0], &pair[1]) {
             return Err(fail(
                 &files.intermediate_cert,
-                format!("{} is not signed by the next certificate, {}", pair[0].subject, pair[1].subject),
+                format!(
+                    "{} is not signed by the next certificate, {}",
+                    pair[0].subject, pair[1].subject
+                ),
             ));
         }
     }

@@ -57,12 +57,15 @@ impl CaCert {
     pub fn from_der(role: Role, der: &[u8]) -> Result<CaCert, Error> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| Error::Inconsistent(format!("unreadable CA certificate: {e}")))?;
-        let key_id = cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
-                Some(id.0.to_vec())
-            }
-            _ => None,
-        });
+        let key_id = cert
+            .extensions()
+            .iter()
+            .find_map(|ext| match ext.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            });
         let is_ca = cert
             .basic_constraints()
             .ok()

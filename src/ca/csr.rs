@@ -57,8 +57,8 @@ pub fn check(input: &[u8]) -> Result<CheckedCsr, CsrError> {
     } else {
         input
     };
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CsrError::TrailingData(rest.len()));
     }
@@ -113,7 +113,10 @@ fn key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<LeafKe
         } else if curve == OID_NIST_EC_P384 {
             Ok(LeafKeyType::EcdsaP384)
         } else {
-            Err(CsrError::UnsupportedKey(format!("EC curve {}", curve.to_id_string())))
+            Err(CsrError::UnsupportedKey(format!(
+                "EC curve {}",
+                curve.to_id_string()
+            )))
         };
     }
     if alg.algorithm == OID_PKCS1_RSAENCRYPTION {

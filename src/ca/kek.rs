@@ -26,7 +26,8 @@ impl Kek {
                 Error::KekUnreadable(path.to_path_buf(), e.to_string())
             }
         })?);
-        let bytes = decode_hex(text.trim()).ok_or_else(|| Error::KekMalformed(path.to_path_buf()))?;
+        let bytes =
+            decode_hex(text.trim()).ok_or_else(|| Error::KekMalformed(path.to_path_buf()))?;
         if bytes.len() != 32 {
             return Err(Error::KekMalformed(path.to_path_buf()));
         }
@@ -141,9 +142,18 @@ mod tests {
         assert_eq!(mode, 0o600);
         let sealed = kek.seal(b"ctx", b"secret").unwrap();
         assert_eq!(&kek.open(b"ctx", &sealed).unwrap()[..], b"secret");
-        assert!(matches!(kek.open(b"other", &sealed), Err(Error::KekWrong(_))));
-        assert!(Kek::create(&path).is_err(), "an existing KEK must not be replaced");
+        assert!(matches!(
+            kek.open(b"other", &sealed),
+            Err(Error::KekWrong(_))
+        ));
+        assert!(
+            Kek::create(&path).is_err(),
+            "an existing KEK must not be replaced"
+        );
         let other = Kek::create(&dir.path().join("kek2")).unwrap();
-        assert!(matches!(other.open(b"ctx", &sealed), Err(Error::KekWrong(_))));
+        assert!(matches!(
+            other.open(b"ctx", &sealed),
+            Err(Error::KekWrong(_))
+        ));
     }
 }

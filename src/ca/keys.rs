@@ -71,21 +71,18 @@ impl CaKey {
     /// A key from PKCS#8 DER (ECDSA P-256 or RSA).
     pub fn from_pkcs8(der: &[u8]) -> Result<CaKey, Error> {
         let rng = SystemRandom::new();
-        let inner = match EcdsaKeyPair::from_pkcs8(
-            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            der,
-            &rng,
-        ) {
-            Ok(pair) => Inner::EcdsaP256(pair),
-            Err(ec_err) => match RsaKeyPair::from_pkcs8(der) {
-                Ok(pair) => Inner::Rsa(pair),
-                Err(rsa_err) => {
-                    return Err(Error::UnsupportedCaKey(format!(
-                        "not an ECDSA P-256 key ({ec_err}) nor an RSA key ({rsa_err})"
-                    )))
-                }
-            },
-        };
+        let inner =
+            match EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, der, &rng) {
+                Ok(pair) => Inner::EcdsaP256(pair),
+                Err(ec_err) => match RsaKeyPair::from_pkcs8(der) {
+                    Ok(pair) => Inner::Rsa(pair),
+                    Err(rsa_err) => {
+                        return Err(Error::UnsupportedCaKey(format!(
+                            "not an ECDSA P-256 key ({ec_err}) nor an RSA key ({rsa_err})"
+                        )))
+                    }
+                },
+            };
         let key = CaKey {
             inner,
             pkcs8: Some(Zeroizing::new(der.to_vec())),

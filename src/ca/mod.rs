@@ -40,7 +40,9 @@ pub enum Error {
     KekMalformed(PathBuf),
     #[error("key-encryption key in {0} does not decrypt the stored CA keys (wrong key file?)")]
     KekWrong(PathBuf),
-    #[error("no CA has been initialised in this store; start `idmint dev` or run `idmint ca init`")]
+    #[error(
+        "no CA has been initialised in this store; start `idmint dev` or run `idmint ca init`"
+    )]
     NotInitialised,
     #[error("stored CA is inconsistent: {0}")]
     Inconsistent(String),

@@ -56,7 +56,13 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
     let store = Store::open(&config.store, false).await?;
     let audit = AuditLog::new(store.clone());
     let result = match cmd {
-        AuditCommand::List { app_guid, serial, since, limit, json } => {
+        AuditCommand::List {
+            app_guid,
+            serial,
+            since,
+            limit,
+            json,
+        } => {
             if limit < 1 {
                 bail!("--limit must be at least 1");
             }
@@ -66,7 +72,11 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
                 since_ms: since.map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
                 limit: Some(limit),
             };
-            audit.list(&filter).await.map_err(Into::into).and_then(|entries| list(&entries, json))
+            audit
+                .list(&filter)
+                .await
+                .map_err(Into::into)
+                .and_then(|entries| list(&entries, json))
         }
         AuditCommand::Show { serial, json } => match audit.by_serial(&serial).await? {
             Some(entry) => show(&entry, json),
@@ -94,11 +104,25 @@ fn list(entries: &[LedgerEntry], json: bool) -> Result<()> {
                 r.serial.clone().unwrap_or_else(dash),
                 r.instance_guid.clone(),
                 r.cell_id.clone(),
-                r.spiffe_id.clone().or_else(|| r.reason.clone()).unwrap_or_else(dash),
+                r.spiffe_id
+                    .clone()
+                    .or_else(|| r.reason.clone())
+                    .unwrap_or_else(dash),
             ]
         })
         .collect();
-    table::print(&["SEQ", "KIND", "RECORDED", "SERIAL", "INSTANCE", "CELL", "SPIFFE ID / REASON"], &rows);
+    table::print(
+        &[
+            "SEQ",
+            "KIND",
+            "RECORDED",
+            "SERIAL",
+            "INSTANCE",
+            "CELL",
+            "SPIFFE ID / REASON",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -115,17 +139,32 @@ fn show(e: &LedgerEntry, json: bool) -> Result<()> {
     let time = |v: Option<i64>| v.map(table::time_text).unwrap_or_else(|| "-".into());
     println!("ledger entry        {}", e.seq);
     println!("kind                {}", r.kind.as_str());
-    println!("recorded            {}", table::time_text(r.recorded_at_ms / 1000));
+    println!(
+        "recorded            {}",
+        table::time_text(r.recorded_at_ms / 1000)
+    );
     println!("serial              {}", opt(&r.serial));
     println!("SPIFFE ID           {}", opt(&r.spiffe_id));
     println!("instance            {}", r.instance_guid);
-    println!("app / space / org   {} / {} / {}", r.app_guid, opt(&r.space_guid), opt(&r.org_guid));
+    println!(
+        "app / space / org   {} / {} / {}",
+        r.app_guid,
+        opt(&r.space_guid),
+        opt(&r.org_guid)
+    );
     println!("cell                {}", r.cell_id);
     println!("container IP        {}", opt(&r.container_ip));
-    println!("valid               {} .. {}", time(r.not_before), time(r.not_after));
+    println!(
+        "valid               {} .. {}",
+        time(r.not_before),
+        time(r.not_after)
+    );
     println!("public key SHA-256  {}", opt(&r.public_key_sha256));
     println!("issuer SHA-256      {}", opt(&r.issuer_fingerprint));
-    println!("leaf hash           {}", crate::ca::encode_hex(&r.leaf_hash));
+    println!(
+        "leaf hash           {}",
+        crate::ca::encode_hex(&r.leaf_hash)
+    );
     if let Some(pem) = pem {
         print!("{pem}");
     }

@@ -26,7 +26,13 @@ pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
     match cmd {
         CaCommand::Show { json } => {
             let store = Store::open(&config.store, false).await?;
-            let ca = ca::load(config.ca.clone(), &store, Init::MustExist, OffsetDateTime::now_utc()).await?;
+            let ca = ca::load(
+                config.ca.clone(),
+                &store,
+                Init::MustExist,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
             let certs: Vec<&CaCert> = ca.roots().iter().chain(ca.chain()).collect();
             if json {
                 let mode = match &config.ca.mode {
@@ -62,7 +68,16 @@ pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
                     ]
                 })
                 .collect();
-            table::print(&["ROLE", "STATE", "SUBJECT", "SHA-256 FINGERPRINT", "NOT AFTER"], &rows);
+            table::print(
+                &[
+                    "ROLE",
+                    "STATE",
+                    "SUBJECT",
+                    "SHA-256 FINGERPRINT",
+                    "NOT AFTER",
+                ],
+                &rows,
+            );
             println!("signing key: {}", ca.key_description());
             Ok(())
         }
@@ -74,9 +89,18 @@ pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
                 app::ensure_writable_dir(&config.data_dir)?;
             }
             let store = Store::open(&config.store, true).await?;
-            let (ca, created) = ca::init_self_signed(config.ca.clone(), &store, OffsetDateTime::now_utc()).await?;
-            let verb = if created { "created" } else { "already initialised" };
-            println!("CA {verb}: root {} / intermediate {}", ca.roots()[0].fingerprint, ca.intermediate().fingerprint);
+            let (ca, created) =
+                ca::init_self_signed(config.ca.clone(), &store, OffsetDateTime::now_utc()).await?;
+            let verb = if created {
+                "created"
+            } else {
+                "already initialised"
+            };
+            println!(
+                "CA {verb}: root {} / intermediate {}",
+                ca.roots()[0].fingerprint,
+                ca.intermediate().fingerprint
+            );
             store.close().await;
             Ok(())
         }

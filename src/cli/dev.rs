@@ -3,11 +3,11 @@
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
+use super::table::rfc3339;
 use crate::admin::{self, AdminState};
 use crate::app::{self, Runtime};
 use crate::ca::Init;
 use crate::config::Config;
-use super::table::rfc3339;
 
 pub async fn run(config: Config) -> Result<()> {
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
@@ -30,11 +30,18 @@ pub async fn run(config: Config) -> Result<()> {
     let inter = rt.ca.intermediate();
     println!("idmint dev: trust domain {}", c.ca.trust_domain);
     println!("  data directory      {}", c.data_dir.display());
-    println!("  database            {}", crate::store::redact_url(&c.store.url));
+    println!(
+        "  database            {}",
+        crate::store::redact_url(&c.store.url)
+    );
     println!("  key-encryption key  {}", c.ca.kek_file.display());
     println!("  trust bundle        {}", bundle_path.display());
     for root in rt.ca.roots() {
-        println!("  root CA             {} (until {})", root.fingerprint, rfc3339(root.not_after));
+        println!(
+            "  root CA             {} (until {})",
+            root.fingerprint,
+            rfc3339(root.not_after)
+        );
     }
     println!(
         "  intermediate CA     {} ({}, until {})",

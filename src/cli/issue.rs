@@ -52,11 +52,15 @@ const OUT_FILES: [&str; 4] = ["cert.pem", "chain.pem", "bundle.pem", "key.pem"];
 pub async fn run(args: IssueArgs, config: Config) -> Result<()> {
     // Check every input before anything is issued, so a mistake leaves no ledger record.
     let csr = match &args.csr {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read CSR {}", path.display()))?),
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("cannot read CSR {}", path.display()))?,
+        ),
         None => None,
     };
     match (&csr, &args.out_dir) {
-        (None, None) => bail!("without --csr, --out-dir DIR is needed to write the new private key"),
+        (None, None) => {
+            bail!("without --csr, --out-dir DIR is needed to write the new private key")
+        }
         (_, Some(dir)) => prepare_out_dir(dir)?,
         (Some(_), None) => {}
     }
@@ -93,7 +97,11 @@ pub async fn run(args: IssueArgs, config: Config) -> Result<()> {
     let chain = chain_pem(&cert);
     match &args.out_dir {
         Some(dir) => {
-            app::write_atomic(&dir.join("cert.pem"), cert_pem(&cert.cert_der).as_bytes(), 0o644)?;
+            app::write_atomic(
+                &dir.join("cert.pem"),
+                cert_pem(&cert.cert_der).as_bytes(),
+                0o644,
+            )?;
             app::write_atomic(&dir.join("chain.pem"), chain.as_bytes(), 0o644)?;
             app::write_atomic(&dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
             if let Some(key) = key {
@@ -129,7 +137,10 @@ fn prepare_out_dir(dir: &Path) -> Result<()> {
     for name in OUT_FILES {
         let path = dir.join(name);
         if path.exists() {
-            bail!("{} already exists; choose an empty --out-dir (nothing is overwritten)", path.display());
+            bail!(
+                "{} already exists; choose an empty --out-dir (nothing is overwritten)",
+                path.display()
+            );
         }
     }
     app::ensure_writable_dir(dir)

@@ -8,7 +8,7 @@ mod leaf_hash;
 mod writer;
 
 pub use leaf_hash::leaf_hash;
-pub use writer::{Ledger, MAX_BATCH};
+pub use writer::{Ledger, WriterStats, MAX_BATCH};
 
 /// Why an append did not become durable.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,9 @@
 //! Group commit: one task owns ledger writes, taking every append waiting at the moment and
 //! committing them in one transaction, so durability costs one sync per batch.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -8,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::Error;
 use crate::store::{LedgerRecord, Store};
 
-/// The most records committed in one transaction.
-pub const MAX_BATCH: usize = 1024;
+/// The most records committed at once.
+pub const MAX_BATCH: usize = crate::store::MAX_APPEND;
 
 struct Pending {
     record: LedgerRecord,
@@ -20,6 +23,22 @@ struct Pending {
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
+    stats: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    records: AtomicU64,
+}
+
+/// What the writer has committed since it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Records committed in them.
+    pub records: u64,
 }
 
 impl Ledger {
@@ -27,8 +46,17 @@ impl Ledger {
     /// already queued, and ends; await the handle to know they are durable.
     pub fn start(store: Store, shutdown: CancellationToken) -> (Ledger, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        let task = tokio::spawn(run(store, rx, shutdown));
-        (Ledger { tx }, task)
+        let stats = Arc::new(Counters::default());
+        let task = tokio::spawn(run(store, rx, shutdown, stats.clone()));
+        (Ledger { tx, stats }, task)
+    }
+
+    /// Commits and records so far: their ratio is the mean group-commit size.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.stats.commits.load(Ordering::Relaxed),
+            records: self.stats.records.load(Ordering::Relaxed),
+        }
     }
 
     /// Appends one record and waits until it is committed. Returns its sequence number.
@@ -43,9 +71,15 @@ impl Ledger {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Pending>,
+    shutdown: CancellationToken,
+    stats: Arc<Counters>,
+) {
     let mut records = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::with_capacity(MAX_BATCH);
+    let mut next_seq = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -68,9 +102,17 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: Cancellati
                 Err(_) => break,
             }
         }
-        let outcome = store.append_ledger(&records).await;
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, records = records.len(), "ledger batch failed; callers told");
+        let outcome = append(&store, &mut next_seq, &records).await;
+        match &outcome {
+            Ok(_) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = records.len(), "ledger batch failed; callers told")
+            }
         }
         for (i, done) in waiters.drain(..).enumerate() {
             let reply = match &outcome {
@@ -82,4 +124,33 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: Cancellati
         }
         records.clear();
     }
+}
+
+/// Writes one batch at the next sequence numbers. The next number is remembered between
+/// batches and re-read only when another writer (a second process on the same database) has
+/// taken it, so a batch is normally a single statement.
+async fn append(
+    store: &Store,
+    next_seq: &mut Option<i64>,
+    records: &[LedgerRecord],
+) -> Result<i64, crate::store::Error> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let first = match *next_seq {
+            Some(n) => n,
+            None => store.next_ledger_seq().await?,
+        };
+        match store.insert_ledger_at(first, records).await {
+            Ok(()) => {
+                *next_seq = Some(first + records.len() as i64);
+                return Ok(first);
+            }
+            Err(crate::store::Error::SeqTaken) => *next_seq = None,
+            Err(e) => {
+                *next_seq = None;
+                return Err(e);
+            }
+        }
+    }
+    Err(crate::store::Error::SeqTaken)
 }

@@ -28,8 +28,17 @@ impl IssuanceService {
         &self.ca
     }
 
+    /// The ledger this service records in.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// [`Authority::sign`] at an explicit time.
-    pub async fn sign_at(&self, req: SignRequest, now: OffsetDateTime) -> Result<SignedCert, Error> {
+    pub async fn sign_at(
+        &self,
+        req: SignRequest,
+        now: OffsetDateTime,
+    ) -> Result<SignedCert, Error> {
         match self.ca.issue(&req.placement, &req.csr, req.ttl, now) {
             Ok(issued) => {
                 let record = issued_record(&req.placement, &issued, now);

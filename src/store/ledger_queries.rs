@@ -3,59 +3,82 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{finish, EntryKind, Error, LedgerEntry, LedgerFilter, LedgerRecord, Store};
+use super::{Backend, EntryKind, Error, LedgerEntry, LedgerFilter, LedgerRecord, Store};
 
 const COLUMNS: &str = "kind, recorded_at_ms, serial, spiffe_id, instance_guid, app_guid, \
     space_guid, org_guid, cell_id, container_ip, not_before, not_after, public_key_sha256, \
     issuer_fingerprint, cert_der, reason, leaf_hash";
 const COLUMN_COUNT: usize = 17;
 
-/// Rows per INSERT statement: well under both backends' bound-parameter limits.
-const ROWS_PER_STATEMENT: usize = 100;
+/// The most records one append may carry: all of them go into a single INSERT statement,
+/// which must stay under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
+pub const MAX_APPEND: usize = 1024;
+const _: () = assert!(MAX_APPEND * (COLUMN_COUNT + 1) <= 32_766);
 
 impl Store {
-    /// Appends `records` in one transaction, numbered densely after the last entry. Returns
-    /// the first sequence number. Nothing is visible (or durable) unless all of them are.
-    pub async fn append_ledger(&self, records: &[LedgerRecord]) -> Result<i64, Error> {
-        let mut conn = self.pool.acquire().await?;
-        self.begin_exclusive(&mut conn).await?;
-        let result = async {
-            let first: i64 =
-                sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) AS next FROM ledger_entries")
-                    .fetch_one(&mut *conn)
-                    .await?
-                    .try_get("next")?;
-            for (chunk_no, chunk) in records.chunks(ROWS_PER_STATEMENT).enumerate() {
-                let sql = insert_sql(chunk.len());
-                let mut q = sqlx::query(&sql);
-                for (i, r) in chunk.iter().enumerate() {
-                    let seq = first + (chunk_no * ROWS_PER_STATEMENT + i) as i64;
-                    q = q
-                        .bind(seq)
-                        .bind(r.kind.as_str())
-                        .bind(r.recorded_at_ms)
-                        .bind(&r.serial)
-                        .bind(&r.spiffe_id)
-                        .bind(&r.instance_guid)
-                        .bind(&r.app_guid)
-                        .bind(&r.space_guid)
-                        .bind(&r.org_guid)
-                        .bind(&r.cell_id)
-                        .bind(&r.container_ip)
-                        .bind(r.not_before)
-                        .bind(r.not_after)
-                        .bind(&r.public_key_sha256)
-                        .bind(&r.issuer_fingerprint)
-                        .bind(&r.cert_der)
-                        .bind(&r.reason)
-                        .bind(&r.leaf_hash);
-                }
-                q.execute(&mut *conn).await?;
-            }
-            Ok(first)
+    /// The sequence number the next ledger entry gets.
+    pub async fn next_ledger_seq(&self) -> Result<i64, Error> {
+        Ok(
+            sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) AS next FROM ledger_entries")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("next")?,
+        )
+    }
+
+    /// Inserts `records` numbered from `first`, in one statement: all become durable or none.
+    /// [`Error::SeqTaken`] means another writer already used those numbers; read
+    /// [`Store::next_ledger_seq`] again and retry. One statement, not a transaction, because
+    /// every statement is a round trip to the database and this is the issuance hot path.
+    pub async fn insert_ledger_at(
+        &self,
+        first: i64,
+        records: &[LedgerRecord],
+    ) -> Result<(), Error> {
+        assert!(
+            records.len() <= MAX_APPEND,
+            "ledger append larger than MAX_APPEND"
+        );
+        if records.is_empty() {
+            return Ok(());
         }
-        .await;
-        finish(&mut conn, result).await
+        let sql = insert_sql(records.len(), self.backend);
+        let mut q = sqlx::query(&sql);
+        for (i, r) in records.iter().enumerate() {
+            q = q
+                .bind(first + i as i64)
+                .bind(r.kind.as_str())
+                .bind(r.recorded_at_ms)
+                .bind(&r.serial)
+                .bind(&r.spiffe_id)
+                .bind(&r.instance_guid)
+                .bind(&r.app_guid)
+                .bind(&r.space_guid)
+                .bind(&r.org_guid)
+                .bind(&r.cell_id)
+                .bind(&r.container_ip)
+                .bind(r.not_before)
+                .bind(r.not_after)
+                .bind(&r.public_key_sha256)
+                .bind(&r.issuer_fingerprint)
+                .bind(&r.cert_der)
+                .bind(&r.reason)
+                .bind(&r.leaf_hash);
+        }
+        match q.execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                // A unique violation is either a taken sequence number (another writer) or,
+                // with odds of 2^-80 per pair issued in the same millisecond, a repeated
+                // serial. Only the first moves MAX(seq).
+                if self.next_ledger_seq().await? > first {
+                    Err(Error::SeqTaken)
+                } else {
+                    Err(Error::Query(sqlx::Error::Database(db)))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ledger entries matching `filter`, oldest first.
@@ -78,7 +101,10 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        let mut entries = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         entries.reverse();
         Ok(entries)
     }
@@ -92,7 +118,9 @@ impl Store {
     }
 }
 
-fn insert_sql(rows: usize) -> String {
+/// A multi-row INSERT. SQLite gets anonymous `?` placeholders: with numbered ones, SQLite
+/// looks each name up by scanning a list, which makes binding a large statement quadratic.
+fn insert_sql(rows: usize, backend: Backend) -> String {
     let per_row = COLUMN_COUNT + 1;
     let mut sql = format!("INSERT INTO ledger_entries (seq, {COLUMNS}) VALUES ");
     for row in 0..rows {
@@ -101,7 +129,10 @@ fn insert_sql(rows: usize) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * per_row + col + 1));
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${}", row * per_row + col + 1)),
+            }
         }
         sql.push(')');
     }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
+pub use ledger_queries::MAX_APPEND;
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 
 /// Why the store could not do what was asked.
@@ -31,6 +32,8 @@ pub enum Error {
     Migrate { target: String, detail: String },
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("ledger sequence numbers were taken by another writer")]
+    SeqTaken,
     #[error("database holds an unreadable value in {0}")]
     BadValue(&'static str),
 }
@@ -62,7 +65,10 @@ impl Store {
         sqlx::any::install_default_drivers();
         let url = settings.url.as_str();
         let (backend, connect_url) = if let Some(path) = url.strip_prefix("sqlite://") {
-            (Backend::Sqlite, sqlite::prepare(PathBuf::from(path), create)?)
+            (
+                Backend::Sqlite,
+                sqlite::prepare(PathBuf::from(path), create)?,
+            )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
         } else {
@@ -177,10 +183,7 @@ impl Store {
 }
 
 /// Commits on success, rolls back on error.
-async fn finish<T>(
-    conn: &mut sqlx::AnyConnection,
-    result: Result<T, Error>,
-) -> Result<T, Error> {
+async fn finish<T>(conn: &mut sqlx::AnyConnection, result: Result<T, Error>) -> Result<T, Error> {
     use sqlx::Executor;
     match result {
         Ok(v) => {

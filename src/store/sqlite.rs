@@ -22,7 +22,8 @@ pub(super) fn prepare(path: PathBuf, create: bool) -> Result<String, Error> {
             return Err(Error::Missing(path));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("{}: {e}", dir.display())))?;
         }
     }
     let mode = if create { "rwc" } else { "rw" };

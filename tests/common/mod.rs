@@ -12,7 +12,11 @@ use idmint::placement::Placement;
 /// A config whose state lives in `dir`, with extra `key=value` overrides.
 pub fn config_in(dir: &Path, overrides: &[(&str, &str)]) -> Config {
     let mut all = vec![("data_dir".to_string(), dir.display().to_string())];
-    all.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    all.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let sources = Sources {
         file: None,
         overrides: all,
@@ -49,7 +53,8 @@ pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
         .current_dir(dir)
         .output()
         .expect("openssl must be installed: it is the independent verifier in these tests");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -61,7 +66,12 @@ pub fn openssl_ok(dir: &Path, args: &[&str]) -> String {
 }
 
 /// Verifies `leaf` up to `roots` through `intermediates` with `openssl verify`.
-pub fn openssl_verify(dir: &Path, roots: &[Vec<u8>], intermediates: &[Vec<u8>], leaf: &[u8]) -> (bool, String) {
+pub fn openssl_verify(
+    dir: &Path,
+    roots: &[Vec<u8>],
+    intermediates: &[Vec<u8>],
+    leaf: &[u8],
+) -> (bool, String) {
     let write = |name: &str, ders: &[Vec<u8>]| -> PathBuf {
         let path = dir.join(name);
         let pem: String = ders.iter().map(|d| cert_pem(d)).collect();
@@ -85,18 +95,31 @@ pub fn openssl_verify(dir: &Path, roots: &[Vec<u8>], intermediates: &[Vec<u8>], 
 }
 
 /// Verifies `leaf` as a TLS client and server certificate with rustls-webpki.
-pub fn webpki_verify(roots: &[Vec<u8>], intermediates: &[Vec<u8>], leaf: &[u8]) -> Result<(), String> {
+pub fn webpki_verify(
+    roots: &[Vec<u8>],
+    intermediates: &[Vec<u8>],
+    leaf: &[u8],
+) -> Result<(), String> {
     use rustls_pki_types::{CertificateDer, UnixTime};
-    let root_ders: Vec<CertificateDer<'_>> = roots.iter().map(|r| CertificateDer::from(r.as_slice())).collect();
+    let root_ders: Vec<CertificateDer<'_>> = roots
+        .iter()
+        .map(|r| CertificateDer::from(r.as_slice()))
+        .collect();
     let anchors: Vec<_> = root_ders
         .iter()
         .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let inter: Vec<CertificateDer<'_>> = intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let inter: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
     let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| e.to_string())?;
     let algs = webpki::ALL_VERIFICATION_ALGS;
-    for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
         ee.verify_for_usage(algs, &anchors, &inter, UnixTime::now(), usage, None, None)
             .map_err(|e| e.to_string())?;
     }
@@ -112,7 +135,16 @@ pub fn openssl_csr(dir: &Path, name: &str, keygen: &[&str], extra: &[&str]) -> V
     args.extend_from_slice(keygen);
     args.extend_from_slice(&["-out", &key]);
     openssl_ok(dir, &args);
-    let mut args = vec!["req", "-new", "-key", &key, "-subj", "/CN=requested-name", "-out", &csr];
+    let mut args = vec![
+        "req",
+        "-new",
+        "-key",
+        &key,
+        "-subj",
+        "/CN=requested-name",
+        "-out",
+        &csr,
+    ];
     args.extend_from_slice(extra);
     openssl_ok(dir, &args);
     std::fs::read(dir.join(csr)).unwrap()
@@ -125,9 +157,13 @@ pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// if PostgreSQL is not reachable: these tests are never skipped.
 pub async fn fresh_pg_database(tag: &str) -> String {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {PG_ADMIN_URL} is required for this test (make test starts it): {e}")
-    });
+    let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {PG_ADMIN_URL} is required for this test (make test starts it): {e}"
+            )
+        });
     let mut rnd = [0u8; 6];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd).unwrap();
     let name = format!("idmint_{tag}_{}", idmint::ca::encode_hex(&rnd));
