@@ -19,15 +19,16 @@ pub struct Kek {
 impl Kek {
     /// Reads the KEK file. A missing, unreadable or malformed file is an error naming the file.
     pub fn load(path: &Path) -> Result<Kek, Error> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        let raw = Zeroizing::new(std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::KekMissing(path.to_path_buf())
             } else {
                 Error::KekUnreadable(path.to_path_buf(), e.to_string())
             }
         })?);
-        let bytes =
-            decode_hex(text.trim()).ok_or_else(|| Error::KekMalformed(path.to_path_buf()))?;
+        let malformed = || Error::KekMalformed(path.to_path_buf());
+        let text = std::str::from_utf8(&raw).map_err(|_| malformed())?;
+        let bytes = decode_hex(text.trim()).ok_or_else(malformed)?;
         if bytes.len() != 32 {
             return Err(Error::KekMalformed(path.to_path_buf()));
         }

@@ -10,6 +10,8 @@ use crate::ca::Init;
 use crate::config::Config;
 
 pub async fn run(config: Config) -> Result<()> {
+    // Listen for signals first, so a Ctrl-C during start-up still ends in a clean shutdown.
+    let stop = stop_signal()?;
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
     let bundle_path = rt.config.data_dir.join("bundle.pem");
     let bundle: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
@@ -52,19 +54,27 @@ pub async fn run(config: Config) -> Result<()> {
     println!("  admin HTTP          http://{admin_addr}  (/healthz, /v1/bundle.pem, /v1/ledger)");
     println!("ready; Ctrl-C to stop");
 
-    wait_for_signal().await?;
-    println!("shutting down");
+    stop.await;
+    // stdout may be gone by now (a closed pipe); shutting down matters more than saying so.
+    let say = |what: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{what}");
+    };
+    say("shutting down");
     rt.shutdown().await;
-    println!("stopped");
+    say("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. The handlers are installed on return.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -74,6 +74,7 @@ impl Store {
         } else {
             return Err(Error::UnsupportedUrl(url.to_string()));
         };
+        probe(backend, url, &connect_url).await?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .after_connect(move |conn, _meta| {
@@ -196,6 +197,27 @@ async fn finish<T>(conn: &mut sqlx::AnyConnection, result: Result<T, Error>) -> 
             Err(e)
         }
     }
+}
+
+/// Opens one connection and reads the schema before a pool is built: a pool would retry a
+/// connection that fails (a corrupt file, a refused login) until its timeout and then
+/// report only the timeout.
+async fn probe(backend: Backend, url: &str, connect_url: &str) -> Result<(), Error> {
+    use sqlx::{AnyConnection, Connection};
+    let classify = |e| classify_open_error(backend, url, e);
+    let mut conn = AnyConnection::connect(connect_url)
+        .await
+        .map_err(classify)?;
+    if backend == Backend::Sqlite {
+        sqlite::configure_connection(&mut conn)
+            .await
+            .map_err(classify)?;
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(classify)?;
+    }
+    conn.close().await.map_err(classify)
 }
 
 fn classify_open_error(backend: Backend, url: &str, e: sqlx::Error) -> Error {

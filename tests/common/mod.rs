@@ -150,19 +150,22 @@ pub fn openssl_csr(dir: &Path, name: &str, keygen: &[&str], extra: &[&str]) -> V
     std::fs::read(dir.join(csr)).unwrap()
 }
 
-/// The PostgreSQL server every HA test uses.
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The PostgreSQL server the HA tests use: `TEST_POSTGRES_URL` (set by `make test`),
+/// else the local server on 127.0.0.1:5432.
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
 
 /// Creates a fresh database for one test and returns its URL. Fails the test, with the reason,
 /// if PostgreSQL is not reachable: these tests are never skipped.
 pub async fn fresh_pg_database(tag: &str) -> String {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL)
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {PG_ADMIN_URL} is required for this test (make test starts it): {e}"
-            )
+            panic!("PostgreSQL at {admin} is required for this test (make test starts it): {e}")
         });
     let mut rnd = [0u8; 6];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd).unwrap();
@@ -171,5 +174,17 @@ pub async fn fresh_pg_database(tag: &str) -> String {
         .execute(&mut conn)
         .await
         .expect("create test database");
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+/// Drops a database made by [`fresh_pg_database`].
+pub async fn drop_pg_database(url: &str) {
+    use sqlx::Connection;
+    let name = url.rsplit('/').next().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
 }

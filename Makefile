@@ -1,0 +1,32 @@
+# The two entry points: `make run` starts idmint's main job, `make test` runs the whole suite.
+
+CARGO ?= cargo
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+.PHONY: run test build lint bench certs-dev postgres
+
+## Build and start `idmint dev`: embedded SQLite and a dev CA in ./idmint-data.
+run: build
+	./target/release/idmint dev
+
+build:
+	$(CARGO) build --release
+
+## Every test, against real parts: openssl, and the PostgreSQL at $(PG_URL).
+test: postgres
+	TEST_POSTGRES_URL=$(PG_URL) $(CARGO) test --all-targets
+
+## Make sure the PostgreSQL the HA tests use is up, starting the local cluster if needed.
+postgres:
+	@scripts/ensure-postgres "$(PG_URL)"
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: build
+	./target/release/idmint bench issue
+
+## Regenerate the committed development credentials in certs-dev/ (dev only, never production).
+certs-dev: build
+	scripts/make-certs-dev

@@ -1,0 +1,451 @@
+//! The `idmint` binary as an operator uses it: `dev` up and down, `issue` to files checked by
+//! openssl, `audit` and `ca show` in both forms, `config check`, and each mistake refused.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn idmint(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idmint"));
+    // A developer's shell may carry settings; these tests give every one they rely on.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("IDMINT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .current_dir(data_dir.parent().unwrap());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("idmint runs")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A data directory with a CA in it, made by `idmint ca init`.
+fn initialised() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(idmint(&data).args(["ca", "init"]));
+    (tmp, data)
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("admin HTTP reachable");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn ledger_len(data: &Path) -> usize {
+    let out = ok(idmint(data).args(["audit", "list", "--json"]));
+    serde_json::from_str::<Vec<serde_json::Value>>(&out)
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("idmint-data");
+    let mut child = idmint(&data)
+        .args(["--set", "admin.listen=127.0.0.1:0", "dev"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        assert!(
+            Instant::now() < deadline,
+            "dev never became ready: {printed:?}"
+        );
+        let line = lines.next().expect("dev printed its locations").unwrap();
+        printed.push(line.clone());
+        if let Some(rest) = line.trim().strip_prefix("admin HTTP") {
+            let url = rest.split_whitespace().next().unwrap();
+            break url.trim_start_matches("http://").to_string();
+        }
+    };
+    let all = printed.join("\n");
+    for what in [
+        "data directory",
+        "database",
+        "key-encryption key",
+        "trust bundle",
+        "root CA",
+        "intermediate CA",
+    ] {
+        assert!(all.contains(what), "dev says where the {what} is: {all}");
+    }
+    assert!(data.join("kek").exists() && data.join("bundle.pem").exists());
+
+    assert!(http_get(&addr, "/healthz").ends_with("ok\n"));
+    let bundle = http_get(&addr, "/v1/bundle.pem");
+    let on_disk = std::fs::read_to_string(data.join("bundle.pem")).unwrap();
+    assert!(
+        bundle.ends_with(&on_disk),
+        "served bundle is the written one"
+    );
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "dev exits 0 on Ctrl-C: {exit:?}");
+    assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+
+    // Restarting uses the same CA.
+    let first_root = all
+        .lines()
+        .find(|l| l.contains("root CA"))
+        .unwrap()
+        .to_string();
+    let mut again = idmint(&data)
+        .args(["--set", "admin.listen=127.0.0.1:0", "dev"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut again_lines = BufReader::new(again.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap());
+    let started: Vec<String> = again_lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("ready"))
+        .collect();
+    let again_root = started
+        .iter()
+        .find(|l| l.contains("root CA"))
+        .unwrap()
+        .clone();
+    Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(again_lines.last().as_deref(), Some("stopped"));
+    assert!(again.wait().unwrap().success(), "SIGTERM stops cleanly too");
+    assert_eq!(again_root, first_root);
+}
+
+#[test]
+fn issue_writes_cert_chain_bundle_and_a_private_key_only_its_owner_reads() {
+    let (tmp, data) = initialised();
+    let out_dir = tmp.path().join("out");
+    let mut cmd = idmint(&data);
+    cmd.args([
+        "issue",
+        "--app-guid",
+        APP,
+        "--instance-guid",
+        INSTANCE,
+        "--space-guid",
+        SPACE,
+    ])
+    .args(["--org-guid", ORG, "--ip", "10.255.1.7", "--out-dir"])
+    .arg(&out_dir);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&expected_spiffe_id()), "{}", text(&out));
+
+    let mode = |f: &str| {
+        std::fs::metadata(out_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("key.pem"), 0o600);
+    let verified = openssl_ok(
+        &out_dir,
+        &[
+            "verify",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "chain.pem",
+            "cert.pem",
+        ],
+    );
+    assert!(verified.contains("cert.pem: OK"), "{verified}");
+    // The key written is the key certified.
+    let cert_key = openssl_ok(&out_dir, &["x509", "-in", "cert.pem", "-noout", "-pubkey"]);
+    let key_pub = openssl_ok(&out_dir, &["pkey", "-in", "key.pem", "-pubout"]);
+    assert_eq!(cert_key, key_pub);
+
+    // Same directory again: refused, nothing overwritten, nothing issued.
+    let before: Vec<Vec<u8>> = ["cert.pem", "key.pem"]
+        .iter()
+        .map(|f| std::fs::read(out_dir.join(f)).unwrap())
+        .collect();
+    let issued = ledger_len(&data);
+    let again = run(&mut cmd);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    let after: Vec<Vec<u8>> = ["cert.pem", "key.pem"]
+        .iter()
+        .map(|f| std::fs::read(out_dir.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(ledger_len(&data), issued);
+}
+
+#[test]
+fn issue_from_a_csr_prints_the_chain_and_the_ledger_shows_it() {
+    let (tmp, data) = initialised();
+    let csr = openssl_csr(
+        tmp.path(),
+        "app",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        &[],
+    );
+    std::fs::write(tmp.path().join("app.csr"), &csr).unwrap();
+    let chain = ok(idmint(&data)
+        .args([
+            "issue",
+            "--app-guid",
+            APP,
+            "--instance-guid",
+            INSTANCE,
+            "--ttl",
+            "10m",
+        ])
+        .args(["--space-guid", SPACE, "--org-guid", ORG, "--csr"])
+        .arg(tmp.path().join("app.csr")));
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + intermediate"
+    );
+
+    let list: Vec<serde_json::Value> = serde_json::from_str(&ok(idmint(&data).args([
+        "audit",
+        "list",
+        "--json",
+        "--app-guid",
+        APP,
+    ])))
+    .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["kind"], "issued");
+    let serial = list[0]["serial"].as_str().unwrap().to_string();
+    let none: Vec<serde_json::Value> = serde_json::from_str(&ok(idmint(&data).args([
+        "audit",
+        "list",
+        "--json",
+        "--app-guid",
+        SPACE,
+    ])))
+    .unwrap();
+    assert!(none.is_empty(), "filter by app");
+
+    let table = ok(idmint(&data).args(["audit", "list"]));
+    assert!(table.contains(&serial), "{table}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(idmint(&data).args(["audit", "show", &serial, "--json"])))
+            .unwrap();
+    assert_eq!(shown["serial"], serial.as_str());
+    let pem = shown["certificate_pem"].as_str().unwrap();
+    assert!(
+        chain.starts_with(pem),
+        "the ledger holds the certificate handed out"
+    );
+    let human = ok(idmint(&data).args(["audit", "show", &serial]));
+    assert!(human.contains(&expected_spiffe_id()), "{human}");
+
+    let missing = run(idmint(&data).args(["audit", "show", "00ff"]));
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("00ff"), "{}", text(&missing));
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_is_issued() {
+    let (tmp, data) = initialised();
+    let issue = |extra: &[&str]| {
+        let mut cmd = idmint(&data);
+        cmd.args(["issue", "--instance-guid", INSTANCE])
+            .args(["--space-guid", SPACE, "--org-guid", ORG])
+            .args(extra);
+        run(&mut cmd)
+    };
+    let out_dir = tmp.path().join("out").display().to_string();
+    for (args, says) in [
+        (
+            vec!["--app-guid", "not-a-guid", "--out-dir", &out_dir],
+            "--app-guid",
+        ),
+        (vec!["--app-guid", "", "--out-dir", &out_dir], "--app-guid"),
+        (
+            vec![
+                "--app-guid",
+                APP,
+                "--ip",
+                "10.0.0.256",
+                "--out-dir",
+                &out_dir,
+            ],
+            "--ip",
+        ),
+        (
+            vec!["--app-guid", APP, "--ttl", "forever", "--out-dir", &out_dir],
+            "--ttl",
+        ),
+    ] {
+        let out = issue(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "usage error for {args:?}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    let missing = tmp.path().join("nope.csr");
+    let out = issue(&["--app-guid", APP, "--csr", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(missing.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+    let out = issue(&["--app-guid", APP]);
+    assert!(text(&out).contains("--out-dir"), "{}", text(&out));
+    assert!(!Path::new(&out_dir).exists(), "nothing written");
+    assert_eq!(ledger_len(&data), 0, "nothing recorded");
+
+    // A CSR that is not one is refused, and the denial (only) is recorded.
+    let garbage = tmp.path().join("garbage.csr");
+    std::fs::write(&garbage, b"\x30\x03\x02\x01\x00 junk").unwrap();
+    let out = issue(&["--app-guid", APP, "--csr", garbage.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("CSR"), "{}", text(&out));
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(idmint(&data).args(["audit", "list", "--json"]))).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["kind"], "denied");
+
+    // Commands that need a CA say how to get one.
+    let empty = tmp.path().join("empty");
+    let out = run(idmint(&empty).args(["audit", "list"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("idmint dev"), "{}", text(&out));
+}
+
+#[test]
+fn ca_show_lists_root_and_intermediate_in_both_forms() {
+    let (_tmp, data) = initialised();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(idmint(&data).args(["ca", "show", "--json"]))).unwrap();
+    let roles: Vec<&str> = json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["root", "intermediate"]);
+    let fp = json["certificates"][1]["sha256_fingerprint"]
+        .as_str()
+        .unwrap();
+    assert_eq!(fp.len(), 64);
+    let table = ok(idmint(&data).args(["ca", "show"]));
+    assert!(table.contains(fp), "{table}");
+}
+
+#[test]
+fn config_check_layers_file_environment_and_flags_and_redacts_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file = tmp.path().join("idmint.toml");
+    std::fs::write(
+        &file,
+        "trust_domain = \"example.org\"\n[ca]\nleaf_ttl = \"30m\"\n",
+    )
+    .unwrap();
+    let check = |cmd: &mut Command| {
+        cmd.args(["config", "check", "--config"]).arg(&file);
+        run(cmd)
+    };
+
+    let out = check(
+        idmint(&data)
+            .env("IDMINT_CA_LEAF_TTL", "20m")
+            .args(["--set", "ca.root_ttl=5y"]),
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("example.org"), "file: {shown}");
+    assert!(shown.contains("20m"), "environment beats the file: {shown}");
+    assert!(shown.contains("5y"), "flags: {shown}");
+
+    let out = check(idmint(&data).env(
+        "IDMINT_STORE_URL",
+        "postgres://idmint:hunter2@db.internal/idmint",
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("hunter2"),
+        "password redacted: {}",
+        text(&out)
+    );
+
+    let out = check(idmint(&data).env("IDMINT_LEAF_TTL", "20m"));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("IDMINT_LEAF_TTL"), "{}", text(&out));
+    assert!(
+        text(&out).contains("IDMINT_CA_LEAF_TTL"),
+        "lists the known names: {}",
+        text(&out)
+    );
+
+    let out = check(idmint(&data).args([
+        "--set",
+        "ca.leaf_ttl=1h",
+        "--set",
+        "ca.intermediate_ttl=30m",
+    ]));
+    assert!(!out.status.success(), "leaf longer than its intermediate");
+
+    std::fs::write(&file, "trust_domain = [\n").unwrap();
+    let out = check(&mut idmint(&data));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(file.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(idmint(&data).args(["config", "check", "--config", "/nonexistent/idmint.toml"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("/nonexistent/idmint.toml"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,160 @@
+//! The same store on a real PostgreSQL: migrations, CA creation, issuance, and two idmint
+//! processes' worth of runtimes sharing one database without gaps or repeats in the ledger.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use idmint::agent;
+use idmint::app::Runtime;
+use idmint::ca::Init;
+use idmint::store::{EntryKind, LedgerFilter};
+
+async fn runtime(data_dir: &std::path::Path, url: &str, init: Init) -> Runtime {
+    runtime_with(data_dir, url, init, &[]).await
+}
+
+async fn runtime_with(
+    data_dir: &std::path::Path,
+    url: &str,
+    init: Init,
+    extra: &[(&str, &str)],
+) -> Runtime {
+    let mut overrides = vec![("store.url", url)];
+    overrides.extend_from_slice(extra);
+    let config = config_in(data_dir, &overrides);
+    Runtime::start(config, init)
+        .await
+        .expect("runtime on PostgreSQL")
+}
+
+#[tokio::test]
+async fn ca_and_ledger_live_in_postgresql_and_survive_a_restart() {
+    let url = fresh_pg_database("restart").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let rt = runtime(dir.path(), &url, Init::CreateIfMissing).await;
+    let fingerprint = rt.ca.intermediate().fingerprint.clone();
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .unwrap();
+    let roots: Vec<Vec<u8>> = rt.ca.roots().iter().map(|r| r.der.clone()).collect();
+    let (ok, out) = openssl_verify(
+        dir.path(),
+        &roots,
+        &svid.cert.chain_der,
+        &svid.cert.cert_der,
+    );
+    assert!(ok, "openssl verify: {out}");
+    rt.shutdown().await;
+
+    // The schema is PostgreSQL's own, applied by the migrator.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let (cert_type,): (String,) = sqlx::query_as(
+            "SELECT data_type FROM information_schema.columns \
+             WHERE table_name = 'ledger_entries' AND column_name = 'cert_der'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(cert_type, "bytea");
+    }
+
+    let rt = runtime(dir.path(), &url, Init::MustExist).await;
+    assert_eq!(
+        rt.ca.intermediate().fingerprint,
+        fingerprint,
+        "same CA after restart"
+    );
+    let entry = rt
+        .audit
+        .by_serial(&svid.cert.serial_hex)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(entry.seq, 0);
+    assert_eq!(entry.record.kind, EntryKind::Issued);
+    assert_eq!(
+        entry.record.cert_der.as_deref(),
+        Some(svid.cert.cert_der.as_slice())
+    );
+    rt.shutdown().await;
+    drop_pg_database(&url).await;
+}
+
+#[tokio::test]
+async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
+    let url = fresh_pg_database("shared").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Nodes of one deployment share the KEK, provisioned by the operator.
+    let kek = dir_a.path().join("shared-kek");
+    std::fs::write(&kek, "5e".repeat(32)).unwrap();
+    let kek = kek.display().to_string();
+    let shared = [("ca.kek_file", kek.as_str())];
+    // Both start at once: exactly one creates the CA, the other uses it.
+    let (a, b) = tokio::join!(
+        runtime_with(dir_a.path(), &url, Init::CreateIfMissing, &shared),
+        runtime_with(dir_b.path(), &url, Init::CreateIfMissing, &shared),
+    );
+    assert_eq!(
+        a.ca.intermediate().fingerprint,
+        b.ca.intermediate().fingerprint,
+        "one CA for both"
+    );
+
+    const EACH: usize = 100;
+    let issue = |rt: &Runtime| {
+        let issuance = rt.issuance.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for _ in 0..EACH {
+                let issuance = issuance.clone();
+                tasks.push(tokio::spawn(async move {
+                    agent::obtain_svid(&issuance, placement(), None)
+                        .await
+                        .unwrap()
+                        .cert
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    let (from_a, from_b) = tokio::join!(issue(&a), issue(&b));
+
+    let entries = a
+        .audit
+        .list(&LedgerFilter {
+            limit: Some(10 * EACH as i64),
+            ..LedgerFilter::default()
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..2 * EACH as i64).collect::<Vec<_>>(),
+        "dense from 0, no repeats"
+    );
+    let serials: HashSet<_> = entries
+        .iter()
+        .filter_map(|e| e.record.serial.clone())
+        .collect();
+    assert_eq!(serials.len(), 2 * EACH, "every serial once");
+    let handed_out: HashSet<i64> = from_a.iter().chain(&from_b).map(|c| c.ledger_seq).collect();
+    assert_eq!(
+        handed_out.len(),
+        2 * EACH,
+        "each caller was told its own ledger entry"
+    );
+
+    a.shutdown().await;
+    b.shutdown().await;
+    drop_pg_database(&url).await;
+}

@@ -1,0 +1,254 @@
+//! Upstream mode: an operator's intermediate and roots, made with openssl in every key format
+//! an existing Diego CA may hand over, sign leaves that openssl verifies.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use idmint::agent;
+use idmint::app::Runtime;
+use idmint::ca::Init;
+
+const INTERMEDIATE_EXT: &str = "[v3]\n\
+    basicConstraints = critical, CA:TRUE, pathlen:0\n\
+    keyUsage = critical, keyCertSign, cRLSign, digitalSignature\n\
+    subjectKeyIdentifier = hash\n\
+    authorityKeyIdentifier = keyid\n\
+    [leafish]\n\
+    basicConstraints = critical, CA:FALSE\n\
+    keyUsage = critical, digitalSignature\n";
+
+/// Makes an openssl root (P-256) in `dir`: root.key, root.pem.
+fn make_root(dir: &Path, name: &str) {
+    openssl_ok(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &format!("{name}.key"),
+        ],
+    );
+    openssl_ok(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/O=Operator/CN={name}"),
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// Makes a key with `genpkey`-style `keygen` args, converted by `convert` (e.g. to SEC1 or
+/// PKCS#1), and a certificate for it signed by `root` with the `section` extensions.
+fn make_signed(
+    dir: &Path,
+    name: &str,
+    keygen: &[&str],
+    convert: Option<&[&str]>,
+    root: &str,
+    section: &str,
+) {
+    let key = format!("{name}.key");
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(keygen);
+    args.extend_from_slice(&["-out", &key]);
+    openssl_ok(dir, &args);
+    if let Some(convert) = convert {
+        let mut args = convert.to_vec();
+        args.extend_from_slice(&["-in", &key, "-out", &key]);
+        openssl_ok(dir, &args);
+    }
+    std::fs::write(dir.join("ext.cnf"), INTERMEDIATE_EXT).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/O=Operator/CN={name}"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl_ok(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{root}.pem"),
+            "-CAkey",
+            &format!("{root}.key"),
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            section,
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+fn upstream_config(dir: &Path, cert: &str, key: &str, roots: &str) -> idmint::config::Config {
+    let path = |f: &str| dir.join(f).display().to_string();
+    config_in(
+        &dir.join("data"),
+        &[
+            ("ca.mode", "upstream"),
+            ("ca.upstream.intermediate_cert", &path(cert)),
+            ("ca.upstream.intermediate_key", &path(key)),
+            ("ca.upstream.root_bundle", &path(roots)),
+        ],
+    )
+}
+
+async fn issue_and_verify(dir: &Path, name: &str, key_header: &str) {
+    let key_pem = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
+    assert!(
+        key_pem.contains(key_header),
+        "{name}.key is {key_header}: {key_pem}"
+    );
+    let config = upstream_config(
+        dir,
+        &format!("{name}.pem"),
+        &format!("{name}.key"),
+        "root.pem",
+    );
+    let rt = Runtime::start(config, Init::CreateIfMissing)
+        .await
+        .expect("upstream CA loads");
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .expect("issues");
+    let roots: Vec<Vec<u8>> = rt.ca.roots().iter().map(|r| r.der.clone()).collect();
+    let (ok, out) = openssl_verify(dir, &roots, &svid.cert.chain_der, &svid.cert.cert_der);
+    assert!(ok, "{name}: openssl verify: {out}");
+    webpki_verify(&roots, &svid.cert.chain_der, &svid.cert.cert_der).expect("webpki verifies");
+    assert_eq!(
+        svid.cert.chain_der.len(),
+        1,
+        "chain is the operator's intermediate"
+    );
+    assert!(
+        !dir.join("data").join("kek").exists(),
+        "upstream mode keeps no sealed keys and needs no KEK"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn p256_intermediates_in_sec1_and_pkcs8_sign_verifiable_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_root(d, "root");
+    let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    make_signed(d, "ec-sec1", &p256, Some(&["ec"]), "root", "v3");
+    issue_and_verify(d, "ec-sec1", "BEGIN EC PRIVATE KEY").await;
+    make_signed(d, "ec-pkcs8", &p256, None, "root", "v3");
+    issue_and_verify(d, "ec-pkcs8", "BEGIN PRIVATE KEY").await;
+}
+
+#[tokio::test]
+async fn rsa_intermediates_in_pkcs1_and_pkcs8_sign_verifiable_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_root(d, "root");
+    let rsa = |bits: &'static str| ["-algorithm", "RSA", "-pkeyopt", bits];
+    make_signed(
+        d,
+        "rsa2048-pkcs1",
+        &rsa("rsa_keygen_bits:2048"),
+        Some(&["rsa", "-traditional"]),
+        "root",
+        "v3",
+    );
+    issue_and_verify(d, "rsa2048-pkcs1", "BEGIN RSA PRIVATE KEY").await;
+    make_signed(
+        d,
+        "rsa3072-pkcs8",
+        &rsa("rsa_keygen_bits:3072"),
+        None,
+        "root",
+        "v3",
+    );
+    issue_and_verify(d, "rsa3072-pkcs8", "BEGIN PRIVATE KEY").await;
+}
+
+async fn refused(dir: &Path, cert: &str, key: &str, roots: &str) -> String {
+    let config = upstream_config(dir, cert, key, roots);
+    let err = Runtime::start(config, Init::CreateIfMissing)
+        .await
+        .err()
+        .expect("refused");
+    format!("{err:#}")
+}
+
+#[tokio::test]
+async fn broken_upstream_material_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_root(d, "root");
+    make_root(d, "other-root");
+    let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    make_signed(d, "inter", &p256, None, "root", "v3");
+    make_signed(d, "stranger", &p256, None, "root", "v3");
+    make_signed(d, "not-a-ca", &p256, None, "root", "leafish");
+    make_signed(d, "foreign", &p256, None, "other-root", "v3");
+    let path = |f: &str| d.join(f).display().to_string();
+
+    let text = refused(d, "inter.pem", "stranger.key", "root.pem").await;
+    assert!(text.contains("does not match"), "{text}");
+    assert!(text.contains(&path("stranger.key")), "{text}");
+
+    let text = refused(d, "not-a-ca.pem", "not-a-ca.key", "root.pem").await;
+    assert!(text.contains("not a CA certificate"), "{text}");
+    assert!(text.contains(&path("not-a-ca.pem")), "{text}");
+
+    let text = refused(d, "foreign.pem", "foreign.key", "root.pem").await;
+    assert!(text.contains("no root in the bundle"), "{text}");
+    assert!(text.contains(&path("root.pem")), "{text}");
+
+    let text = refused(d, "inter.pem", "missing.key", "root.pem").await;
+    assert!(text.contains(&path("missing.key")), "{text}");
+
+    std::fs::write(
+        d.join("garbage.key"),
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let text = refused(d, "inter.pem", "garbage.key", "root.pem").await;
+    assert!(text.contains(&path("garbage.key")), "{text}");
+
+    std::fs::write(d.join("empty.pem"), b"").unwrap();
+    let text = refused(d, "empty.pem", "inter.key", "root.pem").await;
+    assert!(text.contains(&path("empty.pem")), "{text}");
+
+    let p384 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"];
+    make_signed(d, "p384", &p384, None, "root", "v3");
+    let text = refused(d, "p384.pem", "p384.key", "root.pem").await;
+    assert!(text.contains(&path("p384.key")), "{text}");
+}
