@@ -29,4 +29,4 @@ bench: build
 
 ## Regenerate the committed development credentials in certs-dev/ (dev only, never production).
 certs-dev: build
-	scripts/make-certs-dev
+	./target/release/idmint --set ca.intermediate_ttl=5y ca dev-certs --out-dir certs-dev --replace

@@ -192,7 +192,7 @@ pub struct IdValues<'a> {
 }
 
 impl IdTemplate {
-    /// The default template, as in DESIGN.md.
+    /// The default template: one SPIFFE ID per app, under its org and space.
     pub const DEFAULT: &'static str =
         "spiffe://{trust_domain}/org/{org_guid}/space/{space_guid}/app/{app_guid}";
 

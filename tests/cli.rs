@@ -449,3 +449,66 @@ fn config_check_layers_file_environment_and_flags_and_redacts_secrets() {
         text(&out)
     );
 }
+
+#[test]
+fn dev_certs_writes_a_set_and_replaces_only_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("certs");
+    let mut cmd = idmint(&data);
+    cmd.args([
+        "ca",
+        "dev-certs",
+        "--cell",
+        "cell-a",
+        "--cell",
+        "cell-b",
+        "--out-dir",
+    ])
+    .arg(&out);
+    let listing = ok(&mut cmd);
+    assert!(
+        listing.contains("spiffe://cf.internal/idmint/cell/cell-b"),
+        "{listing}"
+    );
+    let mode = std::fs::metadata(out.join("root.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    for cell in ["cell-a", "cell-b"] {
+        let verified = openssl_ok(
+            &out,
+            &[
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "intermediate.pem",
+                &format!("cell-{cell}.pem"),
+            ],
+        );
+        assert!(verified.contains("OK"), "{verified}");
+    }
+    let before = std::fs::read(out.join("root.pem")).unwrap();
+    let again = run(&mut cmd);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("--replace"), "{}", text(&again));
+    assert_eq!(
+        std::fs::read(out.join("root.pem")).unwrap(),
+        before,
+        "nothing overwritten"
+    );
+    ok(cmd.arg("--replace"));
+    assert_ne!(
+        std::fs::read(out.join("root.pem")).unwrap(),
+        before,
+        "a new set"
+    );
+
+    let bad = run(idmint(&data)
+        .args(["ca", "dev-certs", "--cell", "no spaces/please", "--out-dir"])
+        .arg(&out));
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}

@@ -252,3 +252,68 @@ async fn broken_upstream_material_is_refused_naming_the_file() {
     let text = refused(d, "p384.pem", "p384.key", "root.pem").await;
     assert!(text.contains(&path("p384.key")), "{text}");
 }
+
+/// The committed development credentials: a valid chain, labelled, usable as an upstream CA.
+#[tokio::test]
+async fn committed_dev_credentials_form_a_labelled_working_chain() {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
+    for name in ["root.pem", "intermediate.pem", "cell-dev-cell-1.pem"] {
+        let subject = openssl_ok(&certs, &["x509", "-in", name, "-noout", "-subject"]);
+        assert!(subject.contains("DEVELOPMENT ONLY"), "{name}: {subject}");
+    }
+    let out = openssl_ok(
+        &certs,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "intermediate.pem",
+            "-purpose",
+            "sslclient",
+            "cell-dev-cell-1.pem",
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let san = openssl_ok(
+        &certs,
+        &[
+            "x509",
+            "-in",
+            "cell-dev-cell-1.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        san.contains("URI:spiffe://cf.internal/idmint/cell/dev-cell-1"),
+        "{san}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["root.pem", "intermediate.pem", "intermediate.key"] {
+        std::fs::copy(certs.join(f), dir.path().join(f)).unwrap();
+    }
+    let config = upstream_config(
+        dir.path(),
+        "intermediate.pem",
+        "intermediate.key",
+        "root.pem",
+    );
+    let rt = Runtime::start(config, Init::CreateIfMissing)
+        .await
+        .expect("dev intermediate loads");
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .expect("issues");
+    let roots: Vec<Vec<u8>> = rt.ca.roots().iter().map(|r| r.der.clone()).collect();
+    let (ok, text) = openssl_verify(
+        dir.path(),
+        &roots,
+        &svid.cert.chain_der,
+        &svid.cert.cert_der,
+    );
+    assert!(ok, "{text}");
+    rt.shutdown().await;
+}

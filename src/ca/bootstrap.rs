@@ -108,30 +108,52 @@ async fn load_self_signed(
     ))
 }
 
+/// A freshly made root and intermediate with their keys, and the intermediate's parameters
+/// (an `rcgen` issuer needs them to sign below it).
+pub(super) struct Hierarchy {
+    pub root_key: CaKey,
+    pub root_der: Vec<u8>,
+    pub inter_params: CertificateParams,
+    pub inter_key: CaKey,
+    pub inter_der: Vec<u8>,
+}
+
+/// A new P-256 root and intermediate with the lifetimes in `settings`, their subjects naming
+/// `organization`.
+pub(super) fn new_hierarchy(
+    settings: &Settings,
+    organization: &str,
+    now: OffsetDateTime,
+) -> Result<Hierarchy, Error> {
+    let root_key = CaKey::generate_p256()?;
+    let root_end = now + settings.root_ttl.duration();
+    let root_params = ca_params(settings, organization, Role::Root, now, root_end)?;
+    let root_der = root_params.self_signed(&root_key)?.der().to_vec();
+
+    let inter_key = CaKey::generate_p256()?;
+    let inter_end = (now + settings.intermediate_ttl.duration()).min(root_params.not_after);
+    let inter_params = ca_params(settings, organization, Role::Intermediate, now, inter_end)?;
+    let issuer = Issuer::from_params(&root_params, &root_key);
+    let inter_der = inter_params.signed_by(&inter_key, &issuer)?.der().to_vec();
+    Ok(Hierarchy {
+        root_key,
+        root_der,
+        inter_params,
+        inter_key,
+        inter_der,
+    })
+}
+
 /// A new root and intermediate, keys sealed under `kek`, ready to store.
 fn create_self_signed(
     settings: &Settings,
     kek: &Kek,
     now: OffsetDateTime,
 ) -> Result<Vec<CaRecord>, Error> {
-    let root_key = CaKey::generate_p256()?;
-    let root_params = ca_params(
-        settings,
-        Role::Root,
-        now,
-        now + settings.root_ttl.duration(),
-    )?;
-    let root_der = root_params.self_signed(&root_key)?.der().to_vec();
-
-    let inter_key = CaKey::generate_p256()?;
-    let inter_end = (now + settings.intermediate_ttl.duration()).min(root_params.not_after);
-    let inter_params = ca_params(settings, Role::Intermediate, now, inter_end)?;
-    let issuer = Issuer::from_params(&root_params, &root_key);
-    let inter_der = inter_params.signed_by(&inter_key, &issuer)?.der().to_vec();
-
+    let h = new_hierarchy(settings, "idmint", now)?;
     [
-        (Role::Root, root_der, &root_key),
-        (Role::Intermediate, inter_der, &inter_key),
+        (Role::Root, h.root_der, &h.root_key),
+        (Role::Intermediate, h.inter_der, &h.inter_key),
     ]
     .into_iter()
     .map(|(role, der, key)| {
@@ -153,6 +175,7 @@ fn create_self_signed(
 
 fn ca_params(
     settings: &Settings,
+    organization: &str,
     role: Role,
     now: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -160,7 +183,7 @@ fn ca_params(
     let td = &settings.trust_domain;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "idmint");
+    dn.push(DnType::OrganizationName, organization);
     dn.push(DnType::OrganizationalUnitName, td.as_str());
     let stamp = now.unix_timestamp();
     dn.push(

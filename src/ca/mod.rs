@@ -4,6 +4,7 @@ mod authority;
 mod bootstrap;
 mod cert_info;
 pub mod csr;
+mod dev_credentials;
 mod kek;
 mod keys;
 mod leaf;
@@ -14,6 +15,7 @@ pub use authority::{leaf_validity, CertificateAuthority, Issued, Validity};
 pub use bootstrap::{init_self_signed, load, Init};
 pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
+pub use dev_credentials::{cell_spiffe_id, dev_credentials, DevCredentials, PemPair};
 pub use kek::{decode_hex, encode_hex, Kek};
 pub use keys::{CaKey, SignatureScheme};
 

@@ -228,7 +228,7 @@ async fn service_path(
     let elapsed = start.elapsed();
     let cpu = process_cpu_seconds() - cpu_start;
     let writer = rt.issuance.ledger().stats();
-    let recorded = rt.audit.len().await?;
+    let recorded = rt.audit.entry_count().await?;
     let ca_rate = {
         let (ca, samples, cell) = (rt.ca.clone(), samples.clone(), cell.clone());
         tokio::task::spawn_blocking(move || ca_alone(&ca, &samples, &cell, cores)).await??

@@ -1,5 +1,8 @@
 //! `idmint ca …`
 
+use std::path::PathBuf;
+use std::str::FromStr;
+
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use time::OffsetDateTime;
@@ -8,6 +11,7 @@ use super::table;
 use crate::app;
 use crate::ca::{self, CaCert, Init, Mode};
 use crate::config::Config;
+use crate::ids::CellId;
 use crate::store::Store;
 
 #[derive(Subcommand, Debug)]
@@ -20,6 +24,19 @@ pub enum CaCommand {
     },
     /// Create the self-signed root and intermediate if the store has none.
     Init,
+    /// Write development-only credentials (root, intermediate, cell client certificates, keys
+    /// in the clear) to a directory: what `certs-dev/` holds. Never for production.
+    DevCerts {
+        /// Where to write them.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// A cell to make a client credential for; repeat for more.
+        #[arg(long = "cell", value_name = "CELL_ID", default_values_t = [CellId::from_str("dev-cell-1").expect("valid cell id")])]
+        cells: Vec<CellId>,
+        /// Replace files that already exist (regenerating the set).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
@@ -104,5 +121,72 @@ pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
             store.close().await;
             Ok(())
         }
+        CaCommand::DevCerts {
+            out_dir,
+            cells,
+            replace,
+        } => dev_certs(&config, &out_dir, &cells, replace),
     }
+}
+
+fn dev_certs(
+    config: &Config,
+    dir: &std::path::Path,
+    cells: &[CellId],
+    replace: bool,
+) -> Result<()> {
+    let set = ca::dev_credentials(&config.ca, cells, OffsetDateTime::now_utc())?;
+    let mut files = vec![
+        ("root.pem", set.root.cert_pem.clone(), 0o644),
+        ("root.key", set.root.key_pem.to_string(), 0o600),
+        ("intermediate.pem", set.intermediate.cert_pem.clone(), 0o644),
+        (
+            "intermediate.key",
+            set.intermediate.key_pem.to_string(),
+            0o600,
+        ),
+    ];
+    let cell_files: Vec<(String, String, u32)> = set
+        .cells
+        .iter()
+        .flat_map(|(cell, pair)| {
+            [
+                (
+                    format!("cell-{cell}.pem"),
+                    pair.cert_pem.clone() + &set.intermediate.cert_pem,
+                    0o644,
+                ),
+                (format!("cell-{cell}.key"), pair.key_pem.to_string(), 0o600),
+            ]
+        })
+        .collect();
+    files.extend(
+        cell_files
+            .iter()
+            .map(|(n, c, m)| (n.as_str(), c.clone(), *m)),
+    );
+    std::fs::create_dir_all(dir)?;
+    if !replace {
+        if let Some((name, _, _)) = files.iter().find(|(name, _, _)| dir.join(name).exists()) {
+            bail!(
+                "{} already exists; pass --replace to regenerate the set",
+                dir.join(name).display()
+            );
+        }
+    }
+    for (name, contents, mode) in &files {
+        app::write_atomic(&dir.join(name), contents.as_bytes(), *mode)?;
+    }
+    println!(
+        "wrote development-only credentials to {} (trust domain {}):",
+        dir.display(),
+        config.ca.trust_domain
+    );
+    for (name, _, _) in &files {
+        println!("  {name}");
+    }
+    for (cell, _) in &set.cells {
+        println!("  cell {cell}: {}", ca::cell_spiffe_id(&config.ca, cell));
+    }
+    Ok(())
 }

@@ -53,7 +53,7 @@ impl AuditLog {
     }
 
     /// How many entries the ledger holds.
-    pub async fn len(&self) -> Result<i64, crate::store::Error> {
+    pub async fn entry_count(&self) -> Result<i64, crate::store::Error> {
         self.store.ledger_len().await
     }
 }
