@@ -468,7 +468,7 @@ fn dev_certs_writes_a_set_and_replaces_only_when_asked() {
     .arg(&out);
     let listing = ok(&mut cmd);
     assert!(
-        listing.contains("spiffe://cf.internal/idmint/cell/cell-b"),
+        listing.contains("spiffe://cf.internal/cell/cell-b"),
         "{listing}"
     );
     let mode = std::fs::metadata(out.join("root.key"))

@@ -287,7 +287,7 @@ async fn committed_dev_credentials_form_a_labelled_working_chain() {
         ],
     );
     assert!(
-        san.contains("URI:spiffe://cf.internal/idmint/cell/dev-cell-1"),
+        san.contains("URI:spiffe://cf.internal/cell/dev-cell-1"),
         "{san}"
     );
 

@@ -35,9 +35,9 @@ pub struct DevCredentials {
     pub cells: Vec<(CellId, PemPair)>,
 }
 
-/// The SPIFFE ID a cell's credential carries: `spiffe://<td>/idmint/cell/<cell id>`.
+/// The SPIFFE ID a cell's credential carries: `spiffe://<td>/cell/<cell id>`.
 pub fn cell_spiffe_id(settings: &Settings, cell: &CellId) -> String {
-    format!("{}/idmint/cell/{cell}", settings.trust_domain.id_string())
+    format!("{}/cell/{cell}", settings.trust_domain.id_string())
 }
 
 /// Makes a new set of development credentials with the lifetimes in `settings`; a cell
