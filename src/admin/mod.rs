@@ -1,19 +1,25 @@
-//! Admin HTTP: health, the trust bundle, and the audit API over the ledger.
+//! Admin HTTP: health, metrics, the trust bundle, instance registration, and the audit API
+//! over the ledger.
+
+pub mod instances;
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Workloads;
 use crate::ca::CertificateAuthority;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
+use crate::sds::SdsMetrics;
+use crate::server::{IssuanceService, Registry};
 use crate::store::LedgerFilter;
 
 /// What the handlers read.
@@ -23,6 +29,12 @@ pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     /// For the audit API.
     pub audit: AuditLog,
+    /// Registered instances.
+    pub registry: Registry,
+    /// The in-process agent, when this process serves SDS.
+    pub agent: Option<Arc<Workloads<IssuanceService>>>,
+    /// SDS counters.
+    pub sds_metrics: Arc<SdsMetrics>,
 }
 
 /// The most ledger entries one request returns.
@@ -34,6 +46,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/bundle.pem", get(bundle))
         .route("/v1/ledger", get(ledger))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/instances",
+            get(instances::list).post(instances::register),
+        )
+        .route("/v1/instances/{guid}", delete(instances::deregister))
         .with_state(state)
 }
 
@@ -45,6 +63,12 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
     if let Err(e) = result {
         tracing::error!(error = %e, "admin HTTP server failed");
     }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut text = String::new();
+    state.sds_metrics.render(&mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn bundle(State(state): State<AdminState>) -> Response {

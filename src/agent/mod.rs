@@ -2,6 +2,10 @@
 
 use zeroize::Zeroizing;
 
+mod workloads;
+
+pub use workloads::{Bundle, Identity, Settings, Workload, Workloads};
+
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::ids::Ttl;
 use crate::placement::Placement;

@@ -1,13 +1,19 @@
 //! `idmint dev`: the whole service in one process on embedded SQLite.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::table::rfc3339;
 use crate::admin::{self, AdminState};
+use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
 use crate::app::{self, Runtime};
 use crate::ca::Init;
 use crate::config::Config;
+use crate::sds::SdsMetrics;
+use crate::server::IssuanceService;
 
 pub async fn run(config: Config) -> Result<()> {
     // Listen for signals first, so a Ctrl-C during start-up still ends in a clean shutdown.
@@ -22,9 +28,13 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))?;
     let admin_addr = listener.local_addr()?;
+    let agent = start_agent(&mut rt);
     let state = AdminState {
         ca: rt.ca.clone(),
         audit: rt.audit.clone(),
+        registry: rt.registry.clone(),
+        agent: Some(agent.clone()),
+        sds_metrics: agent.metrics(),
     };
     rt.spawn("admin http", |token| admin::serve(listener, state, token));
 
@@ -51,7 +61,8 @@ pub async fn run(config: Config) -> Result<()> {
         rt.ca.key_description(),
         rfc3339(inter.not_after)
     );
-    println!("  admin HTTP          http://{admin_addr}  (/healthz, /v1/bundle.pem, /v1/ledger)");
+    println!("  SDS sockets         {}", c.agent.sds_dir.display());
+    println!("  admin HTTP          http://{admin_addr}  (/healthz, /metrics, /v1/bundle.pem, /v1/ledger, /v1/instances)");
     println!("ready; Ctrl-C to stop");
 
     stop.await;
@@ -64,6 +75,36 @@ pub async fn run(config: Config) -> Result<()> {
     rt.shutdown().await;
     say("stopped");
     Ok(())
+}
+
+/// The agent half in this process: serves SDS for every registered instance.
+fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
+    let bundle = Bundle {
+        trust_domain: rt.config.ca.trust_domain.clone(),
+        roots_pem: rt.ca.roots().iter().map(|r| r.pem()).collect(),
+    };
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
+    let settings = AgentSettings {
+        sds_dir: rt.config.agent.sds_dir.clone(),
+        trust_domain: rt.config.ca.trust_domain.clone(),
+        id_template: rt.config.ca.id_template.clone(),
+    };
+    let agent = Arc::new(Workloads::new(
+        Arc::new(rt.issuance.clone()),
+        settings,
+        bundle_rx,
+        Arc::new(SdsMetrics::default()),
+        rt.shutdown_token(),
+    ));
+    let registry = rt.registry.clone();
+    let follower = agent.clone();
+    rt.spawn("agent", move |token| async move {
+        follower.follow(registry).await;
+        // The bundle does not change yet; holding the sender keeps every watch open.
+        token.cancelled().await;
+        drop(bundle_tx);
+    });
+    agent
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. The handlers are installed on return.

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod ca;
 mod dev;
+mod instance;
 mod issue;
 mod table;
 
@@ -44,6 +45,9 @@ enum Command {
     /// Search and show the issuance ledger.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Register, list and deregister app instances on the running service.
+    #[command(subcommand)]
+    Instance(instance::InstanceCommand),
     /// Validate the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -90,6 +94,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,6 +122,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Ca(cmd) => ca::run(cmd, config).await,
         Command::Issue(args) => issue::run(args, config).await,
         Command::Audit(cmd) => audit::run(cmd, config).await,
+        Command::Instance(cmd) => instance::run(cmd, config).await,
         Command::Config(ConfigCommand::Check) => {
             match &config.file {
                 Some(f) => println!("# config OK (file {}, environment, flags)", f.display()),

@@ -2,5 +2,7 @@
 //! ledger before answering.
 
 mod issuance;
+pub mod registry;
 
 pub use issuance::IssuanceService;
+pub use registry::Registry;

@@ -4,6 +4,7 @@
 //! (connecting, locking, migrations) lives in `sqlite.rs` and `postgres.rs`.
 
 mod ledger_queries;
+mod placement_queries;
 mod postgres;
 mod records;
 mod sqlite;

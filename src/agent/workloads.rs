@@ -1,0 +1,300 @@
+//! The instances this agent serves: for each, a key made here, its certificate, and an SDS
+//! socket that only that instance's sidecar is given.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use super::obtain_svid;
+use crate::api::Authority;
+use crate::ca::{cert_pem, pem_encode};
+use crate::ids::Guid;
+use crate::placement::Placement;
+use crate::sds::{self, SdsMetrics};
+use crate::server::registry::{Event, Registry};
+use crate::spiffe::{IdTemplate, IdValues, TrustDomain};
+
+/// What an instance's sidecar is given as its own identity.
+pub struct Identity {
+    /// The SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// Leaf first, then intermediates, PEM.
+    pub chain_pem: String,
+    /// The PKCS#8 private key, PEM; wiped on drop.
+    pub key_pem: Zeroizing<String>,
+    /// Serial, hex.
+    pub serial_hex: String,
+    /// Expiry.
+    pub not_after: OffsetDateTime,
+}
+
+/// The roots every sidecar trusts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    /// The trust domain the roots are for.
+    pub trust_domain: TrustDomain,
+    /// The root certificates, PEM, concatenated.
+    pub roots_pem: String,
+}
+
+/// One served instance, as its SDS server sees it.
+#[derive(Clone)]
+pub struct Workload {
+    /// Where it runs.
+    pub placement: Placement,
+    /// Its SPIFFE ID (known before its first certificate is).
+    pub spiffe_id: String,
+    /// Its current identity; `None` until the first certificate arrives.
+    pub identity: watch::Receiver<Option<Arc<Identity>>>,
+    /// The trust bundle.
+    pub bundle: watch::Receiver<Arc<Bundle>>,
+}
+
+/// Agent settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Directory of the per-instance SDS sockets.
+    pub sds_dir: PathBuf,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// How app SPIFFE IDs are written.
+    pub id_template: IdTemplate,
+}
+
+struct Served {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+/// The agent's set of served instances.
+pub struct Workloads<A> {
+    authority: Arc<A>,
+    settings: Settings,
+    bundle: watch::Receiver<Arc<Bundle>>,
+    metrics: Arc<SdsMetrics>,
+    served: Mutex<HashMap<Guid, Served>>,
+    shutdown: CancellationToken,
+}
+
+/// How long a first certificate is retried for before waiting longer between tries.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl<A: Authority + 'static> Workloads<A> {
+    /// An agent with no instances yet.
+    pub fn new(
+        authority: Arc<A>,
+        settings: Settings,
+        bundle: watch::Receiver<Arc<Bundle>>,
+        metrics: Arc<SdsMetrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        // Sockets are handed to other programs, so their paths must not depend on our cwd.
+        let mut settings = settings;
+        if let Ok(abs) = std::path::absolute(&settings.sds_dir) {
+            settings.sds_dir = abs;
+        }
+        Workloads {
+            authority,
+            settings,
+            bundle,
+            metrics,
+            served: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    /// The SDS counters of this agent.
+    pub fn metrics(&self) -> Arc<SdsMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The socket path an instance's sidecar connects to.
+    pub fn socket_path(&self, instance: &Guid) -> PathBuf {
+        socket_path(&self.settings.sds_dir, instance)
+    }
+
+    /// Starts serving `placement`: its socket exists when this returns.
+    pub async fn add(&self, placement: Placement) -> anyhow::Result<()> {
+        let mut served = self.served.lock().await;
+        if served.contains_key(&placement.instance_guid) {
+            return Ok(());
+        }
+        let spiffe_id = self
+            .settings
+            .id_template
+            .render(
+                &self.settings.trust_domain,
+                IdValues {
+                    org_guid: placement.org_guid.as_ref().map(|g| g.as_str()),
+                    space_guid: placement.space_guid.as_ref().map(|g| g.as_str()),
+                    app_guid: placement.app_guid.as_str(),
+                },
+            )?
+            .to_string();
+        let cancel = self.shutdown.child_token();
+        let (identity_tx, identity_rx) = watch::channel(None);
+        let socket = self.socket_path(&placement.instance_guid);
+        let listener = sds::bind(&socket)?;
+        let workload = Workload {
+            placement: placement.clone(),
+            spiffe_id,
+            identity: identity_rx,
+            bundle: self.bundle.clone(),
+        };
+        let fetch = tokio::spawn(fetch_identity(
+            self.authority.clone(),
+            placement.clone(),
+            identity_tx,
+            cancel.clone(),
+        ));
+        let server = tokio::spawn(sds::serve(
+            listener,
+            workload,
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(instance = %placement.instance_guid, socket = %socket.display(), "serving SDS");
+        served.insert(
+            placement.instance_guid,
+            Served {
+                cancel,
+                tasks: vec![fetch, server],
+                socket,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops serving an instance: its streams end and its socket is removed.
+    pub async fn remove(&self, instance: &Guid) {
+        let Some(s) = self.served.lock().await.remove(instance) else {
+            return;
+        };
+        stop(s).await;
+        tracing::info!(%instance, "stopped serving SDS");
+    }
+
+    /// Serves every registered instance, following registrations until shutdown.
+    pub async fn follow(self: Arc<Self>, registry: Registry) {
+        let (now, mut events) = registry.snapshot().await;
+        for p in now {
+            self.add_logged(p).await;
+        }
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                event = events.recv() => match event {
+                    Ok(Event::Registered(p)) => self.add_logged(p).await,
+                    Ok(Event::Deregistered(p)) => self.remove(&p.instance_guid).await,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "fell behind registrations; resynchronising");
+                        self.resync(&registry).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        let all: Vec<Served> = self.served.lock().await.drain().map(|(_, s)| s).collect();
+        for s in all {
+            stop(s).await;
+        }
+    }
+
+    async fn add_logged(&self, p: Placement) {
+        let instance = p.instance_guid.clone();
+        if let Err(e) = self.add(p).await {
+            tracing::error!(%instance, error = %e, "cannot serve SDS for instance");
+        }
+    }
+
+    async fn resync(&self, registry: &Registry) {
+        let (now, _) = registry.snapshot().await;
+        let wanted: HashMap<Guid, Placement> = now
+            .into_iter()
+            .map(|p| (p.instance_guid.clone(), p))
+            .collect();
+        let gone: Vec<Guid> = self
+            .served
+            .lock()
+            .await
+            .keys()
+            .filter(|g| !wanted.contains_key(*g))
+            .cloned()
+            .collect();
+        for g in gone {
+            self.remove(&g).await;
+        }
+        for p in wanted.into_values() {
+            self.add_logged(p).await;
+        }
+    }
+}
+
+/// The SDS socket of `instance` under `dir`.
+pub fn socket_path(dir: &Path, instance: &Guid) -> PathBuf {
+    dir.join(format!("{instance}.sock"))
+}
+
+async fn stop(s: Served) {
+    s.cancel.cancel();
+    for t in s.tasks {
+        if tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .is_err()
+        {
+            tracing::warn!(socket = %s.socket.display(), "SDS task did not stop in time");
+        }
+    }
+    std::fs::remove_file(&s.socket).ok();
+}
+
+/// Gets the instance its first certificate, retrying with backoff; the key never leaves here.
+async fn fetch_identity<A: Authority>(
+    authority: Arc<A>,
+    placement: Placement,
+    tx: watch::Sender<Option<Arc<Identity>>>,
+    cancel: CancellationToken,
+) {
+    let mut wait = RETRY_MIN;
+    loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = obtain_svid(authority.as_ref(), placement.clone(), None) => r,
+        };
+        match attempt {
+            Ok(svid) => {
+                let chain_pem = std::iter::once(&svid.cert.cert_der)
+                    .chain(&svid.cert.chain_der)
+                    .map(|d| cert_pem(d))
+                    .collect();
+                let identity = Identity {
+                    spiffe_id: svid.cert.spiffe_id.clone(),
+                    chain_pem,
+                    key_pem: Zeroizing::new(pem_encode("PRIVATE KEY", &svid.key_pkcs8)),
+                    serial_hex: svid.cert.serial_hex.clone(),
+                    not_after: svid.cert.not_after,
+                };
+                tx.send_replace(Some(Arc::new(identity)));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %placement.instance_guid, error = %e, retry_in = ?wait,
+                    "could not obtain a certificate; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

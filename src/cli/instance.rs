@@ -1,0 +1,191 @@
+//! `idmint instance …`: register, list and deregister app instances on the running service,
+//! through its admin HTTP API.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::table;
+use crate::admin::instances::{InstanceJson, LOCAL_CELL};
+use crate::config::Config;
+use crate::ids::{CellId, Guid};
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// Register an app instance; prints the SDS socket its sidecar connects to.
+    Register {
+        /// Instance GUID.
+        #[arg(long)]
+        instance_guid: Guid,
+        /// App GUID: the sidecar's SPIFFE ID is the app's.
+        #[arg(long)]
+        app_guid: Guid,
+        /// Space GUID.
+        #[arg(long)]
+        space_guid: Option<Guid>,
+        /// Org GUID.
+        #[arg(long)]
+        org_guid: Option<Guid>,
+        /// Container IP.
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        /// The cell it runs on.
+        #[arg(long, default_value = LOCAL_CELL)]
+        cell_id: CellId,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered instances.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deregister an instance: its SDS socket and streams close.
+    Deregister {
+        /// Instance GUID.
+        instance_guid: Guid,
+    },
+}
+
+pub async fn run(cmd: InstanceCommand, config: Config) -> Result<()> {
+    let admin = config.admin.listen;
+    match cmd {
+        InstanceCommand::Register {
+            instance_guid,
+            app_guid,
+            space_guid,
+            org_guid,
+            ip,
+            cell_id,
+            json,
+        } => {
+            let body = InstanceJson {
+                instance_guid: instance_guid.to_string(),
+                app_guid: app_guid.to_string(),
+                space_guid: space_guid.map(|g| g.to_string()),
+                org_guid: org_guid.map(|g| g.to_string()),
+                cell_id: Some(cell_id.to_string()),
+                ip: ip.map(|ip| ip.to_string()),
+                spiffe_id: None,
+                sds_socket: None,
+            };
+            let text = request(
+                admin,
+                "POST",
+                "/v1/instances",
+                Some(&serde_json::to_string(&body)?),
+            )
+            .await?;
+            let shown: InstanceJson = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                match &shown.sds_socket {
+                    Some(socket) => println!("{socket}"),
+                    None => println!(
+                        "registered {} (this service runs no SDS agent)",
+                        shown.instance_guid
+                    ),
+                }
+            }
+            Ok(())
+        }
+        InstanceCommand::List { json } => {
+            let text = request(admin, "GET", "/v1/instances", None).await?;
+            let all: Vec<InstanceJson> = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.instance_guid.clone(),
+                        i.cell_id.clone().unwrap_or_default(),
+                        i.ip.clone().unwrap_or_default(),
+                        i.spiffe_id.clone().unwrap_or_default(),
+                        i.sds_socket.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table::print(
+                &["INSTANCE", "CELL", "IP", "SPIFFE ID", "SDS SOCKET"],
+                &rows,
+            );
+            Ok(())
+        }
+        InstanceCommand::Deregister { instance_guid } => {
+            request(
+                admin,
+                "DELETE",
+                &format!("/v1/instances/{instance_guid}"),
+                None,
+            )
+            .await?;
+            println!("deregistered {instance_guid}");
+            Ok(())
+        }
+    }
+}
+
+/// One HTTP/1.1 request to the admin API; the body of a 2xx answer, else the server's message.
+async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<String> {
+    let mut stream = TcpStream::connect(addr).await.with_context(|| {
+        format!(
+            "cannot reach idmint's admin API at {addr}; is `idmint dev` running (admin.listen)?"
+        )
+    })?;
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed answer from the admin API")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed status line from the admin API")?;
+    // axum answers small bodies without chunking; a chunked body would start with its size.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    if !(200..300).contains(&status) {
+        bail!("{}", body.trim());
+    }
+    Ok(body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,133 @@
+//! `DeltaSecrets`: the incremental protocol. Each name carries its own version; only what
+//! changed is sent.
+
+use std::collections::{BTreeMap, HashMap};
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::names::SecretKind;
+use super::secrets::SECRET_TYPE;
+use super::stream::{Ctx, Outcome};
+
+#[derive(Default)]
+struct State {
+    names: BTreeMap<String, SecretKind>,
+    /// The version of each name last sent on this stream.
+    sent: HashMap<String, String>,
+    nonces: u64,
+    last_nonce: String,
+    /// Names in the last response, for counting its ACK or NACK.
+    in_flight: Vec<SecretKind>,
+}
+
+/// Runs one delta stream.
+pub async fn run(
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut ctx: Ctx,
+) {
+    let mut state = State::default();
+    loop {
+        let outcome = tokio::select! {
+            _ = ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
+                "this instance was deregistered; its SDS socket is closed"))),
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => on_request(&mut state, &ctx, req),
+                Ok(None) | Err(_) => Outcome::End(None),
+            },
+            _ = ctx.sources.changed() => Outcome::Push { force: false },
+        };
+        match outcome {
+            Outcome::Quiet => {}
+            Outcome::Push { .. } => {
+                if let Some(resp) = respond(&mut state, &ctx) {
+                    if out.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Outcome::End(status) => {
+                if let Some(status) = status {
+                    let _ = out.send(Err(status)).await;
+                }
+                break;
+            }
+        }
+    }
+}
+
+fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outcome {
+    if !req.type_url.is_empty() && req.type_url != SECRET_TYPE {
+        return Outcome::End(Some(Status::invalid_argument(format!(
+            "this is the secret discovery service; type {} is not served",
+            req.type_url
+        ))));
+    }
+    if !req.response_nonce.is_empty() && req.response_nonce == state.last_nonce {
+        let kinds = std::mem::take(&mut state.in_flight);
+        match &req.error_detail {
+            Some(err) => {
+                kinds.iter().for_each(|k| ctx.metrics.nacked(*k));
+                tracing::warn!(instance = %ctx.instance(), error = %err.message,
+                    "sidecar rejected a secret; it keeps the last one it accepted");
+            }
+            None => kinds.iter().for_each(|k| ctx.metrics.acked(*k)),
+        }
+    }
+    for name in &req.resource_names_unsubscribe {
+        state.names.remove(name);
+        state.sent.remove(name);
+    }
+    for name in &req.resource_names_subscribe {
+        match ctx.classify(name) {
+            Ok(kind) => {
+                state.names.insert(name.clone(), kind);
+                // Sent even if the client says it has this version: a new subscription
+                // always gets the secret.
+                state.sent.remove(name);
+            }
+            Err(status) => return Outcome::End(Some(status)),
+        }
+    }
+    Outcome::Push { force: false }
+}
+
+fn respond(state: &mut State, ctx: &Ctx) -> Option<DeltaDiscoveryResponse> {
+    let mut resources = Vec::new();
+    let mut kinds = Vec::new();
+    for (name, kind) in &state.names {
+        let Some(built) = ctx.sources.build(name, *kind) else {
+            continue;
+        };
+        if state.sent.get(name) == Some(&built.version) {
+            continue;
+        }
+        state.sent.insert(name.clone(), built.version.clone());
+        kinds.push(*kind);
+        resources.push(Resource {
+            name: name.clone(),
+            version: built.version,
+            resource: Some(built.any),
+            ..Default::default()
+        });
+    }
+    if resources.is_empty() {
+        return None;
+    }
+    for k in &kinds {
+        ctx.metrics.pushed(*k);
+    }
+    state.in_flight = kinds;
+    state.nonces += 1;
+    state.last_nonce = state.nonces.to_string();
+    Some(DeltaDiscoveryResponse {
+        resources,
+        type_url: SECRET_TYPE.to_string(),
+        nonce: state.last_nonce.clone(),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,103 @@
+//! SDS counters for the admin `/metrics` endpoint.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use super::names::SecretKind;
+
+/// One counter per secret kind label.
+#[derive(Default)]
+struct ByKind {
+    tls_certificate: AtomicU64,
+    validation_context: AtomicU64,
+}
+
+impl ByKind {
+    fn get(&self, kind: SecretKind) -> &AtomicU64 {
+        match kind {
+            SecretKind::Certificate => &self.tls_certificate,
+            _ => &self.validation_context,
+        }
+    }
+}
+
+/// What every SDS stream of this agent has done.
+#[derive(Default)]
+pub struct SdsMetrics {
+    streams_open: AtomicI64,
+    pushes: ByKind,
+    acks: ByKind,
+    nacks: ByKind,
+    refused: AtomicU64,
+}
+
+impl SdsMetrics {
+    pub(super) fn stream_opened(&self) {
+        self.streams_open.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn stream_closed(&self) {
+        self.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(super) fn pushed(&self, kind: SecretKind) {
+        self.pushes.get(kind).fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn acked(&self, kind: SecretKind) {
+        self.acks.get(kind).fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn nacked(&self, kind: SecretKind) {
+        self.nacks.get(kind).fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open SDS streams now.
+    pub fn streams_open(&self) -> i64 {
+        self.streams_open.load(Ordering::Relaxed)
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP idmint_sds_streams_open SDS streams open now.");
+        let _ = writeln!(out, "# TYPE idmint_sds_streams_open gauge");
+        let _ = writeln!(out, "idmint_sds_streams_open {}", self.streams_open());
+        for (name, help, by) in [
+            (
+                "idmint_sds_pushes_total",
+                "Secrets sent to sidecars.",
+                &self.pushes,
+            ),
+            (
+                "idmint_sds_acks_total",
+                "Secrets sidecars accepted.",
+                &self.acks,
+            ),
+            (
+                "idmint_sds_nacks_total",
+                "Secrets sidecars rejected.",
+                &self.nacks,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for kind in [SecretKind::Certificate, SecretKind::Roots] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kind=\"{}\"}} {}",
+                    kind.label(),
+                    by.get(kind).load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP idmint_sds_refused_total Requests for a secret that is not the caller's."
+        );
+        let _ = writeln!(out, "# TYPE idmint_sds_refused_total counter");
+        let _ = writeln!(
+            out,
+            "idmint_sds_refused_total {}",
+            self.refused.load(Ordering::Relaxed)
+        );
+    }
+}

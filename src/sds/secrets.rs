@@ -1,0 +1,136 @@
+//! Secrets built from the instance's identity and the trust bundle, with content versions.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source::Specifier, DataSource, TypedExtensionConfig,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    secret, spiffe_cert_validator_config, CertificateValidationContext, Secret,
+    SpiffeCertValidatorConfig, TlsCertificate,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::watch;
+
+use super::names::SecretKind;
+use crate::agent::{Bundle, Identity, Workload};
+use crate::ca::sha256_hex;
+
+/// The type URL of an SDS secret.
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const SPIFFE_VALIDATOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
+
+/// One secret ready to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Built {
+    /// The secret, packed.
+    pub any: Any,
+    /// A version derived from the content: equal content, equal version.
+    pub version: String,
+}
+
+/// What an instance's secrets are made from, and a way to wait for either to change.
+#[derive(Clone)]
+pub struct Sources {
+    identity: watch::Receiver<Option<Arc<Identity>>>,
+    bundle: watch::Receiver<Arc<Bundle>>,
+}
+
+impl Sources {
+    /// The sources of `w`.
+    pub fn of(w: &Workload) -> Sources {
+        Sources {
+            identity: w.identity.clone(),
+            bundle: w.bundle.clone(),
+        }
+    }
+
+    /// The secret named `name` of `kind` now, or `None` while it does not exist yet.
+    pub fn build(&self, name: &str, kind: SecretKind) -> Option<Built> {
+        let secret = match kind {
+            SecretKind::Certificate => {
+                let identity = self.identity.borrow().clone()?;
+                tls_certificate(name, &identity)
+            }
+            SecretKind::Roots => roots(name, &self.bundle.borrow()),
+            SecretKind::SpiffeValidator => spiffe_validator(name, &self.bundle.borrow()),
+        };
+        let bytes = secret.encode_to_vec();
+        Some(Built {
+            version: sha256_hex(&bytes)[..16].to_string(),
+            any: Any {
+                type_url: SECRET_TYPE.to_string(),
+                value: bytes,
+            },
+        })
+    }
+
+    /// Resolves when the identity or the bundle changes. Never resolves once both senders
+    /// are gone (the stream then ends through its cancellation instead).
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            Ok(()) = self.identity.changed() => {}
+            Ok(()) = self.bundle.changed() => {}
+            else => std::future::pending().await,
+        }
+    }
+}
+
+fn inline(text: &str) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineString(text.to_string())),
+        ..Default::default()
+    })
+}
+
+fn tls_certificate(name: &str, identity: &Identity) -> Secret {
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(&identity.chain_pem),
+            private_key: inline(&identity.key_pem),
+            ..Default::default()
+        })),
+    }
+}
+
+fn roots(name: &str, bundle: &Bundle) -> Secret {
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: inline(&bundle.roots_pem),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
+    let config = SpiffeCertValidatorConfig {
+        trust_domains: vec![spiffe_cert_validator_config::TrustDomain {
+            name: bundle.trust_domain.as_str().to_string(),
+            trust_bundle: inline(&bundle.roots_pem),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                custom_validator_config: Some(TypedExtensionConfig {
+                    name: "envoy.tls.cert_validator.spiffe".to_string(),
+                    typed_config: Some(Any {
+                        type_url: SPIFFE_VALIDATOR_TYPE.to_string(),
+                        value: config.encode_to_vec(),
+                    }),
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}

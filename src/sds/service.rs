@@ -1,0 +1,140 @@
+//! The gRPC service: one per instance socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::metrics::SdsMetrics;
+use super::secrets::{Sources, SECRET_TYPE};
+use super::stream::{combined_version, Ctx};
+use super::{delta, sotw};
+use crate::agent::Workload;
+
+/// How long `FetchSecrets` waits for a secret that does not exist yet.
+const FETCH_WAIT: Duration = Duration::from_secs(10);
+/// Responses buffered per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 4;
+
+pub struct Sds {
+    workload: Workload,
+    metrics: Arc<SdsMetrics>,
+    cancel: CancellationToken,
+}
+
+impl Sds {
+    pub fn new(workload: Workload, metrics: Arc<SdsMetrics>, cancel: CancellationToken) -> Self {
+        Sds {
+            workload,
+            metrics,
+            cancel,
+        }
+    }
+
+    fn ctx(&self) -> Ctx {
+        let td_id = self.workload.bundle.borrow().trust_domain.id_string();
+        Ctx {
+            sources: Sources::of(&self.workload),
+            workload: self.workload.clone(),
+            metrics: self.metrics.clone(),
+            cancel: self.cancel.clone(),
+            td_id,
+        }
+    }
+
+    /// Runs `body` as a stream task that counts itself open while it runs.
+    fn spawn_stream<F>(&self, body: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let metrics = self.metrics.clone();
+        metrics.stream_opened();
+        // The task ends with its stream: when the client leaves, or the instance is
+        // deregistered (the cancellation every stream loop watches).
+        tokio::spawn(async move {
+            body.await;
+            metrics.stream_closed();
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for Sds {
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.spawn_stream(sotw::run(request.into_inner(), tx, self.ctx()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.spawn_stream(delta::run(request.into_inner(), tx, self.ctx()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let req = request.into_inner();
+        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE {
+            return Err(Status::invalid_argument(format!(
+                "this is the secret discovery service; type {} is not served",
+                req.type_url
+            )));
+        }
+        if req.resource_names.is_empty() {
+            return Err(Status::invalid_argument("name at least one secret"));
+        }
+        let mut ctx = self.ctx();
+        let kinds = req
+            .resource_names
+            .iter()
+            .map(|n| ctx.classify(n).map(|k| (n.clone(), k)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        loop {
+            let built: Option<Vec<_>> = kinds
+                .iter()
+                .map(|(n, k)| ctx.sources.build(n, *k).map(|b| (n.as_str(), b)))
+                .collect();
+            if let Some(built) = built {
+                let version = combined_version(built.iter().map(|(n, b)| (*n, b)));
+                for (_, k) in &kinds {
+                    self.metrics.pushed(*k);
+                }
+                return Ok(Response::new(DiscoveryResponse {
+                    version_info: version,
+                    resources: built.into_iter().map(|(_, b)| b.any).collect(),
+                    type_url: SECRET_TYPE.to_string(),
+                    ..Default::default()
+                }));
+            }
+            tokio::select! {
+                _ = ctx.sources.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Status::unavailable("this instance has no certificate yet; retry"));
+                }
+                _ = ctx.cancel.cancelled() => {
+                    return Err(Status::unavailable("this instance was deregistered"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `StreamSecrets`: the state-of-the-world protocol, one state machine per stream.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::names::SecretKind;
+use super::secrets::SECRET_TYPE;
+use super::stream::{Ctx, Outcome};
+
+/// One stream's state: what is subscribed and what was last sent.
+#[derive(Default)]
+struct State {
+    names: BTreeMap<String, SecretKind>,
+    nonces: u64,
+    last_nonce: String,
+    last_version: Option<String>,
+}
+
+/// Runs one stream until the client leaves, an error ends it, or the instance goes away.
+pub async fn run(
+    mut inbound: Streaming<DiscoveryRequest>,
+    out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut ctx: Ctx,
+) {
+    let mut state = State::default();
+    loop {
+        let outcome = tokio::select! {
+            _ = ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
+                "this instance was deregistered; its SDS socket is closed"))),
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => on_request(&mut state, &ctx, req),
+                Ok(None) => Outcome::End(None),
+                Err(status) => {
+                    tracing::debug!(instance = %ctx.instance(), %status, "SDS stream ended by client");
+                    Outcome::End(None)
+                }
+            },
+            _ = ctx.sources.changed() => Outcome::Push { force: false },
+        };
+        match outcome {
+            Outcome::Quiet => {}
+            Outcome::Push { force } => {
+                if let Some(resp) = respond(&mut state, &ctx, force) {
+                    if out.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Outcome::End(status) => {
+                if let Some(status) = status {
+                    let _ = out.send(Err(status)).await;
+                }
+                break;
+            }
+        }
+    }
+}
+
+fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {
+    if !req.type_url.is_empty() && req.type_url != SECRET_TYPE {
+        return Outcome::End(Some(Status::invalid_argument(format!(
+            "this is the secret discovery service; type {} is not served",
+            req.type_url
+        ))));
+    }
+    // A reply to an older response than the last one sent is overtaken; the client will
+    // answer the newest one.
+    if !req.response_nonce.is_empty() && req.response_nonce != state.last_nonce {
+        return Outcome::Quiet;
+    }
+    if let Some(err) = &req.error_detail {
+        for kind in state.names.values() {
+            ctx.metrics.nacked(*kind);
+        }
+        tracing::warn!(instance = %ctx.instance(), names = ?state.names.keys().collect::<Vec<_>>(),
+            rejected_version = %state.last_version.as_deref().unwrap_or(""),
+            kept_version = %req.version_info, error = %err.message,
+            "sidecar rejected a secret; it keeps the last one it accepted");
+        return Outcome::Quiet;
+    }
+    let mut names = BTreeMap::new();
+    for name in &req.resource_names {
+        match ctx.classify(name) {
+            Ok(kind) => {
+                names.insert(name.clone(), kind);
+            }
+            Err(status) => return Outcome::End(Some(status)),
+        }
+    }
+    let added = names.keys().any(|n| !state.names.contains_key(n));
+    state.names = names;
+    let is_ack = !req.response_nonce.is_empty() && !added;
+    if is_ack {
+        for kind in state.names.values() {
+            ctx.metrics.acked(*kind);
+        }
+        // Content may have changed while the client was applying the last response.
+        return Outcome::Push { force: false };
+    }
+    Outcome::Push { force: added }
+}
+
+/// The response for everything subscribed that exists, unless it would repeat the last one
+/// (`force` sends it anyway: a name was newly subscribed). `None` also while nothing exists
+/// yet: the request stays open instead of being answered empty.
+fn respond(state: &mut State, ctx: &Ctx, force: bool) -> Option<DiscoveryResponse> {
+    let built: Vec<_> = state
+        .names
+        .iter()
+        .filter_map(|(name, kind)| ctx.sources.build(name, *kind).map(|b| (name, *kind, b)))
+        .collect();
+    if built.is_empty() {
+        return None;
+    }
+    let version = super::stream::combined_version(built.iter().map(|(n, _, b)| (n.as_str(), b)));
+    if !force && state.last_version.as_deref() == Some(version.as_str()) {
+        return None;
+    }
+    state.nonces += 1;
+    state.last_nonce = state.nonces.to_string();
+    state.last_version = Some(version.clone());
+    for (_, kind, _) in &built {
+        ctx.metrics.pushed(*kind);
+    }
+    Some(DiscoveryResponse {
+        version_info: version,
+        resources: built.into_iter().map(|(_, _, b)| b.any).collect(),
+        type_url: SECRET_TYPE.to_string(),
+        nonce: state.last_nonce.clone(),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,102 @@
+//! The placement registry: which app instances exist and where they run. Stored, so a restart
+//! keeps them, and published as events so the agent half can follow.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::ids::Guid;
+use crate::placement::Placement;
+use crate::store::Store;
+
+/// Why a registry change was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The instance is registered already with other facts.
+    #[error("instance {0} is already registered with a different placement; deregister it first")]
+    Conflict(Guid),
+    /// No such instance.
+    #[error("no instance {0} is registered")]
+    Unknown(Guid),
+    /// The store failed; nothing changed.
+    #[error("placement store: {0}")]
+    Store(#[from] crate::store::Error),
+}
+
+/// A change to the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An instance was registered.
+    Registered(Placement),
+    /// An instance was deregistered.
+    Deregistered(Placement),
+}
+
+/// The registry. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    placements: Arc<Mutex<BTreeMap<Guid, Placement>>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Registry {
+    /// Loads the stored placements.
+    pub async fn load(store: Store) -> Result<Registry, Error> {
+        let placements = store
+            .placements()
+            .await?
+            .into_iter()
+            .map(|p| (p.instance_guid.clone(), p))
+            .collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Registry {
+            store,
+            placements: Arc::new(Mutex::new(placements)),
+            events,
+        })
+    }
+
+    /// Registers `p`. Registering the same placement again is a no-op that returns false.
+    pub async fn register(&self, p: Placement) -> Result<bool, Error> {
+        let mut all = self.placements.lock().await;
+        match all.get(&p.instance_guid) {
+            Some(existing) if *existing == p => return Ok(false),
+            Some(_) => return Err(Error::Conflict(p.instance_guid)),
+            None => {}
+        }
+        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        self.store.insert_placement(&p, now_ms).await?;
+        all.insert(p.instance_guid.clone(), p.clone());
+        // Nobody listening is fine: a subscriber starts from `snapshot`.
+        let _ = self.events.send(Event::Registered(p));
+        Ok(true)
+    }
+
+    /// Deregisters an instance and returns what it was.
+    pub async fn deregister(&self, instance: &Guid) -> Result<Placement, Error> {
+        let mut all = self.placements.lock().await;
+        if !all.contains_key(instance) {
+            return Err(Error::Unknown(instance.clone()));
+        }
+        self.store.delete_placement(instance.as_str()).await?;
+        let p = all.remove(instance).expect("checked above");
+        let _ = self.events.send(Event::Deregistered(p.clone()));
+        Ok(p)
+    }
+
+    /// One instance's placement.
+    pub async fn get(&self, instance: &Guid) -> Option<Placement> {
+        self.placements.lock().await.get(instance).cloned()
+    }
+
+    /// Every placement now, and a receiver of every change after it: taken under one lock so no
+    /// change falls between the two.
+    pub async fn snapshot(&self) -> (Vec<Placement>, broadcast::Receiver<Event>) {
+        let all = self.placements.lock().await;
+        (all.values().cloned().collect(), self.events.subscribe())
+    }
+}

