@@ -512,3 +512,187 @@ fn dev_certs_writes_a_set_and_replaces_only_when_asked() {
         .arg(&out));
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 }
+
+/// `idmint dev` running in `data` with its admin API on a free port; killed on drop.
+struct Dev {
+    child: std::process::Child,
+    admin: String,
+}
+
+impl Dev {
+    fn start(data: &Path) -> Dev {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin = format!("127.0.0.1:{port}");
+        let mut child = idmint(data)
+            .args(["--set", &format!("admin.listen={admin}"), "dev"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = lines.map(|l| l.unwrap());
+        assert!(
+            lines.by_ref().any(|l| l.starts_with("ready")),
+            "dev became ready"
+        );
+        std::thread::spawn(move || lines.for_each(drop));
+        Dev { child, admin }
+    }
+
+    fn cli(&self, data: &Path, args: &[&str]) -> Output {
+        let mut cmd = idmint(data);
+        cmd.args(["--set", &format!("admin.listen={}", self.admin)])
+            .args(args);
+        run(&mut cmd)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn instances_register_list_deregister_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dev = Dev::start(&data);
+    let register = |extra: &[&str]| {
+        let mut args = vec![
+            "instance",
+            "register",
+            "--instance-guid",
+            INSTANCE,
+            "--app-guid",
+            APP,
+        ];
+        args.extend_from_slice(extra);
+        dev.cli(&data, &args)
+    };
+    let full = [
+        "--space-guid",
+        SPACE,
+        "--org-guid",
+        ORG,
+        "--ip",
+        "10.255.1.7",
+    ];
+    let out = register(&full);
+    assert!(out.status.success(), "{}", text(&out));
+    let socket = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(Path::new(&socket).is_absolute(), "{socket}");
+    assert!(socket.ends_with(&format!("{INSTANCE}.sock")));
+    assert!(Path::new(&socket).exists());
+    assert!(
+        register(&full).status.success(),
+        "registering the same placement again is fine"
+    );
+
+    // Bad input: refused with a reason, nothing registered.
+    let other_app = register(&[
+        "--space-guid",
+        SPACE,
+        "--org-guid",
+        ORG,
+        "--app-guid",
+        SPACE,
+    ]);
+    assert_eq!(
+        other_app.status.code(),
+        Some(2),
+        "--app-guid twice is a usage error"
+    );
+    let conflict = dev.cli(
+        &data,
+        &[
+            "instance",
+            "register",
+            "--instance-guid",
+            INSTANCE,
+            "--app-guid",
+            SPACE,
+            "--space-guid",
+            SPACE,
+            "--org-guid",
+            ORG,
+        ],
+    );
+    assert!(!conflict.status.success());
+    assert!(
+        text(&conflict).contains("already registered"),
+        "{}",
+        text(&conflict)
+    );
+    let no_org = dev.cli(
+        &data,
+        &[
+            "instance",
+            "register",
+            "--instance-guid",
+            ORG,
+            "--app-guid",
+            APP,
+        ],
+    );
+    assert!(!no_org.status.success());
+    assert!(
+        text(&no_org).contains("org_guid"),
+        "the template needs it: {}",
+        text(&no_org)
+    );
+    let bad_guid = dev.cli(
+        &data,
+        &[
+            "instance",
+            "register",
+            "--instance-guid",
+            "x",
+            "--app-guid",
+            APP,
+        ],
+    );
+    assert_eq!(bad_guid.status.code(), Some(2));
+    let bad_ip = register(&["--space-guid", SPACE, "--org-guid", ORG, "--ip", "10.0.0"]);
+    assert_eq!(bad_ip.status.code(), Some(2));
+
+    let list: Vec<serde_json::Value> = serde_json::from_str(
+        &String::from_utf8(dev.cli(&data, &["instance", "list", "--json"]).stdout).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["spiffe_id"], expected_spiffe_id());
+    assert_eq!(list[0]["sds_socket"], socket.as_str());
+    let table = String::from_utf8(dev.cli(&data, &["instance", "list"]).stdout).unwrap();
+    assert!(
+        table.contains(INSTANCE) && table.contains("10.255.1.7"),
+        "{table}"
+    );
+
+    // Restart: the registration and its socket come back.
+    drop(dev);
+    let dev = Dev::start(&data);
+    assert!(Path::new(&socket).exists(), "socket recreated on restart");
+    let unknown = dev.cli(&data, &["instance", "deregister", ORG]);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown).contains("no instance"), "{}", text(&unknown));
+    let out = dev.cli(&data, &["instance", "deregister", INSTANCE]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!Path::new(&socket).exists(), "socket removed");
+    let list = String::from_utf8(dev.cli(&data, &["instance", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list.trim(), "[]");
+
+    // Without a running service the CLI says so.
+    drop(dev);
+    let out = run(idmint(&data).args(["--set", "admin.listen=127.0.0.1:9", "instance", "list"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("idmint dev"), "{}", text(&out));
+}

@@ -28,7 +28,7 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))?;
     let admin_addr = listener.local_addr()?;
-    let agent = start_agent(&mut rt);
+    let agent = start_agent(&mut rt).await;
     let state = AdminState {
         ca: rt.ca.clone(),
         audit: rt.audit.clone(),
@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> Result<()> {
 }
 
 /// The agent half in this process: serves SDS for every registered instance.
-fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
+async fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
     let bundle = Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: rt.ca.roots().iter().map(|r| r.pem()).collect(),
@@ -96,6 +96,14 @@ fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
         Arc::new(SdsMetrics::default()),
         rt.shutdown_token(),
     ));
+    // Sockets of instances registered before this start exist before "ready" is printed.
+    let (registered, _) = rt.registry.snapshot().await;
+    for p in registered {
+        let instance = p.instance_guid.clone();
+        if let Err(e) = agent.add(p).await {
+            tracing::error!(%instance, error = %e, "cannot serve SDS for instance");
+        }
+    }
     let registry = rt.registry.clone();
     let follower = agent.clone();
     rt.spawn("agent", move |token| async move {
