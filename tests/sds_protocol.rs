@@ -26,7 +26,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 /// An authority that signs only once the test opens its gate: the seam lets a test hold the
@@ -131,18 +131,9 @@ impl Harness {
 }
 
 async fn client(socket: &Path) -> SecretDiscoveryServiceClient<Channel> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://sds.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    idmint::sds::client::connect(socket)
         .await
-        .expect("connect to the SDS socket");
-    SecretDiscoveryServiceClient::new(channel)
+        .expect("connect to the SDS socket")
 }
 
 fn request(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {

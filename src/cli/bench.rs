@@ -31,11 +31,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// Serve K instances' SDS streams from one agent and push a trust bundle change to all.
+    Sds {
+        /// How many instances (each with a ROOTCA and a default stream).
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+    },
+    /// The simulated sidecars of `bench sds`, run as a child process.
+    #[command(hide = true)]
+    SdsClients {
+        /// How many sockets to connect to.
+        #[arg(long)]
+        count: usize,
+        /// The directory of SDS sockets.
+        #[arg(long)]
+        sockets_dir: std::path::PathBuf,
+    },
 }
 
 pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
     match cmd {
         BenchCommand::Issue { count, concurrency } => issue(config, count, concurrency).await,
+        BenchCommand::Sds { instances } => super::bench_sds::run(config, instances).await,
+        BenchCommand::SdsClients { count, sockets_dir } => {
+            super::bench_sds::clients(sockets_dir, count).await
+        }
     }
 }
 
@@ -182,10 +202,7 @@ async fn service_path(
     concurrency: usize,
     cores: usize,
 ) -> Result<PathResult> {
-    let mut tag = [0u8; 8];
-    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut tag)
-        .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
-    let dir = std::env::temp_dir().join(format!("idmint-bench-{}", crate::ca::encode_hex(&tag)));
+    let dir = fresh_bench_dir()?;
     config.data_dir = dir.clone();
     config.store = store::Settings {
         url: format!("sqlite://{}", dir.join("idmint.db").display()),
@@ -213,7 +230,7 @@ async fn service_path(
                         return Ok::<(), crate::api::Error>(());
                     };
                     let req = SignRequest {
-                        placement: placement(i, &cell),
+                        placement: bench_placement(i, &cell),
                         csr: sample.csr.clone(),
                         ttl: None,
                     };
@@ -257,8 +274,16 @@ struct PathResult {
     mean_batch: f64,
 }
 
+/// A new, not yet existing, directory under the system's temporary directory.
+pub(super) fn fresh_bench_dir() -> Result<std::path::PathBuf> {
+    let mut tag = [0u8; 8];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut tag)
+        .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+    Ok(std::env::temp_dir().join(format!("idmint-bench-{}", crate::ca::encode_hex(&tag))))
+}
+
 /// User + system CPU time of this process so far, from /proc (Linux).
-fn process_cpu_seconds() -> f64 {
+pub(super) fn process_cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return f64::NAN;
     };
@@ -292,7 +317,7 @@ fn ca_alone(
             .map(|(c, chunk)| {
                 scope.spawn(move || -> Result<()> {
                     for (i, s) in chunk.iter().enumerate() {
-                        let issued = ca.issue(&placement(c * per + i, cell), &s.csr, None, now)?;
+                        let issued = ca.issue(&bench_placement(c * per + i, cell), &s.csr, None, now)?;
                         std::hint::black_box(issued);
                     }
                     Ok(())
@@ -310,7 +335,7 @@ fn ca_alone(
 
 /// The placement of sample `i`: ten instances per app, GUIDs scattered as real v4 GUIDs are, so
 /// the ledger's per-app index sees the random inserts production gives it.
-fn placement(i: usize, cell: &CellId) -> Placement {
+pub(super) fn bench_placement(i: usize, cell: &CellId) -> Placement {
     let guid = |kind: u64, n: usize| {
         let h = scatter(kind << 40 | n as u64);
         format!(

@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod bench_sds;
 mod ca;
 mod dev;
 mod instance;

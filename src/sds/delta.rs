@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::names::SecretKind;
 use super::secrets::SECRET_TYPE;
-use super::stream::{Ctx, Outcome};
+use super::stream::{Ctx, Outcome, ResponseStream};
 
 #[derive(Default)]
 struct State {
@@ -24,40 +23,12 @@ struct State {
     in_flight: Vec<SecretKind>,
 }
 
-/// Runs one delta stream.
-pub async fn run(
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
-    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    mut ctx: Ctx,
-) {
-    let mut state = State::default();
-    loop {
-        let outcome = tokio::select! {
-            _ = ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
-                "this instance was deregistered; its SDS socket is closed"))),
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => on_request(&mut state, &ctx, req),
-                Ok(None) | Err(_) => Outcome::End(None),
-            },
-            _ = ctx.sources.changed() => Outcome::Push { force: false },
-        };
-        match outcome {
-            Outcome::Quiet => {}
-            Outcome::Push { .. } => {
-                if let Some(resp) = respond(&mut state, &ctx) {
-                    if out.send(Ok(resp)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            Outcome::End(status) => {
-                if let Some(status) = status {
-                    let _ = out.send(Err(status)).await;
-                }
-                break;
-            }
-        }
-    }
+/// The responses of one delta stream.
+pub fn responses(
+    inbound: Streaming<DeltaDiscoveryRequest>,
+    ctx: Ctx,
+) -> ResponseStream<DeltaDiscoveryResponse> {
+    super::stream::drive(inbound, ctx, State::default(), on_request, |s, c, _| respond(s, c))
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outcome {

@@ -56,6 +56,12 @@ impl SdsMetrics {
         self.streams_open.load(Ordering::Relaxed)
     }
 
+    /// ACKs of every kind so far.
+    pub fn acks_total(&self) -> u64 {
+        self.acks.tls_certificate.load(Ordering::Relaxed)
+            + self.acks.validation_context.load(Ordering::Relaxed)
+    }
+
     /// The counters in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP idmint_sds_streams_open SDS streams open now.");

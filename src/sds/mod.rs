@@ -1,6 +1,7 @@
 //! Envoy's Secret Discovery Service over one Unix socket per instance. Who is asking is the
 //! socket it connected to, never what it says in `node.id`.
 
+pub mod client;
 mod delta;
 mod metrics;
 mod names;
@@ -8,12 +9,12 @@ mod secrets;
 mod service;
 mod sotw;
 mod stream;
+mod transport;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,10 +53,10 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let instance = workload.placement.instance_guid.clone();
-    let service = service::Sds::new(workload, metrics, cancel.clone());
+    let service = transport::SdsRoutes::new(service::Sds::new(workload, metrics, cancel.clone()));
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
-        .add_service(SecretDiscoveryServiceServer::new(service))
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await;
     if let Err(e) = result {

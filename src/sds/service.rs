@@ -6,22 +6,17 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::SdsMetrics;
 use super::secrets::{Sources, SECRET_TYPE};
-use super::stream::{combined_version, Ctx};
+use super::stream::{combined_version, Ctx, ResponseStream};
 use super::{delta, sotw};
 use crate::agent::Workload;
 
 /// How long `FetchSecrets` waits for a secret that does not exist yet.
 const FETCH_WAIT: Duration = Duration::from_secs(10);
-/// Responses buffered per stream before the sender waits for the client.
-const STREAM_BUFFER: usize = 4;
 
 pub struct Sds {
     workload: Workload,
@@ -49,46 +44,27 @@ impl Sds {
         }
     }
 
-    /// Runs `body` as a stream task that counts itself open while it runs.
-    fn spawn_stream<F>(&self, body: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let metrics = self.metrics.clone();
-        metrics.stream_opened();
-        // The task ends with its stream: when the client leaves, or the instance is
-        // deregistered (the cancellation every stream loop watches).
-        tokio::spawn(async move {
-            body.await;
-            metrics.stream_closed();
-        });
-    }
 }
 
-#[tonic::async_trait]
-impl SecretDiscoveryService for Sds {
-    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_secrets(
+impl Sds {
+    /// `StreamSecrets`.
+    pub fn stream_secrets(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.spawn_stream(sotw::run(request.into_inner(), tx, self.ctx()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    ) -> Response<ResponseStream<DiscoveryResponse>> {
+        Response::new(sotw::responses(request.into_inner(), self.ctx()))
     }
 
-    async fn delta_secrets(
+    /// `DeltaSecrets`.
+    pub fn delta_secrets(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.spawn_stream(delta::run(request.into_inner(), tx, self.ctx()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    ) -> Response<ResponseStream<DeltaDiscoveryResponse>> {
+        Response::new(delta::responses(request.into_inner(), self.ctx()))
     }
 
-    async fn fetch_secrets(
+    /// `FetchSecrets`: the named secrets now, waiting a while for ones not issued yet.
+    pub async fn fetch_secrets(
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {

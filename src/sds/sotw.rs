@@ -1,14 +1,15 @@
-//! `StreamSecrets`: the state-of-the-world protocol, one state machine per stream.
+//! `StreamSecrets`: the state-of-the-world protocol, one state machine per stream. The
+//! machine runs inside the response stream itself (no task, no channel per stream), so an
+//! open stream costs little more than its state.
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::names::SecretKind;
 use super::secrets::SECRET_TYPE;
-use super::stream::{Ctx, Outcome};
+use super::stream::{Ctx, Outcome, ResponseStream};
 
 /// One stream's state: what is subscribed and what was last sent.
 #[derive(Default)]
@@ -19,44 +20,13 @@ struct State {
     last_version: Option<String>,
 }
 
-/// Runs one stream until the client leaves, an error ends it, or the instance goes away.
-pub async fn run(
-    mut inbound: Streaming<DiscoveryRequest>,
-    out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    mut ctx: Ctx,
-) {
-    let mut state = State::default();
-    loop {
-        let outcome = tokio::select! {
-            _ = ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
-                "this instance was deregistered; its SDS socket is closed"))),
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => on_request(&mut state, &ctx, req),
-                Ok(None) => Outcome::End(None),
-                Err(status) => {
-                    tracing::debug!(instance = %ctx.instance(), %status, "SDS stream ended by client");
-                    Outcome::End(None)
-                }
-            },
-            _ = ctx.sources.changed() => Outcome::Push { force: false },
-        };
-        match outcome {
-            Outcome::Quiet => {}
-            Outcome::Push { force } => {
-                if let Some(resp) = respond(&mut state, &ctx, force) {
-                    if out.send(Ok(resp)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            Outcome::End(status) => {
-                if let Some(status) = status {
-                    let _ = out.send(Err(status)).await;
-                }
-                break;
-            }
-        }
-    }
+/// The responses of one stream until the client leaves, an error ends it, or the instance
+/// goes away.
+pub fn responses(
+    inbound: Streaming<DiscoveryRequest>,
+    ctx: Ctx,
+) -> ResponseStream<DiscoveryResponse> {
+    super::stream::drive(inbound, ctx, State::default(), on_request, respond)
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {

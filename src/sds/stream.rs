@@ -1,9 +1,12 @@
 //! What every SDS stream of one instance shares.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::Stream;
+
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+use tonic::{Status, Streaming};
 
 use super::metrics::SdsMetrics;
 use super::names::{classify, SecretKind};
@@ -57,4 +60,89 @@ pub fn combined_version<'a>(parts: impl Iterator<Item = (&'a str, &'a Built)>) -
         all.push('\n');
     }
     sha256_hex(all.as_bytes())[..16].to_string()
+}
+
+/// The responses of one stream, as tonic sends them.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Counts a stream open for as long as it lives.
+struct OpenStream(Arc<SdsMetrics>);
+
+impl OpenStream {
+    fn new(metrics: Arc<SdsMetrics>) -> Self {
+        metrics.stream_opened();
+        OpenStream(metrics)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
+/// Everything one stream holds.
+struct Machine<Req, S> {
+    inbound: Streaming<Req>,
+    ctx: Ctx,
+    state: S,
+    ended: bool,
+    _open: OpenStream,
+}
+
+/// Runs a protocol's state machine as a response stream: requests go to `on_request`,
+/// changes of the instance's secrets ask `respond` for a push, the instance's cancellation
+/// ends the stream with `UNAVAILABLE`.
+pub fn drive<Req, Resp, S>(
+    inbound: Streaming<Req>,
+    ctx: Ctx,
+    state: S,
+    on_request: fn(&mut S, &Ctx, Req) -> Outcome,
+    respond: fn(&mut S, &Ctx, bool) -> Option<Resp>,
+) -> ResponseStream<Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    S: Send + 'static,
+{
+    let machine = Machine {
+        _open: OpenStream::new(ctx.metrics.clone()),
+        inbound,
+        ctx,
+        state,
+        ended: false,
+    };
+    Box::pin(futures_util::stream::unfold(machine, move |mut m| async move {
+        if m.ended {
+            return None;
+        }
+        loop {
+            let outcome = tokio::select! {
+                _ = m.ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
+                    "this instance was deregistered; its SDS socket is closed"))),
+                msg = m.inbound.message() => match msg {
+                    Ok(Some(req)) => on_request(&mut m.state, &m.ctx, req),
+                    Ok(None) => Outcome::End(None),
+                    Err(status) => {
+                        tracing::debug!(instance = %m.ctx.instance(), %status, "SDS stream ended by client");
+                        Outcome::End(None)
+                    }
+                },
+                _ = m.ctx.sources.changed() => Outcome::Push { force: false },
+            };
+            match outcome {
+                Outcome::Quiet => {}
+                Outcome::Push { force } => {
+                    if let Some(resp) = respond(&mut m.state, &m.ctx, force) {
+                        return Some((Ok(resp), m));
+                    }
+                }
+                Outcome::End(Some(status)) => {
+                    m.ended = true;
+                    return Some((Err(status), m));
+                }
+                Outcome::End(None) => return None,
+            }
+        }
+    }))
 }

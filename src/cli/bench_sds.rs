@@ -1,0 +1,325 @@
+//! `idmint bench sds`: K instances served by one agent, each with a simulated sidecar holding a
+//! `ROOTCA` and a `default` stream on its own socket; then a trust bundle change pushed to all.
+//! The sidecars run in a child process so the agent's memory is measured alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::bench::{bench_placement, fresh_bench_dir, process_cpu_seconds};
+use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
+use crate::app::Runtime;
+use crate::ca::{Init, Mode};
+use crate::config::Config;
+use crate::sds::{client, SdsMetrics, SECRET_TYPE};
+
+/// Targets from the SDS issue.
+const TARGET_ALL_ACKED: Duration = Duration::from_secs(1);
+const TARGET_BYTES_PER_STREAM: f64 = 16.0 * 1024.0;
+
+/// Open files besides the sockets: database, stdio, the runtime's own.
+const FD_SLACK: u64 = 64;
+
+/// Streams the simulated sidecars open at once while connecting.
+const CONNECT_CONCURRENCY: usize = 256;
+
+pub async fn run(config: Config, instances: usize) -> Result<()> {
+    ensure!(instances > 0, "--instances must be at least 1");
+    // One listening socket and one connection per instance, plus the database and slack.
+    raise_fd_limit(2 * instances as u64 + FD_SLACK)?;
+    let dir = fresh_bench_dir()?;
+    let result = measure(config, instances, &dir).await;
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+async fn measure(mut config: Config, instances: usize, dir: &Path) -> Result<()> {
+    config.data_dir = dir.to_path_buf();
+    config.store.url = format!("sqlite://{}", dir.join("idmint.db").display());
+    config.ca.mode = Mode::SelfSigned;
+    config.ca.kek_file = dir.join("kek");
+    let rt = Runtime::start(config, Init::CreateIfMissing).await?;
+    let roots_pem: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
+        trust_domain: rt.config.ca.trust_domain.clone(),
+        roots_pem: roots_pem.clone(),
+    }));
+    let metrics = Arc::new(SdsMetrics::default());
+    let sds_dir = dir.join("sds");
+    let agent = Workloads::new(
+        Arc::new(rt.issuance.clone()),
+        AgentSettings {
+            sds_dir: sds_dir.clone(),
+            trust_domain: rt.config.ca.trust_domain.clone(),
+            id_template: rt.config.ca.id_template.clone(),
+        },
+        bundle_rx,
+        metrics.clone(),
+        rt.shutdown_token(),
+    );
+    println!("registering {instances} instances (not timed)…");
+    let cell = "bench-cell".parse()?;
+    for i in 0..instances {
+        agent.add(bench_placement(i, &cell)).await?;
+    }
+    let rss_before = rss_bytes()?;
+
+    println!("connecting {instances} simulated sidecars, 2 streams each (not timed)…");
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench", "sds-clients", "--count", &instances.to_string(), "--sockets-dir"])
+        .arg(agent.socket_path(&bench_placement(0, &cell).instance_guid).parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut child_in = child.stdin.take().unwrap();
+    let mut child_out = BufReader::new(child.stdout.take().unwrap()).lines();
+    expect_line(&mut child_out, "ready").await?;
+    // Initial ACKs are in once the counters show them: one per stream.
+    wait_for(|| acks(&metrics) >= 2 * instances as u64, Duration::from_secs(120)).await?;
+    let streams = metrics.streams_open();
+    let rss_after = rss_bytes()?;
+    let per_stream = (rss_after.saturating_sub(rss_before)) as f64 / streams.max(1) as f64;
+
+    // The change: a second root joins the bundle.
+    let new_root = rcgen::generate_simple_self_signed(vec!["bench-new-root.invalid".to_string()])?;
+    let acks_before = acks(&metrics);
+    let cpu_before = process_cpu_seconds();
+    let start = Instant::now();
+    child_in.write_all(b"go\n").await?;
+    child_in.flush().await?;
+    bundle_tx.send_replace(Arc::new(Bundle {
+        trust_domain: rt.config.ca.trust_domain.clone(),
+        roots_pem: format!("{roots_pem}{}", new_root.cert.pem()),
+    }));
+    wait_for(
+        || acks(&metrics) >= acks_before + instances as u64,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let all_acked = start.elapsed();
+    let cpu = process_cpu_seconds() - cpu_before;
+    let line = child_out.next_line().await?.context("sidecars ended early")?;
+    let lat: Vec<f64> = line
+        .strip_prefix("latencies_us ")
+        .context("unexpected report from the sidecars")?
+        .split_whitespace()
+        .map(|v| v.parse::<f64>())
+        .collect::<Result<_, _>>()?;
+    ensure!(lat.len() == 3, "unexpected report from the sidecars: {line}");
+    let _ = child.kill().await;
+    drop(agent);
+    rt.shutdown().await;
+
+    let ms = |us: f64| us / 1000.0;
+    println!();
+    println!("idmint bench sds: {instances} instances on one agent, {streams} SDS streams (ROOTCA + default each)");
+    println!();
+    println!("| measure | value | target |");
+    println!("|---|---:|---:|");
+    println!("| bundle change ACKed by every sidecar (agent's count) | {:.0} ms | ≤ 1000 ms |", all_acked.as_secs_f64() * 1000.0);
+    println!("| per-sidecar push + ACK, p50 | {:.1} ms | |", ms(lat[0]));
+    println!("| per-sidecar push + ACK, p99 | {:.1} ms | |", ms(lat[1]));
+    println!("| per-sidecar push + ACK, max | {:.1} ms | |", ms(lat[2]));
+    println!("| agent CPU for the push | {cpu:.2} s | |");
+    println!("| agent resident memory per open stream | {:.1} KiB | ≤ 16 KiB |", per_stream / 1024.0);
+    println!("| agent resident memory, before → after connecting | {:.0} → {:.0} MiB | |", rss_before as f64 / 1048576.0, rss_after as f64 / 1048576.0);
+    println!();
+    let met = all_acked <= TARGET_ALL_ACKED && per_stream <= TARGET_BYTES_PER_STREAM;
+    println!("targets (all ACKed within 1 s, ≤ 16 KiB per stream): {}", if met { "met" } else { "NOT met" });
+    Ok(())
+}
+
+fn acks(m: &SdsMetrics) -> u64 {
+    m.acks_total()
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("gave up after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    Ok(())
+}
+
+async fn expect_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    want: &str,
+) -> Result<()> {
+    match lines.next_line().await? {
+        Some(l) if l == want => Ok(()),
+        Some(l) => bail!("sidecars said {l:?}"),
+        None => bail!("the sidecar process ended early"),
+    }
+}
+
+/// Raises the open-file limit to at least `need`, as far as the system allows.
+fn raise_fd_limit(need: u64) -> Result<()> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get()?;
+    if soft >= need {
+        return Ok(());
+    }
+    // Raising the hard limit needs privilege; fall back to the hard limit we have.
+    if Resource::NOFILE.set(need, need.max(hard)).is_err() {
+        Resource::NOFILE.set(hard, hard)?;
+    }
+    let (soft, _) = Resource::NOFILE.get()?;
+    ensure!(
+        soft >= need,
+        "this benchmark needs {need} open files and the limit is {soft}; raise it (ulimit -n) or use fewer --instances"
+    );
+    Ok(())
+}
+
+/// Resident set size of this process, from /proc (Linux).
+fn rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")?;
+    Ok(kib * 1024)
+}
+
+/// The simulated sidecars (`idmint bench sds-clients`): connect to every socket in `dir`, open
+/// a `ROOTCA` and a `default` stream on each, ACK what arrives, print `ready`; after `go` on
+/// stdin, report how long each took to receive and ACK the changed `ROOTCA`.
+pub async fn clients(dir: PathBuf, count: usize) -> Result<()> {
+    raise_fd_limit(count as u64 + FD_SLACK)?;
+    let mut sockets: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    sockets.sort();
+    ensure!(sockets.len() == count, "found {} sockets, expected {count}", sockets.len());
+
+    let go: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let done = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let (finished_tx, mut finished_rx) = mpsc::channel::<()>(count);
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<()>>(count);
+    let mut tasks = tokio::task::JoinSet::new();
+    for socket in sockets {
+        let (go, done, finished_tx, gate, ready_tx) =
+            (go.clone(), done.clone(), finished_tx.clone(), gate.clone(), ready_tx.clone());
+        tasks.spawn(async move {
+            let permit = gate.acquire_owned().await.expect("gate open");
+            let mut sidecar = match Sidecar::open(&socket).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            drop(permit);
+            let _ = ready_tx.send(Ok(())).await;
+            if sidecar.await_roots_change().await.is_ok() {
+                if let Some(start) = go.get() {
+                    done.lock().unwrap().push(start.elapsed());
+                }
+                let _ = finished_tx.send(()).await;
+            }
+            // Hold both streams open until the process ends.
+            std::future::pending::<()>().await;
+        });
+    }
+    for _ in 0..count {
+        ready_rx.recv().await.context("sidecar task ended")??;
+    }
+    println!("ready");
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    match stdin.next_line().await? {
+        Some(l) if l == "go" => {
+            let _ = go.set(Instant::now());
+        }
+        _ => return Ok(()),
+    }
+    for _ in 0..count {
+        finished_rx.recv().await.context("sidecar task ended")?;
+    }
+    let mut lat: Vec<f64> = done.lock().unwrap().iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    lat.sort_by(f64::total_cmp);
+    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    println!("latencies_us {:.0} {:.0} {:.0}", pick(0.5), pick(0.99), pick(1.0));
+    tasks.abort_all();
+    Ok(())
+}
+
+/// One simulated sidecar: a `ROOTCA` and a `default` stream on its instance's socket.
+struct Sidecar {
+    roots_tx: mpsc::Sender<DiscoveryRequest>,
+    roots_rx: Streaming<DiscoveryResponse>,
+    roots_version: String,
+    _cert_tx: mpsc::Sender<DiscoveryRequest>,
+    _cert_rx: Streaming<DiscoveryResponse>,
+}
+
+type SdsClient = envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// Opens a stream for `name`, waits for its first response and ACKs it.
+async fn open_stream(
+    mut c: SdsClient,
+    name: &str,
+) -> Result<(mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>, String)> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        resource_names: vec![name.to_string()],
+        type_url: SECRET_TYPE.to_string(),
+        ..Default::default()
+    })
+    .await?;
+    let mut stream = c.stream_secrets(ReceiverStream::new(rx)).await?.into_inner();
+    let resp = stream.message().await?.context("stream ended")?;
+    tx.send(ack(name, &resp)).await?;
+    Ok((tx, stream, resp.version_info))
+}
+
+fn ack(name: &str, resp: &DiscoveryResponse) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: resp.version_info.clone(),
+        resource_names: vec![name.to_string()],
+        type_url: SECRET_TYPE.to_string(),
+        response_nonce: resp.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+impl Sidecar {
+    async fn open(socket: &Path) -> Result<Sidecar> {
+        let c = client::connect(socket).await?;
+        let roots = open_stream(c.clone(), "ROOTCA").await?;
+        let cert = open_stream(c, "default").await?;
+        Ok(Sidecar {
+            roots_tx: roots.0,
+            roots_rx: roots.1,
+            roots_version: roots.2,
+            _cert_tx: cert.0,
+            _cert_rx: cert.1,
+        })
+    }
+
+    async fn await_roots_change(&mut self) -> Result<()> {
+        loop {
+            let resp = self.roots_rx.message().await?.context("stream ended")?;
+            self.roots_tx.send(ack("ROOTCA", &resp)).await?;
+            if resp.version_info != self.roots_version {
+                self.roots_version = resp.version_info;
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! A gRPC client for an instance's SDS socket: what the SDS benchmark's simulated sidecars use.
+
+use std::path::{Path, PathBuf};
+
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Connects to the SDS socket at `path`.
+pub async fn connect(path: &Path) -> Result<SecretDiscoveryServiceClient<Channel>, tonic::transport::Error> {
+    let path: PathBuf = path.to_path_buf();
+    // The URI is required by the API and unused: the connector below decides where to go.
+    let channel = Endpoint::from_static("http://sds.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(SecretDiscoveryServiceClient::new(channel))
+}
