@@ -69,6 +69,7 @@ pub struct Settings {
 }
 
 struct Served {
+    identity: watch::Receiver<Option<Arc<Identity>>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
@@ -158,7 +159,7 @@ impl<A: Authority + 'static> Workloads<A> {
         ));
         let server = tokio::spawn(sds::serve(
             listener,
-            workload,
+            workload.clone(),
             self.metrics.clone(),
             cancel.clone(),
         ));
@@ -166,12 +167,20 @@ impl<A: Authority + 'static> Workloads<A> {
         served.insert(
             placement.instance_guid,
             Served {
+                identity: workload.identity.clone(),
                 cancel,
                 tasks: vec![fetch, server],
                 socket,
             },
         );
         Ok(())
+    }
+
+    /// How many served instances have a certificate, and how many are served.
+    pub async fn issued(&self) -> (usize, usize) {
+        let served = self.served.lock().await;
+        let issued = served.values().filter(|s| s.identity.borrow().is_some()).count();
+        (issued, served.len())
     }
 
     /// Stops serving an instance: its streams end and its socket is removed.

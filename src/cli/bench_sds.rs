@@ -70,6 +70,16 @@ async fn measure(mut config: Config, instances: usize, dir: &Path) -> Result<()>
     for i in 0..instances {
         agent.add(bench_placement(i, &cell)).await?;
     }
+    // The baseline is the agent with every certificate issued and no sidecar yet.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (issued, served) = agent.issued().await;
+        if issued == served {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "only {issued} of {served} certificates issued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rss_before = rss_bytes()?;
 
     println!("connecting {instances} simulated sidecars, 2 streams each (not timed)…");
