@@ -179,7 +179,10 @@ impl<A: Authority + 'static> Workloads<A> {
     /// How many served instances have a certificate, and how many are served.
     pub async fn issued(&self) -> (usize, usize) {
         let served = self.served.lock().await;
-        let issued = served.values().filter(|s| s.identity.borrow().is_some()).count();
+        let issued = served
+            .values()
+            .filter(|s| s.identity.borrow().is_some())
+            .count();
         (issued, served.len())
     }
 

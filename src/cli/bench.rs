@@ -317,7 +317,8 @@ fn ca_alone(
             .map(|(c, chunk)| {
                 scope.spawn(move || -> Result<()> {
                     for (i, s) in chunk.iter().enumerate() {
-                        let issued = ca.issue(&bench_placement(c * per + i, cell), &s.csr, None, now)?;
+                        let issued =
+                            ca.issue(&bench_placement(c * per + i, cell), &s.csr, None, now)?;
                         std::hint::black_box(issued);
                     }
                     Ok(())

@@ -28,7 +28,9 @@ pub fn responses(
     inbound: Streaming<DeltaDiscoveryRequest>,
     ctx: Ctx,
 ) -> ResponseStream<DeltaDiscoveryResponse> {
-    super::stream::drive(inbound, ctx, State::default(), on_request, |s, c, _| respond(s, c))
+    super::stream::drive(inbound, ctx, State::default(), on_request, |s, c, _| {
+        respond(s, c)
+    })
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outcome {

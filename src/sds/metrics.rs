@@ -56,6 +56,12 @@ impl SdsMetrics {
         self.streams_open.load(Ordering::Relaxed)
     }
 
+    /// Secrets pushed, of every kind, so far.
+    pub fn pushes_total(&self) -> u64 {
+        self.pushes.tls_certificate.load(Ordering::Relaxed)
+            + self.pushes.validation_context.load(Ordering::Relaxed)
+    }
+
     /// ACKs of every kind so far.
     pub fn acks_total(&self) -> u64 {
         self.acks.tls_certificate.load(Ordering::Relaxed)

@@ -43,7 +43,6 @@ impl Sds {
             td_id,
         }
     }
-
 }
 
 impl Sds {

@@ -112,37 +112,40 @@ where
         state,
         ended: false,
     };
-    Box::pin(futures_util::stream::unfold(machine, move |mut m| async move {
-        if m.ended {
-            return None;
-        }
-        loop {
-            let outcome = tokio::select! {
-                _ = m.ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
-                    "this instance was deregistered; its SDS socket is closed"))),
-                msg = m.inbound.message() => match msg {
-                    Ok(Some(req)) => on_request(&mut m.state, &m.ctx, req),
-                    Ok(None) => Outcome::End(None),
-                    Err(status) => {
-                        tracing::debug!(instance = %m.ctx.instance(), %status, "SDS stream ended by client");
-                        Outcome::End(None)
-                    }
-                },
-                _ = m.ctx.sources.changed() => Outcome::Push { force: false },
-            };
-            match outcome {
-                Outcome::Quiet => {}
-                Outcome::Push { force } => {
-                    if let Some(resp) = respond(&mut m.state, &m.ctx, force) {
-                        return Some((Ok(resp), m));
-                    }
-                }
-                Outcome::End(Some(status)) => {
-                    m.ended = true;
-                    return Some((Err(status), m));
-                }
-                Outcome::End(None) => return None,
+    Box::pin(futures_util::stream::unfold(
+        machine,
+        move |mut m| async move {
+            if m.ended {
+                return None;
             }
-        }
-    }))
+            loop {
+                let outcome = tokio::select! {
+                    _ = m.ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
+                        "this instance was deregistered; its SDS socket is closed"))),
+                    msg = m.inbound.message() => match msg {
+                        Ok(Some(req)) => on_request(&mut m.state, &m.ctx, req),
+                        Ok(None) => Outcome::End(None),
+                        Err(status) => {
+                            tracing::debug!(instance = %m.ctx.instance(), %status, "SDS stream ended by client");
+                            Outcome::End(None)
+                        }
+                    },
+                    _ = m.ctx.sources.changed() => Outcome::Push { force: false },
+                };
+                match outcome {
+                    Outcome::Quiet => {}
+                    Outcome::Push { force } => {
+                        if let Some(resp) = respond(&mut m.state, &m.ctx, force) {
+                            return Some((Ok(resp), m));
+                        }
+                    }
+                    Outcome::End(Some(status)) => {
+                        m.ended = true;
+                        return Some((Err(status), m));
+                    }
+                    Outcome::End(None) => return None,
+                }
+            }
+        },
+    ))
 }
