@@ -1,10 +1,11 @@
 //! What every SDS stream of one instance shares.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -81,20 +82,35 @@ impl Drop for OpenStream {
     }
 }
 
-/// Everything one stream holds.
-struct Machine<Req, S> {
-    inbound: Streaming<Req>,
-    ctx: Ctx,
+/// What the request reader leaves for the response side.
+struct Shared<S> {
     state: S,
+    /// A response is due (`Some(force)`).
+    push: Option<bool>,
+    /// The stream is over, with this error if any.
+    end: Option<Option<Status>>,
+}
+
+/// The response side of one stream.
+struct Machine<S> {
+    shared: Arc<Mutex<Shared<S>>>,
+    wake: Arc<Notify>,
+    ctx: Arc<Ctx>,
+    /// Its own receivers, so each change is seen once.
+    sources: Sources,
     ended: bool,
+    /// Stops the reader when the response side goes away first (the client left).
+    _reader: tokio_util::sync::DropGuard,
     _open: OpenStream,
 }
 
-/// Runs a protocol's state machine as a response stream: requests go to `on_request`,
-/// changes of the instance's secrets ask `respond` for a push, the instance's cancellation
-/// ends the stream with `UNAVAILABLE`.
+/// Runs a protocol's state machine for one stream. Requests are read by a small task of their
+/// own and handed to `on_request` at once, so an ACK is counted when it arrives, whatever the
+/// HTTP/2 flow control is doing to the response side. Changes of the instance's secrets, and
+/// requests that call for one, ask `respond` for a push; the instance's cancellation ends the
+/// stream with `UNAVAILABLE`.
 pub fn drive<Req, Resp, S>(
-    inbound: Streaming<Req>,
+    mut inbound: Streaming<Req>,
     ctx: Ctx,
     state: S,
     on_request: fn(&mut S, &Ctx, Req) -> Outcome,
@@ -105,12 +121,60 @@ where
     Resp: Send + 'static,
     S: Send + 'static,
 {
-    let machine = Machine {
-        _open: OpenStream::new(ctx.metrics.clone()),
-        inbound,
-        ctx,
+    let open = OpenStream::new(ctx.metrics.clone());
+    let ctx = Arc::new(ctx);
+    let shared = Arc::new(Mutex::new(Shared {
         state,
+        push: None,
+        end: None,
+    }));
+    let wake = Arc::new(Notify::new());
+    let stop = ctx.cancel.child_token();
+
+    let (r_ctx, r_shared, r_wake, r_stop) =
+        (ctx.clone(), shared.clone(), wake.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let outcome = tokio::select! {
+                _ = r_stop.cancelled() => return,
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => on_request(&mut lock(&r_shared).state, &r_ctx, req),
+                    Ok(None) => Outcome::End(None),
+                    Err(status) => {
+                        tracing::debug!(instance = %r_ctx.instance(), %status, "SDS stream ended by client");
+                        Outcome::End(None)
+                    }
+                },
+            };
+            let done = {
+                let mut sh = lock(&r_shared);
+                match outcome {
+                    Outcome::Quiet => false,
+                    Outcome::Push { force } => {
+                        sh.push = Some(sh.push.unwrap_or(false) || force);
+                        false
+                    }
+                    Outcome::End(status) => {
+                        sh.end = Some(status);
+                        true
+                    }
+                }
+            };
+            r_wake.notify_one();
+            if done {
+                return;
+            }
+        }
+    });
+
+    let machine = Machine {
+        shared,
+        wake,
+        sources: ctx.sources.clone(),
+        ctx,
         ended: false,
+        _reader: stop.drop_guard(),
+        _open: open,
     };
     Box::pin(futures_util::stream::unfold(
         machine,
@@ -119,33 +183,51 @@ where
                 return None;
             }
             loop {
-                let outcome = tokio::select! {
-                    _ = m.ctx.cancel.cancelled() => Outcome::End(Some(Status::unavailable(
-                        "this instance was deregistered; its SDS socket is closed"))),
-                    msg = m.inbound.message() => match msg {
-                        Ok(Some(req)) => on_request(&mut m.state, &m.ctx, req),
-                        Ok(None) => Outcome::End(None),
-                        Err(status) => {
-                            tracing::debug!(instance = %m.ctx.instance(), %status, "SDS stream ended by client");
-                            Outcome::End(None)
+                enum Next<R> {
+                    End(Option<Status>),
+                    Send(R),
+                    Wait,
+                }
+                let next = {
+                    let mut sh = lock(&m.shared);
+                    if let Some(end) = sh.end.take() {
+                        Next::End(end)
+                    } else if let Some(force) = sh.push.take() {
+                        match respond(&mut sh.state, &m.ctx, force) {
+                            Some(resp) => Next::Send(resp),
+                            None => Next::Wait,
                         }
-                    },
-                    _ = m.ctx.sources.changed() => Outcome::Push { force: false },
+                    } else {
+                        Next::Wait
+                    }
                 };
-                match outcome {
-                    Outcome::Quiet => {}
-                    Outcome::Push { force } => {
-                        if let Some(resp) = respond(&mut m.state, &m.ctx, force) {
-                            return Some((Ok(resp), m));
-                        }
-                    }
-                    Outcome::End(Some(status)) => {
+                match next {
+                    Next::End(status) => {
                         m.ended = true;
-                        return Some((Err(status), m));
+                        return status.map(|status| (Err(status), m));
                     }
-                    Outcome::End(None) => return None,
+                    Next::Send(resp) => return Some((Ok(resp), m)),
+                    Next::Wait => {}
+                }
+                tokio::select! {
+                    _ = m.ctx.cancel.cancelled() => {
+                        m.ended = true;
+                        return Some((Err(Status::unavailable(
+                            "this instance was deregistered; its SDS socket is closed")), m));
+                    }
+                    _ = m.wake.notified() => {}
+                    _ = m.sources.changed() => {
+                        let mut sh = lock(&m.shared);
+                        sh.push = Some(sh.push.unwrap_or(false));
+                    }
                 }
             }
         },
     ))
+}
+
+fn lock<S>(m: &Mutex<Shared<S>>) -> std::sync::MutexGuard<'_, Shared<S>> {
+    // A panic while holding it cannot leave the state half-written in a way that matters more
+    // than continuing to serve.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
