@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use crate::ids::{CellId, Guid};
+use crate::spiffe::IdValues;
 
 /// One app instance placed on one cell. Every field of an issued certificate except its
 /// public key comes from here (and the CA's settings), never from the CSR.
@@ -20,4 +21,15 @@ pub struct Placement {
     pub cell_id: CellId,
     /// The container's IP address, when known: an IP SAN.
     pub container_ip: Option<IpAddr>,
+}
+
+impl Placement {
+    /// The values an app SPIFFE ID template is filled with.
+    pub fn id_values(&self) -> IdValues<'_> {
+        IdValues {
+            org_guid: self.org_guid.as_ref().map(|g| g.as_str()),
+            space_guid: self.space_guid.as_ref().map(|g| g.as_str()),
+            app_guid: self.app_guid.as_str(),
+        }
+    }
 }

@@ -13,7 +13,6 @@ use super::AdminState;
 use crate::ids::{CellId, Guid};
 use crate::placement::Placement;
 use crate::server::registry;
-use crate::spiffe::IdValues;
 
 /// The default cell of instances registered without one (`idmint dev` runs one cell).
 pub const LOCAL_CELL: &str = "local";
@@ -76,14 +75,7 @@ fn show(state: &AdminState, p: &Placement) -> InstanceJson {
     let settings = state.ca.settings();
     let spiffe_id = settings
         .id_template
-        .render(
-            &settings.trust_domain,
-            IdValues {
-                org_guid: p.org_guid.as_ref().map(|g| g.as_str()),
-                space_guid: p.space_guid.as_ref().map(|g| g.as_str()),
-                app_guid: p.app_guid.as_str(),
-            },
-        )
+        .render(&settings.trust_domain, p.id_values())
         .ok()
         .map(|id| id.to_string());
     InstanceJson {
@@ -120,14 +112,10 @@ pub async fn register(
     };
     // Refuse now what could never be issued, rather than fail later on the socket.
     let settings = state.ca.settings();
-    if let Err(e) = settings.id_template.render(
-        &settings.trust_domain,
-        IdValues {
-            org_guid: placement.org_guid.as_ref().map(|g| g.as_str()),
-            space_guid: placement.space_guid.as_ref().map(|g| g.as_str()),
-            app_guid: placement.app_guid.as_str(),
-        },
-    ) {
+    if let Err(e) = settings
+        .id_template
+        .render(&settings.trust_domain, placement.id_values())
+    {
         return bad(e);
     }
     let created = match state.registry.register(placement.clone()).await {

@@ -19,7 +19,7 @@ use crate::ids::Guid;
 use crate::placement::Placement;
 use crate::sds::{self, SdsMetrics};
 use crate::server::registry::{Event, Registry};
-use crate::spiffe::{IdTemplate, IdValues, TrustDomain};
+use crate::spiffe::{IdTemplate, TrustDomain};
 
 /// What an instance's sidecar is given as its own identity.
 pub struct Identity {
@@ -132,14 +132,7 @@ impl<A: Authority + 'static> Workloads<A> {
         let spiffe_id = self
             .settings
             .id_template
-            .render(
-                &self.settings.trust_domain,
-                IdValues {
-                    org_guid: placement.org_guid.as_ref().map(|g| g.as_str()),
-                    space_guid: placement.space_guid.as_ref().map(|g| g.as_str()),
-                    app_guid: placement.app_guid.as_str(),
-                },
-            )?
+            .render(&self.settings.trust_domain, placement.id_values())?
             .to_string();
         let cancel = self.shutdown.child_token();
         let (identity_tx, identity_rx) = watch::channel(None);

@@ -9,7 +9,6 @@ use super::leaf::{self, LeafSpec};
 use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Settings};
 use crate::ids::Ttl;
 use crate::placement::Placement;
-use crate::spiffe::IdValues;
 
 /// How far a leaf's notBefore is set back, so a peer whose clock is a little behind accepts it.
 const BACKDATE: Duration = Duration::from_secs(30);
@@ -137,14 +136,10 @@ impl CertificateAuthority {
             issuer.not_after,
             now,
         )?;
-        let spiffe_id = self.settings.id_template.render(
-            &self.settings.trust_domain,
-            IdValues {
-                org_guid: placement.org_guid.as_ref().map(|g| g.as_str()),
-                space_guid: placement.space_guid.as_ref().map(|g| g.as_str()),
-                app_guid: placement.app_guid.as_str(),
-            },
-        )?;
+        let spiffe_id = self
+            .settings
+            .id_template
+            .render(&self.settings.trust_domain, placement.id_values())?;
         let checked = csr::check(csr_bytes)?;
         let serial = random_serial(now)?;
         let spec = LeafSpec {

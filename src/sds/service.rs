@@ -1,4 +1,4 @@
-//! The gRPC service: one per instance socket.
+//! The three SDS methods for one instance: what its socket serves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use crate::agent::Workload;
 /// How long `FetchSecrets` waits for a secret that does not exist yet.
 const FETCH_WAIT: Duration = Duration::from_secs(10);
 
+/// The SDS methods bound to one instance.
 pub struct Sds {
     workload: Workload,
     metrics: Arc<SdsMetrics>,
@@ -25,6 +26,7 @@ pub struct Sds {
 }
 
 impl Sds {
+    /// Serves `workload` until `cancel`.
     pub fn new(workload: Workload, metrics: Arc<SdsMetrics>, cancel: CancellationToken) -> Self {
         Sds {
             workload,
@@ -43,9 +45,7 @@ impl Sds {
             td_id,
         }
     }
-}
 
-impl Sds {
     /// `StreamSecrets`.
     pub fn stream_secrets(
         &self,
