@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
-
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
