@@ -110,8 +110,18 @@ impl Store {
         })
     }
 
-    /// Closes every connection, waiting for in-flight queries.
+    /// Closes every connection, waiting for in-flight queries. SQLite's write-ahead log is
+    /// folded into the database file first, so a stopped idmint leaves one self-contained file.
     pub async fn close(&self) {
+        if self.backend == Backend::Sqlite {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+            {
+                // Not an error for the data: the log stays beside the file and is replayed.
+                tracing::warn!(error = %e, "could not fold the SQLite log into the database file");
+            }
+        }
         self.pool.close().await;
     }
 
