@@ -193,7 +193,10 @@ async fn a_corrupted_database_is_refused_and_left_byte_identical() {
     initialised(dir.path()).await;
     let db = dir.path().join("idmint.db");
     let mut bytes = std::fs::read(&db).unwrap();
-    assert!(bytes.len() > 8192, "a stopped idmint leaves its data in the database file");
+    assert!(
+        bytes.len() > 8192,
+        "a stopped idmint leaves its data in the database file"
+    );
     // Overwrite the header and the first pages, as a bad disk or a stray write would.
     for (i, b) in bytes.iter_mut().take(8192).enumerate() {
         *b = (i * 7 % 251) as u8;

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 use super::names::SecretKind;
-use super::secrets::SECRET_TYPE;
+use super::secrets::{check_type, SECRET_TYPE};
 use super::stream::{Ctx, Outcome, ResponseStream};
 
 #[derive(Default)]
@@ -34,11 +34,8 @@ pub fn responses(
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outcome {
-    if !req.type_url.is_empty() && req.type_url != SECRET_TYPE {
-        return Outcome::End(Some(Status::invalid_argument(format!(
-            "this is the secret discovery service; type {} is not served",
-            req.type_url
-        ))));
+    if let Err(status) = check_type(&req.type_url) {
+        return Outcome::End(Some(status));
     }
     if !req.response_nonce.is_empty() && req.response_nonce == state.last_nonce {
         let kinds = std::mem::take(&mut state.in_flight);

@@ -23,6 +23,21 @@ pub const SECRET_TYPE: &str =
 const SPIFFE_VALIDATOR_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
 
+/// Accepts a request's type URL: ours, or empty (implicit on an SDS stream).
+pub fn check_type(type_url: &str) -> Result<(), tonic::Status> {
+    if type_url.is_empty() || type_url == SECRET_TYPE {
+        return Ok(());
+    }
+    Err(tonic::Status::invalid_argument(format!(
+        "this is the secret discovery service; type {type_url} is not served"
+    )))
+}
+
+/// A short version derived from content: equal content, equal version.
+pub fn content_version(bytes: &[u8]) -> String {
+    sha256_hex(bytes)[..16].to_string()
+}
+
 /// One secret ready to send.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Built {
@@ -60,7 +75,7 @@ impl Sources {
         };
         let bytes = secret.encode_to_vec();
         Some(Built {
-            version: sha256_hex(&bytes)[..16].to_string(),
+            version: content_version(&bytes),
             any: Any {
                 type_url: SECRET_TYPE.to_string(),
                 value: bytes,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::SdsMetrics;
-use super::secrets::{Sources, SECRET_TYPE};
+use super::secrets::{check_type, Sources, SECRET_TYPE};
 use super::stream::{combined_version, Ctx, ResponseStream};
 use super::{delta, sotw};
 use crate::agent::Workload;
@@ -68,12 +68,7 @@ impl Sds {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let req = request.into_inner();
-        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE {
-            return Err(Status::invalid_argument(format!(
-                "this is the secret discovery service; type {} is not served",
-                req.type_url
-            )));
-        }
+        check_type(&req.type_url)?;
         if req.resource_names.is_empty() {
             return Err(Status::invalid_argument("name at least one secret"));
         }

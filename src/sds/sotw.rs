@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 use super::names::SecretKind;
-use super::secrets::SECRET_TYPE;
+use super::secrets::{check_type, SECRET_TYPE};
 use super::stream::{Ctx, Outcome, ResponseStream};
 
 /// One stream's state: what is subscribed and what was last sent.
@@ -30,11 +30,8 @@ pub fn responses(
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {
-    if !req.type_url.is_empty() && req.type_url != SECRET_TYPE {
-        return Outcome::End(Some(Status::invalid_argument(format!(
-            "this is the secret discovery service; type {} is not served",
-            req.type_url
-        ))));
+    if let Err(status) = check_type(&req.type_url) {
+        return Outcome::End(Some(status));
     }
     // A reply to an older response than the last one sent is overtaken; the client will
     // answer the newest one.

@@ -10,9 +10,8 @@ use tonic::{Status, Streaming};
 
 use super::metrics::SdsMetrics;
 use super::names::{classify, SecretKind};
-use super::secrets::{Built, Sources};
+use super::secrets::{content_version, Built, Sources};
 use crate::agent::Workload;
-use crate::ca::sha256_hex;
 
 /// A stream's view of its instance.
 pub struct Ctx {
@@ -59,7 +58,7 @@ pub fn combined_version<'a>(parts: impl Iterator<Item = (&'a str, &'a Built)>) -
         all.push_str(&built.version);
         all.push('\n');
     }
-    sha256_hex(all.as_bytes())[..16].to_string()
+    content_version(all.as_bytes())
 }
 
 /// The responses of one stream, as tonic sends them.
