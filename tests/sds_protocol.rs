@@ -68,7 +68,7 @@ impl Harness {
         let rt = Runtime::start(config_in(dir.path(), &[]), Init::CreateIfMissing)
             .await
             .unwrap();
-        let roots_pem: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
+        let roots_pem = rt.ca.roots_pem();
         let (bundle, bundle_rx) = watch::channel(Arc::new(Bundle {
             trust_domain: rt.config.ca.trust_domain.clone(),
             roots_pem: roots_pem.clone(),

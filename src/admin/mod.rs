@@ -72,7 +72,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn bundle(State(state): State<AdminState>) -> Response {
-    let pem: String = state.ca.roots().iter().map(|r| r.pem()).collect();
+    let pem = state.ca.roots_pem();
     ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
 }
 

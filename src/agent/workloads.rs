@@ -188,12 +188,23 @@ impl<A: Authority + 'static> Workloads<A> {
         tracing::info!(%instance, "stopped serving SDS");
     }
 
-    /// Serves every registered instance, following registrations until shutdown.
-    pub async fn follow(self: Arc<Self>, registry: Registry) {
-        let (now, mut events) = registry.snapshot().await;
+    /// Serves every instance registered now (their sockets exist when this returns) and
+    /// returns the registrations that come after, for [`Workloads::follow`].
+    pub async fn serve_registered(&self, registry: &Registry) -> broadcast::Receiver<Event> {
+        let (now, events) = registry.snapshot().await;
         for p in now {
             self.add_logged(p).await;
         }
+        events
+    }
+
+    /// Follows `events` (from [`Workloads::serve_registered`]) until shutdown, then stops
+    /// serving every instance.
+    pub async fn follow(
+        self: Arc<Self>,
+        registry: Registry,
+        mut events: broadcast::Receiver<Event>,
+    ) {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,

@@ -104,6 +104,11 @@ impl CertificateAuthority {
         &self.roots
     }
 
+    /// The trust anchors as one PEM bundle: what `bundle.pem` and `ROOTCA` carry.
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(|r| r.pem()).collect()
+    }
+
     /// The signing intermediate.
     pub fn intermediate(&self) -> &CaCert {
         &self.chain[0]

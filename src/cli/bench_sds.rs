@@ -50,7 +50,7 @@ async fn measure(mut config: Config, instances: usize, dir: &Path) -> Result<()>
     config.ca.mode = Mode::SelfSigned;
     config.ca.kek_file = dir.join("kek");
     let rt = Runtime::start(config, Init::CreateIfMissing).await?;
-    let roots_pem: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
+    let roots_pem = rt.ca.roots_pem();
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: roots_pem.clone(),

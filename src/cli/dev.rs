@@ -20,7 +20,7 @@ pub async fn run(config: Config) -> Result<()> {
     let stop = stop_signal()?;
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
     let bundle_path = rt.config.data_dir.join("bundle.pem");
-    let bundle: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
+    let bundle = rt.ca.roots_pem();
     app::write_atomic(&bundle_path, bundle.as_bytes(), 0o644)?;
 
     let listen = rt.config.admin.listen;
@@ -81,7 +81,7 @@ pub async fn run(config: Config) -> Result<()> {
 async fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
     let bundle = Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
-        roots_pem: rt.ca.roots().iter().map(|r| r.pem()).collect(),
+        roots_pem: rt.ca.roots_pem(),
     };
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
     let settings = AgentSettings {
@@ -97,17 +97,11 @@ async fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
         rt.shutdown_token(),
     ));
     // Sockets of instances registered before this start exist before "ready" is printed.
-    let (registered, _) = rt.registry.snapshot().await;
-    for p in registered {
-        let instance = p.instance_guid.clone();
-        if let Err(e) = agent.add(p).await {
-            tracing::error!(%instance, error = %e, "cannot serve SDS for instance");
-        }
-    }
+    let events = agent.serve_registered(&rt.registry).await;
     let registry = rt.registry.clone();
     let follower = agent.clone();
     rt.spawn("agent", move |token| async move {
-        follower.follow(registry).await;
+        follower.follow(registry, events).await;
         // The bundle does not change yet; holding the sender keeps every watch open.
         token.cancelled().await;
         drop(bundle_tx);

@@ -90,7 +90,7 @@ pub async fn run(args: IssueArgs, config: Config) -> Result<()> {
             .map(|svid| (svid.cert, Some(svid.key_pkcs8)))
             .map_err(anyhow::Error::from),
     };
-    let bundle: String = rt.ca.roots().iter().map(|r| r.pem()).collect();
+    let bundle = rt.ca.roots_pem();
     rt.shutdown().await;
     let (cert, key) = result?;
 
