@@ -136,35 +136,19 @@ fn dev_certs(
     replace: bool,
 ) -> Result<()> {
     let set = ca::dev_credentials(&config.ca, cells, OffsetDateTime::now_utc())?;
-    let mut files = vec![
-        ("root.pem", set.root.cert_pem.clone(), 0o644),
-        ("root.key", set.root.key_pem.to_string(), 0o600),
-        ("intermediate.pem", set.intermediate.cert_pem.clone(), 0o644),
-        (
-            "intermediate.key",
-            set.intermediate.key_pem.to_string(),
-            0o600,
-        ),
-    ];
-    let cell_files: Vec<(String, String, u32)> = set
-        .cells
-        .iter()
-        .flat_map(|(cell, pair)| {
-            [
-                (
-                    format!("cell-{cell}.pem"),
-                    pair.cert_pem.clone() + &set.intermediate.cert_pem,
-                    0o644,
-                ),
-                (format!("cell-{cell}.key"), pair.key_pem.to_string(), 0o600),
-            ]
-        })
-        .collect();
-    files.extend(
-        cell_files
-            .iter()
-            .map(|(n, c, m)| (n.as_str(), c.clone(), *m)),
-    );
+    let pair = |name: &str, p: &ca::PemPair, chain: &str| {
+        [
+            (format!("{name}.pem"), p.cert_pem.clone() + chain, 0o644),
+            (format!("{name}.key"), p.key_pem.to_string(), 0o600),
+        ]
+    };
+    let mut files: Vec<(String, String, u32)> = Vec::new();
+    files.extend(pair("root", &set.root, ""));
+    files.extend(pair("intermediate", &set.intermediate, ""));
+    for (cell, p) in &set.cells {
+        // A cell presents its certificate followed by the intermediate that signed it.
+        files.extend(pair(&format!("cell-{cell}"), p, &set.intermediate.cert_pem));
+    }
     std::fs::create_dir_all(dir)?;
     if !replace {
         if let Some((name, _, _)) = files.iter().find(|(name, _, _)| dir.join(name).exists()) {
