@@ -197,19 +197,13 @@ fn raw_ceiling(samples: &[Sample], threads: usize) -> Result<f64> {
 /// Runs every sample through the service's sign path on a fresh SQLite store in a temporary
 /// directory, and checks the ledger holds one record per certificate.
 async fn service_path(
-    mut config: Config,
+    config: Config,
     samples: Arc<Vec<Sample>>,
     concurrency: usize,
     cores: usize,
 ) -> Result<PathResult> {
     let dir = fresh_bench_dir()?;
-    config.data_dir = dir.clone();
-    config.store = store::Settings {
-        url: format!("sqlite://{}", dir.join("idmint.db").display()),
-    };
-    config.ca.mode = Mode::SelfSigned;
-    config.ca.kek_file = dir.join("kek");
-    let rt = Runtime::start(config, Init::CreateIfMissing).await?;
+    let rt = bench_runtime(config, &dir).await?;
     let cell: CellId = "bench-cell".parse()?;
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -280,6 +274,17 @@ pub(super) fn fresh_bench_dir() -> Result<std::path::PathBuf> {
     ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut tag)
         .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
     Ok(std::env::temp_dir().join(format!("idmint-bench-{}", crate::ca::encode_hex(&tag))))
+}
+
+/// A fresh runtime in `dir`: SQLite there, a new self-signed CA, whatever `config` said.
+pub(super) async fn bench_runtime(mut config: Config, dir: &std::path::Path) -> Result<Runtime> {
+    config.data_dir = dir.to_path_buf();
+    config.store = store::Settings {
+        url: format!("sqlite://{}", dir.join("idmint.db").display()),
+    };
+    config.ca.mode = Mode::SelfSigned;
+    config.ca.kek_file = dir.join("kek");
+    Runtime::start(config, Init::CreateIfMissing).await
 }
 
 /// User + system CPU time of this process so far, from /proc (Linux).

@@ -14,10 +14,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::bench::{bench_placement, fresh_bench_dir, process_cpu_seconds};
+use super::bench::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
-use crate::app::Runtime;
-use crate::ca::{Init, Mode};
 use crate::config::Config;
 use crate::sds::{client, SdsMetrics, SECRET_TYPE};
 
@@ -44,12 +42,8 @@ pub async fn run(config: Config, instances: usize) -> Result<()> {
     result
 }
 
-async fn measure(mut config: Config, instances: usize, dir: &Path) -> Result<()> {
-    config.data_dir = dir.to_path_buf();
-    config.store.url = format!("sqlite://{}", dir.join("idmint.db").display());
-    config.ca.mode = Mode::SelfSigned;
-    config.ca.kek_file = dir.join("kek");
-    let rt = Runtime::start(config, Init::CreateIfMissing).await?;
+async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
+    let rt = bench_runtime(config, dir).await?;
     let roots_pem = rt.ca.roots_pem();
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
