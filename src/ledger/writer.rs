@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
-use crate::store::{LedgerRecord, Store};
+use crate::store::{LedgerAppender, LedgerRecord, Store};
 
 /// The most records committed at once.
 pub const MAX_BATCH: usize = crate::store::MAX_APPEND;
@@ -77,6 +77,7 @@ async fn run(
     shutdown: CancellationToken,
     stats: Arc<Counters>,
 ) {
+    let mut appender = store.ledger_appender();
     let mut records = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::with_capacity(MAX_BATCH);
     let mut next_seq = None;
@@ -102,7 +103,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let outcome = append(&store, &mut next_seq, &records).await;
+        let outcome = append(&mut appender, &mut next_seq, &records).await;
         match &outcome {
             Ok(_) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +131,7 @@ async fn run(
 /// batches and re-read only when another writer (a second process on the same database) has
 /// taken it, so a batch is normally a single statement.
 async fn append(
-    store: &Store,
+    appender: &mut LedgerAppender,
     next_seq: &mut Option<i64>,
     records: &[LedgerRecord],
 ) -> Result<i64, crate::store::Error> {
@@ -138,9 +139,9 @@ async fn append(
     for _ in 0..ATTEMPTS {
         let first = match *next_seq {
             Some(n) => n,
-            None => store.next_ledger_seq().await?,
+            None => appender.next_seq().await?,
         };
-        match store.insert_ledger_at(first, records).await {
+        match appender.insert_at(first, records).await {
             Ok(()) => {
                 *next_seq = Some(first + records.len() as i64);
                 return Ok(first);

@@ -1,6 +1,7 @@
 //! Ledger reads and the batched append.
 
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::{Backend, EntryKind, Error, LedgerEntry, LedgerFilter, LedgerRecord, Store};
@@ -15,26 +16,43 @@ const COLUMN_COUNT: usize = 17;
 pub const MAX_APPEND: usize = 1024;
 const _: () = assert!(MAX_APPEND * (COLUMN_COUNT + 1) <= 32_766);
 
+/// The ledger's writer side: one connection kept for appends alone, so its prepared
+/// multi-row INSERTs stay cached and every batch skips the pool.
+pub struct LedgerAppender {
+    store: Store,
+    conn: Option<AnyConnection>,
+}
+
 impl Store {
+    /// A writer for the ledger. It connects on first use and again after a failed append.
+    pub fn ledger_appender(&self) -> LedgerAppender {
+        LedgerAppender {
+            store: self.clone(),
+            conn: None,
+        }
+    }
+}
+
+impl LedgerAppender {
+    async fn conn(&mut self) -> Result<&mut AnyConnection, Error> {
+        if self.conn.is_none() {
+            let conn = self.store.pool.acquire().await?.detach();
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
     /// The sequence number the next ledger entry gets.
-    pub async fn next_ledger_seq(&self) -> Result<i64, Error> {
-        Ok(
-            sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) AS next FROM ledger_entries")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("next")?,
-        )
+    pub async fn next_seq(&mut self) -> Result<i64, Error> {
+        let result = next_seq(self.conn().await?).await;
+        self.forget_on_error(result)
     }
 
     /// Inserts `records` numbered from `first`, in one statement: all become durable or none.
     /// [`Error::SeqTaken`] means another writer already used those numbers; read
-    /// [`Store::next_ledger_seq`] again and retry. One statement, not a transaction, because
+    /// [`LedgerAppender::next_seq`] again and retry. One statement, not a transaction, because
     /// every statement is a round trip to the database and this is the issuance hot path.
-    pub async fn insert_ledger_at(
-        &self,
-        first: i64,
-        records: &[LedgerRecord],
-    ) -> Result<(), Error> {
+    pub async fn insert_at(&mut self, first: i64, records: &[LedgerRecord]) -> Result<(), Error> {
         assert!(
             records.len() <= MAX_APPEND,
             "ledger append larger than MAX_APPEND"
@@ -42,7 +60,7 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        let sql = insert_sql(records.len(), self.backend);
+        let sql = insert_sql(records.len(), self.store.backend);
         let mut q = sqlx::query(&sql);
         for (i, r) in records.iter().enumerate() {
             q = q
@@ -65,22 +83,44 @@ impl Store {
                 .bind(&r.reason)
                 .bind(&r.leaf_hash);
         }
-        match q.execute(&self.pool).await {
+        let conn = self.conn().await?;
+        let result = match q.execute(&mut *conn).await {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 // A unique violation is either a taken sequence number (another writer) or,
                 // with odds of 2^-80 per pair issued in the same millisecond, a repeated
                 // serial. Only the first moves MAX(seq).
-                if self.next_ledger_seq().await? > first {
+                if next_seq(conn).await? > first {
                     Err(Error::SeqTaken)
                 } else {
                     Err(Error::Query(sqlx::Error::Database(db)))
                 }
             }
             Err(e) => Err(e.into()),
-        }
+        };
+        self.forget_on_error(result)
     }
 
+    /// Drops the connection after a failure other than a taken sequence number, so a
+    /// broken connection (a restarted PostgreSQL) is replaced on the next append.
+    fn forget_on_error<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if matches!(&result, Err(e) if !matches!(e, Error::SeqTaken)) {
+            self.conn = None;
+        }
+        result
+    }
+}
+
+async fn next_seq(conn: &mut AnyConnection) -> Result<i64, Error> {
+    Ok(
+        sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) AS next FROM ledger_entries")
+            .fetch_one(conn)
+            .await?
+            .try_get("next")?,
+    )
+}
+
+impl Store {
     /// Ledger entries matching `filter`, oldest first.
     pub async fn ledger_entries(&self, filter: &LedgerFilter) -> Result<Vec<LedgerEntry>, Error> {
         // Take the newest `limit` rows, then return them in log order.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-pub use ledger_queries::MAX_APPEND;
+pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 
 /// Why the store could not do what was asked.
