@@ -394,6 +394,31 @@ async fn another_workloads_secret_and_bad_requests_are_refused() {
 }
 
 #[tokio::test]
+async fn oversized_and_compressed_requests_get_a_clear_error() {
+    let h = Harness::new(true).await;
+    let mut c = h.client().await;
+
+    // 5 MiB of name: over the 4 MiB a request may have.
+    let mut s = Sotw::open(&mut c, request(&[&"x".repeat(5 << 20)], "", "")).await;
+    let err = s.next().await.expect_err("too large");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(request(&["default"], "", "")).await.unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("grpc-encoding", "gzip".parse().unwrap());
+    let err = c.stream_secrets(req).await.expect_err("compressed");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains("gzip"), "{}", err.message());
+
+    // The socket still serves well-formed requests.
+    let mut s = Sotw::open(&mut c, request(&["default"], "", "")).await;
+    assert_eq!(secrets(&s.next().await.unwrap()).len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn the_socket_not_node_id_says_who_is_asking() {
     let h = Harness::new(true).await;
     let mut c = h.client().await;

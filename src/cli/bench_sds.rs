@@ -340,6 +340,9 @@ pub async fn clients(dir: PathBuf, count: usize) -> Result<()> {
         pick(0.99),
         pick(1.0)
     );
+    // A sidecar counts itself done once its ACK is queued, not sent: stay connected until
+    // the agent has counted every ACK and closes our stdin (or kills us).
+    let _ = stdin.next_line().await;
     tasks.abort_all();
     Ok(())
 }

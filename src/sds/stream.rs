@@ -139,8 +139,10 @@ where
                     Ok(Some(req)) => on_request(&mut lock(&r_shared).state, &r_ctx, req),
                     Ok(None) => Outcome::End(None),
                     Err(status) => {
-                        tracing::debug!(instance = %r_ctx.instance(), %status, "SDS stream ended by client");
-                        Outcome::End(None)
+                        // An unreadable request (too large, not protobuf) or a client that
+                        // reset the stream; in the first case the client learns why.
+                        tracing::debug!(instance = %r_ctx.instance(), %status, "SDS stream ended on a bad request or by the client");
+                        Outcome::End(Some(status))
                     }
                 },
             };

@@ -2,8 +2,10 @@
 //!
 //! An agent holds two streams for every instance it serves, so per-stream memory decides how
 //! many instances fit. The generated server starts every stream with 8 KiB encode and decode
-//! buffers; secrets are a few KiB and requests a few hundred bytes, so these routes start at
-//! 1 KiB and let a buffer grow only when a message needs it.
+//! buffers and keeps an encode buffer as large as the largest response it ever sent. Here a
+//! request decoder starts at 1 KiB and grows only when a message needs it, and each response
+//! of a stream is encoded into an allocation of its own exact size, freed once it is written:
+//! a stream that is only waiting holds no response buffer at all.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,12 +14,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use bytes::{BufMut, Bytes};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use futures_util::StreamExt;
+use http_body::Frame;
 use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
 use tonic::codec::{BufferSettings, Codec};
-use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
@@ -28,6 +32,9 @@ use super::stream::ResponseStream;
 const BUFFER: usize = 1024;
 /// Flush threshold for a response stream (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
+/// The largest request accepted (tonic's default); a larger one ends the stream with
+/// `OUT_OF_RANGE`.
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -71,29 +78,7 @@ impl NamedService for SdsRoutes {
     const NAME: &'static str = "envoy.service.secret.v3.SecretDiscoveryService";
 }
 
-struct StreamSecrets(Arc<Sds>);
-struct DeltaSecrets(Arc<Sds>);
 struct FetchSecrets(Arc<Sds>);
-
-impl StreamingService<DiscoveryRequest> for StreamSecrets {
-    type Response = DiscoveryResponse;
-    type ResponseStream = ResponseStream<DiscoveryResponse>;
-    type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        std::future::ready(Ok(self.0.stream_secrets(request)))
-    }
-}
-
-impl StreamingService<DeltaDiscoveryRequest> for DeltaSecrets {
-    type Response = DeltaDiscoveryResponse;
-    type ResponseStream = ResponseStream<DeltaDiscoveryResponse>;
-    type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        std::future::ready(Ok(self.0.delta_secrets(request)))
-    }
-}
 
 impl UnaryService<DiscoveryRequest> for FetchSecrets {
     type Response = DiscoveryResponse;
@@ -107,7 +92,7 @@ impl UnaryService<DiscoveryRequest> for FetchSecrets {
 
 impl<B> tower::Service<http::Request<B>> for SdsRoutes
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -127,11 +112,108 @@ where
             .to_string();
         Box::pin(async move {
             Ok(match method.as_str() {
-                "StreamSecrets" => Grpc::new(codec()).streaming(StreamSecrets(sds), req).await,
-                "DeltaSecrets" => Grpc::new(codec()).streaming(DeltaSecrets(sds), req).await,
+                "StreamSecrets" => streaming(req, |r| sds.stream_secrets(r)),
+                "DeltaSecrets" => streaming(req, |r| sds.delta_secrets(r)),
                 "FetchSecrets" => Grpc::new(codec()).unary(FetchSecrets(sds), req).await,
                 _ => Status::unimplemented(format!("no method {method} here")).into_http(),
             })
         })
     }
+}
+
+/// A bidirectional streaming method: requests decoded as they arrive, responses framed one
+/// allocation each. Compressed requests are not accepted (no SDS client sends them).
+fn streaming<B, Req, Resp>(
+    req: http::Request<B>,
+    method: impl FnOnce(Request<Streaming<Req>>) -> Response<ResponseStream<Resp>>,
+) -> http::Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+{
+    let (parts, body) = req.into_parts();
+    if let Some(encoding) = parts.headers.get("grpc-encoding") {
+        if encoding != "identity" {
+            return Status::unimplemented(format!(
+                "request compression {encoding:?} is not supported; send uncompressed messages"
+            ))
+            .into_http();
+        }
+    }
+    let decoder = ProstDecoder::<Req>::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD));
+    let no_compression: Option<CompressionEncoding> = None;
+    let inbound = Streaming::new_request(decoder, body, no_compression, Some(MAX_REQUEST));
+    let responses = method(Request::from_http(http::Request::from_parts(
+        parts, inbound,
+    )));
+    let (metadata, responses, _) = responses.into_parts();
+    let mut http = http::Response::new(Body::new(Framed {
+        responses,
+        ended: false,
+    }));
+    *http.headers_mut() = metadata.into_headers();
+    http.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    http
+}
+
+/// A response body of length-prefixed gRPC messages, then the status as trailers.
+struct Framed<M> {
+    responses: ResponseStream<M>,
+    ended: bool,
+}
+
+impl<M: prost::Message> http_body::Body for Framed<M> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let frame = match std::task::ready!(self.responses.poll_next_unpin(cx)) {
+            Some(Ok(message)) => Frame::data(length_prefixed(&message)),
+            Some(Err(status)) => {
+                self.ended = true;
+                Frame::trailers(status_trailers(&status))
+            }
+            None => {
+                self.ended = true;
+                Frame::trailers(status_trailers(&Status::ok("")))
+            }
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// One gRPC message: the uncompressed flag, the length, the protobuf bytes.
+fn length_prefixed(message: &impl prost::Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    message
+        .encode(&mut buf)
+        .expect("the buffer was sized for the message");
+    Bytes::from(buf)
+}
+
+fn status_trailers(status: &Status) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        // Only a message that cannot be a header value gets here; the code still goes out.
+        trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    }
+    trailers
 }
