@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::agent::refresh::{self, parse_fraction, Schedule};
 use crate::ca::{self, Mode, UpstreamFiles};
 use crate::ids::Ttl;
 use crate::spiffe::{IdTemplate, TrustDomain};
@@ -47,6 +48,8 @@ pub const KEYS: &[&str] = &[
     "ca.upstream.root_bundle",
     "admin.listen",
     "agent.sds_dir",
+    "agent.renew_at",
+    "agent.renew_jitter",
 ];
 
 /// Environment variables that are read elsewhere, not settings.
@@ -80,6 +83,8 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     sds_dir: Option<PathBuf>,
+    renew_at: Option<toml::Value>,
+    renew_jitter: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -126,6 +131,8 @@ pub struct AdminSettings {
 pub struct AgentSettings {
     /// Directory holding one SDS socket per registered instance.
     pub sds_dir: PathBuf,
+    /// When in their lifetime certificates are renewed.
+    pub renewal: Schedule,
 }
 
 /// The effective configuration.
@@ -251,6 +258,9 @@ impl Config {
         root.insert("admin".into(), toml::Value::Table(admin));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
+        let pct = |f: f64| text(&format!("{}%", (f * 1000.0).round() / 10.0));
+        agent.insert("renew_at".into(), pct(self.agent.renewal.point()));
+        agent.insert("renew_jitter".into(), pct(self.agent.renewal.jitter()));
         root.insert("agent".into(), toml::Value::Table(agent));
         toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -376,6 +386,31 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         .unwrap_or("127.0.0.1:8470")
         .parse()
         .map_err(|e| invalid("admin.listen", format!("not an address:port: {e}")))?;
+    let fraction = |key: &'static str, v: Option<toml::Value>, default: f64| match v {
+        None => Ok(default),
+        Some(toml::Value::Float(f)) => parse_fraction(&f.to_string()).map_err(|e| invalid(key, e)),
+        Some(toml::Value::Integer(i)) => {
+            parse_fraction(&i.to_string()).map_err(|e| invalid(key, e))
+        }
+        Some(toml::Value::String(s)) => parse_fraction(&s).map_err(|e| invalid(key, e)),
+        Some(other) => Err(invalid(
+            key,
+            format!("{other} is not a fraction: write 0.5 or \"50%\""),
+        )),
+    };
+    let defaults = Schedule::default();
+    let renewal = Schedule::new(
+        fraction("agent.renew_at", raw.agent.renew_at, defaults.point())?,
+        fraction(
+            "agent.renew_jitter",
+            raw.agent.renew_jitter,
+            defaults.jitter(),
+        )?,
+    )
+    .map_err(|e| match e {
+        refresh::Error::PointOutOfRange(_) => invalid("agent.renew_at", e),
+        _ => invalid("agent.renew_jitter", e),
+    })?;
     Ok(Config {
         ca: ca::Settings {
             trust_domain,
@@ -390,6 +425,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         admin: AdminSettings { listen },
         agent: AgentSettings {
             sds_dir: raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds")),
+            renewal,
         },
         data_dir,
         file: None,

@@ -419,6 +419,19 @@ fn config_check_layers_file_environment_and_flags_and_redacts_secrets() {
     ]));
     assert!(!out.status.success(), "leaf longer than its intermediate");
 
+    let shown = ok(idmint(&data).args(["--set", "agent.renew_at=70%", "config", "check"]));
+    assert!(shown.contains("renew_at = \"70%\""), "{shown}");
+    assert!(shown.contains("renew_jitter = \"10%\""), "{shown}");
+    for (setting, key) in [
+        ("agent.renew_at=150%", "agent.renew_at"),
+        ("agent.renew_at=soon", "agent.renew_at"),
+        ("agent.renew_jitter=0.6", "agent.renew_jitter"),
+    ] {
+        let out = check(idmint(&data).args(["--set", setting]));
+        assert!(!out.status.success(), "{setting} accepted");
+        assert!(text(&out).contains(key), "{setting}: {}", text(&out));
+    }
+
     std::fs::write(&file, "trust_domain = [\n").unwrap();
     let out = check(&mut idmint(&data));
     assert!(!out.status.success());
@@ -647,16 +660,44 @@ fn instances_register_list_deregister_and_survive_a_restart() {
     let bad_ip = register(&["--space-guid", SPACE, "--org-guid", ORG, "--ip", "10.0.0"]);
     assert_eq!(bad_ip.status.code(), Some(2));
 
-    let list: Vec<serde_json::Value> = serde_json::from_str(
-        &String::from_utf8(dev.cli(&data, &["instance", "list", "--json"]).stdout).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(list.len(), 1, "{list:?}");
+    // The certificate is issued in the background; the list shows it once it is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let list: Vec<serde_json::Value> = serde_json::from_str(
+            &String::from_utf8(dev.cli(&data, &["instance", "list", "--json"]).stdout).unwrap(),
+        )
+        .unwrap();
+        if list.len() == 1 && list[0]["serial"].is_string() {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(list[0]["spiffe_id"], expected_spiffe_id());
     assert_eq!(list[0]["sds_socket"], socket.as_str());
+    let serial = list[0]["serial"].as_str().unwrap();
+    let not_after = time::OffsetDateTime::parse(
+        list[0]["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let next = time::OffsetDateTime::parse(
+        list[0]["next_renewal"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(next < not_after, "renewal {next} before expiry {not_after}");
+    let shown = ok(idmint(&data).args(["audit", "show", serial]));
+    assert!(shown.contains(INSTANCE), "{shown}");
     let table = String::from_utf8(dev.cli(&data, &["instance", "list"]).stdout).unwrap();
     assert!(
-        table.contains(INSTANCE) && table.contains("10.255.1.7"),
+        table.contains(INSTANCE)
+            && table.contains("10.255.1.7")
+            && table.contains("NEXT RENEWAL")
+            && table.contains(serial),
         "{table}"
     );
 

@@ -334,13 +334,13 @@ async fn ttl_beyond_the_ca_is_refused_and_ttl_past_its_expiry_is_capped() {
     );
     assert_eq!(kinds(&rt).await, (0, 1));
 
-    // 2h is within the CA's 2h+60s life, but ends after it: capped, and the caller is told.
+    // 2h30s is within the CA's 2h+60s life, but ends after it: capped, and the caller is told.
     let cert = rt
         .issuance
         .sign(SignRequest {
             placement: placement(),
             csr: csr(),
-            ttl: Some("2h".parse().unwrap()),
+            ttl: Some("7230s".parse().unwrap()),
         })
         .await
         .unwrap();

@@ -18,7 +18,7 @@ use crate::server::registry;
 pub const LOCAL_CELL: &str = "local";
 
 /// An instance as the API takes and shows it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceJson {
     /// Instance GUID.
@@ -43,6 +43,18 @@ pub struct InstanceJson {
     /// The SDS socket the instance's sidecar connects to (answers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sds_socket: Option<String>,
+    /// Serial of the certificate served now, hex (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Its expiry, RFC 3339 (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When it is next renewed, or the next retry after a failure, RFC 3339 (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal: Option<String>,
+    /// Why the last attempt failed, while attempts are failing (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_error: Option<String>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Response {
@@ -71,7 +83,16 @@ fn parse(j: &InstanceJson) -> Result<Placement, String> {
     })
 }
 
-fn show(state: &AdminState, p: &Placement) -> InstanceJson {
+async fn show(state: &AdminState, p: &Placement) -> InstanceJson {
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    let cert = match &state.agent {
+        Some(agent) => agent.cert_status(&p.instance_guid).await,
+        None => None,
+    }
+    .unwrap_or_default();
     let settings = state.ca.settings();
     let spiffe_id = settings
         .id_template
@@ -90,12 +111,20 @@ fn show(state: &AdminState, p: &Placement) -> InstanceJson {
             .agent
             .as_ref()
             .map(|a| a.socket_path(&p.instance_guid).display().to_string()),
+        serial: cert.serial_hex,
+        not_after: cert.not_after.map(rfc3339),
+        next_renewal: cert.next_attempt.map(rfc3339),
+        renewal_error: cert.last_error,
     }
 }
 
 pub async fn list(State(state): State<AdminState>) -> Response {
     let (all, _) = state.registry.snapshot().await;
-    Json(all.iter().map(|p| show(&state, p)).collect::<Vec<_>>()).into_response()
+    let mut shown = Vec::with_capacity(all.len());
+    for p in &all {
+        shown.push(show(&state, p).await);
+    }
+    Json(shown).into_response()
 }
 
 pub async fn register(
@@ -136,7 +165,7 @@ pub async fn register(
     } else {
         StatusCode::OK
     };
-    (code, Json(show(&state, &placement))).into_response()
+    (code, Json(show(&state, &placement).await)).into_response()
 }
 
 pub async fn deregister(State(state): State<AdminState>, Path(guid): Path<String>) -> Response {
@@ -149,7 +178,7 @@ pub async fn deregister(State(state): State<AdminState>, Path(guid): Path<String
             if let Some(agent) = &state.agent {
                 agent.remove(&guid).await;
             }
-            Json(show(&state, &p)).into_response()
+            Json(show(&state, &p).await).into_response()
         }
         Err(e @ registry::Error::Unknown(_)) => {
             (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()

@@ -68,6 +68,12 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::new();
     state.sds_metrics.render(&mut text);
+    if let Some(agent) = &state.agent {
+        let left = agent
+            .seconds_to_expiry(time::OffsetDateTime::now_utc())
+            .await;
+        agent.renewal_metrics().render(&left, &mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

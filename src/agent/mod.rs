@@ -2,9 +2,12 @@
 
 use zeroize::Zeroizing;
 
+mod metrics;
+pub mod refresh;
 mod workloads;
 
-pub use workloads::{Bundle, Identity, Settings, Workload, Workloads};
+pub use metrics::AgentMetrics;
+pub use workloads::{Bundle, CertStatus, Identity, Settings, Workload, Workloads};
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::ids::Ttl;

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::metrics::AgentMetrics;
 use super::obtain_svid;
+use super::refresh::{random_draw, retry_delay, Schedule};
 use crate::api::Authority;
 use crate::ca::{cert_pem, pem_encode};
 use crate::ids::Guid;
@@ -31,8 +33,23 @@ pub struct Identity {
     pub key_pem: Zeroizing<String>,
     /// Serial, hex.
     pub serial_hex: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
     /// Expiry.
     pub not_after: OffsetDateTime,
+}
+
+/// What `idmint instance list` shows of an instance's certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertStatus {
+    /// Serial of the certificate served now, if there is one yet.
+    pub serial_hex: Option<String>,
+    /// Its expiry.
+    pub not_after: Option<OffsetDateTime>,
+    /// When the next attempt to renew (or first obtain) it is due.
+    pub next_attempt: Option<OffsetDateTime>,
+    /// The last attempt's error, while attempts are failing.
+    pub last_error: Option<String>,
 }
 
 /// The roots every sidecar trusts.
@@ -66,10 +83,20 @@ pub struct Settings {
     pub trust_domain: TrustDomain,
     /// How app SPIFFE IDs are written.
     pub id_template: IdTemplate,
+    /// When certificates are renewed.
+    pub renewal: Schedule,
+}
+
+/// When the next attempt is due and why the last one failed, if it did.
+#[derive(Clone, Debug, Default)]
+struct Attempts {
+    next: Option<OffsetDateTime>,
+    last_error: Option<String>,
 }
 
 struct Served {
     identity: watch::Receiver<Option<Arc<Identity>>>,
+    attempts: watch::Receiver<Attempts>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
@@ -81,13 +108,10 @@ pub struct Workloads<A> {
     settings: Settings,
     bundle: watch::Receiver<Arc<Bundle>>,
     metrics: Arc<SdsMetrics>,
+    renewals: Arc<AgentMetrics>,
     served: Mutex<HashMap<Guid, Served>>,
     shutdown: CancellationToken,
 }
-
-/// How long a first certificate is retried for before waiting longer between tries.
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl<A: Authority + 'static> Workloads<A> {
     /// An agent with no instances yet.
@@ -108,6 +132,7 @@ impl<A: Authority + 'static> Workloads<A> {
             settings,
             bundle,
             metrics,
+            renewals: Arc::new(AgentMetrics::default()),
             served: Mutex::new(HashMap::new()),
             shutdown,
         }
@@ -116,6 +141,37 @@ impl<A: Authority + 'static> Workloads<A> {
     /// The SDS counters of this agent.
     pub fn metrics(&self) -> Arc<SdsMetrics> {
         self.metrics.clone()
+    }
+
+    /// The renewal counters of this agent.
+    pub fn renewal_metrics(&self) -> Arc<AgentMetrics> {
+        self.renewals.clone()
+    }
+
+    /// The certificate state of a served instance; `None` when it is not served here.
+    pub async fn cert_status(&self, instance: &Guid) -> Option<CertStatus> {
+        let served = self.served.lock().await;
+        let s = served.get(instance)?;
+        let identity = s.identity.borrow().clone();
+        let attempts = s.attempts.borrow().clone();
+        Some(CertStatus {
+            serial_hex: identity.as_ref().map(|i| i.serial_hex.clone()),
+            not_after: identity.as_ref().map(|i| i.not_after),
+            next_attempt: attempts.next,
+            last_error: attempts.last_error,
+        })
+    }
+
+    /// Seconds left on every served certificate (negative when expired), for the metrics.
+    pub async fn seconds_to_expiry(&self, now: OffsetDateTime) -> Vec<i64> {
+        let served = self.served.lock().await;
+        served
+            .values()
+            .filter_map(|s| {
+                let i = s.identity.borrow();
+                i.as_ref().map(|i| (i.not_after - now).whole_seconds())
+            })
+            .collect()
     }
 
     /// The socket path an instance's sidecar connects to.
@@ -136,6 +192,7 @@ impl<A: Authority + 'static> Workloads<A> {
             .to_string();
         let cancel = self.shutdown.child_token();
         let (identity_tx, identity_rx) = watch::channel(None);
+        let (attempts_tx, attempts_rx) = watch::channel(Attempts::default());
         let socket = self.socket_path(&placement.instance_guid);
         let listener = sds::bind(&socket)?;
         let workload = Workload {
@@ -144,10 +201,15 @@ impl<A: Authority + 'static> Workloads<A> {
             identity: identity_rx,
             bundle: self.bundle.clone(),
         };
-        let fetch = tokio::spawn(fetch_identity(
-            self.authority.clone(),
-            placement.clone(),
-            identity_tx,
+        let keep = tokio::spawn(keep_identity(
+            Keeper {
+                authority: self.authority.clone(),
+                placement: placement.clone(),
+                schedule: self.settings.renewal,
+                identity: identity_tx,
+                attempts: attempts_tx,
+                metrics: self.renewals.clone(),
+            },
             cancel.clone(),
         ));
         let server = tokio::spawn(sds::serve(
@@ -161,8 +223,9 @@ impl<A: Authority + 'static> Workloads<A> {
             placement.instance_guid,
             Served {
                 identity: workload.identity.clone(),
+                attempts: attempts_rx,
                 cancel,
-                tasks: vec![fetch, server],
+                tasks: vec![keep, server],
                 socket,
             },
         );
@@ -273,44 +336,73 @@ async fn stop(s: Served) {
     std::fs::remove_file(&s.socket).ok();
 }
 
-/// Gets the instance its first certificate, retrying with backoff; the key never leaves here.
-async fn fetch_identity<A: Authority>(
+/// What keeps one instance's certificate fresh.
+struct Keeper<A> {
     authority: Arc<A>,
     placement: Placement,
-    tx: watch::Sender<Option<Arc<Identity>>>,
-    cancel: CancellationToken,
-) {
-    let mut wait = RETRY_MIN;
+    schedule: Schedule,
+    identity: watch::Sender<Option<Arc<Identity>>>,
+    attempts: watch::Sender<Attempts>,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// Obtains the instance's certificate, then renews it on schedule until cancelled. Each
+/// renewal makes a new key here; the key never leaves. The current certificate is served
+/// until its replacement is published, and failures are retried with backoff that shrinks as
+/// the current certificate nears expiry, so a passing outage never lets it lapse.
+async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
+    let instance = &k.placement.instance_guid;
+    let mut failures = 0u32;
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = obtain_svid(authority.as_ref(), placement.clone(), None) => r,
+            r = obtain_svid(k.authority.as_ref(), k.placement.clone(), None) => r,
         };
-        match attempt {
+        let now = OffsetDateTime::now_utc();
+        let (next, last_error) = match attempt {
             Ok(svid) => {
-                let chain_pem = std::iter::once(&svid.cert.cert_der)
-                    .chain(&svid.cert.chain_der)
+                failures = 0;
+                let cert = &svid.cert;
+                let chain_pem = std::iter::once(&cert.cert_der)
+                    .chain(&cert.chain_der)
                     .map(|d| cert_pem(d))
                     .collect();
                 let identity = Identity {
-                    spiffe_id: svid.cert.spiffe_id.clone(),
+                    spiffe_id: cert.spiffe_id.clone(),
                     chain_pem,
                     key_pem: Zeroizing::new(pem_encode("PRIVATE KEY", &svid.key_pkcs8)),
-                    serial_hex: svid.cert.serial_hex.clone(),
-                    not_after: svid.cert.not_after,
+                    serial_hex: cert.serial_hex.clone(),
+                    not_before: cert.not_before,
+                    not_after: cert.not_after,
                 };
-                tx.send_replace(Some(Arc::new(identity)));
-                return;
+                let start = now.max(cert.not_before);
+                let renew_at = k.schedule.renew_at(start, cert.not_after, random_draw());
+                let previous = k.identity.send_replace(Some(Arc::new(identity)));
+                if let Some(old) = previous {
+                    k.metrics.renewed();
+                    tracing::info!(%instance, old_serial = %old.serial_hex, serial = %cert.serial_hex,
+                        not_after = %cert.not_after, %renew_at, "certificate renewed");
+                }
+                (renew_at, None)
             }
             Err(e) => {
-                tracing::warn!(instance = %placement.instance_guid, error = %e, retry_in = ?wait,
-                    "could not obtain a certificate; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(RETRY_MAX);
+                failures += 1;
+                k.metrics.failed();
+                let current = k.identity.borrow().as_ref().map(|i| i.not_after);
+                let delay = retry_delay(failures, now, current);
+                tracing::warn!(%instance, error = %e, failures, retry_in = ?delay,
+                    still_valid_until = ?current, "could not obtain a certificate; retrying");
+                (now + delay, Some(e.to_string()))
             }
+        };
+        k.attempts.send_replace(Attempts {
+            next: Some(next),
+            last_error,
+        });
+        let wait = Duration::try_from(next - now).unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

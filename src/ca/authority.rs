@@ -54,7 +54,8 @@ pub struct Validity {
 
 /// The validity of a leaf with lifetime `ttl` issued at `now` by a CA valid over
 /// `ca_not_before..ca_not_after`. A TTL longer than the CA's whole life is refused; one that
-/// would outlive the CA's remaining life is capped to it.
+/// would outlive the CA's remaining life is capped to it. Times are whole seconds, as a
+/// certificate holds them, so what the caller is told is what the certificate says.
 pub fn leaf_validity(
     ttl: Ttl,
     ca_not_before: OffsetDateTime,
@@ -71,6 +72,7 @@ pub fn leaf_validity(
     if now >= ca_not_after {
         return Err(Error::CaExpired(ca_not_after.to_string()));
     }
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     let wanted_end = now + ttl.duration();
     Ok(Validity {
         not_before: (now - BACKDATE).max(ca_not_before),
@@ -208,6 +210,18 @@ mod tests {
         assert_eq!(v.not_after, datetime!(2026-01-10 13:00 UTC));
         assert_eq!(v.not_before, datetime!(2026-01-10 11:59:30 UTC));
         assert!(!v.capped);
+    }
+
+    #[test]
+    fn validity_is_in_whole_seconds_like_the_certificate() {
+        let (start, end) = (
+            datetime!(2026-01-01 0:00 UTC),
+            datetime!(2026-02-01 0:00 UTC),
+        );
+        let now = datetime!(2026-01-10 12:00:00.75 UTC);
+        let v = leaf_validity(ttl("1h"), start, end, now).unwrap();
+        assert_eq!(v.not_after, datetime!(2026-01-10 13:00 UTC));
+        assert_eq!(v.not_before, datetime!(2026-01-10 11:59:30 UTC));
     }
 
     #[test]

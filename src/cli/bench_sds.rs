@@ -57,6 +57,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
             sds_dir: sds_dir.clone(),
             trust_domain: rt.config.ca.trust_domain.clone(),
             id_template: rt.config.ca.id_template.clone(),
+            renewal: rt.config.agent.renewal,
         },
         bundle_rx,
         metrics.clone(),

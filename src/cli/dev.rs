@@ -86,6 +86,7 @@ async fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
     let settings = AgentSettings {
         sds_dir: rt.config.agent.sds_dir.clone(),
+        renewal: rt.config.agent.renewal,
         trust_domain: rt.config.ca.trust_domain.clone(),
         id_template: rt.config.ca.id_template.clone(),
     };

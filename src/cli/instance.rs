@@ -71,8 +71,7 @@ pub async fn run(cmd: InstanceCommand, config: Config) -> Result<()> {
                 org_guid: org_guid.map(|g| g.to_string()),
                 cell_id: Some(cell_id.to_string()),
                 ip: ip.map(|ip| ip.to_string()),
-                spiffe_id: None,
-                sds_socket: None,
+                ..Default::default()
             };
             let text = request(
                 admin,
@@ -111,11 +110,27 @@ pub async fn run(cmd: InstanceCommand, config: Config) -> Result<()> {
                         i.ip.clone().unwrap_or_default(),
                         i.spiffe_id.clone().unwrap_or_default(),
                         i.sds_socket.clone().unwrap_or_default(),
+                        i.serial.clone().unwrap_or_else(|| "(none yet)".into()),
+                        i.not_after.clone().unwrap_or_default(),
+                        match (&i.next_renewal, &i.renewal_error) {
+                            (Some(t), Some(e)) => format!("{t} (retry; last: {e})"),
+                            (Some(t), None) => t.clone(),
+                            (None, _) => String::new(),
+                        },
                     ]
                 })
                 .collect();
             table::print(
-                &["INSTANCE", "CELL", "IP", "SPIFFE ID", "SDS SOCKET"],
+                &[
+                    "INSTANCE",
+                    "CELL",
+                    "IP",
+                    "SPIFFE ID",
+                    "SDS SOCKET",
+                    "SERIAL",
+                    "EXPIRES",
+                    "NEXT RENEWAL",
+                ],
                 &rows,
             );
             Ok(())
