@@ -85,6 +85,8 @@ struct EnvoyConfig<'a> {
     upstream: u16,
     /// Replaces the certificate's secret name, to ask for something else.
     cert_name: Option<&'a str>,
+    /// How long a consumer keeps one connection to the provider.
+    max_connection_duration: &'a str,
 }
 
 fn start_envoy(dir: &Path, name: &str, c: EnvoyConfig<'_>) -> Sidecar {
@@ -95,7 +97,8 @@ fn start_envoy(dir: &Path, name: &str, c: EnvoyConfig<'_>) -> Sidecar {
         .replace("{{ADMIN_PORT}}", &admin.to_string())
         .replace("{{LISTEN_PORT}}", &listen.to_string())
         .replace("{{PEER_SPIFFE_ID}}", c.peer)
-        .replace("{{UPSTREAM_PORT}}", &c.upstream.to_string());
+        .replace("{{UPSTREAM_PORT}}", &c.upstream.to_string())
+        .replace("{{MAX_CONNECTION_DURATION}}", c.max_connection_duration);
     if let Some(cert_name) = c.cert_name {
         yaml = yaml.replace("- name: default", &format!("- name: \"{cert_name}\""));
     }
@@ -183,12 +186,22 @@ struct Idmint {
 
 impl Idmint {
     fn start(dir: &Path) -> Idmint {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts `idmint dev` with extra `--set KEY=VALUE` settings.
+    fn start_with(dir: &Path, settings: &[&str]) -> Idmint {
         let data = dir.join("idmint-data");
         let admin = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_idmint"))
-            .arg("--data-dir")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idmint"));
+        cmd.arg("--data-dir")
             .arg(&data)
-            .args(["--set", &format!("admin.listen=127.0.0.1:{admin}"), "dev"])
+            .args(["--set", &format!("admin.listen=127.0.0.1:{admin}")]);
+        for s in settings {
+            cmd.args(["--set", s]);
+        }
+        let mut child = cmd
+            .arg("dev")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("idmint.log")).unwrap())
             .spawn()
@@ -277,6 +290,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(1),
             upstream: backend,
             cert_name: None,
+            max_connection_duration: "600s",
         },
     );
     let consumer = start_envoy(
@@ -289,6 +303,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(2),
             upstream: provider.listen,
             cert_name: None,
+            max_connection_duration: "600s",
         },
     );
     wait_for_secrets(&provider, "provider B");
@@ -333,6 +348,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(3),
             upstream: provider.listen,
             cert_name: None,
+            max_connection_duration: "600s",
         },
     );
     wait_for_secrets(&wrong_peer, "consumer A expecting C");
@@ -353,6 +369,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(3),
             upstream: backend,
             cert_name: None,
+            max_connection_duration: "600s",
         },
     );
     let to_only_c = start_envoy(
@@ -365,6 +382,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(2),
             upstream: only_c.listen,
             cert_name: None,
+            max_connection_duration: "600s",
         },
     );
     wait_for_secrets(&only_c, "provider admitting only C");
@@ -387,6 +405,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(2),
             upstream: provider.listen,
             cert_name: Some(&spiffe_id(2)),
+            max_connection_duration: "600s",
         },
     );
     wait_until(
@@ -422,6 +441,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(2),
             upstream: provider.listen,
             cert_name: None,
+            max_connection_duration: "600s",
         },
     );
     wait_until("the orphan Envoy's admin", Duration::from_secs(20), || {
@@ -451,5 +471,82 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
     assert!(
         exit.success(),
         "idmint dev exits cleanly with SDS streams open: {exit:?}"
+    );
+}
+
+#[test]
+fn requests_keep_flowing_while_leaves_renew_under_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 6 s certificates: each sidecar's renews every 2.4–3.6 s.
+    let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=6s"]);
+    let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
+    let backend = start_backend();
+    let provider = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "DELTA_GRPC",
+            peer: &spiffe_id(1),
+            upstream: backend,
+            cert_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    let consumer = start_envoy(
+        dir,
+        "consumer-a",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: None,
+            // Shorter than a certificate's life, so new connections pick up renewals.
+            max_connection_duration: "1s",
+        },
+    );
+    wait_for_secrets(&provider, "provider B");
+    wait_for_secrets(&consumer, "consumer A");
+    wait_until("the first request through", Duration::from_secs(20), || {
+        matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
+    });
+
+    // Long enough for every certificate to be replaced several times, and for the first
+    // ones to expire: a request that needed a lapsed certificate would fail.
+    let until = Instant::now() + Duration::from_secs(15);
+    let (mut sent, mut failed) = (0u32, Vec::new());
+    let mut client_certs = std::collections::BTreeSet::new();
+    while Instant::now() < until {
+        sent += 1;
+        match http_get(consumer.listen, "/during-renewal") {
+            Some((200, xfcc)) => {
+                assert!(xfcc.contains(&format!("URI={}", spiffe_id(1))), "{xfcc}");
+                if let Some(hash) = xfcc.split(';').find_map(|f| f.strip_prefix("Hash=")) {
+                    client_certs.insert(hash.to_string());
+                }
+            }
+            other => failed.push(other),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent > 100, "only {sent} requests");
+    assert!(
+        stat(&consumer, "sds.default.update_success") >= 4,
+        "consumer received renewed certificates"
+    );
+    assert!(stat(&provider, "sds.default.update_success") >= 4);
+    assert!(idmint.metric("idmint_agent_renewals_total") >= 6);
+    assert!(
+        client_certs.len() >= 3,
+        "B's app saw A's certificate change: {client_certs:?}"
     );
 }
