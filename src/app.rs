@@ -69,6 +69,11 @@ impl Runtime {
         }
     }
 
+    /// The store, for parts that keep state of their own (CA rotation).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A token cancelled when shutdown begins, for parts that own tasks of their own.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.child_token()

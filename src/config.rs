@@ -43,6 +43,8 @@ pub const KEYS: &[&str] = &[
     "ca.root_ttl",
     "ca.intermediate_ttl",
     "ca.leaf_ttl",
+    "ca.root_rotate_at",
+    "ca.root_activation_max_wait",
     "ca.upstream.intermediate_cert",
     "ca.upstream.intermediate_key",
     "ca.upstream.root_bundle",
@@ -101,6 +103,8 @@ struct RawCa {
     root_ttl: Option<String>,
     intermediate_ttl: Option<String>,
     leaf_ttl: Option<String>,
+    root_rotate_at: Option<toml::Value>,
+    root_activation_max_wait: Option<String>,
     #[serde(default)]
     upstream: RawUpstream,
 }
@@ -250,7 +254,13 @@ impl Config {
             "intermediate_ttl".into(),
             text(&self.ca.intermediate_ttl.to_string()),
         );
+        let pct = |f: f64| text(&format!("{}%", (f * 1000.0).round() / 10.0));
         ca.insert("leaf_ttl".into(), text(&self.ca.leaf_ttl.to_string()));
+        ca.insert("root_rotate_at".into(), pct(self.ca.root_rotate_at));
+        ca.insert(
+            "root_activation_max_wait".into(),
+            text(&self.ca.root_activation_max_wait.to_string()),
+        );
         let mut admin = toml::Table::new();
         admin.insert("listen".into(), text(&self.admin.listen.to_string()));
         root.insert("store".into(), toml::Value::Table(store));
@@ -258,7 +268,6 @@ impl Config {
         root.insert("admin".into(), toml::Value::Table(admin));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
-        let pct = |f: f64| text(&format!("{}%", (f * 1000.0).round() / 10.0));
         agent.insert("renew_at".into(), pct(self.agent.renewal.point()));
         agent.insert("renew_jitter".into(), pct(self.agent.renewal.jitter()));
         root.insert("agent".into(), toml::Value::Table(agent));
@@ -326,6 +335,11 @@ fn validate(raw: Raw) -> Result<Config, Error> {
     let root_ttl = ttl("ca.root_ttl", raw.ca.root_ttl, "10y")?;
     let intermediate_ttl = ttl("ca.intermediate_ttl", raw.ca.intermediate_ttl, "365d")?;
     let leaf_ttl = ttl("ca.leaf_ttl", raw.ca.leaf_ttl, "1h")?;
+    let root_activation_max_wait = ttl(
+        "ca.root_activation_max_wait",
+        raw.ca.root_activation_max_wait,
+        "1h",
+    )?;
     if intermediate_ttl > root_ttl {
         return Err(invalid(
             "ca.intermediate_ttl",
@@ -398,6 +412,13 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             format!("{other} is not a fraction: write 0.5 or \"50%\""),
         )),
     };
+    let root_rotate_at = fraction("ca.root_rotate_at", raw.ca.root_rotate_at, 0.75)?;
+    if !(0.05..=0.95).contains(&root_rotate_at) {
+        return Err(invalid(
+            "ca.root_rotate_at",
+            "must be between 5% and 95% of the root's life",
+        ));
+    }
     let defaults = Schedule::default();
     let renewal = Schedule::new(
         fraction("agent.renew_at", raw.agent.renew_at, defaults.point())?,
@@ -420,6 +441,8 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             root_ttl,
             intermediate_ttl,
             leaf_ttl,
+            root_rotate_at,
+            root_activation_max_wait,
         },
         store: store::Settings { url: store_url },
         admin: AdminSettings { listen },

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, http_get};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 const TD: &str = "cf.internal";
 const ORG: &str = "0e0e0e0e-0000-4000-8000-0000000000aa";
@@ -549,4 +550,276 @@ fn requests_keep_flowing_while_leaves_renew_under_them() {
         client_certs.len() >= 3,
         "B's app saw A's certificate change: {client_certs:?}"
     );
+}
+
+/// Sends requests through `consumer` until `stop`; returns (sent, failures).
+fn traffic(
+    consumer_port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut sent, mut failed) = (0u32, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            sent += 1;
+            match http_get(consumer_port, "/during-rotation") {
+                Some((200, _)) => {}
+                other => failed.push(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (sent, failed)
+    })
+}
+
+impl Idmint {
+    fn ca_show(&self) -> serde_json::Value {
+        let out = self.cli(&["ca", "show", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Fingerprints of the CA certificates with this role and state.
+    fn cas(&self, role: &str, state: &str) -> Vec<String> {
+        self.ca_show()["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["role"] == role && c["state"] == state)
+            .map(|c| c["sha256_fingerprint"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn ledger(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["audit", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn requests_keep_flowing_through_intermediate_and_root_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 4 s leaves; intermediates live 30 s, so one rotates on its own during the test; a new
+    // root may wait an hour for acknowledgements, so only the sidecars' ACKs can activate it.
+    let idmint = Idmint::start_with(
+        dir,
+        &[
+            "ca.leaf_ttl=4s",
+            "ca.intermediate_ttl=30s",
+            "ca.root_activation_max_wait=1h",
+        ],
+    );
+    let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
+    let backend = start_backend();
+    let provider = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "DELTA_GRPC",
+            peer: &spiffe_id(1),
+            upstream: backend,
+            cert_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    let consumer = start_envoy(
+        dir,
+        "consumer-a",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: None,
+            max_connection_duration: "1s",
+        },
+    );
+    wait_for_secrets(&provider, "provider B");
+    wait_for_secrets(&consumer, "consumer A");
+    wait_until("the first request through", Duration::from_secs(20), || {
+        matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
+    });
+    let old_root = idmint.cas("root", "active");
+    assert_eq!(old_root.len(), 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requests = traffic(consumer.listen, stop.clone());
+    // A third client on A's socket that takes the trust bundle but is slow to acknowledge.
+    let mut laggard = Laggard::open(&sock_a);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The new root enters the bundle; it signs only once every client has acknowledged it.
+    let acks_before = idmint.metric("idmint_sds_acks_total{kind=\"validation_context\"}");
+    let out = idmint.cli(&["ca", "rotate", "root"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root prepared"));
+    let pushed = laggard.next_bundle();
+    assert_eq!(
+        pushed.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "the new root was pushed"
+    );
+    wait_until(
+        "both Envoy sidecars to acknowledge it",
+        Duration::from_secs(20),
+        || idmint.metric("idmint_sds_acks_total{kind=\"validation_context\"}") >= acks_before + 2,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        idmint.cas("root", "active"),
+        old_root,
+        "the new root waits for the slow client"
+    );
+    assert_eq!(idmint.cas("root", "prepared").len(), 1);
+    laggard.ack_last();
+    let new_root = {
+        let mut active = Vec::new();
+        wait_until("the new root to sign", Duration::from_secs(20), || {
+            active = idmint.cas("root", "active");
+            active != old_root
+        });
+        active
+    };
+    let activated = idmint
+        .ledger()
+        .into_iter()
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .find(|r| r.starts_with("root activated"))
+        .unwrap();
+    assert!(
+        activated.contains("every connected sidecar has it"),
+        "activated by acknowledgement, not by the time limit: {activated}"
+    );
+    let (_, bundle) = http_get(idmint.admin, "/v1/bundle.pem").unwrap();
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "both roots while leaves under the old one live"
+    );
+
+    // The old root leaves the bundle once its last leaf has expired (4 s + 30 s skew
+    // allowance), and an intermediate rotates on its own on the way.
+    wait_until("the old root to be pruned", Duration::from_secs(60), || {
+        let (_, bundle) = http_get(idmint.admin, "/v1/bundle.pem").unwrap();
+        bundle.matches("BEGIN CERTIFICATE").count() == 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = requests.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent > 500, "only {sent} requests");
+    assert_eq!(idmint.cas("root", "active"), new_root);
+
+    // A's certificates came from at least three intermediates: the first, the one under the
+    // new root, and its scheduled successor.
+    let ledger = idmint.ledger();
+    let issuers: std::collections::BTreeSet<&str> = ledger
+        .iter()
+        .filter(|e| e["kind"] == "issued" && e["app_guid"] == app(1).as_str())
+        .filter_map(|e| e["issuer_fingerprint"].as_str())
+        .collect();
+    assert!(issuers.len() >= 3, "{issuers:?}");
+    let reasons: Vec<&str> = ledger
+        .iter()
+        .filter(|e| e["kind"] == "ca")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for expected in [
+        "root prepared",
+        "root retired",
+        "root activated",
+        "root pruned",
+        "intermediate activated",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.starts_with(expected)),
+            "no {expected:?} in {reasons:?}"
+        );
+    }
+    assert_eq!(stat(&consumer, "sds.ROOTCA.update_rejected"), 0);
+}
+
+/// An SDS client holding a `ROOTCA` stream that acknowledges only when told to.
+struct Laggard {
+    rt: tokio::runtime::Runtime,
+    tx: tokio::sync::mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+    last: Option<DiscoveryResponse>,
+}
+
+impl Laggard {
+    fn open(socket: &str) -> Laggard {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tx, rx) = rt.block_on(async {
+            let mut client = idmint::sds::client::connect(Path::new(socket))
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(Self::request("", "")).await.unwrap();
+            let rx = client
+                .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            (tx, rx)
+        });
+        let mut l = Laggard {
+            rt,
+            tx,
+            rx,
+            last: None,
+        };
+        l.next_bundle();
+        l.ack_last();
+        l
+    }
+
+    fn request(version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.into(),
+            resource_names: vec!["ROOTCA".into()],
+            type_url: idmint::sds::SECRET_TYPE.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The next bundle pushed, as text (not acknowledged).
+    fn next_bundle(&mut self) -> String {
+        let rx = &mut self.rx;
+        let resp = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), rx.message()).await })
+            .expect("a push in time")
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&resp.resources[0].value).to_string();
+        self.last = Some(resp);
+        text
+    }
+
+    fn ack_last(&mut self) {
+        let resp = self.last.take().expect("a response to acknowledge");
+        let ack = Self::request(&resp.version_info, &resp.nonce);
+        self.rt.block_on(self.tx.send(ack)).unwrap();
+    }
 }

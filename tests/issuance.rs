@@ -125,11 +125,11 @@ async fn issued_leaf_has_the_svid_and_diego_profile_and_verifies_independently()
     assert_eq!(r.spiffe_id.as_deref(), Some(expected_spiffe_id().as_str()));
     assert_eq!(
         (
-            r.app_guid.as_str(),
-            r.instance_guid.as_str(),
-            r.cell_id.as_str()
+            r.app_guid.as_deref(),
+            r.instance_guid.as_deref(),
+            r.cell_id.as_deref()
         ),
-        (APP, INSTANCE, "cell-1")
+        (Some(APP), Some(INSTANCE), Some("cell-1"))
     );
     assert_eq!(r.cert_der.as_deref(), Some(cert.cert_der.as_slice()));
     assert_eq!(

@@ -72,6 +72,7 @@ impl Harness {
         let (bundle, bundle_rx) = watch::channel(Arc::new(Bundle {
             trust_domain: rt.config.ca.trust_domain.clone(),
             roots_pem: roots_pem.clone(),
+            generation: 0,
         }));
         let gate = Arc::new(Semaphore::new(if open {
             Semaphore::MAX_PERMITS
@@ -122,6 +123,7 @@ impl Harness {
         self.bundle.send_replace(Arc::new(Bundle {
             trust_domain: b.trust_domain.clone(),
             roots_pem: format!("{}{extra}", self.roots_pem),
+            generation: b.generation + 1,
         }));
     }
 

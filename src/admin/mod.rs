@@ -5,10 +5,10 @@ pub mod instances;
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use crate::ca::CertificateAuthority;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
 use crate::sds::SdsMetrics;
+use crate::server::ca_maintenance::CaControl;
 use crate::server::{IssuanceService, Registry};
 use crate::store::LedgerFilter;
 
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub agent: Option<Arc<Workloads<IssuanceService>>>,
     /// SDS counters.
     pub sds_metrics: Arc<SdsMetrics>,
+    /// Rotates the CA on request (self-signed mode).
+    pub ca_control: Option<CaControl>,
 }
 
 /// The most ledger entries one request returns.
@@ -52,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
             get(instances::list).post(instances::register),
         )
         .route("/v1/instances/{guid}", delete(instances::deregister))
+        .route("/v1/ca/rotate/{target}", post(rotate_ca))
         .with_state(state)
 }
 
@@ -68,12 +72,12 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::new();
     state.sds_metrics.render(&mut text);
+    let now = time::OffsetDateTime::now_utc();
     if let Some(agent) = &state.agent {
-        let left = agent
-            .seconds_to_expiry(time::OffsetDateTime::now_utc())
-            .await;
+        let left = agent.seconds_to_expiry(now).await;
         agent.renewal_metrics().render(&left, &mut text);
     }
+    ca_expiry(&state.ca, now, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -114,4 +118,51 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
             (StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable\n").into_response()
         }
     }
+}
+
+/// `POST /v1/ca/rotate/{intermediate|root}`: what `idmint ca rotate` calls.
+async fn rotate_ca(State(state): State<AdminState>, Path(target): Path<String>) -> Response {
+    use crate::ca::rotate::Target;
+    let target = match target.as_str() {
+        "intermediate" => Target::Intermediate,
+        "root" => Target::Root,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("nothing called {other:?} to rotate; say intermediate or root\n"),
+            )
+                .into_response()
+        }
+    };
+    let Some(control) = &state.ca_control else {
+        return (
+            StatusCode::CONFLICT,
+            "this CA is in upstream mode: replace its files to rotate it\n",
+        )
+            .into_response();
+    };
+    match control.rotate(target).await {
+        Ok(done) => Json(done).into_response(),
+        Err(why) => (StatusCode::CONFLICT, format!("{why}\n")).into_response(),
+    }
+}
+
+/// Seconds until the signing intermediate and the soonest-expiring root in the bundle expire.
+fn ca_expiry(ca: &CertificateAuthority, now: time::OffsetDateTime, out: &mut String) {
+    use std::fmt::Write;
+    let left = |t: time::OffsetDateTime| (t - now).whole_seconds();
+    let root = ca
+        .roots()
+        .iter()
+        .map(|r| left(r.not_after))
+        .min()
+        .unwrap_or(0);
+    let _ = writeln!(out, "# HELP idmint_ca_seconds_to_expiry Seconds until the signing intermediate, and the first root in the trust bundle, expire.");
+    let _ = writeln!(out, "# TYPE idmint_ca_seconds_to_expiry gauge");
+    let _ = writeln!(
+        out,
+        "idmint_ca_seconds_to_expiry{{role=\"intermediate\"}} {}",
+        left(ca.intermediate().not_after)
+    );
+    let _ = writeln!(out, "idmint_ca_seconds_to_expiry{{role=\"root\"}} {root}");
 }

@@ -59,6 +59,9 @@ pub struct Bundle {
     pub trust_domain: TrustDomain,
     /// The root certificates, PEM, concatenated.
     pub roots_pem: String,
+    /// The CA generation this content was taken at; a sidecar that acknowledged it has every
+    /// root published up to then.
+    pub generation: u64,
 }
 
 /// One served instance, as its SDS server sees it.

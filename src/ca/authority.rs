@@ -1,9 +1,11 @@
 //! The CA in use: its roots, its signing intermediate, and leaf issuance.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::leaf::{self, LeafSpec};
 use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Settings};
@@ -11,15 +13,24 @@ use crate::ids::Ttl;
 use crate::placement::Placement;
 
 /// How far a leaf's notBefore is set back, so a peer whose clock is a little behind accepts it.
-const BACKDATE: Duration = Duration::from_secs(30);
+pub const BACKDATE: Duration = Duration::from_secs(30);
 
-/// A loaded, ready CA.
+/// A loaded, ready CA. Rotation replaces what it signs with and trusts while it serves; each
+/// replacement bumps a generation number that watchers (the trust bundle) follow.
 pub struct CertificateAuthority {
     settings: Settings,
-    roots: Vec<CaCert>,
+    current: RwLock<Arc<Signing>>,
+    generation: watch::Sender<u64>,
+}
+
+/// What the CA signs with and publishes at one moment.
+pub struct Signing {
+    /// The trust bundle: roots that sign, roots about to, and retired roots still needed.
+    pub roots: Vec<CaCert>,
     /// The signing intermediate, then any intermediates above it (upstream mode).
-    chain: Vec<CaCert>,
-    key: CaKey,
+    pub chain: Vec<CaCert>,
+    /// The signing intermediate's key.
+    pub key: CaKey,
 }
 
 /// One issued leaf and the facts recorded about it.
@@ -82,17 +93,11 @@ pub fn leaf_validity(
 }
 
 impl CertificateAuthority {
-    pub(super) fn new(
-        settings: Settings,
-        roots: Vec<CaCert>,
-        chain: Vec<CaCert>,
-        key: CaKey,
-    ) -> Self {
+    pub(super) fn new(settings: Settings, signing: Signing) -> Self {
         CertificateAuthority {
             settings,
-            roots,
-            chain,
-            key,
+            current: RwLock::new(Arc::new(signing)),
+            generation: watch::Sender::new(0),
         }
     }
 
@@ -101,29 +106,54 @@ impl CertificateAuthority {
         &self.settings
     }
 
+    /// What the CA signs with and publishes now.
+    pub fn signing(&self) -> Arc<Signing> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces what the CA signs with and publishes; watchers see a new generation.
+    pub fn replace(&self, signing: Signing) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signing);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The number of replacements so far; a bundle built at generation g contains every root
+    /// published up to g.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Follows replacements.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// The trust anchors: what relying parties must trust.
-    pub fn roots(&self) -> &[CaCert] {
-        &self.roots
+    pub fn roots(&self) -> Vec<CaCert> {
+        self.signing().roots.clone()
     }
 
     /// The trust anchors as one PEM bundle: what `bundle.pem` and `ROOTCA` carry.
     pub fn roots_pem(&self) -> String {
-        self.roots.iter().map(|r| r.pem()).collect()
+        self.signing().roots.iter().map(|r| r.pem()).collect()
     }
 
     /// The signing intermediate.
-    pub fn intermediate(&self) -> &CaCert {
-        &self.chain[0]
+    pub fn intermediate(&self) -> CaCert {
+        self.signing().chain[0].clone()
     }
 
     /// The intermediates sent after a leaf, signing CA first.
-    pub fn chain(&self) -> &[CaCert] {
-        &self.chain
+    pub fn chain(&self) -> Vec<CaCert> {
+        self.signing().chain.clone()
     }
 
     /// A description of the signing key, e.g. "ECDSA P-256".
     pub fn key_description(&self) -> String {
-        self.key.describe()
+        self.signing().key.describe()
     }
 
     /// Issues a leaf for `placement` from a CSR (DER or PEM). Only the CSR's public key is
@@ -136,7 +166,8 @@ impl CertificateAuthority {
         ttl: Option<Ttl>,
         now: OffsetDateTime,
     ) -> Result<Issued, Error> {
-        let issuer = self.intermediate();
+        let signing = self.signing();
+        let issuer = &signing.chain[0];
         let validity = leaf_validity(
             ttl.unwrap_or(self.settings.leaf_ttl),
             issuer.not_before,
@@ -158,13 +189,13 @@ impl CertificateAuthority {
             spiffe_id: spiffe_id.as_str(),
             placement,
             spki_der: &checked.spki_der,
-            scheme: self.key.scheme(),
+            scheme: signing.key.scheme(),
         };
         let tbs = leaf::tbs_der(&spec);
-        let signature = self.key.sign(&tbs)?;
+        let signature = signing.key.sign(&tbs)?;
         Ok(Issued {
-            cert_der: leaf::certificate_der(&tbs, self.key.scheme(), &signature),
-            chain_der: self.chain.iter().map(|c| c.der.clone()).collect(),
+            cert_der: leaf::certificate_der(&tbs, signing.key.scheme(), &signature),
+            chain_der: signing.chain.iter().map(|c| c.der.clone()).collect(),
             serial_hex: encode_hex(&serial),
             spiffe_id: spiffe_id.to_string(),
             validity,

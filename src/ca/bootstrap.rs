@@ -12,7 +12,9 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::authority::random_serial;
-use super::{CaCert, CaKey, CertificateAuthority, Error, Kek, Mode, Role, Settings, UpstreamFiles};
+use super::{
+    CaCert, CaKey, CertificateAuthority, Error, Kek, Mode, Role, Settings, Signing, UpstreamFiles,
+};
 use crate::store::{CaRecord, Store};
 
 /// Whether opening may create what is missing.
@@ -71,6 +73,13 @@ async fn load_self_signed(
         return Box::pin(load_self_signed(settings, store, Init::MustExist, now)).await;
     }
     let kek = Kek::load(&settings.kek_file)?;
+    let signing = signing_from_records(&records, &kek)?;
+    Ok(CertificateAuthority::new(settings, signing))
+}
+
+/// What the stored self-signed CA signs with and publishes: the newest active intermediate
+/// and its key, and every root that is prepared, active, or retired but not yet pruned.
+pub(super) fn signing_from_records(records: &[CaRecord], kek: &Kek) -> Result<Signing, Error> {
     let active = |role: Role| {
         records
             .iter()
@@ -78,7 +87,7 @@ async fn load_self_signed(
             .find(|r| r.role == role.as_str() && r.state == "active")
             .ok_or_else(|| Error::Inconsistent(format!("no active {} CA", role.as_str())))
     };
-    let root_record = active(Role::Root)?;
+    active(Role::Root)?;
     let inter_record = active(Role::Intermediate)?;
     let sealed = inter_record
         .sealed_key
@@ -94,18 +103,14 @@ async fn load_self_signed(
     }
     let roots = records
         .iter()
-        .filter(|r| r.role == "root" && r.state != "prepared")
+        .filter(|r| r.role == "root" && r.pruned_at.is_none())
         .map(|r| CaCert::from_der(Role::Root, &r.cert_der))
         .collect::<Result<Vec<_>, _>>()?;
-    debug_assert!(roots
-        .iter()
-        .any(|r| r.fingerprint == root_record.fingerprint));
-    Ok(CertificateAuthority::new(
-        settings,
+    Ok(Signing {
         roots,
-        vec![intermediate],
+        chain: vec![intermediate],
         key,
-    ))
+    })
 }
 
 /// A freshly made root and intermediate with their keys, and the intermediate's parameters
@@ -167,13 +172,16 @@ fn create_self_signed(
             not_before: cert.not_before.unix_timestamp(),
             not_after: cert.not_after.unix_timestamp(),
             created_at: now.unix_timestamp(),
+            activated_at: Some(now.unix_timestamp()),
+            retired_at: None,
+            pruned_at: None,
             cert_der: der,
         })
     })
     .collect()
 }
 
-fn ca_params(
+pub(super) fn ca_params(
     settings: &Settings,
     organization: &str,
     role: Role,
@@ -268,7 +276,10 @@ fn load_upstream(
             format!("no root in the bundle signed {}", top.subject),
         ));
     }
-    Ok(CertificateAuthority::new(settings, roots, chain, key))
+    Ok(CertificateAuthority::new(
+        settings,
+        Signing { roots, chain, key },
+    ))
 }
 
 fn read_certs(path: &Path, role: Role) -> Result<Vec<CaCert>, Error> {
@@ -290,7 +301,7 @@ fn read_certs(path: &Path, role: Role) -> Result<Vec<CaCert>, Error> {
 }
 
 /// Whether `cert`'s signature verifies under `issuer`'s key (and names it as issuer).
-fn signed_by(cert: &CaCert, issuer: &CaCert) -> bool {
+pub(super) fn signed_by(cert: &CaCert, issuer: &CaCert) -> bool {
     let (Ok((_, c)), Ok((_, i))) = (
         X509Certificate::from_der(&cert.der),
         X509Certificate::from_der(&issuer.der),

@@ -8,10 +8,12 @@ mod dev_credentials;
 mod kek;
 mod keys;
 mod leaf;
+pub mod rotate;
+pub mod rotation;
 
 use std::path::PathBuf;
 
-pub use authority::{leaf_validity, CertificateAuthority, Issued, Validity};
+pub use authority::{leaf_validity, CertificateAuthority, Issued, Signing, Validity, BACKDATE};
 pub use bootstrap::{init_self_signed, load, Init};
 pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
@@ -109,4 +111,8 @@ pub struct Settings {
     pub intermediate_ttl: Ttl,
     /// Default lifetime of a leaf.
     pub leaf_ttl: Ttl,
+    /// Share of a self-signed root's life at which its successor is prepared.
+    pub root_rotate_at: f64,
+    /// How long a prepared root waits for every sidecar to acknowledge it before signing.
+    pub root_activation_max_wait: Ttl,
 }

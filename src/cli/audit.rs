@@ -102,8 +102,8 @@ fn list(entries: &[LedgerEntry], json: bool) -> Result<()> {
                 r.kind.as_str().to_string(),
                 table::time_text(r.recorded_at_ms / 1000),
                 r.serial.clone().unwrap_or_else(dash),
-                r.instance_guid.clone(),
-                r.cell_id.clone(),
+                r.instance_guid.clone().unwrap_or_else(dash),
+                r.cell_id.clone().unwrap_or_else(dash),
                 r.spiffe_id
                     .clone()
                     .or_else(|| r.reason.clone())
@@ -145,14 +145,14 @@ fn show(e: &LedgerEntry, json: bool) -> Result<()> {
     );
     println!("serial              {}", opt(&r.serial));
     println!("SPIFFE ID           {}", opt(&r.spiffe_id));
-    println!("instance            {}", r.instance_guid);
+    println!("instance            {}", opt(&r.instance_guid));
     println!(
         "app / space / org   {} / {} / {}",
-        r.app_guid,
+        opt(&r.app_guid),
         opt(&r.space_guid),
         opt(&r.org_guid)
     );
-    println!("cell                {}", r.cell_id);
+    println!("cell                {}", opt(&r.cell_id));
     println!("container IP        {}", opt(&r.container_ip));
     println!(
         "valid               {} .. {}",

@@ -24,6 +24,13 @@ pub enum CaCommand {
     },
     /// Create the self-signed root and intermediate if the store has none.
     Init,
+    /// Rotate the running service's self-signed CA now. An intermediate signs at once; a root
+    /// enters the trust bundle and signs once every connected sidecar has acknowledged it.
+    Rotate {
+        /// `intermediate` or `root`.
+        #[arg(value_parser = ["intermediate", "root"])]
+        target: String,
+    },
     /// Write development-only credentials (root, intermediate, cell client certificates, keys
     /// in the clear) to a directory: what `certs-dev/` holds. Never for production.
     DevCerts {
@@ -41,61 +48,19 @@ pub enum CaCommand {
 
 pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
     match cmd {
-        CaCommand::Show { json } => {
-            let store = Store::open(&config.store, false).await?;
-            let ca = ca::load(
-                config.ca.clone(),
-                &store,
-                Init::MustExist,
-                OffsetDateTime::now_utc(),
+        CaCommand::Show { json } => show(&config, json).await,
+        CaCommand::Rotate { target } => {
+            let done = super::admin_client::request(
+                config.admin.listen,
+                "POST",
+                &format!("/v1/ca/rotate/{target}"),
+                None,
             )
             .await?;
-            let certs: Vec<&CaCert> = ca.roots().iter().chain(ca.chain()).collect();
-            if json {
-                let mode = match &config.ca.mode {
-                    Mode::SelfSigned => "self-signed",
-                    Mode::Upstream(_) => "upstream",
-                };
-                let out = serde_json::json!({
-                    "mode": mode,
-                    "trust_domain": config.ca.trust_domain.as_str(),
-                    "signing_key": ca.key_description(),
-                    "certificates": certs.iter().map(|c| serde_json::json!({
-                        "role": c.role,
-                        "state": "active",
-                        "subject": c.subject,
-                        "sha256_fingerprint": c.fingerprint,
-                        "not_before": c.not_before.unix_timestamp(),
-                        "not_after": c.not_after.unix_timestamp(),
-                        "pem": c.pem(),
-                    })).collect::<Vec<_>>(),
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
-                return Ok(());
+            let lines: Vec<String> = serde_json::from_str(&done)?;
+            for line in lines {
+                println!("{line}");
             }
-            let rows: Vec<Vec<String>> = certs
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.role.as_str().to_string(),
-                        "active".into(),
-                        c.subject.clone(),
-                        c.fingerprint.clone(),
-                        table::time_text(c.not_after.unix_timestamp()),
-                    ]
-                })
-                .collect();
-            table::print(
-                &[
-                    "ROLE",
-                    "STATE",
-                    "SUBJECT",
-                    "SHA-256 FINGERPRINT",
-                    "NOT AFTER",
-                ],
-                &rows,
-            );
-            println!("signing key: {}", ca.key_description());
             Ok(())
         }
         CaCommand::Init => {
@@ -173,4 +138,122 @@ fn dev_certs(
         println!("  cell {cell}: {}", ca::cell_spiffe_id(&config.ca, cell));
     }
     Ok(())
+}
+
+/// One CA certificate as `ca show` prints it.
+struct Shown {
+    cert: CaCert,
+    state: String,
+    note: String,
+}
+
+async fn show(config: &Config, json: bool) -> Result<()> {
+    let store = Store::open(&config.store, false).await?;
+    let now = OffsetDateTime::now_utc();
+    let ca = ca::load(config.ca.clone(), &store, Init::MustExist, now).await?;
+    let shown = match &config.ca.mode {
+        Mode::SelfSigned => stored(config, &store.ca_records().await?)?,
+        Mode::Upstream(_) => ca
+            .roots()
+            .into_iter()
+            .chain(ca.chain())
+            .map(|cert| Shown {
+                cert,
+                state: "active".into(),
+                note: "from the upstream files".into(),
+            })
+            .collect(),
+    };
+    store.close().await;
+    let mode = match &config.ca.mode {
+        Mode::SelfSigned => "self-signed",
+        Mode::Upstream(_) => "upstream",
+    };
+    if json {
+        let out = serde_json::json!({
+            "mode": mode,
+            "trust_domain": config.ca.trust_domain.as_str(),
+            "signing_key": ca.key_description(),
+            "signing_intermediate": ca.intermediate().fingerprint,
+            "certificates": shown.iter().map(|s| serde_json::json!({
+                "role": s.cert.role,
+                "state": s.state,
+                "note": s.note,
+                "subject": s.cert.subject,
+                "sha256_fingerprint": s.cert.fingerprint,
+                "not_before": s.cert.not_before.unix_timestamp(),
+                "not_after": s.cert.not_after.unix_timestamp(),
+                "pem": s.cert.pem(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|s| {
+            vec![
+                s.cert.role.as_str().to_string(),
+                s.state.clone(),
+                s.cert.fingerprint.clone(),
+                table::time_text(s.cert.not_after.unix_timestamp()),
+                s.note.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &["ROLE", "STATE", "SHA-256 FINGERPRINT", "NOT AFTER", "NOTE"],
+        &rows,
+    );
+    println!("signing key: {}", ca.key_description());
+    Ok(())
+}
+
+/// Every stored CA certificate, newest last, with what it waits for.
+fn stored(config: &Config, records: &[crate::store::CaRecord]) -> Result<Vec<Shown>> {
+    use crate::ca::rotation::{activation_deadline, prune_time, CaView, State};
+    let views = ca::rotate::views(records)?;
+    let at = |t: OffsetDateTime| table::time_text(t.unix_timestamp());
+    let leaf_ttl = config.ca.leaf_ttl.duration();
+    let note =
+        |v: &CaView| match (v.role, v.state) {
+            (ca::Role::Root, State::Prepared) => format!(
+            "in the trust bundle; signs once every sidecar has acknowledged it, at the latest {}",
+            at(activation_deadline(v.created_at, config.ca.root_activation_max_wait.duration()))
+        ),
+            (ca::Role::Root, State::Active) => {
+                format!(
+                    "successor prepared at {}",
+                    at(v.not_before + (v.not_after - v.not_before) * config.ca.root_rotate_at)
+                )
+            }
+            (ca::Role::Root, State::Retired) => match (v.pruned_at, v.retired_at) {
+                (Some(p), _) => format!("left the trust bundle {}", at(p)),
+                (None, Some(r)) => format!(
+                    "in the trust bundle until its last leaf expires, {}",
+                    at(prune_time(r, leaf_ttl))
+                ),
+                (None, None) => "retired".into(),
+            },
+            (ca::Role::Intermediate, State::Prepared) => "made; takes over on schedule".into(),
+            (ca::Role::Intermediate, State::Active) => format!(
+                "signing; successor at {}",
+                at(v.not_before
+                    + (v.not_after - v.not_before) * crate::ca::rotation::INTERMEDIATE_ACTIVATE_AT)
+            ),
+            (ca::Role::Intermediate, State::Retired) => {
+                "retired; its leaves expire on their own".into()
+            }
+        };
+    records
+        .iter()
+        .zip(&views)
+        .map(|(r, v)| {
+            Ok(Shown {
+                cert: CaCert::from_der(v.role, &r.cert_der)?,
+                state: v.state.as_str().to_string(),
+                note: note(v),
+            })
+        })
+        .collect()
 }

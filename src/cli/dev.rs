@@ -1,5 +1,6 @@
 //! `idmint dev`: the whole service in one process on embedded SQLite.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -13,6 +14,7 @@ use crate::app::{self, Runtime};
 use crate::ca::Init;
 use crate::config::Config;
 use crate::sds::SdsMetrics;
+use crate::server::ca_maintenance::{CaControl, Maintenance};
 use crate::server::IssuanceService;
 
 pub async fn run(config: Config) -> Result<()> {
@@ -28,13 +30,15 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))?;
     let admin_addr = listener.local_addr()?;
-    let agent = start_agent(&mut rt).await;
+    let agent = start_agent(&mut rt, bundle_path.clone()).await;
+    let ca_control = start_ca_maintenance(&mut rt, &agent)?;
     let state = AdminState {
         ca: rt.ca.clone(),
         audit: rt.audit.clone(),
         registry: rt.registry.clone(),
         agent: Some(agent.clone()),
         sds_metrics: agent.metrics(),
+        ca_control,
     };
     rt.spawn("admin http", |token| admin::serve(listener, state, token));
 
@@ -77,13 +81,20 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// The agent half in this process: serves SDS for every registered instance.
-async fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
-    let bundle = Bundle {
-        trust_domain: rt.config.ca.trust_domain.clone(),
-        roots_pem: rt.ca.roots_pem(),
+/// The agent half in this process: serves SDS for every registered instance, with the trust
+/// bundle following the CA (and `bundle_path` rewritten) whenever its roots change.
+async fn start_agent(rt: &mut Runtime, bundle_path: PathBuf) -> Arc<Workloads<IssuanceService>> {
+    let ca = rt.ca.clone();
+    let trust_domain = rt.config.ca.trust_domain.clone();
+    let bundle_now = move |ca: &crate::ca::CertificateAuthority| Bundle {
+        trust_domain: trust_domain.clone(),
+        roots_pem: ca.roots_pem(),
+        generation: ca.generation(),
     };
-    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
+    let first = bundle_now(&ca);
+    let metrics = Arc::new(SdsMetrics::default());
+    metrics.bundle_acks().set_current(first.generation);
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
     let settings = AgentSettings {
         sds_dir: rt.config.agent.sds_dir.clone(),
         renewal: rt.config.agent.renewal,
@@ -94,20 +105,55 @@ async fn start_agent(rt: &mut Runtime) -> Arc<Workloads<IssuanceService>> {
         Arc::new(rt.issuance.clone()),
         settings,
         bundle_rx,
-        Arc::new(SdsMetrics::default()),
+        metrics.clone(),
         rt.shutdown_token(),
     ));
     // Sockets of instances registered before this start exist before "ready" is printed.
     let events = agent.serve_registered(&rt.registry).await;
     let registry = rt.registry.clone();
     let follower = agent.clone();
-    rt.spawn("agent", move |token| async move {
-        follower.follow(registry, events).await;
-        // The bundle does not change yet; holding the sender keeps every watch open.
-        token.cancelled().await;
-        drop(bundle_tx);
+    rt.spawn("agent", move |_| follower.follow(registry, events));
+    rt.spawn("trust bundle", move |token| async move {
+        let mut changes = ca.watch();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+            let next = bundle_now(&ca);
+            if next.roots_pem == bundle_tx.borrow().roots_pem {
+                continue;
+            }
+            if let Err(e) = app::write_atomic(&bundle_path, next.roots_pem.as_bytes(), 0o644) {
+                tracing::error!(error = %e, "cannot rewrite the trust bundle file");
+            }
+            metrics.bundle_acks().set_current(next.generation);
+            bundle_tx.send_replace(Arc::new(next));
+        }
     });
     agent
+}
+
+/// Rotates the self-signed CA on schedule; a new root waits for this agent's sidecars.
+fn start_ca_maintenance(
+    rt: &mut Runtime,
+    agent: &Workloads<IssuanceService>,
+) -> Result<Option<CaControl>> {
+    let fleet = agent.metrics().bundle_acks().lowest();
+    let Some(maintenance) = Maintenance::new(
+        rt.ca.clone(),
+        rt.store().clone(),
+        rt.issuance.ledger().clone(),
+        fleet,
+    )?
+    else {
+        return Ok(None);
+    };
+    let (control, task) = maintenance.spawn(rt.shutdown_token());
+    rt.spawn("CA maintenance", move |_| async move {
+        let _ = task.await;
+    });
+    Ok(Some(control))
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. The handlers are installed on return.

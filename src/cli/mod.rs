@@ -1,5 +1,6 @@
 //! The `idmint` command line.
 
+mod admin_client;
 mod audit;
 mod bench;
 mod bench_sds;

@@ -27,11 +27,11 @@ pub fn leaf_hash(r: &LedgerRecord) -> Vec<u8> {
     field(int(Some(r.recorded_at_ms)).as_deref());
     field(text(&r.serial).as_deref());
     field(text(&r.spiffe_id).as_deref());
-    field(Some(r.instance_guid.as_bytes()));
-    field(Some(r.app_guid.as_bytes()));
+    field(text(&r.instance_guid).as_deref());
+    field(text(&r.app_guid).as_deref());
     field(text(&r.space_guid).as_deref());
     field(text(&r.org_guid).as_deref());
-    field(Some(r.cell_id.as_bytes()));
+    field(text(&r.cell_id).as_deref());
     field(text(&r.container_ip).as_deref());
     field(int(r.not_before).as_deref());
     field(int(r.not_after).as_deref());
@@ -53,11 +53,11 @@ mod tests {
             recorded_at_ms: 1,
             serial: None,
             spiffe_id: None,
-            instance_guid: "i".into(),
-            app_guid: "a".into(),
+            instance_guid: Some("i".into()),
+            app_guid: Some("a".into()),
             space_guid: None,
             org_guid: None,
-            cell_id: "c".into(),
+            cell_id: Some("c".into()),
             container_ip: None,
             not_before: None,
             not_after: None,

@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Streaming;
 
+use super::acks::AckSlot;
 use super::names::SecretKind;
 use super::secrets::{check_type, SECRET_TYPE};
 use super::stream::{Ctx, Outcome, ResponseStream};
@@ -21,6 +22,10 @@ struct State {
     last_nonce: String,
     /// Names in the last response, for counting its ACK or NACK.
     in_flight: Vec<SecretKind>,
+    /// While a trust bundle is subscribed: this stream's place among the acknowledgements.
+    bundle_slot: Option<AckSlot>,
+    /// The bundle generation of the last response, if it carried a bundle.
+    in_flight_bundle: Option<u64>,
 }
 
 /// The responses of one delta stream.
@@ -45,7 +50,14 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outco
                 tracing::warn!(instance = %ctx.instance(), error = %err.message,
                     "sidecar rejected a secret; it keeps the last one it accepted");
             }
-            None => kinds.iter().for_each(|k| ctx.metrics.acked(*k)),
+            None => {
+                kinds.iter().for_each(|k| ctx.metrics.acked(*k));
+                if let (Some(slot), Some(generation)) =
+                    (&state.bundle_slot, state.in_flight_bundle.take())
+                {
+                    slot.acked(generation);
+                }
+            }
         }
     }
     for name in &req.resource_names_unsubscribe {
@@ -63,10 +75,18 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outco
             Err(status) => return Outcome::End(Some(status)),
         }
     }
+    let wants_bundle = state.names.values().any(|k| *k != SecretKind::Certificate);
+    match (wants_bundle, state.bundle_slot.is_some()) {
+        (true, false) => state.bundle_slot = Some(ctx.metrics.bundle_acks().register()),
+        (false, true) => state.bundle_slot = None,
+        _ => {}
+    }
     Outcome::Push { force: false }
 }
 
 fn respond(state: &mut State, ctx: &Ctx) -> Option<DeltaDiscoveryResponse> {
+    // Read before building, so the content is at least as new as the generation recorded.
+    let generation = ctx.workload.bundle.borrow().generation;
     let mut resources = Vec::new();
     let mut kinds = Vec::new();
     for (name, kind) in &state.names {
@@ -90,6 +110,11 @@ fn respond(state: &mut State, ctx: &Ctx) -> Option<DeltaDiscoveryResponse> {
     }
     for k in &kinds {
         ctx.metrics.pushed(*k);
+    }
+    // A bundle not yet acknowledged stays pending through later certificate-only responses:
+    // Envoy applies responses in order.
+    if kinds.iter().any(|k| *k != SecretKind::Certificate) {
+        state.in_flight_bundle = Some(generation);
     }
     state.in_flight = kinds;
     state.nonces += 1;

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::acks::BundleAcks;
 use super::names::SecretKind;
 
 /// One counter per secret kind label.
@@ -29,6 +31,7 @@ pub struct SdsMetrics {
     acks: ByKind,
     nacks: ByKind,
     refused: AtomicU64,
+    bundle_acks: Arc<BundleAcks>,
 }
 
 impl SdsMetrics {
@@ -51,6 +54,11 @@ impl SdsMetrics {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Which trust bundle the open streams have acknowledged.
+    pub fn bundle_acks(&self) -> &Arc<BundleAcks> {
+        &self.bundle_acks
+    }
+
     /// Open SDS streams now.
     pub fn streams_open(&self) -> i64 {
         self.streams_open.load(Ordering::Relaxed)
@@ -70,6 +78,16 @@ impl SdsMetrics {
 
     /// The counters in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP idmint_sds_bundle_seconds_since_fleet_acked Seconds since every open SDS stream last had the current trust bundle (0: they all have it).");
+        let _ = writeln!(
+            out,
+            "# TYPE idmint_sds_bundle_seconds_since_fleet_acked gauge"
+        );
+        let _ = writeln!(
+            out,
+            "idmint_sds_bundle_seconds_since_fleet_acked {:.1}",
+            self.bundle_acks.seconds_behind()
+        );
         let _ = writeln!(out, "# HELP idmint_sds_streams_open SDS streams open now.");
         let _ = writeln!(out, "# TYPE idmint_sds_streams_open gauge");
         let _ = writeln!(out, "idmint_sds_streams_open {}", self.streams_open());

@@ -1,6 +1,7 @@
 //! Envoy's Secret Discovery Service over one Unix socket per instance. Who is asking is the
 //! socket it connected to, never what it says in `node.id`.
 
+mod acks;
 pub mod client;
 mod delta;
 mod metrics;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
+pub use acks::{AckSlot, BundleAcks};
 pub use metrics::SdsMetrics;
 pub use names::{classify, Refused, SecretKind};
 pub use secrets::SECRET_TYPE;

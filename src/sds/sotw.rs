@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tonic::Streaming;
 
+use super::acks::AckSlot;
 use super::names::SecretKind;
 use super::secrets::{check_type, SECRET_TYPE};
 use super::stream::{Ctx, Outcome, ResponseStream};
@@ -18,6 +19,10 @@ struct State {
     nonces: u64,
     last_nonce: String,
     last_version: Option<String>,
+    /// While a trust bundle is subscribed: this stream's place among the acknowledgements.
+    bundle_slot: Option<AckSlot>,
+    /// The bundle generation the last response was built from, if it carried a bundle.
+    sent_bundle: Option<u64>,
 }
 
 /// The responses of one stream until the client leaves, an error ends it, or the instance
@@ -59,10 +64,14 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {
     }
     let added = names.keys().any(|n| !state.names.contains_key(n));
     state.names = names;
+    track_bundle(state, ctx);
     let is_ack = !req.response_nonce.is_empty() && !added;
     if is_ack {
         for kind in state.names.values() {
             ctx.metrics.acked(*kind);
+        }
+        if let (Some(slot), Some(generation)) = (&state.bundle_slot, state.sent_bundle) {
+            slot.acked(generation);
         }
         // Content may have changed while the client was applying the last response.
         return Outcome::Push { force: false };
@@ -74,6 +83,8 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {
 /// (`force` sends it anyway: a name was newly subscribed). `None` also while nothing exists
 /// yet: the request stays open instead of being answered empty.
 fn respond(state: &mut State, ctx: &Ctx, force: bool) -> Option<DiscoveryResponse> {
+    // Read before building, so the content is at least as new as the generation recorded.
+    let generation = ctx.workload.bundle.borrow().generation;
     let built: Vec<_> = state
         .names
         .iter()
@@ -89,6 +100,7 @@ fn respond(state: &mut State, ctx: &Ctx, force: bool) -> Option<DiscoveryRespons
     state.nonces += 1;
     state.last_nonce = state.nonces.to_string();
     state.last_version = Some(version.clone());
+    state.sent_bundle = state.bundle_slot.is_some().then_some(generation);
     for (_, kind, _) in &built {
         ctx.metrics.pushed(*kind);
     }
@@ -99,4 +111,17 @@ fn respond(state: &mut State, ctx: &Ctx, force: bool) -> Option<DiscoveryRespons
         nonce: state.last_nonce.clone(),
         ..Default::default()
     })
+}
+
+/// Joins or leaves the bundle acknowledgements as a trust bundle is subscribed or not.
+fn track_bundle(state: &mut State, ctx: &Ctx) {
+    let wants_bundle = state.names.values().any(|k| *k != SecretKind::Certificate);
+    match (wants_bundle, state.bundle_slot.is_some()) {
+        (true, false) => state.bundle_slot = Some(ctx.metrics.bundle_acks().register()),
+        (false, true) => {
+            state.bundle_slot = None;
+            state.sent_bundle = None;
+        }
+        _ => {}
+    }
 }

@@ -1,6 +1,7 @@
 //! The server half: turns sign requests into certificates, recording every decision in the
 //! ledger before answering.
 
+pub mod ca_maintenance;
 mod issuance;
 pub mod registry;
 

@@ -3,6 +3,7 @@
 //! Both backends share one set of queries through sqlx's `Any` driver; what differs
 //! (connecting, locking, migrations) lives in `sqlite.rs` and `postgres.rs`.
 
+mod ca_queries;
 mod ledger_queries;
 mod placement_queries;
 mod postgres;
@@ -12,8 +13,9 @@ mod sqlite;
 use std::path::PathBuf;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 
+pub use ca_queries::CaChange;
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 
@@ -125,68 +127,12 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Every CA certificate row, oldest first.
-    pub async fn ca_records(&self) -> Result<Vec<CaRecord>, Error> {
-        let rows = sqlx::query(
-            "SELECT role, state, fingerprint, cert_der, sealed_key, not_before, not_after, created_at \
-             FROM ca_certs ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CaRecord {
-                    role: r.try_get("role")?,
-                    state: r.try_get("state")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    cert_der: r.try_get("cert_der")?,
-                    sealed_key: r.try_get("sealed_key")?,
-                    not_before: r.try_get("not_before")?,
-                    not_after: r.try_get("not_after")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Inserts `records` only if no CA exists yet, in one transaction. Returns false when
-    /// another process initialised the CA first; the caller then loads that one.
-    pub async fn insert_first_ca(&self, records: &[CaRecord]) -> Result<bool, Error> {
-        let mut conn = self.pool.acquire().await?;
-        self.begin_exclusive(&mut conn).await?;
-        let result = async {
-            let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ca_certs")
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("n")?;
-            if count > 0 {
-                return Ok(false);
-            }
-            for r in records {
-                sqlx::query(
-                    "INSERT INTO ca_certs (role, state, fingerprint, cert_der, sealed_key, \
-                     not_before, not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&r.role)
-                .bind(&r.state)
-                .bind(&r.fingerprint)
-                .bind(&r.cert_der)
-                .bind(&r.sealed_key)
-                .bind(r.not_before)
-                .bind(r.not_after)
-                .bind(r.created_at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            Ok(true)
-        }
-        .await;
-        finish(&mut conn, result).await
-    }
-
     /// Starts a transaction that holds the write lock from its first statement, so reading
     /// "what is the next sequence number" and writing it cannot interleave with another writer.
-    async fn begin_exclusive(&self, conn: &mut sqlx::AnyConnection) -> Result<(), Error> {
+    pub(crate) async fn begin_exclusive(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(), Error> {
         match self.backend {
             Backend::Sqlite => sqlite::begin_exclusive(conn).await,
             Backend::Postgres => postgres::begin_exclusive(conn).await,
@@ -195,7 +141,10 @@ impl Store {
 }
 
 /// Commits on success, rolls back on error.
-async fn finish<T>(conn: &mut sqlx::AnyConnection, result: Result<T, Error>) -> Result<T, Error> {
+pub(crate) async fn finish<T>(
+    conn: &mut sqlx::AnyConnection,
+    result: Result<T, Error>,
+) -> Result<T, Error> {
     use sqlx::Executor;
     match result {
         Ok(v) => {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// Whether a ledger entry records an issuance or a denial.
+/// What a ledger entry records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
@@ -10,6 +10,8 @@ pub enum EntryKind {
     Issued,
     /// A request was refused.
     Denied,
+    /// A CA certificate was created, activated, retired or left the trust bundle.
+    Ca,
 }
 
 impl EntryKind {
@@ -18,6 +20,7 @@ impl EntryKind {
         match self {
             EntryKind::Issued => "issued",
             EntryKind::Denied => "denied",
+            EntryKind::Ca => "ca",
         }
     }
 
@@ -25,6 +28,7 @@ impl EntryKind {
         match s {
             "issued" => Some(EntryKind::Issued),
             "denied" => Some(EntryKind::Denied),
+            "ca" => Some(EntryKind::Ca),
             _ => None,
         }
     }
@@ -33,7 +37,7 @@ impl EntryKind {
 /// One ledger record, before it has a sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerRecord {
-    /// Issued or denied.
+    /// Issued, denied, or a CA event.
     pub kind: EntryKind,
     /// When the server decided, in Unix milliseconds.
     pub recorded_at_ms: i64,
@@ -41,30 +45,31 @@ pub struct LedgerRecord {
     pub serial: Option<String>,
     /// The certificate's SPIFFE ID (issued only).
     pub spiffe_id: Option<String>,
-    /// Instance the request was for.
-    pub instance_guid: String,
-    /// App of that instance.
-    pub app_guid: String,
+    /// Instance the request was for (not for CA events).
+    pub instance_guid: Option<String>,
+    /// App of that instance (not for CA events).
+    pub app_guid: Option<String>,
     /// Space, when known.
     pub space_guid: Option<String>,
     /// Org, when known.
     pub org_guid: Option<String>,
-    /// Cell that asked.
-    pub cell_id: String,
+    /// Cell that asked (not for CA events).
+    pub cell_id: Option<String>,
     /// Container IP, when known.
     pub container_ip: Option<String>,
-    /// Validity start, Unix seconds (issued only).
+    /// Validity start, Unix seconds (issued, and CA events).
     pub not_before: Option<i64>,
-    /// Validity end, Unix seconds (issued only).
+    /// Validity end, Unix seconds (issued, and CA events).
     pub not_after: Option<i64>,
     /// SHA-256 of the certified SubjectPublicKeyInfo, hex (issued only).
     pub public_key_sha256: Option<String>,
-    /// SHA-256 fingerprint of the issuing CA certificate, hex (issued only).
+    /// SHA-256 fingerprint of the issuing CA certificate, hex (issued); of the CA certificate
+    /// concerned (CA events).
     pub issuer_fingerprint: Option<String>,
-    /// The certificate, DER (issued only).
+    /// The certificate, DER (issued; the CA certificate for CA events).
     #[serde(skip)]
     pub cert_der: Option<Vec<u8>>,
-    /// Why the request was refused (denied only).
+    /// Why the request was refused (denied); what happened (CA events).
     pub reason: Option<String>,
     /// RFC 6962 leaf hash of this record's canonical encoding.
     #[serde(skip)]
@@ -113,4 +118,10 @@ pub struct CaRecord {
     pub not_after: i64,
     /// When the row was written, Unix seconds.
     pub created_at: i64,
+    /// When it became active, Unix seconds.
+    pub activated_at: Option<i64>,
+    /// When it was retired, Unix seconds.
+    pub retired_at: Option<i64>,
+    /// Roots: when it left the trust bundle, Unix seconds.
+    pub pruned_at: Option<i64>,
 }

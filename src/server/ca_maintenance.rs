@@ -1,0 +1,260 @@
+//! The task that rotates the self-signed CA on schedule and on request, records every CA
+//! event in the ledger, and holds a new root back until the sidecars have it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::rotate::{CaEvent, Rotator, Target};
+use crate::ca::rotation::{self, FleetAck, Policy, State, Step};
+use crate::ca::{CertificateAuthority, Error, Role};
+use crate::ledger::Ledger;
+use crate::store::{EntryKind, LedgerRecord};
+
+/// How often the schedule is checked.
+const TICK: Duration = Duration::from_millis(500);
+
+/// A request to rotate now; answered with what happened.
+pub struct RotateRequest {
+    target: Target,
+    reply: oneshot::Sender<Result<Vec<String>, String>>,
+}
+
+/// Asks the running maintenance task to rotate; cheap to clone.
+#[derive(Clone)]
+pub struct CaControl {
+    tx: mpsc::Sender<RotateRequest>,
+}
+
+impl CaControl {
+    /// Rotates `target` now. Returns what happened, or why it could not.
+    pub async fn rotate(&self, target: Target) -> Result<Vec<String>, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(RotateRequest { target, reply })
+            .await
+            .map_err(|_| "CA maintenance is not running".to_string())?;
+        answer
+            .await
+            .map_err(|_| "CA maintenance stopped".to_string())?
+    }
+}
+
+/// What the task needs.
+pub struct Maintenance {
+    rotator: Rotator,
+    ca: Arc<CertificateAuthority>,
+    ledger: Ledger,
+    policy: Policy,
+    /// The lowest bundle generation every connected sidecar has acknowledged (`None`: no
+    /// sidecar connected).
+    fleet: watch::Receiver<Option<u64>>,
+    /// The prepared root and the CA generation whose bundle first contained it.
+    published: Option<(String, u64)>,
+}
+
+impl Maintenance {
+    /// Maintenance for `ca`, or `None` in upstream mode (its CA comes from files).
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        store: crate::store::Store,
+        ledger: Ledger,
+        fleet: watch::Receiver<Option<u64>>,
+    ) -> Result<Option<Maintenance>, Error> {
+        let Some(rotator) = Rotator::new(ca.clone(), store)? else {
+            return Ok(None);
+        };
+        let s = ca.settings();
+        let policy = Policy {
+            leaf_ttl: s.leaf_ttl.duration(),
+            root_rotate_at: s.root_rotate_at,
+            root_activation_max_wait: s.root_activation_max_wait.duration(),
+        };
+        Ok(Some(Maintenance {
+            rotator,
+            ca,
+            ledger,
+            policy,
+            fleet,
+            published: None,
+        }))
+    }
+
+    /// Starts the task; it runs until `cancel`.
+    pub fn spawn(self, cancel: CancellationToken) -> (CaControl, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(self.run(rx, cancel));
+        (CaControl { tx }, task)
+    }
+
+    async fn run(mut self, mut requests: mpsc::Receiver<RotateRequest>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fleet_open = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.catch_up().await {
+                        tracing::error!(error = %e, "CA rotation step failed; will retry");
+                    }
+                }
+                changed = self.fleet.changed(), if fleet_open => {
+                    // Without sidecars (the agent stopped) the tick still drives the schedule.
+                    fleet_open = changed.is_ok();
+                    if let Err(e) = self.catch_up().await {
+                        tracing::error!(error = %e, "CA rotation step failed; will retry");
+                    }
+                }
+                Some(req) = requests.recv() => {
+                    let answer = self.rotate_now(req.target).await;
+                    let _ = req.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Applies every step that is due.
+    async fn catch_up(&mut self) -> Result<(), Error> {
+        // Bounded: each step changes the state it was chosen from.
+        for _ in 0..8 {
+            let now = OffsetDateTime::now_utc();
+            let views = self.rotator.views().await?;
+            let acks = self.fleet_ack(&views);
+            let Some(step) = rotation::next_step(&views, now, &self.policy, acks) else {
+                return Ok(());
+            };
+            self.apply(&step, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn rotate_now(&mut self, target: Target) -> Result<Vec<String>, String> {
+        self.rotate_steps(target).await.map_err(|e| e.to_string())?
+    }
+
+    async fn rotate_steps(&mut self, target: Target) -> Result<Result<Vec<String>, String>, Error> {
+        let now = OffsetDateTime::now_utc();
+        let views = self.rotator.views().await?;
+        let pending = views
+            .iter()
+            .find(|v| v.role == Role::Root && v.state == State::Prepared);
+        let steps = match (target, pending) {
+            (_, Some(root)) => {
+                return Ok(Err(format!(
+                    "a root rotation is under way: root {} signs once every sidecar has acknowledged it, at the latest at {}",
+                    root.fingerprint,
+                    rotation::activation_deadline(root.created_at, self.policy.root_activation_max_wait)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                )))
+            }
+            (Target::Root, None) => vec![Step::PrepareRoot],
+            (Target::Intermediate, None) => vec![Step::PrepareIntermediate],
+        };
+        let mut said = Vec::new();
+        for step in steps {
+            said.extend(self.apply(&step, now).await?);
+        }
+        if target == Target::Intermediate {
+            let prepared = self
+                .rotator
+                .views()
+                .await?
+                .into_iter()
+                .rfind(|v| v.role == Role::Intermediate && v.state == State::Prepared)
+                .ok_or_else(|| Error::Inconsistent("the new intermediate is missing".into()))?;
+            let step = Step::ActivateIntermediate {
+                intermediate: prepared.fingerprint,
+            };
+            said.extend(self.apply(&step, now).await?);
+        }
+        Ok(Ok(said))
+    }
+
+    /// Carries out one step, records its events and returns them as sentences.
+    async fn apply(&mut self, step: &Step, now: OffsetDateTime) -> Result<Vec<String>, Error> {
+        let events = self.rotator.apply(step, now).await?;
+        if let Step::PrepareRoot = step {
+            let root = events
+                .iter()
+                .find(|e| e.cert.role == Role::Root)
+                .map(|e| e.cert.fingerprint.clone());
+            self.published = root.map(|fp| (fp, self.ca.generation()));
+        }
+        if let Step::ActivateRoot {
+            without_every_ack: true,
+            root,
+            ..
+        } = step
+        {
+            tracing::warn!(%root, waited = ?self.policy.root_activation_max_wait,
+                "new root signs before every sidecar acknowledged a bundle containing it");
+        }
+        let mut said = Vec::with_capacity(events.len());
+        for e in &events {
+            tracing::info!(role = e.cert.role.as_str(), fingerprint = %e.cert.fingerprint, "{}", e.what);
+            self.ledger
+                .append(ca_record(e, now))
+                .await
+                .map_err(|err| Error::Inconsistent(format!("recording a CA event: {err}")))?;
+            said.push(format!(
+                "{} {}: {}",
+                e.cert.role.as_str(),
+                e.cert.fingerprint,
+                e.what
+            ));
+        }
+        Ok(said)
+    }
+
+    /// Whether the sidecars have acknowledged a bundle containing the prepared root.
+    fn fleet_ack(&mut self, views: &[rotation::CaView]) -> FleetAck {
+        let Some(root) = views
+            .iter()
+            .rfind(|v| v.role == Role::Root && v.state == State::Prepared)
+        else {
+            self.published = None;
+            return FleetAck::Waiting;
+        };
+        // Prepared before this process started: the bundle it serves contains it from the
+        // start, so the current generation will do.
+        let since = match &self.published {
+            Some((fp, generation)) if *fp == root.fingerprint => *generation,
+            _ => {
+                let generation = self.ca.generation();
+                self.published = Some((root.fingerprint.clone(), generation));
+                generation
+            }
+        };
+        match *self.fleet.borrow() {
+            Some(lowest) if lowest < since => FleetAck::Waiting,
+            _ => FleetAck::HasPreparedRoot,
+        }
+    }
+}
+
+fn ca_record(e: &CaEvent, now: OffsetDateTime) -> LedgerRecord {
+    LedgerRecord {
+        kind: EntryKind::Ca,
+        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+        serial: None,
+        spiffe_id: None,
+        instance_guid: None,
+        app_guid: None,
+        space_guid: None,
+        org_guid: None,
+        cell_id: None,
+        container_ip: None,
+        not_before: Some(e.cert.not_before.unix_timestamp()),
+        not_after: Some(e.cert.not_after.unix_timestamp()),
+        public_key_sha256: None,
+        issuer_fingerprint: Some(e.cert.fingerprint.clone()),
+        cert_der: Some(e.cert.der.clone()),
+        reason: Some(e.what.clone()),
+        leaf_hash: Vec::new(),
+    }
+}
