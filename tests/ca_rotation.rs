@@ -1,0 +1,189 @@
+//! CA rotation in a running service, without sidecars in the way: an intermediate rotated on
+//! request signs new leaves at once (checked by openssl and webpki) and is what a restart
+//! loads; a new root that a sidecar never acknowledges signs after the maximum wait, and says
+//! so; a retired root leaves the bundle when pruned; every step is in the ledger.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use idmint::agent;
+use idmint::api::{Authority, SignRequest, SignedCert};
+use idmint::app::Runtime;
+use idmint::ca::rotate::Target;
+use idmint::ca::Init;
+use idmint::server::ca_maintenance::{CaControl, Maintenance};
+use idmint::store::{EntryKind, LedgerFilter};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+async fn runtime(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Runtime {
+    Runtime::start(config_in(dir, overrides), Init::CreateIfMissing)
+        .await
+        .expect("runtime starts")
+}
+
+/// Starts rotation with `fleet` standing in for the sidecars' acknowledgements.
+fn maintain(rt: &Runtime, fleet: watch::Receiver<Option<u64>>) -> (CaControl, CancellationToken) {
+    let m = Maintenance::new(
+        rt.ca.clone(),
+        rt.store().clone(),
+        rt.issuance.ledger().clone(),
+        fleet,
+    )
+    .unwrap()
+    .expect("self-signed mode rotates");
+    let cancel = CancellationToken::new();
+    let (control, _task) = m.spawn(cancel.clone());
+    (control, cancel)
+}
+
+async fn issue(rt: &Runtime) -> SignedCert {
+    rt.issuance
+        .sign(SignRequest {
+            placement: placement(),
+            csr: agent::new_key_and_csr().unwrap().1,
+            ttl: None,
+        })
+        .await
+        .unwrap()
+}
+
+async fn ca_events(rt: &Runtime) -> Vec<String> {
+    rt.audit
+        .list(&LedgerFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.record.kind == EntryKind::Ca)
+        .map(|e| e.record.reason.unwrap())
+        .collect()
+}
+
+fn roots(rt: &Runtime) -> Vec<Vec<u8>> {
+    rt.ca.roots().into_iter().map(|r| r.der).collect()
+}
+
+#[tokio::test]
+async fn an_intermediate_rotated_on_request_signs_at_once_and_is_what_a_restart_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), &[]).await;
+    let (_fleet, fleet_rx) = watch::channel(None);
+    let (control, cancel) = maintain(&rt, fleet_rx);
+    let before = issue(&rt).await;
+    let old = rt.ca.intermediate();
+
+    let said = control.rotate(Target::Intermediate).await.unwrap();
+    assert!(
+        said.iter().any(|s| s.contains("intermediate activated")),
+        "{said:?}"
+    );
+    let new = rt.ca.intermediate();
+    assert_ne!(new.fingerprint, old.fingerprint);
+    let after = issue(&rt).await;
+    assert_eq!(
+        after.chain_der[0], new.der,
+        "new leaves carry the new chain"
+    );
+    for cert in [&before, &after] {
+        let (ok, out) = openssl_verify(dir.path(), &roots(&rt), &cert.chain_der, &cert.cert_der);
+        assert!(ok, "{out}");
+        webpki_verify(&roots(&rt), &cert.chain_der, &cert.cert_der).unwrap();
+    }
+    let events = ca_events(&rt).await;
+    assert_eq!(
+        events,
+        [
+            "intermediate prepared",
+            "intermediate retired",
+            "intermediate activated: new leaves are signed by it"
+        ]
+    );
+
+    cancel.cancel();
+    rt.shutdown().await;
+    let rt = runtime(dir.path(), &[]).await;
+    assert_eq!(rt.ca.intermediate().fingerprint, new.fingerprint);
+    assert_eq!(issue(&rt).await.chain_der[0], new.der);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_root_nobody_acknowledges_signs_after_the_maximum_wait_and_the_old_one_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(
+        dir.path(),
+        &[("ca.root_activation_max_wait", "3s"), ("ca.leaf_ttl", "1s")],
+    )
+    .await;
+    // One sidecar that never acknowledges anything.
+    let (_fleet, fleet_rx) = watch::channel(Some(0));
+    let (control, cancel) = maintain(&rt, fleet_rx);
+    let old_root = rt.ca.roots();
+    let old_leaf = issue(&rt).await;
+
+    let said = control.rotate(Target::Root).await.unwrap();
+    assert!(said.iter().any(|s| s.contains("root prepared")), "{said:?}");
+    assert_eq!(
+        rt.ca.roots().len(),
+        2,
+        "the new root is in the bundle at once"
+    );
+    let err = control.rotate(Target::Root).await.unwrap_err();
+    assert!(err.contains("under way"), "{err}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        issue(&rt).await.chain_der[0],
+        old_leaf.chain_der[0],
+        "still signing under the old root"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while issue(&rt).await.chain_der[0] == old_leaf.chain_der[0] {
+        assert!(Instant::now() < deadline, "never activated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = ca_events(&rt).await;
+    assert!(
+        events.iter().any(|e| e.contains("after the maximum wait")),
+        "{events:?}"
+    );
+    let new_leaf = issue(&rt).await;
+    let new_root: Vec<Vec<u8>> = rt
+        .ca
+        .roots()
+        .into_iter()
+        .filter(|r| r.fingerprint != old_root[0].fingerprint)
+        .map(|r| r.der)
+        .collect();
+    assert_eq!(new_root.len(), 1);
+    let (ok, out) = openssl_verify(
+        dir.path(),
+        &new_root,
+        &new_leaf.chain_der,
+        &new_leaf.cert_der,
+    );
+    assert!(ok, "new leaves chain to the new root alone: {out}");
+    let (ok, _) = openssl_verify(
+        dir.path(),
+        &new_root,
+        &old_leaf.chain_der,
+        &old_leaf.cert_der,
+    );
+    assert!(!ok, "old leaves do not");
+
+    // 1 s leaves + 30 s clock-skew allowance, then the old root leaves the bundle.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while rt.ca.roots().len() > 1 {
+        assert!(Instant::now() < deadline, "old root never pruned");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(rt.ca.roots()[0].der, new_root[0]);
+    assert!(ca_events(&rt)
+        .await
+        .iter()
+        .any(|e| e.starts_with("root pruned")));
+    cancel.cancel();
+    rt.shutdown().await;
+}
