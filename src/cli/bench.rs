@@ -37,6 +37,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
     },
+    /// N instances with short-lived certificates renewing continuously on one agent.
+    Renew {
+        /// How many instances.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+        /// Certificate lifetime (renewed at half of it, ±10%).
+        #[arg(long, default_value = "20s")]
+        ttl: crate::ids::Ttl,
+        /// How long to measure, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// The simulated sidecars of `bench sds`, run as a child process.
     #[command(hide = true)]
     SdsClients {
@@ -53,6 +65,11 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
     match cmd {
         BenchCommand::Issue { count, concurrency } => issue(config, count, concurrency).await,
         BenchCommand::Sds { instances } => super::bench_sds::run(config, instances).await,
+        BenchCommand::Renew {
+            instances,
+            ttl,
+            seconds,
+        } => super::bench_renew::run(config, instances, ttl, Duration::from_secs(seconds)).await,
         BenchCommand::SdsClients { count, sockets_dir } => {
             super::bench_sds::clients(sockets_dir, count).await
         }

@@ -232,7 +232,7 @@ async fn expect_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 /// Raises the open-file limit to at least `need`, as far as the system allows.
-fn raise_fd_limit(need: u64) -> Result<()> {
+pub(super) fn raise_fd_limit(need: u64) -> Result<()> {
     use rlimit::Resource;
     let (soft, hard) = Resource::NOFILE.get()?;
     if soft >= need {

@@ -3,6 +3,7 @@
 mod admin_client;
 mod audit;
 mod bench;
+mod bench_renew;
 mod bench_sds;
 mod ca;
 mod dev;
