@@ -823,3 +823,102 @@ impl Laggard {
         self.rt.block_on(self.tx.send(ack)).unwrap();
     }
 }
+
+#[test]
+fn requests_keep_flowing_while_the_ledger_is_unavailable_and_renewal_resumes_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 20 s certificates renew 8–12 s after they arrive.
+    let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=20s"]);
+    let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
+    let issued = Instant::now();
+
+    // At once, another process takes the database's write lock for 14 s: no ledger record
+    // can be committed, so nothing can be issued, through both certificates' renewal points
+    // and until 6 s before they expire.
+    let db = idmint.data.join("idmint.db");
+    let outage = Duration::from_secs(14);
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(float(sys.argv[2]))\n\
+             c.execute('COMMIT')\n",
+        ])
+        .arg(&db)
+        .arg(outage.as_secs().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let renewals_before = idmint.metric("idmint_agent_renewals_total");
+
+    let backend = start_backend();
+    let provider = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "DELTA_GRPC",
+            peer: &spiffe_id(1),
+            upstream: backend,
+            cert_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    let consumer = start_envoy(
+        dir,
+        "consumer-a",
+        EnvoyConfig {
+            role: "consumer",
+            socket: &sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: None,
+            max_connection_duration: "1s",
+        },
+    );
+    wait_for_secrets(&provider, "provider B");
+    wait_for_secrets(&consumer, "consumer A");
+    wait_until("the first request through", Duration::from_secs(10), || {
+        matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requests = traffic(consumer.listen, stop.clone());
+
+    std::thread::sleep(
+        (issued + Duration::from_secs(13)).saturating_duration_since(Instant::now()),
+    );
+    assert_eq!(
+        idmint.metric("idmint_agent_renewals_total"),
+        renewals_before,
+        "nothing renewed while the ledger was locked"
+    );
+    assert!(locker.wait().unwrap().success());
+    // Renewal resumes: both sidecars' certificates are replaced before they expire.
+    wait_until("renewals after the outage", Duration::from_secs(5), || {
+        idmint.metric("idmint_agent_renewals_total") >= renewals_before + 2
+    });
+    assert!(
+        issued.elapsed() < Duration::from_secs(19),
+        "renewed before the first certificates expired"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = requests.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent > 300, "only {sent} requests");
+}
