@@ -317,3 +317,167 @@ async fn committed_dev_credentials_form_a_labelled_working_chain() {
     assert!(ok, "{text}");
     rt.shutdown().await;
 }
+
+/// Puts `cert`, `key` and `roots` (files in `d`) in place as the live upstream files, each
+/// replaced whole.
+fn install(d: &Path, cert: &str, key: &str, roots: &str) {
+    for (from, to) in [
+        (cert, "live.pem"),
+        (key, "live.key"),
+        (roots, "live-roots.pem"),
+    ] {
+        std::fs::copy(d.join(from), d.join("staging")).unwrap();
+        std::fs::rename(d.join("staging"), d.join(to)).unwrap();
+    }
+}
+
+fn whats(events: &[idmint::ca::rotate::CaEvent]) -> Vec<String> {
+    events.iter().map(|e| e.what.clone()).collect()
+}
+
+#[tokio::test]
+async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_refused() {
+    use idmint::server::ca_upstream::UpstreamWatch;
+    use time::OffsetDateTime;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    make_root(d, "root1");
+    make_signed(d, "inter1", &p256, None, "root1", "v3");
+    make_signed(d, "inter2", &p256, None, "root1", "v3");
+    make_root(d, "root2");
+    make_signed(d, "inter3", &p256, None, "root2", "v3");
+    install(d, "inter1.pem", "inter1.key", "root1.pem");
+    let path = |f: &str| d.join(f).display().to_string();
+    let config = config_in(
+        &d.join("data"),
+        &[
+            ("ca.mode", "upstream"),
+            ("ca.upstream.intermediate_cert", &path("live.pem")),
+            ("ca.upstream.intermediate_key", &path("live.key")),
+            ("ca.upstream.root_bundle", &path("live-roots.pem")),
+            ("ca.leaf_ttl", "1m"),
+        ],
+    );
+    let files = match &config.ca.mode {
+        idmint::ca::Mode::Upstream(f) => f.clone(),
+        _ => unreachable!(),
+    };
+    let rt = Runtime::start(config, Init::CreateIfMissing).await.unwrap();
+    let der = |name: &str| {
+        let pem = std::fs::read(d.join(name)).unwrap();
+        x509_parser::pem::parse_x509_pem(&pem).unwrap().1.contents
+    };
+    let fp = |name: &str| idmint::ca::sha256_hex(&der(name));
+    let roots = || {
+        rt.ca
+            .roots()
+            .into_iter()
+            .map(|r| r.fingerprint)
+            .collect::<Vec<_>>()
+    };
+    // One sidecar connected, which has acknowledged nothing newer than generation 0.
+    let (fleet, fleet_rx) = tokio::sync::watch::channel(Some(0));
+    let mut watch =
+        UpstreamWatch::new(rt.ca.clone(), files, rt.issuance.ledger().clone(), fleet_rx);
+    let now = OffsetDateTime::now_utc();
+    assert!(watch.step(now).await.is_empty(), "nothing changed yet");
+
+    // A new intermediate under the same root signs at once.
+    install(d, "inter2.pem", "inter2.key", "root1.pem");
+    let events = whats(&watch.step(now).await);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("upstream intermediate activated")),
+        "{events:?}"
+    );
+    assert_eq!(rt.ca.intermediate().fingerprint, fp("inter2.pem"));
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .unwrap();
+    let (ok, out) = openssl_verify(
+        d,
+        &[der("root1.pem")],
+        &svid.cert.chain_der,
+        &svid.cert.cert_der,
+    );
+    assert!(ok, "{out}");
+
+    // A key that is not a key is refused; the CA in use keeps signing.
+    std::fs::write(d.join("live.key"), "not a key\n").unwrap();
+    assert!(watch.step(now).await.is_empty());
+    assert_eq!(rt.ca.intermediate().fingerprint, fp("inter2.pem"));
+    agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .expect("still issuing");
+
+    // An intermediate under a new root: the root joins the bundle first; the intermediate
+    // signs only once the sidecar has acknowledged a bundle containing it.
+    install(d, "inter3.pem", "inter3.key", "root2.pem");
+    let events = whats(&watch.step(now).await);
+    assert!(
+        events.iter().any(|e| e.starts_with("upstream root added")),
+        "{events:?}"
+    );
+    assert_eq!(roots(), [fp("root1.pem"), fp("root2.pem")]);
+    assert_eq!(
+        rt.ca.intermediate().fingerprint,
+        fp("inter2.pem"),
+        "not yet"
+    );
+    assert!(
+        watch.step(now).await.is_empty(),
+        "still waiting for the sidecar"
+    );
+    fleet.send_replace(Some(rt.ca.generation()));
+    let events = whats(&watch.step(now).await);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("upstream intermediate activated")),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("upstream root left the files")),
+        "{events:?}"
+    );
+    assert_eq!(rt.ca.intermediate().fingerprint, fp("inter3.pem"));
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .unwrap();
+    let (ok, out) = openssl_verify(
+        d,
+        &[der("root2.pem")],
+        &svid.cert.chain_der,
+        &svid.cert.cert_der,
+    );
+    assert!(ok, "new leaves chain to the new root: {out}");
+    assert_eq!(
+        roots().len(),
+        2,
+        "the old root stays while leaves under it live"
+    );
+
+    // Once a leaf's lifetime and the clock-skew allowance have passed, the old root goes.
+    let later = now + time::Duration::seconds(60 + 30 + 1);
+    let events = whats(&watch.step(later).await);
+    assert!(
+        events.iter().any(|e| e.starts_with("root pruned")),
+        "{events:?}"
+    );
+    assert_eq!(roots(), [fp("root2.pem")]);
+    let ca_events = rt
+        .audit
+        .list(&idmint::store::LedgerFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.record.kind == idmint::store::EntryKind::Ca)
+        .count();
+    assert!(ca_events >= 6, "{ca_events} CA events recorded");
+    rt.shutdown().await;
+}

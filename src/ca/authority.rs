@@ -29,8 +29,8 @@ pub struct Signing {
     pub roots: Vec<CaCert>,
     /// The signing intermediate, then any intermediates above it (upstream mode).
     pub chain: Vec<CaCert>,
-    /// The signing intermediate's key.
-    pub key: CaKey,
+    /// The signing intermediate's key (shared by the states a rotation moves through).
+    pub key: Arc<CaKey>,
 }
 
 /// One issued leaf and the facts recorded about it.

@@ -2,6 +2,7 @@
 //! operator's upstream intermediate loaded from PEM files.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
@@ -109,7 +110,7 @@ pub(super) fn signing_from_records(records: &[CaRecord], kek: &Kek) -> Result<Si
     Ok(Signing {
         roots,
         chain: vec![intermediate],
-        key,
+        key: Arc::new(key),
     })
 }
 
@@ -221,6 +222,16 @@ fn load_upstream(
     files: &UpstreamFiles,
     now: OffsetDateTime,
 ) -> Result<CertificateAuthority, Error> {
+    Ok(CertificateAuthority::new(
+        settings,
+        upstream_signing(files, now)?,
+    ))
+}
+
+/// Reads and checks an operator's intermediate, key and roots: the key matches the
+/// certificate, every certificate is a CA, the chain is signed link by link and ends at one of
+/// the roots, and the intermediate has not expired. The file at fault is named.
+pub fn upstream_signing(files: &UpstreamFiles, now: OffsetDateTime) -> Result<Signing, Error> {
     let fail = |path: &Path, reason: String| Error::Upstream {
         path: path.to_path_buf(),
         reason,
@@ -276,10 +287,11 @@ fn load_upstream(
             format!("no root in the bundle signed {}", top.subject),
         ));
     }
-    Ok(CertificateAuthority::new(
-        settings,
-        Signing { roots, chain, key },
-    ))
+    Ok(Signing {
+        roots,
+        chain,
+        key: Arc::new(key),
+    })
 }
 
 fn read_certs(path: &Path, role: Role) -> Result<Vec<CaCert>, Error> {
@@ -309,4 +321,11 @@ pub(super) fn signed_by(cert: &CaCert, issuer: &CaCert) -> bool {
         return false;
     };
     c.issuer().as_raw() == i.subject().as_raw() && c.verify_signature(Some(i.public_key())).is_ok()
+}
+
+/// Whether the top of `chain` is signed by one of `roots`.
+pub fn chains_to(chain: &[CaCert], roots: &[CaCert]) -> bool {
+    chain
+        .last()
+        .is_some_and(|top| roots.iter().any(|root| signed_by(top, root)))
 }

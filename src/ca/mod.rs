@@ -14,7 +14,7 @@ pub mod rotation;
 use std::path::PathBuf;
 
 pub use authority::{leaf_validity, CertificateAuthority, Issued, Signing, Validity, BACKDATE};
-pub use bootstrap::{init_self_signed, load, Init};
+pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
 pub use dev_credentials::{cell_spiffe_id, dev_credentials, DevCredentials, PemPair};

@@ -11,10 +11,11 @@ use super::table::rfc3339;
 use crate::admin::{self, AdminState};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
 use crate::app::{self, Runtime};
-use crate::ca::Init;
+use crate::ca::{Init, Mode};
 use crate::config::Config;
 use crate::sds::SdsMetrics;
 use crate::server::ca_maintenance::{CaControl, Maintenance};
+use crate::server::ca_upstream::UpstreamWatch;
 use crate::server::IssuanceService;
 
 pub async fn run(config: Config) -> Result<()> {
@@ -134,18 +135,20 @@ async fn start_agent(rt: &mut Runtime, bundle_path: PathBuf) -> Arc<Workloads<Is
     agent
 }
 
-/// Rotates the self-signed CA on schedule; a new root waits for this agent's sidecars.
+/// Rotates the self-signed CA on schedule, or takes up replaced upstream files; either way a
+/// new root waits for this agent's sidecars.
 fn start_ca_maintenance(
     rt: &mut Runtime,
     agent: &Workloads<IssuanceService>,
 ) -> Result<Option<CaControl>> {
     let fleet = agent.metrics().bundle_acks().lowest();
-    let Some(maintenance) = Maintenance::new(
-        rt.ca.clone(),
-        rt.store().clone(),
-        rt.issuance.ledger().clone(),
-        fleet,
-    )?
+    let ledger = rt.issuance.ledger().clone();
+    if let Mode::Upstream(files) = rt.config.ca.mode.clone() {
+        let watch = UpstreamWatch::new(rt.ca.clone(), files, ledger, fleet);
+        rt.spawn("upstream CA files", move |token| watch.run(token));
+        return Ok(None);
+    }
+    let Some(maintenance) = Maintenance::new(rt.ca.clone(), rt.store().clone(), ledger, fleet)?
     else {
         return Ok(None);
     };

@@ -237,7 +237,8 @@ impl Maintenance {
     }
 }
 
-fn ca_record(e: &CaEvent, now: OffsetDateTime) -> LedgerRecord {
+/// The ledger record of a CA event.
+pub(super) fn ca_record(e: &CaEvent, now: OffsetDateTime) -> LedgerRecord {
     LedgerRecord {
         kind: EntryKind::Ca,
         recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,

@@ -2,6 +2,7 @@
 //! ledger before answering.
 
 pub mod ca_maintenance;
+pub mod ca_upstream;
 mod issuance;
 pub mod registry;
 
