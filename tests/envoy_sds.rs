@@ -552,22 +552,40 @@ fn requests_keep_flowing_while_leaves_renew_under_them() {
     );
 }
 
-/// Sends requests through `consumer` until `stop`; returns (sent, failures).
+/// What a stream of requests through a consumer sidecar saw.
+struct Traffic {
+    sent: u32,
+    failed: Vec<String>,
+    /// The client certificate hashes the provider forwarded, in the order first seen.
+    client_certs: Vec<String>,
+}
+
+/// Sends requests through `consumer` until `stop`.
 fn traffic(
     consumer_port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+) -> std::thread::JoinHandle<Traffic> {
     std::thread::spawn(move || {
-        let (mut sent, mut failed) = (0u32, Vec::new());
+        let mut t = Traffic {
+            sent: 0,
+            failed: Vec::new(),
+            client_certs: Vec::new(),
+        };
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            sent += 1;
+            t.sent += 1;
             match http_get(consumer_port, "/during-rotation") {
-                Some((200, _)) => {}
-                other => failed.push(format!("{other:?}")),
+                Some((200, xfcc)) => {
+                    if let Some(hash) = xfcc.split(';').find_map(|f| f.strip_prefix("Hash=")) {
+                        if !t.client_certs.iter().any(|h| h == hash) {
+                            t.client_certs.push(hash.to_string());
+                        }
+                    }
+                }
+                other => t.failed.push(format!("{other:?}")),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        (sent, failed)
+        t
     })
 }
 
@@ -720,13 +738,21 @@ fn requests_keep_flowing_through_intermediate_and_root_rotation() {
     });
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = requests.join().unwrap();
+    let Traffic {
+        sent,
+        failed,
+        client_certs,
+    } = requests.join().unwrap();
     assert!(
         failed.is_empty(),
         "{} of {sent} requests failed: {failed:?}",
         failed.len()
     );
     assert!(sent > 500, "only {sent} requests");
+    assert!(
+        client_certs.len() >= 10,
+        "B's app saw A's certificate change over time: {client_certs:?}"
+    );
     assert_eq!(idmint.cas("root", "active"), new_root);
 
     // A's certificates came from at least three intermediates: the first, the one under the
@@ -914,7 +940,7 @@ fn requests_keep_flowing_while_the_ledger_is_unavailable_and_renewal_resumes_aft
     );
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = requests.join().unwrap();
+    let Traffic { sent, failed, .. } = requests.join().unwrap();
     assert!(
         failed.is_empty(),
         "{} of {sent} requests failed: {failed:?}",
