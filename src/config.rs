@@ -50,6 +50,7 @@ pub const KEYS: &[&str] = &[
     "ca.upstream.root_bundle",
     "admin.listen",
     "agent.sds_dir",
+    "agent.instance_dir",
     "agent.renew_at",
     "agent.renew_jitter",
 ];
@@ -85,6 +86,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     sds_dir: Option<PathBuf>,
+    instance_dir: Option<PathBuf>,
     renew_at: Option<toml::Value>,
     renew_jitter: Option<toml::Value>,
 }
@@ -135,6 +137,8 @@ pub struct AdminSettings {
 pub struct AgentSettings {
     /// Directory holding one SDS socket per registered instance.
     pub sds_dir: PathBuf,
+    /// Directory holding one directory of Diego identity files per instance.
+    pub instance_dir: PathBuf,
     /// When in their lifetime certificates are renewed.
     pub renewal: Schedule,
 }
@@ -268,6 +272,7 @@ impl Config {
         root.insert("admin".into(), toml::Value::Table(admin));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
+        agent.insert("instance_dir".into(), path(&self.agent.instance_dir));
         agent.insert("renew_at".into(), pct(self.agent.renewal.point()));
         agent.insert("renew_jitter".into(), pct(self.agent.renewal.jitter()));
         root.insert("agent".into(), toml::Value::Table(agent));
@@ -448,6 +453,10 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         admin: AdminSettings { listen },
         agent: AgentSettings {
             sds_dir: raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds")),
+            instance_dir: raw
+                .agent
+                .instance_dir
+                .unwrap_or_else(|| data_dir.join("instances")),
             renewal,
         },
         data_dir,

@@ -91,6 +91,7 @@ impl Harness {
                 trust_domain: rt.config.ca.trust_domain.clone(),
                 id_template: rt.config.ca.id_template.clone(),
                 renewal: rt.config.agent.renewal,
+                instance_dir: None,
             },
             bundle_rx,
             metrics.clone(),

@@ -88,6 +88,9 @@ pub struct Settings {
     pub id_template: IdTemplate,
     /// When certificates are renewed.
     pub renewal: Schedule,
+    /// Where each instance's Diego identity files go (`<dir>/<instance>/instance.crt` and
+    /// `instance.key`); `None` writes none.
+    pub instance_dir: Option<PathBuf>,
 }
 
 /// When the next attempt is due and why the last one failed, if it did.
@@ -103,6 +106,7 @@ struct Served {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
+    files: Option<PathBuf>,
 }
 
 /// The agent's set of served instances.
@@ -204,6 +208,11 @@ impl<A: Authority + 'static> Workloads<A> {
             identity: identity_rx,
             bundle: self.bundle.clone(),
         };
+        let files = self
+            .settings
+            .instance_dir
+            .as_ref()
+            .map(|dir| dir.join(placement.instance_guid.as_str()));
         let keep = tokio::spawn(keep_identity(
             Keeper {
                 authority: self.authority.clone(),
@@ -212,6 +221,7 @@ impl<A: Authority + 'static> Workloads<A> {
                 identity: identity_tx,
                 attempts: attempts_tx,
                 metrics: self.renewals.clone(),
+                files: files.clone(),
             },
             cancel.clone(),
         ));
@@ -230,6 +240,7 @@ impl<A: Authority + 'static> Workloads<A> {
                 cancel,
                 tasks: vec![keep, server],
                 socket,
+                files,
             },
         );
         Ok(())
@@ -337,6 +348,9 @@ async fn stop(s: Served) {
         }
     }
     std::fs::remove_file(&s.socket).ok();
+    if let Some(files) = &s.files {
+        std::fs::remove_dir_all(files).ok();
+    }
 }
 
 /// What keeps one instance's certificate fresh.
@@ -347,6 +361,7 @@ struct Keeper<A> {
     identity: watch::Sender<Option<Arc<Identity>>>,
     attempts: watch::Sender<Attempts>,
     metrics: Arc<AgentMetrics>,
+    files: Option<PathBuf>,
 }
 
 /// Obtains the instance's certificate, then renews it on schedule until cancelled. Each
@@ -380,6 +395,14 @@ async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
                 };
                 let start = now.max(cert.not_before);
                 let renew_at = k.schedule.renew_at(start, cert.not_after, random_draw());
+                if let Some(dir) = &k.files {
+                    // The files follow the identity served over SDS; failing to write them is
+                    // logged and does not hold the sidecar's certificate back.
+                    if let Err(e) = write_instance_files(dir, &identity) {
+                        tracing::error!(%instance, dir = %dir.display(), error = %e,
+                            "cannot write the instance identity files");
+                    }
+                }
                 let previous = k.identity.send_replace(Some(Arc::new(identity)));
                 if let Some(old) = previous {
                     k.metrics.renewed();
@@ -408,4 +431,21 @@ async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Writes Diego's `instance.crt` (leaf, then chain) and `instance.key` (0600) into `dir`, each
+/// replaced whole by a rename, the key first: a reader that finds a new certificate finds its key.
+fn write_instance_files(dir: &Path, identity: &Identity) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    crate::app::write_atomic(
+        &dir.join("instance.key"),
+        identity.key_pem.as_bytes(),
+        0o600,
+    )?;
+    crate::app::write_atomic(
+        &dir.join("instance.crt"),
+        identity.chain_pem.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
 }

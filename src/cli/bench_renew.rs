@@ -56,6 +56,7 @@ async fn measure(
             trust_domain: rt.config.ca.trust_domain.clone(),
             id_template: rt.config.ca.id_template.clone(),
             renewal: rt.config.agent.renewal,
+            instance_dir: None,
         },
         bundle_rx,
         Arc::new(SdsMetrics::default()),

@@ -67,6 +67,7 @@ pub async fn run(config: Config) -> Result<()> {
         rfc3339(inter.not_after)
     );
     println!("  SDS sockets         {}", c.agent.sds_dir.display());
+    println!("  instance files      {}", c.agent.instance_dir.display());
     println!("  admin HTTP          http://{admin_addr}  (/healthz, /metrics, /v1/bundle.pem, /v1/ledger, /v1/instances)");
     println!("ready; Ctrl-C to stop");
 
@@ -99,6 +100,7 @@ async fn start_agent(rt: &mut Runtime, bundle_path: PathBuf) -> Arc<Workloads<Is
     let settings = AgentSettings {
         sds_dir: rt.config.agent.sds_dir.clone(),
         renewal: rt.config.agent.renewal,
+        instance_dir: Some(rt.config.agent.instance_dir.clone()),
         trust_domain: rt.config.ca.trust_domain.clone(),
         id_template: rt.config.ca.id_template.clone(),
     };
