@@ -148,6 +148,47 @@ fn wait_for_secrets(sidecar: &Sidecar, who: &str) {
     });
 }
 
+/// App B's provider sidecar (delta protocol) in front of `backend`, and app A's consumer
+/// sidecar (state of the world) calling it and keeping each connection for
+/// `max_connection_duration`; returns once both have their secrets.
+fn start_pair(
+    dir: &Path,
+    sock_a: &str,
+    sock_b: &str,
+    backend: u16,
+    max_connection_duration: &str,
+) -> (Sidecar, Sidecar) {
+    let provider = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket: sock_b,
+            api: "DELTA_GRPC",
+            peer: &spiffe_id(1),
+            upstream: backend,
+            cert_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    let consumer = start_envoy(
+        dir,
+        "consumer-a",
+        EnvoyConfig {
+            role: "consumer",
+            socket: sock_a,
+            api: "GRPC",
+            peer: &spiffe_id(2),
+            upstream: provider.listen,
+            cert_name: None,
+            max_connection_duration,
+        },
+    );
+    wait_for_secrets(&provider, "provider B");
+    wait_for_secrets(&consumer, "consumer A");
+    (provider, consumer)
+}
+
 /// A plain HTTP app that answers every request with the client certificate details Envoy
 /// forwarded, so the test sees who called.
 fn start_backend() -> u16 {
@@ -281,34 +322,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
     let backend = start_backend();
 
     // Provider B on the incremental protocol, consumer A on state-of-the-world: both served.
-    let provider = start_envoy(
-        dir,
-        "provider-b",
-        EnvoyConfig {
-            role: "provider",
-            socket: &sock_b,
-            api: "DELTA_GRPC",
-            peer: &spiffe_id(1),
-            upstream: backend,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    let consumer = start_envoy(
-        dir,
-        "consumer-a",
-        EnvoyConfig {
-            role: "consumer",
-            socket: &sock_a,
-            api: "GRPC",
-            peer: &spiffe_id(2),
-            upstream: provider.listen,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    wait_for_secrets(&provider, "provider B");
-    wait_for_secrets(&consumer, "consumer A");
+    let (provider, consumer) = start_pair(dir, &sock_a, &sock_b, backend, "600s");
 
     let mut answer = None;
     wait_until(
@@ -483,35 +497,7 @@ fn requests_keep_flowing_while_leaves_renew_under_them() {
     let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=6s"]);
     let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
     let backend = start_backend();
-    let provider = start_envoy(
-        dir,
-        "provider-b",
-        EnvoyConfig {
-            role: "provider",
-            socket: &sock_b,
-            api: "DELTA_GRPC",
-            peer: &spiffe_id(1),
-            upstream: backend,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    let consumer = start_envoy(
-        dir,
-        "consumer-a",
-        EnvoyConfig {
-            role: "consumer",
-            socket: &sock_a,
-            api: "GRPC",
-            peer: &spiffe_id(2),
-            upstream: provider.listen,
-            cert_name: None,
-            // Shorter than a certificate's life, so new connections pick up renewals.
-            max_connection_duration: "1s",
-        },
-    );
-    wait_for_secrets(&provider, "provider B");
-    wait_for_secrets(&consumer, "consumer A");
+    let (provider, consumer) = start_pair(dir, &sock_a, &sock_b, backend, "1s");
     wait_until("the first request through", Duration::from_secs(20), || {
         matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
     });
@@ -638,34 +624,7 @@ fn requests_keep_flowing_through_intermediate_and_root_rotation() {
     );
     let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
     let backend = start_backend();
-    let provider = start_envoy(
-        dir,
-        "provider-b",
-        EnvoyConfig {
-            role: "provider",
-            socket: &sock_b,
-            api: "DELTA_GRPC",
-            peer: &spiffe_id(1),
-            upstream: backend,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    let consumer = start_envoy(
-        dir,
-        "consumer-a",
-        EnvoyConfig {
-            role: "consumer",
-            socket: &sock_a,
-            api: "GRPC",
-            peer: &spiffe_id(2),
-            upstream: provider.listen,
-            cert_name: None,
-            max_connection_duration: "1s",
-        },
-    );
-    wait_for_secrets(&provider, "provider B");
-    wait_for_secrets(&consumer, "consumer A");
+    let (_provider, consumer) = start_pair(dir, &sock_a, &sock_b, backend, "1s");
     wait_until("the first request through", Duration::from_secs(20), || {
         matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
     });
@@ -887,34 +846,7 @@ fn requests_keep_flowing_while_the_ledger_is_unavailable_and_renewal_resumes_aft
     let renewals_before = idmint.metric("idmint_agent_renewals_total");
 
     let backend = start_backend();
-    let provider = start_envoy(
-        dir,
-        "provider-b",
-        EnvoyConfig {
-            role: "provider",
-            socket: &sock_b,
-            api: "DELTA_GRPC",
-            peer: &spiffe_id(1),
-            upstream: backend,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    let consumer = start_envoy(
-        dir,
-        "consumer-a",
-        EnvoyConfig {
-            role: "consumer",
-            socket: &sock_a,
-            api: "GRPC",
-            peer: &spiffe_id(2),
-            upstream: provider.listen,
-            cert_name: None,
-            max_connection_duration: "1s",
-        },
-    );
-    wait_for_secrets(&provider, "provider B");
-    wait_for_secrets(&consumer, "consumer A");
+    let (_provider, consumer) = start_pair(dir, &sock_a, &sock_b, backend, "1s");
     wait_until("the first request through", Duration::from_secs(10), || {
         matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
     });

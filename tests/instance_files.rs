@@ -80,6 +80,15 @@ fn handshake(files: &Path, bundle: &Path) -> String {
     text
 }
 
+/// [`handshake`] off the async runtime, which must keep serving renewals meanwhile.
+async fn assert_handshake(files: &Path, bundle: &Path) {
+    let (files, bundle) = (files.to_path_buf(), bundle.to_path_buf());
+    let out = tokio::task::spawn_blocking(move || handshake(&files, &bundle))
+        .await
+        .unwrap();
+    assert!(out.contains("Verification: OK"), "{out}");
+}
+
 #[tokio::test]
 async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,13 +137,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
         2,
         "leaf and intermediate"
     );
-    let out = tokio::task::spawn_blocking({
-        let (files, bundle) = (files.clone(), bundle.clone());
-        move || handshake(&files, &bundle)
-    })
-    .await
-    .unwrap();
-    assert!(out.contains("Verification: OK"), "{out}");
+    assert_handshake(&files, &bundle).await;
 
     // Renewal replaces both files, and the new pair works the same way.
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -142,13 +145,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
         assert!(Instant::now() < deadline, "files never renewed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = tokio::task::spawn_blocking({
-        let (files, bundle) = (files.clone(), bundle.clone());
-        move || handshake(&files, &bundle)
-    })
-    .await
-    .unwrap();
-    assert!(out.contains("Verification: OK"), "{out}");
+    assert_handshake(&files, &bundle).await;
 
     agent.remove(&placement().instance_guid).await;
     assert!(!files.exists(), "files removed with the instance");

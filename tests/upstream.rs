@@ -335,6 +335,13 @@ fn whats(events: &[idmint::ca::rotate::CaEvent]) -> Vec<String> {
     events.iter().map(|e| e.what.clone()).collect()
 }
 
+fn assert_has(events: &[String], start: &str) {
+    assert!(
+        events.iter().any(|e| e.starts_with(start)),
+        "no {start:?} in {events:?}"
+    );
+}
+
 #[tokio::test]
 async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_refused() {
     use idmint::server::ca_upstream::UpstreamWatch;
@@ -387,12 +394,7 @@ async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_re
     // A new intermediate under the same root signs at once.
     install(d, "inter2.pem", "inter2.key", "root1.pem");
     let events = whats(&watch.step(now).await);
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("upstream intermediate activated")),
-        "{events:?}"
-    );
+    assert_has(&events, "upstream intermediate activated");
     assert_eq!(rt.ca.intermediate().fingerprint, fp("inter2.pem"));
     let svid = agent::obtain_svid(&rt.issuance, placement(), None)
         .await
@@ -417,10 +419,7 @@ async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_re
     // signs only once the sidecar has acknowledged a bundle containing it.
     install(d, "inter3.pem", "inter3.key", "root2.pem");
     let events = whats(&watch.step(now).await);
-    assert!(
-        events.iter().any(|e| e.starts_with("upstream root added")),
-        "{events:?}"
-    );
+    assert_has(&events, "upstream root added");
     assert_eq!(roots(), [fp("root1.pem"), fp("root2.pem")]);
     assert_eq!(
         rt.ca.intermediate().fingerprint,
@@ -433,18 +432,8 @@ async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_re
     );
     fleet.send_replace(Some(rt.ca.generation()));
     let events = whats(&watch.step(now).await);
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("upstream intermediate activated")),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("upstream root left the files")),
-        "{events:?}"
-    );
+    assert_has(&events, "upstream intermediate activated");
+    assert_has(&events, "upstream root left the files");
     assert_eq!(rt.ca.intermediate().fingerprint, fp("inter3.pem"));
     let svid = agent::obtain_svid(&rt.issuance, placement(), None)
         .await
@@ -465,10 +454,7 @@ async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_re
     // Once a leaf's lifetime and the clock-skew allowance have passed, the old root goes.
     let later = now + time::Duration::seconds(60 + 30 + 1);
     let events = whats(&watch.step(later).await);
-    assert!(
-        events.iter().any(|e| e.starts_with("root pruned")),
-        "{events:?}"
-    );
+    assert_has(&events, "root pruned");
     assert_eq!(roots(), [fp("root2.pem")]);
     let ca_events = rt
         .audit

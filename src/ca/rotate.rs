@@ -54,11 +54,8 @@ impl Rotator {
 
     /// Carries out `step` at `now` and returns what happened.
     pub async fn apply(&self, step: &Step, now: OffsetDateTime) -> Result<Vec<CaEvent>, Error> {
+        const ACTIVATED: &str = "intermediate activated: new leaves are signed by it";
         let records = self.store.ca_records().await?;
-        let ts = now.unix_timestamp();
-        let mut new = Vec::new();
-        let mut changes = Vec::new();
-        let mut events = Vec::new();
         let find = |fp: &str| {
             records
                 .iter()
@@ -70,52 +67,37 @@ impl Rotator {
                 .iter()
                 .filter(move |r| r.role == role.as_str() && r.state == state.as_str())
         };
-        let mut retire =
-            |r: &CaRecord, what: &str, changes: &mut Vec<CaChange>| -> Result<(), Error> {
-                changes.push(change(
-                    &r.fingerprint,
-                    Some(State::Retired),
-                    None,
-                    Some(ts),
-                    None,
-                ));
-                events.push(event(r, what)?);
-                Ok(())
-            };
+        let mut plan = Plan {
+            at: now.unix_timestamp(),
+            new: Vec::new(),
+            changes: Vec::new(),
+            events: Vec::new(),
+        };
         match step {
             Step::PrepareIntermediate => {
                 let root = in_state(Role::Root, State::Active)
                     .next_back()
                     .ok_or_else(|| Error::Inconsistent("no active root".into()))?;
-                new.push(self.intermediate_under(root, now)?);
+                plan.new.push(self.intermediate_under(root, now)?);
             }
             Step::ActivateIntermediate { intermediate } => {
                 for old in in_state(Role::Intermediate, State::Active) {
-                    retire(old, "intermediate retired", &mut changes)?;
+                    plan.retire(old, "intermediate retired")?;
                 }
-                let r = find(intermediate)?;
-                changes.push(change(
-                    intermediate,
-                    Some(State::Active),
-                    Some(ts),
-                    None,
-                    None,
-                ));
-                events.push(event(
-                    r,
-                    "intermediate activated: new leaves are signed by it",
-                )?);
+                plan.activate(find(intermediate)?, ACTIVATED)?;
             }
             Step::PrepareRoot => {
                 // A prepared pair that never signed is superseded by the new one.
                 for stale in in_state(Role::Root, State::Prepared)
                     .chain(in_state(Role::Intermediate, State::Prepared))
                 {
-                    retire(stale, "superseded before it signed", &mut changes)?;
+                    plan.retire(stale, "superseded before it signed")?;
                 }
                 let h = new_hierarchy(self.ca.settings(), "idmint", now)?;
-                new.push(self.record(Role::Root, h.root_der, &h.root_key, now)?);
-                new.push(self.record(Role::Intermediate, h.inter_der, &h.inter_key, now)?);
+                plan.new
+                    .push(self.record(Role::Root, h.root_der, &h.root_key, now)?);
+                plan.new
+                    .push(self.record(Role::Intermediate, h.inter_der, &h.inter_key, now)?);
             }
             Step::ActivateRoot {
                 root,
@@ -123,52 +105,46 @@ impl Rotator {
                 without_every_ack,
             } => {
                 for old in in_state(Role::Root, State::Active) {
-                    retire(
+                    plan.retire(
                         old,
                         "root retired: stays in the trust bundle until its last leaf expires",
-                        &mut changes,
                     )?;
                 }
                 for old in in_state(Role::Intermediate, State::Active) {
-                    retire(old, "intermediate retired", &mut changes)?;
+                    plan.retire(old, "intermediate retired")?;
                 }
                 let why = if *without_every_ack {
                     "root activated after the maximum wait, before every sidecar acknowledged it"
                 } else {
                     "root activated: every connected sidecar has it"
                 };
-                changes.push(change(root, Some(State::Active), Some(ts), None, None));
-                events.push(event(find(root)?, why)?);
-                changes.push(change(
-                    intermediate,
-                    Some(State::Active),
-                    Some(ts),
-                    None,
-                    None,
-                ));
-                events.push(event(
-                    find(intermediate)?,
-                    "intermediate activated: new leaves are signed by it",
-                )?);
+                plan.activate(find(root)?, why)?;
+                plan.activate(find(intermediate)?, ACTIVATED)?;
             }
             Step::PruneRoot { root } => {
-                changes.push(change(root, None, None, None, Some(ts)));
-                events.push(event(
-                    find(root)?,
+                let r = find(root)?;
+                plan.changes.push(CaChange {
+                    pruned_at: Some(plan.at),
+                    ..change(r, None)
+                });
+                plan.events.push(event(
+                    r,
                     "root pruned from the trust bundle: every leaf under it has expired",
                 )?);
             }
         }
-        for r in &new {
+        for r in &plan.new {
             let what = match r.role.as_str() {
                 "root" => "root prepared: in the trust bundle, signing once the sidecars have it",
                 _ => "intermediate prepared",
             };
-            events.push(event(r, what)?);
+            plan.events.push(event(r, what)?);
         }
-        self.store.apply_ca_changes(&new, &changes).await?;
+        self.store
+            .apply_ca_changes(&plan.new, &plan.changes)
+            .await?;
         self.reload().await?;
-        Ok(events)
+        Ok(plan.events)
     }
 
     /// Reads the stored CA again and swaps it into the running one.
@@ -219,19 +195,41 @@ impl Rotator {
     }
 }
 
-fn change(
-    fingerprint: &str,
-    state: Option<State>,
-    activated_at: Option<i64>,
-    retired_at: Option<i64>,
-    pruned_at: Option<i64>,
-) -> CaChange {
+/// What one rotation step writes.
+struct Plan {
+    at: i64,
+    new: Vec<CaRecord>,
+    changes: Vec<CaChange>,
+    events: Vec<CaEvent>,
+}
+
+impl Plan {
+    fn retire(&mut self, r: &CaRecord, what: &str) -> Result<(), Error> {
+        self.changes.push(CaChange {
+            retired_at: Some(self.at),
+            ..change(r, Some(State::Retired))
+        });
+        self.events.push(event(r, what)?);
+        Ok(())
+    }
+
+    fn activate(&mut self, r: &CaRecord, what: &str) -> Result<(), Error> {
+        self.changes.push(CaChange {
+            activated_at: Some(self.at),
+            ..change(r, Some(State::Active))
+        });
+        self.events.push(event(r, what)?);
+        Ok(())
+    }
+}
+
+fn change(r: &CaRecord, state: Option<State>) -> CaChange {
     CaChange {
-        fingerprint: fingerprint.to_string(),
+        fingerprint: r.fingerprint.clone(),
         state: state.map(State::as_str),
-        activated_at,
-        retired_at,
-        pruned_at,
+        activated_at: None,
+        retired_at: None,
+        pruned_at: None,
     }
 }
 
