@@ -103,7 +103,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
     let (_bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: rt.ca.roots_pem(),
-        generation: 0,
+        generation: 1,
     }));
     let instances = dir.path().join("instances");
     let agent = Workloads::new(

@@ -65,7 +65,7 @@ impl Harness {
         let (bundle, bundle_rx) = watch::channel(Arc::new(Bundle {
             trust_domain: rt.config.ca.trust_domain.clone(),
             roots_pem: rt.ca.roots_pem(),
-            generation: 0,
+            generation: 1,
         }));
         let authority = Arc::new(Switchable {
             inner: rt.issuance.clone(),

@@ -72,7 +72,7 @@ impl Harness {
         let (bundle, bundle_rx) = watch::channel(Arc::new(Bundle {
             trust_domain: rt.config.ca.trust_domain.clone(),
             roots_pem: roots_pem.clone(),
-            generation: 0,
+            generation: 1,
         }));
         let gate = Arc::new(Semaphore::new(if open {
             Semaphore::MAX_PERMITS

@@ -97,7 +97,8 @@ impl CertificateAuthority {
         CertificateAuthority {
             settings,
             current: RwLock::new(Arc::new(signing)),
-            generation: watch::Sender::new(0),
+            // From 1: a sidecar at generation 0 has acknowledged no bundle at all.
+            generation: watch::Sender::new(1),
         }
     }
 
@@ -120,8 +121,8 @@ impl CertificateAuthority {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// The number of replacements so far; a bundle built at generation g contains every root
-    /// published up to g.
+    /// 1 + the number of replacements so far; a bundle built at generation g contains every
+    /// root published up to g.
     pub fn generation(&self) -> u64 {
         *self.generation.borrow()
     }

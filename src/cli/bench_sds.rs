@@ -48,7 +48,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: roots_pem.clone(),
-        generation: 0,
+        generation: 1,
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let sds_dir = dir.join("sds");
@@ -130,7 +130,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
     bundle_tx.send_replace(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: format!("{roots_pem}{}", new_root.cert.pem()),
-        generation: 1,
+        generation: 2,
     }));
     let everyone = wait_for(
         || acks(&metrics) >= acks_before + instances as u64,

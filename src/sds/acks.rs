@@ -43,7 +43,8 @@ pub struct AckSlot {
 }
 
 impl BundleAcks {
-    /// Adds a stream that carries a trust bundle and has acknowledged none yet.
+    /// Adds a stream that carries a trust bundle and has acknowledged none yet (generation 0;
+    /// real generations start at 1).
     pub fn register(self: &Arc<Self>) -> AckSlot {
         let mut i = self.lock();
         let id = i.next_id;
