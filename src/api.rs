@@ -8,8 +8,18 @@ use std::future::Future;
 
 use time::OffsetDateTime;
 
-use crate::ids::Ttl;
+use crate::ids::{CellId, Ttl};
 use crate::placement::Placement;
+
+/// Who is asking for a certificate, as the server has authenticated it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// An operator (the CLI) or the agent in the server's own process: may have any placement
+    /// certified.
+    Operator,
+    /// A Diego cell: only for instances the registry places on it, and only as registered.
+    Cell(CellId),
+}
 
 /// A request to certify the key in `csr` for one placed instance.
 #[derive(Clone, Debug)]
@@ -50,6 +60,9 @@ pub enum Error {
     /// The request itself is wrong (bad CSR, TTL, identity); the refusal was recorded.
     #[error("refused: {0}")]
     Refused(String),
+    /// The caller may not have this certificate; the denial was recorded.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The authority cannot issue right now (storage, expired CA); retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -58,7 +58,7 @@ impl Runtime {
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         Runtime {
-            issuance: IssuanceService::new(ca.clone(), ledger),
+            issuance: IssuanceService::new(ca.clone(), ledger, registry.clone()),
             audit: AuditLog::new(store.clone()),
             registry,
             ca,

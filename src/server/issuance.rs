@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::api::{Authority, Error, SignRequest, SignedCert};
+use crate::api::{Authority, Caller, Error, SignRequest, SignedCert};
 use crate::ca::{self, CertificateAuthority, Issued};
 use crate::ledger::Ledger;
 use crate::placement::Placement;
+use crate::server::Registry;
 use crate::store::{EntryKind, LedgerRecord};
 
 /// Issues certificates and records each issuance and denial durably before answering.
@@ -15,12 +16,18 @@ use crate::store::{EntryKind, LedgerRecord};
 pub struct IssuanceService {
     ca: Arc<CertificateAuthority>,
     ledger: Ledger,
+    registry: Registry,
 }
 
 impl IssuanceService {
-    /// A service signing with `ca` and recording in `ledger`.
-    pub fn new(ca: Arc<CertificateAuthority>, ledger: Ledger) -> Self {
-        IssuanceService { ca, ledger }
+    /// A service signing with `ca`, recording in `ledger`, and placing cells' requests
+    /// against `registry`.
+    pub fn new(ca: Arc<CertificateAuthority>, ledger: Ledger, registry: Registry) -> Self {
+        IssuanceService {
+            ca,
+            ledger,
+            registry,
+        }
     }
 
     /// The CA in use.
@@ -31,6 +38,42 @@ impl IssuanceService {
     /// The ledger this service records in.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Issues for `caller`. An operator's request is taken as it is. A cell gets a certificate
+    /// only for an instance the registry places on that cell, and for the placement as
+    /// registered, whatever the request claims; anything else is refused and the denial,
+    /// naming the cell, the instance and the reason, is recorded.
+    pub async fn sign_as(
+        &self,
+        caller: &Caller,
+        mut req: SignRequest,
+        now: OffsetDateTime,
+    ) -> Result<SignedCert, Error> {
+        if let Caller::Cell(cell) = caller {
+            let instance = req.placement.instance_guid.clone();
+            let refusal = match self.registry.get(&instance).await {
+                None => Some(format!(
+                    "cell {cell} asked for instance {instance}, which is not registered"
+                )),
+                Some(p) if p.cell_id != *cell => Some(format!(
+                    "cell {cell} asked for instance {instance}, which is placed on cell {}",
+                    p.cell_id
+                )),
+                Some(p) => {
+                    req.placement = p;
+                    None
+                }
+            };
+            if let Some(reason) = refusal {
+                tracing::warn!(%cell, %instance, %reason, "issuance denied");
+                let mut record = denial_record(&req.placement, &reason, now);
+                record.cell_id = Some(cell.to_string());
+                self.ledger.append(record).await.map_err(unavailable)?;
+                return Err(Error::PermissionDenied(reason));
+            }
+        }
+        self.sign_at(req, now).await
     }
 
     /// [`Authority::sign`] at an explicit time.

@@ -88,6 +88,11 @@ impl Registry {
         Ok(p)
     }
 
+    /// Where `instance` is placed, if it is registered.
+    pub async fn get(&self, instance: &Guid) -> Option<Placement> {
+        self.placements.lock().await.get(instance).cloned()
+    }
+
     /// Every placement now, and a receiver of every change after it: taken under one lock so no
     /// change falls between the two.
     pub async fn snapshot(&self) -> (Vec<Placement>, broadcast::Receiver<Event>) {
