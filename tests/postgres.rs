@@ -158,3 +158,75 @@ async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
     b.shutdown().await;
     drop_pg_database(&url).await;
 }
+
+#[tokio::test]
+async fn one_server_rotates_the_ca_and_the_other_takes_it_up() {
+    use idmint::ca::rotate::Target;
+    use idmint::server::ca_maintenance::Maintenance;
+    use tokio_util::sync::CancellationToken;
+
+    let url = fresh_pg_database("leader").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let kek = dir_a.path().join("shared-kek");
+    std::fs::write(&kek, "5e".repeat(32)).unwrap();
+    let kek = kek.display().to_string();
+    let shared = [("ca.kek_file", kek.as_str())];
+    let a = runtime_with(dir_a.path(), &url, Init::CreateIfMissing, &shared).await;
+    let b = runtime_with(dir_b.path(), &url, Init::MustExist, &shared).await;
+    let (_fleet, fleet_rx) = tokio::sync::watch::channel(None);
+    let maintain = |rt: &Runtime| {
+        let m = Maintenance::new(
+            rt.ca.clone(),
+            rt.store().clone(),
+            rt.issuance.ledger().clone(),
+            fleet_rx.clone(),
+        )
+        .unwrap()
+        .unwrap();
+        let cancel = CancellationToken::new();
+        let (control, task) = m.spawn(cancel.clone());
+        (control, cancel, task)
+    };
+    let (control_a, cancel_a, task_a) = maintain(&a);
+    let before = a.ca.intermediate().fingerprint;
+    control_a
+        .rotate(Target::Intermediate)
+        .await
+        .expect("A leads");
+    let rotated = a.ca.intermediate().fingerprint;
+    assert_ne!(rotated, before);
+
+    // B follows: it may not rotate, and it takes up A's rotation from the database.
+    let (control_b, cancel_b, _task_b) = maintain(&b);
+    let err = control_b.rotate(Target::Intermediate).await.unwrap_err();
+    assert!(err.contains("another idmint server"), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b.ca.intermediate().fingerprint != rotated {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took up the rotation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let svid = agent::obtain_svid(&b.issuance, placement(), None)
+        .await
+        .unwrap();
+    assert_eq!(svid.cert.chain_der[0], a.ca.intermediate().der);
+
+    // A stops: B takes the lead.
+    cancel_a.cancel();
+    task_a.await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match control_b.rotate(Target::Intermediate).await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "B never led: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_ne!(b.ca.intermediate().fingerprint, rotated);
+    cancel_b.cancel();
+    a.shutdown().await;
+    b.shutdown().await;
+    drop_pg_database(&url).await;
+}

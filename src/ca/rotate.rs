@@ -25,6 +25,8 @@ pub struct Rotator {
     ca: Arc<CertificateAuthority>,
     store: Store,
     kek: Kek,
+    /// What the stored CA looked like when last loaded, to notice another server's rotation.
+    loaded: Vec<(String, String, Option<i64>)>,
 }
 
 /// Which CA to rotate on request.
@@ -43,7 +45,12 @@ impl Rotator {
             return Ok(None);
         }
         let kek = Kek::load(&ca.settings().kek_file)?;
-        Ok(Some(Rotator { ca, store, kek }))
+        Ok(Some(Rotator {
+            ca,
+            store,
+            kek,
+            loaded: Vec::new(),
+        }))
     }
 
     /// The stored CA certificates as the schedule sees them.
@@ -53,7 +60,7 @@ impl Rotator {
     }
 
     /// Carries out `step` at `now` and returns what happened.
-    pub async fn apply(&self, step: &Step, now: OffsetDateTime) -> Result<Vec<CaEvent>, Error> {
+    pub async fn apply(&mut self, step: &Step, now: OffsetDateTime) -> Result<Vec<CaEvent>, Error> {
         const ACTIVATED: &str = "intermediate activated: new leaves are signed by it";
         let records = self.store.ca_records().await?;
         let find = |fp: &str| {
@@ -148,10 +155,23 @@ impl Rotator {
     }
 
     /// Reads the stored CA again and swaps it into the running one.
-    pub async fn reload(&self) -> Result<(), Error> {
+    pub async fn reload(&mut self) -> Result<(), Error> {
         let records = self.store.ca_records().await?;
         self.ca.replace(signing_from_records(&records, &self.kek)?);
+        self.loaded = shape(&records);
         Ok(())
+    }
+
+    /// Reloads when the stored CA differs from what was loaded last (another server rotated
+    /// it); returns whether it did.
+    pub async fn reload_if_changed(&mut self) -> Result<bool, Error> {
+        let records = self.store.ca_records().await?;
+        if shape(&records) == self.loaded {
+            return Ok(false);
+        }
+        self.ca.replace(signing_from_records(&records, &self.kek)?);
+        self.loaded = shape(&records);
+        Ok(true)
     }
 
     fn intermediate_under(&self, root: &CaRecord, now: OffsetDateTime) -> Result<CaRecord, Error> {
@@ -221,6 +241,14 @@ impl Plan {
         self.events.push(event(r, what)?);
         Ok(())
     }
+}
+
+/// What decides the CA in use: each certificate's fingerprint, state and pruning.
+fn shape(records: &[CaRecord]) -> Vec<(String, String, Option<i64>)> {
+    records
+        .iter()
+        .map(|r| (r.fingerprint.clone(), r.state.clone(), r.pruned_at))
+        .collect()
 }
 
 fn change(r: &CaRecord, state: Option<State>) -> CaChange {

@@ -12,7 +12,7 @@ use crate::ca::rotate::{CaEvent, Rotator, Target};
 use crate::ca::rotation::{self, FleetAck, Policy, State, Step};
 use crate::ca::{CertificateAuthority, Error, Role};
 use crate::ledger::Ledger;
-use crate::store::{EntryKind, LedgerRecord};
+use crate::store::{CaLeader, EntryKind, LedgerRecord, Store};
 
 /// How often the schedule is checked.
 const TICK: Duration = Duration::from_millis(500);
@@ -46,6 +46,9 @@ impl CaControl {
 /// What the task needs.
 pub struct Maintenance {
     rotator: Rotator,
+    store: Store,
+    /// Held while this process runs CA maintenance for its database.
+    leader: Option<CaLeader>,
     ca: Arc<CertificateAuthority>,
     ledger: Ledger,
     policy: Policy,
@@ -60,11 +63,11 @@ impl Maintenance {
     /// Maintenance for `ca`, or `None` in upstream mode (its CA comes from files).
     pub fn new(
         ca: Arc<CertificateAuthority>,
-        store: crate::store::Store,
+        store: Store,
         ledger: Ledger,
         fleet: watch::Receiver<Option<u64>>,
     ) -> Result<Option<Maintenance>, Error> {
-        let Some(rotator) = Rotator::new(ca.clone(), store)? else {
+        let Some(rotator) = Rotator::new(ca.clone(), store.clone())? else {
             return Ok(None);
         };
         let s = ca.settings();
@@ -75,6 +78,8 @@ impl Maintenance {
         };
         Ok(Some(Maintenance {
             rotator,
+            store,
+            leader: None,
             ca,
             ledger,
             policy,
@@ -117,8 +122,34 @@ impl Maintenance {
         }
     }
 
-    /// Applies every step that is due.
+    /// Whether this process runs CA maintenance now: it takes the lead when no other server
+    /// has it, and notices when it has lost it.
+    async fn leads(&mut self) -> Result<bool, Error> {
+        if let Some(leader) = &mut self.leader {
+            if leader.still_leads().await {
+                return Ok(true);
+            }
+            tracing::warn!("lost the CA maintenance lead (database connection broken)");
+            self.leader = None;
+        }
+        self.leader = self.store.try_lead_ca().await?;
+        if self.leader.is_some() {
+            tracing::info!("this server runs CA maintenance for its database");
+            // Start from what is stored: another server may have rotated before.
+            self.rotator.reload_if_changed().await?;
+        }
+        Ok(self.leader.is_some())
+    }
+
+    /// Applies every step that is due, or, on a server that does not lead, takes up what the
+    /// leader stored.
     async fn catch_up(&mut self) -> Result<(), Error> {
+        if !self.leads().await? {
+            if self.rotator.reload_if_changed().await? {
+                tracing::info!("took up a CA rotation made by another server");
+            }
+            return Ok(());
+        }
         // Bounded: each step changes the state it was chosen from.
         for _ in 0..8 {
             let now = OffsetDateTime::now_utc();
@@ -137,6 +168,13 @@ impl Maintenance {
     }
 
     async fn rotate_steps(&mut self, target: Target) -> Result<Result<Vec<String>, String>, Error> {
+        if !self.leads().await? {
+            return Ok(Err(
+                "another idmint server runs CA maintenance for this database; \
+                 run `idmint ca rotate` against that one"
+                    .into(),
+            ));
+        }
         let now = OffsetDateTime::now_utc();
         let views = self.rotator.views().await?;
         let pending = views

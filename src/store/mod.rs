@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
-pub use ca_queries::CaChange;
+pub use ca_queries::{CaChange, CaLeader};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 

@@ -15,3 +15,17 @@ pub(super) async fn begin_exclusive(conn: &mut AnyConnection) -> Result<(), Erro
         .await?;
     Ok(())
 }
+
+/// The advisory-lock key of CA maintenance ("idmint-ca"), held for as long as the session
+/// that took it lives.
+const CA_LEADER_KEY: i64 = 0x69_646d_696e_7443;
+
+/// Takes the CA maintenance lock on `conn` if no other session holds it.
+pub(super) async fn try_lead_ca(conn: &mut AnyConnection) -> Result<bool, Error> {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
+        .bind(CA_LEADER_KEY)
+        .fetch_one(conn)
+        .await?;
+    Ok(row.try_get::<bool, _>("got")?)
+}
