@@ -33,8 +33,6 @@ pub struct Identity {
     pub key_pem: Zeroizing<String>,
     /// Serial, hex.
     pub serial_hex: String,
-    /// Start of validity.
-    pub not_before: OffsetDateTime,
     /// Expiry.
     pub not_after: OffsetDateTime,
 }
@@ -390,7 +388,6 @@ async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
                     chain_pem,
                     key_pem: Zeroizing::new(pem_encode("PRIVATE KEY", &svid.key_pkcs8)),
                     serial_hex: cert.serial_hex.clone(),
-                    not_before: cert.not_before,
                     not_after: cert.not_after,
                 };
                 let start = now.max(cert.not_before);

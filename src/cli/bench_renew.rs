@@ -44,6 +44,7 @@ async fn measure(
     config.ca.leaf_ttl = ttl;
     let crypto_us = raw_renewal_crypto_us()?;
     let rt = bench_runtime(config, dir).await?;
+    let schedule = rt.config.agent.renewal;
     let (_bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: rt.ca.roots_pem(),
@@ -109,14 +110,16 @@ async fn measure(
     rt.shutdown().await;
 
     // Each certificate renews once per (renewal point × its life) on average.
-    let scheduled = instances as f64 / (ttl.duration().as_secs_f64() * rt_point());
+    let scheduled = instances as f64 / (ttl.duration().as_secs_f64() * schedule.point());
     let rate = renewals as f64 / elapsed;
     let cpu_per = cpu / renewals.max(1) as f64 * 1e6;
     let mean = per_second.iter().sum::<u64>() as f64 / per_second.len().max(1) as f64;
     let peak = per_second.iter().copied().max().unwrap_or(0);
     println!();
     println!(
-        "idmint bench renew: {instances} instances, {ttl} certificates renewed at 50% ±10% of their life, {elapsed:.0} s, SQLite ledger (WAL, synchronous=FULL)"
+        "idmint bench renew: {instances} instances, {ttl} certificates renewed at {:.0}% ±{:.0}% of their life, {elapsed:.0} s, SQLite ledger (WAL, synchronous=FULL)",
+        schedule.point() * 100.0,
+        schedule.jitter() * 100.0
     );
     println!();
     println!("| measure | value | baseline | ratio |");
@@ -150,11 +153,6 @@ async fn measure(
         );
     }
     Ok(())
-}
-
-/// The default renewal point (50% of the life), for the scheduled rate.
-fn rt_point() -> f64 {
-    crate::agent::refresh::Schedule::default().point()
 }
 
 /// The least cryptography one renewal needs, in µs on one core: a P-256 key made (agent),

@@ -47,6 +47,8 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outco
         match &req.error_detail {
             Some(err) => {
                 kinds.iter().for_each(|k| ctx.metrics.nacked(*k));
+                // A rejected bundle is not held, whatever is acknowledged next.
+                state.in_flight_bundle = None;
                 tracing::warn!(instance = %ctx.instance(), error = %err.message,
                     "sidecar rejected a secret; it keeps the last one it accepted");
             }
