@@ -720,3 +720,71 @@ fn instances_register_list_deregister_and_survive_a_restart() {
     assert!(!out.status.success());
     assert!(text(&out).contains("idmint dev"), "{}", text(&out));
 }
+
+#[test]
+fn cell_enroll_writes_a_client_credential_that_openssl_accepts_and_records_it() {
+    let (tmp, data) = initialised();
+    let out_dir = tmp.path().join("cell-7");
+    let said = ok(idmint(&data)
+        .args(["cell", "enroll", "cell-7", "--out-dir"])
+        .arg(&out_dir));
+    assert!(said.contains("spiffe://cf.internal/cell/cell-7"), "{said}");
+    let key = out_dir.join("cell.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // cell.pem is the certificate then its chain; openssl checks it as a TLS client.
+    let pem = std::fs::read_to_string(out_dir.join("cell.pem")).unwrap();
+    let (leaf, chain) = pem.split_at(pem.find("-----END CERTIFICATE-----").unwrap() + 26);
+    std::fs::write(tmp.path().join("leaf.pem"), leaf).unwrap();
+    std::fs::write(tmp.path().join("chain.pem"), chain.trim_start()).unwrap();
+    let verified = openssl_ok(
+        tmp.path(),
+        &[
+            "verify",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            out_dir.join("bundle.pem").to_str().unwrap(),
+            "-untrusted",
+            "chain.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(verified.contains("leaf.pem: OK"), "{verified}");
+    let dump = openssl_ok(tmp.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
+    assert!(
+        dump.contains("URI:spiffe://cf.internal/cell/cell-7"),
+        "{dump}"
+    );
+    assert!(dump.contains("TLS Web Client Authentication"), "{dump}");
+    assert!(!dump.contains("TLS Web Server Authentication"), "{dump}");
+    assert!(dump.contains("CA:FALSE"), "{dump}");
+    let (ok_key, _) = openssl(
+        tmp.path(),
+        &["pkey", "-in", key.to_str().unwrap(), "-noout"],
+    );
+    assert!(ok_key, "the key reads");
+
+    // Recorded as an issuance for the cell.
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(idmint(&data).args(["audit", "list", "--json"]))).unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(last["kind"], "issued");
+    assert_eq!(last["cell_id"], "cell-7");
+    assert_eq!(last["spiffe_id"], "spiffe://cf.internal/cell/cell-7");
+
+    // Nothing is overwritten or issued again; a bad cell id is refused.
+    let before = ledger_len(&data);
+    let again = run(idmint(&data)
+        .args(["cell", "enroll", "cell-7", "--out-dir"])
+        .arg(&out_dir));
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    let bad = run(idmint(&data)
+        .args(["cell", "enroll", "bad cell!", "--out-dir"])
+        .arg(tmp.path().join("x")));
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(ledger_len(&data), before);
+}

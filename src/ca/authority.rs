@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::leaf::{self, LeafSpec};
 use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Settings};
-use crate::ids::Ttl;
+use crate::ids::{CellId, Ttl};
 use crate::placement::Placement;
 
 /// How far a leaf's notBefore is set back, so a peer whose clock is a little behind accepts it.
@@ -31,6 +31,26 @@ pub struct Signing {
     pub chain: Vec<CaCert>,
     /// The signing intermediate's key (shared by the states a rotation moves through).
     pub key: Arc<CaKey>,
+}
+
+/// A cell's client credential, with the key made for it.
+pub struct CellCredential {
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The intermediates to present after it, DER.
+    pub chain_der: Vec<Vec<u8>>,
+    /// Its private key, PKCS#8 DER; wiped on drop.
+    pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// `spiffe://<td>/cell/<id>`.
+    pub spiffe_id: String,
+    /// The validity written.
+    pub validity: Validity,
+    /// SHA-256 of its SubjectPublicKeyInfo, hex.
+    pub public_key_sha256: String,
+    /// SHA-256 fingerprint of the signing CA certificate, hex.
+    pub issuer_fingerprint: String,
 }
 
 /// One issued leaf and the facts recorded about it.
@@ -155,6 +175,52 @@ impl CertificateAuthority {
     /// A description of the signing key, e.g. "ECDSA P-256".
     pub fn key_description(&self) -> String {
         self.signing().key.describe()
+    }
+
+    /// Makes a key and a client credential for `cell`, valid for `ttl` (capped at the signing
+    /// intermediate's expiry, like a leaf).
+    pub fn issue_cell(
+        &self,
+        cell: &CellId,
+        ttl: Ttl,
+        now: OffsetDateTime,
+    ) -> Result<CellCredential, Error> {
+        let signing = self.signing();
+        let issuer_cert = &signing.chain[0];
+        let validity = leaf_validity(ttl, issuer_cert.not_before, issuer_cert.not_after, now)?;
+        let params = super::dev_credentials::cell_params(
+            &self.settings,
+            cell,
+            "idmint",
+            validity.not_before,
+            validity.not_after,
+        )?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &issuer_cert.der.as_slice().into(),
+            signing.key.as_ref(),
+        )?;
+        let key = CaKey::generate_p256()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| encode_hex(s.as_ref()))
+            .unwrap_or_default();
+        Ok(CellCredential {
+            cert_der: cert.der().to_vec(),
+            chain_der: signing.chain.iter().map(|c| c.der.clone()).collect(),
+            key_pkcs8: zeroize::Zeroizing::new(
+                key.pkcs8_der()
+                    .expect("generated keys keep their PKCS#8")
+                    .to_vec(),
+            ),
+            serial_hex: serial,
+            spiffe_id: super::cell_spiffe_id(&self.settings, cell),
+            validity,
+            public_key_sha256: sha256_hex(&spki),
+            issuer_fingerprint: issuer_cert.fingerprint.clone(),
+        })
     }
 
     /// Issues a leaf for `placement` from a CSR (DER or PEM). Only the CSR's public key is

@@ -53,10 +53,16 @@ pub fn dev_credentials(
         .iter()
         .map(|cell| {
             let key = CaKey::generate_p256()?;
-            let der = cell_params(settings, cell, now, h.inter_params.not_after)?
-                .signed_by(&key, &issuer)?
-                .der()
-                .to_vec();
+            let der = cell_params(
+                settings,
+                cell,
+                DEV_ORGANIZATION,
+                now - Duration::from_secs(60),
+                h.inter_params.not_after,
+            )?
+            .signed_by(&key, &issuer)?
+            .der()
+            .to_vec();
             Ok((cell.clone(), pair(&der, &key)))
         })
         .collect::<Result<_, Error>>()?;
@@ -75,21 +81,25 @@ fn pair(der: &[u8], key: &CaKey) -> PemPair {
     }
 }
 
-fn cell_params(
+/// A cell's client credential: `spiffe://<td>/cell/<id>` as its one URI SAN, client
+/// authentication only, not a CA.
+pub(super) fn cell_params(
     settings: &Settings,
     cell: &CellId,
-    now: OffsetDateTime,
+    organization: &str,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertificateParams, Error> {
+    let now = not_before;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, DEV_ORGANIZATION);
+    dn.push(DnType::OrganizationName, organization);
     dn.push(DnType::CommonName, format!("cell {cell}"));
     p.distinguished_name = dn;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = now - Duration::from_secs(60);
+    p.not_before = not_before;
     p.not_after = not_after;
     p.serial_number = Some(SerialNumber::from_slice(&random_serial(now)?));
     p.subject_alt_names = vec![SanType::URI(cell_spiffe_id(settings, cell).try_into()?)];

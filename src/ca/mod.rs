@@ -13,7 +13,9 @@ pub mod rotation;
 
 use std::path::PathBuf;
 
-pub use authority::{leaf_validity, CertificateAuthority, Issued, Signing, Validity, BACKDATE};
+pub use authority::{
+    leaf_validity, CellCredential, CertificateAuthority, Issued, Signing, Validity, BACKDATE,
+};
 pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};

@@ -6,6 +6,7 @@ mod bench;
 mod bench_renew;
 mod bench_sds;
 mod ca;
+mod cell;
 mod dev;
 mod instance;
 mod issue;
@@ -45,6 +46,9 @@ enum Command {
     Ca(ca::CaCommand),
     /// Issue a certificate for one app instance (operator use).
     Issue(issue::IssueArgs),
+    /// Credentials for Diego cells.
+    #[command(subcommand)]
+    Cell(cell::CellCommand),
     /// Search and show the issuance ledger.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -124,6 +128,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dev => dev::run(config).await,
         Command::Ca(cmd) => ca::run(cmd, config).await,
         Command::Issue(args) => issue::run(args, config).await,
+        Command::Cell(cmd) => cell::run(cmd, config).await,
         Command::Audit(cmd) => audit::run(cmd, config).await,
         Command::Instance(cmd) => instance::run(cmd, config).await,
         Command::Config(ConfigCommand::Check) => {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::api::{Authority, Caller, Error, SignRequest, SignedCert};
-use crate::ca::{self, CertificateAuthority, Issued};
+use crate::ca::{self, CellCredential, CertificateAuthority, Issued};
+use crate::ids::{CellId, Ttl};
 use crate::ledger::Ledger;
 use crate::placement::Placement;
 use crate::server::Registry;
@@ -74,6 +75,43 @@ impl IssuanceService {
             }
         }
         self.sign_at(req, now).await
+    }
+
+    /// A client credential for `cell`, recorded in the ledger before it is returned.
+    pub async fn enroll_cell(
+        &self,
+        cell: &CellId,
+        ttl: Ttl,
+        now: OffsetDateTime,
+    ) -> Result<CellCredential, Error> {
+        let cred = self.ca.issue_cell(cell, ttl, now).map_err(|e| {
+            if e.is_request_error() {
+                Error::Refused(e.to_string())
+            } else {
+                unavailable(e)
+            }
+        })?;
+        let record = LedgerRecord {
+            kind: EntryKind::Issued,
+            recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            serial: Some(cred.serial_hex.clone()),
+            spiffe_id: Some(cred.spiffe_id.clone()),
+            instance_guid: None,
+            app_guid: None,
+            space_guid: None,
+            org_guid: None,
+            cell_id: Some(cell.to_string()),
+            container_ip: None,
+            not_before: Some(cred.validity.not_before.unix_timestamp()),
+            not_after: Some(cred.validity.not_after.unix_timestamp()),
+            public_key_sha256: Some(cred.public_key_sha256.clone()),
+            issuer_fingerprint: Some(cred.issuer_fingerprint.clone()),
+            cert_der: Some(cred.cert_der.clone()),
+            reason: None,
+            leaf_hash: Vec::new(),
+        };
+        self.ledger.append(record).await.map_err(unavailable)?;
+        Ok(cred)
     }
 
     /// [`Authority::sign`] at an explicit time.
