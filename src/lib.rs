@@ -12,6 +12,7 @@ pub mod config;
 pub mod ids;
 pub mod ledger;
 pub mod placement;
+pub mod proto;
 pub mod sds;
 pub mod server;
 pub mod spiffe;

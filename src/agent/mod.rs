@@ -4,6 +4,7 @@ use zeroize::Zeroizing;
 
 mod metrics;
 pub mod refresh;
+pub mod remote;
 mod workloads;
 
 pub use metrics::AgentMetrics;

@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::leaf::{self, LeafSpec};
-use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Settings};
-use crate::ids::{CellId, Ttl};
+use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Principal, Settings};
+use crate::ids::Ttl;
 use crate::placement::Placement;
 
 /// How far a leaf's notBefore is set back, so a peer whose clock is a little behind accepts it.
@@ -33,8 +33,8 @@ pub struct Signing {
     pub key: Arc<CaKey>,
 }
 
-/// A cell's client credential, with the key made for it.
-pub struct CellCredential {
+/// A principal's credential (see [`Principal`]), with the key made for it.
+pub struct Credential {
     /// The certificate, DER.
     pub cert_der: Vec<u8>,
     /// The intermediates to present after it, DER.
@@ -43,7 +43,7 @@ pub struct CellCredential {
     pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
     /// Serial, lowercase hex.
     pub serial_hex: String,
-    /// `spiffe://<td>/cell/<id>`.
+    /// The principal's SPIFFE ID.
     pub spiffe_id: String,
     /// The validity written.
     pub validity: Validity,
@@ -177,20 +177,20 @@ impl CertificateAuthority {
         self.signing().key.describe()
     }
 
-    /// Makes a key and a client credential for `cell`, valid for `ttl` (capped at the signing
+    /// Makes a key and a credential for `principal`, valid for `ttl` (capped at the signing
     /// intermediate's expiry, like a leaf).
-    pub fn issue_cell(
+    pub fn issue_principal(
         &self,
-        cell: &CellId,
+        principal: &Principal,
         ttl: Ttl,
         now: OffsetDateTime,
-    ) -> Result<CellCredential, Error> {
+    ) -> Result<Credential, Error> {
         let signing = self.signing();
         let issuer_cert = &signing.chain[0];
         let validity = leaf_validity(ttl, issuer_cert.not_before, issuer_cert.not_after, now)?;
-        let params = super::dev_credentials::cell_params(
+        let params = super::principal::principal_params(
             &self.settings,
-            cell,
+            principal,
             "idmint",
             validity.not_before,
             validity.not_after,
@@ -207,7 +207,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|s| encode_hex(s.as_ref()))
             .unwrap_or_default();
-        Ok(CellCredential {
+        Ok(Credential {
             cert_der: cert.der().to_vec(),
             chain_der: signing.chain.iter().map(|c| c.der.clone()).collect(),
             key_pkcs8: zeroize::Zeroizing::new(
@@ -216,7 +216,7 @@ impl CertificateAuthority {
                     .to_vec(),
             ),
             serial_hex: serial,
-            spiffe_id: super::cell_spiffe_id(&self.settings, cell),
+            spiffe_id: principal.spiffe_id(&self.settings),
             validity,
             public_key_sha256: sha256_hex(&spki),
             issuer_fingerprint: issuer_cert.fingerprint.clone(),

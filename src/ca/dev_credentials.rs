@@ -3,14 +3,11 @@
 
 use std::time::Duration;
 
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyUsagePurpose, SanType, SerialNumber,
-};
+use rcgen::Issuer;
 use time::OffsetDateTime;
 
-use super::authority::random_serial;
 use super::bootstrap::new_hierarchy;
+use super::principal::{principal_params, Principal};
 use super::{cert_pem, pem_encode, CaKey, Error, Settings};
 use crate::ids::CellId;
 
@@ -35,11 +32,6 @@ pub struct DevCredentials {
     pub cells: Vec<(CellId, PemPair)>,
 }
 
-/// The SPIFFE ID a cell's credential carries: `spiffe://<td>/cell/<cell id>`.
-pub fn cell_spiffe_id(settings: &Settings, cell: &CellId) -> String {
-    format!("{}/cell/{cell}", settings.trust_domain.id_string())
-}
-
 /// Makes a new set of development credentials with the lifetimes in `settings`; a cell
 /// credential lives as long as the intermediate.
 pub fn dev_credentials(
@@ -53,9 +45,9 @@ pub fn dev_credentials(
         .iter()
         .map(|cell| {
             let key = CaKey::generate_p256()?;
-            let der = cell_params(
+            let der = principal_params(
                 settings,
-                cell,
+                &Principal::Cell(cell.clone()),
                 DEV_ORGANIZATION,
                 now - Duration::from_secs(60),
                 h.inter_params.not_after,
@@ -79,30 +71,4 @@ fn pair(der: &[u8], key: &CaKey) -> PemPair {
         cert_pem: cert_pem(der),
         key_pem: zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", pkcs8)),
     }
-}
-
-/// A cell's client credential: `spiffe://<td>/cell/<id>` as its one URI SAN, client
-/// authentication only, not a CA.
-pub(super) fn cell_params(
-    settings: &Settings,
-    cell: &CellId,
-    organization: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> Result<CertificateParams, Error> {
-    let now = not_before;
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, organization);
-    dn.push(DnType::CommonName, format!("cell {cell}"));
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = not_before;
-    p.not_after = not_after;
-    p.serial_number = Some(SerialNumber::from_slice(&random_serial(now)?));
-    p.subject_alt_names = vec![SanType::URI(cell_spiffe_id(settings, cell).try_into()?)];
-    p.use_authority_key_identifier_extension = true;
-    Ok(p)
 }

@@ -8,20 +8,22 @@ mod dev_credentials;
 mod kek;
 mod keys;
 mod leaf;
+mod principal;
 pub mod rotate;
 pub mod rotation;
 
 use std::path::PathBuf;
 
 pub use authority::{
-    leaf_validity, CellCredential, CertificateAuthority, Issued, Signing, Validity, BACKDATE,
+    leaf_validity, CertificateAuthority, Credential, Issued, Signing, Validity, BACKDATE,
 };
 pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
-pub use dev_credentials::{cell_spiffe_id, dev_credentials, DevCredentials, PemPair};
+pub use dev_credentials::{dev_credentials, DevCredentials, PemPair};
 pub use kek::{decode_hex, encode_hex, Kek};
 pub use keys::{CaKey, SignatureScheme};
+pub use principal::Principal;
 
 use crate::ids::Ttl;
 use crate::spiffe::{IdTemplate, TemplateError, TrustDomain};

@@ -135,7 +135,10 @@ fn dev_certs(
         println!("  {name}");
     }
     for (cell, _) in &set.cells {
-        println!("  cell {cell}: {}", ca::cell_spiffe_id(&config.ca, cell));
+        println!(
+            "  cell {cell}: {}",
+            ca::Principal::Cell(cell.clone()).spiffe_id(&config.ca)
+        );
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::table::rfc3339;
 use crate::app::{self, Runtime};
-use crate::ca::{cert_pem, pem_encode, Init};
+use crate::ca::{cert_pem, pem_encode, Init, Principal};
 use crate::config::Config;
 use crate::ids::{CellId, Ttl};
 
@@ -41,7 +41,11 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let rt = Runtime::start(config, Init::MustExist).await?;
     let result = rt
         .issuance
-        .enroll_cell(&cell_id, ttl, OffsetDateTime::now_utc())
+        .enroll(
+            &Principal::Cell(cell_id.clone()),
+            ttl,
+            OffsetDateTime::now_utc(),
+        )
         .await;
     let bundle = rt.ca.roots_pem();
     rt.shutdown().await;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::api::{Authority, Caller, Error, SignRequest, SignedCert};
-use crate::ca::{self, CellCredential, CertificateAuthority, Issued};
-use crate::ids::{CellId, Ttl};
+use crate::ca::{self, CertificateAuthority, Credential, Issued, Principal};
+use crate::ids::Ttl;
 use crate::ledger::Ledger;
 use crate::placement::Placement;
 use crate::server::Registry;
@@ -53,7 +53,8 @@ impl IssuanceService {
     ) -> Result<SignedCert, Error> {
         if let Caller::Cell(cell) = caller {
             let instance = req.placement.instance_guid.clone();
-            let refusal = match self.registry.get(&instance).await {
+            let registered = self.registry.get(&instance).await;
+            let refusal = match &registered {
                 None => Some(format!(
                     "cell {cell} asked for instance {instance}, which is not registered"
                 )),
@@ -61,30 +62,37 @@ impl IssuanceService {
                     "cell {cell} asked for instance {instance}, which is placed on cell {}",
                     p.cell_id
                 )),
-                Some(p) => {
-                    req.placement = p;
-                    None
-                }
+                Some(_) => None,
             };
             if let Some(reason) = refusal {
                 tracing::warn!(%cell, %instance, %reason, "issuance denied");
-                let mut record = denial_record(&req.placement, &reason, now);
+                // What the registry says about the instance, never what the cell claimed.
+                let mut record = match &registered {
+                    Some(p) => denial_record(p, &reason, now),
+                    None => {
+                        let mut r = denial_record(&req.placement, &reason, now);
+                        (r.app_guid, r.space_guid, r.org_guid, r.container_ip) =
+                            (None, None, None, None);
+                        r
+                    }
+                };
                 record.cell_id = Some(cell.to_string());
                 self.ledger.append(record).await.map_err(unavailable)?;
                 return Err(Error::PermissionDenied(reason));
             }
+            req.placement = registered.expect("checked above");
         }
         self.sign_at(req, now).await
     }
 
-    /// A client credential for `cell`, recorded in the ledger before it is returned.
-    pub async fn enroll_cell(
+    /// A credential for `principal`, recorded in the ledger before it is returned.
+    pub async fn enroll(
         &self,
-        cell: &CellId,
+        principal: &Principal,
         ttl: Ttl,
         now: OffsetDateTime,
-    ) -> Result<CellCredential, Error> {
-        let cred = self.ca.issue_cell(cell, ttl, now).map_err(|e| {
+    ) -> Result<Credential, Error> {
+        let cred = self.ca.issue_principal(principal, ttl, now).map_err(|e| {
             if e.is_request_error() {
                 Error::Refused(e.to_string())
             } else {
@@ -100,7 +108,10 @@ impl IssuanceService {
             app_guid: None,
             space_guid: None,
             org_guid: None,
-            cell_id: Some(cell.to_string()),
+            cell_id: match principal {
+                Principal::Cell(cell) => Some(cell.to_string()),
+                _ => None,
+            },
             container_ip: None,
             not_before: Some(cred.validity.not_before.unix_timestamp()),
             not_after: Some(cred.validity.not_after.unix_timestamp()),

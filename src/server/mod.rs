@@ -3,6 +3,7 @@
 
 pub mod ca_maintenance;
 pub mod ca_upstream;
+pub mod grpc;
 mod issuance;
 pub mod registry;
 

@@ -1,0 +1,129 @@
+//! Credentials for the parties that talk to the server API rather than to sidecars: cells,
+//! the orchestrator that places instances, operators, and the server itself. Each carries one
+//! SPIFFE ID under the trust domain that says who it is.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+use super::authority::random_serial;
+use super::{Error, Settings};
+use crate::ids::CellId;
+
+/// Who a credential is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A Diego cell: `spiffe://<td>/cell/<id>`.
+    Cell(CellId),
+    /// The orchestrator that declares placements: `spiffe://<td>/orchestrator`.
+    Orchestrator,
+    /// An operator: `spiffe://<td>/admin/<name>`.
+    Admin(String),
+    /// The server, reachable at these names and addresses: `spiffe://<td>/server`.
+    Server {
+        /// DNS names clients connect to.
+        dns: Vec<String>,
+        /// Addresses clients connect to.
+        ips: Vec<IpAddr>,
+    },
+}
+
+impl Principal {
+    /// Its SPIFFE ID.
+    pub fn spiffe_id(&self, settings: &Settings) -> String {
+        let td = settings.trust_domain.id_string();
+        match self {
+            Principal::Cell(cell) => format!("{td}/cell/{cell}"),
+            Principal::Orchestrator => format!("{td}/orchestrator"),
+            Principal::Admin(name) => format!("{td}/admin/{name}"),
+            Principal::Server { .. } => format!("{td}/server"),
+        }
+    }
+
+    /// What a SPIFFE ID under `settings`' trust domain names, if it is a principal's.
+    pub fn from_spiffe_id(settings: &Settings, id: &str) -> Option<Principal> {
+        let td = settings.trust_domain.id_string();
+        let path = id.strip_prefix(&td)?.strip_prefix('/')?;
+        match path.split_once('/') {
+            Some(("cell", cell)) => cell.parse().ok().map(Principal::Cell),
+            Some(("admin", name)) if !name.is_empty() && !name.contains('/') => {
+                Some(Principal::Admin(name.to_string()))
+            }
+            None if path == "orchestrator" => Some(Principal::Orchestrator),
+            _ => None,
+        }
+    }
+}
+
+/// The certificate of `principal`: its SPIFFE ID as a URI SAN (and the server's names), not a
+/// CA, signing only; client authentication, and server authentication for the server.
+pub(super) fn principal_params(
+    settings: &Settings,
+    principal: &Principal,
+    organization: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, Error> {
+    let id = principal.spiffe_id(settings);
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, organization);
+    dn.push(DnType::CommonName, id.trim_start_matches("spiffe://"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.subject_alt_names = vec![SanType::URI(id.try_into()?)];
+    if let Principal::Server { dns, ips } = principal {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        for name in dns {
+            p.subject_alt_names
+                .push(SanType::DnsName(name.clone().try_into()?));
+        }
+        p.subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    }
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.serial_number = Some(SerialNumber::from_slice(&random_serial(not_before)?));
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        crate::config::Config::load_with_env(&Default::default(), Vec::new())
+            .unwrap()
+            .ca
+    }
+
+    #[test]
+    fn spiffe_ids_name_principals_and_nothing_else() {
+        let s = settings();
+        for p in [
+            Principal::Cell("cell-1".parse().unwrap()),
+            Principal::Orchestrator,
+            Principal::Admin("ops".into()),
+        ] {
+            assert_eq!(Principal::from_spiffe_id(&s, &p.spiffe_id(&s)), Some(p));
+        }
+        for other in [
+            "spiffe://cf.internal/server",
+            "spiffe://other.td/cell/cell-1",
+            "spiffe://cf.internal/cell/bad cell",
+            "spiffe://cf.internal/org/o/space/s/app/a",
+            "spiffe://cf.internal/admin/",
+            "spiffe://cf.internal/cellx/1",
+        ] {
+            assert_eq!(Principal::from_spiffe_id(&s, other), None, "{other}");
+        }
+    }
+}

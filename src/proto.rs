@@ -1,0 +1,5 @@
+//! The server API's messages and gRPC stubs, generated from `proto/idmint.proto` at build time.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("idmint.v1");

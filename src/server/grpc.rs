@@ -1,0 +1,335 @@
+//! The server API over mutually authenticated TLS (`proto/idmint.proto`). The caller is the
+//! SPIFFE ID in its client certificate, which the TLS layer has already verified against the
+//! trust bundle: a cell, the orchestrator, or an admin. Everything else is refused.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::registry::{self, Registry};
+use super::IssuanceService;
+use crate::api::{self, Caller};
+use crate::ca::{CertificateAuthority, Principal};
+use crate::ids::{CellId, Guid, Ttl};
+use crate::placement::Placement;
+use crate::proto::identity_server::{Identity as IdentityRpc, IdentityServer};
+use crate::proto::{self as pb};
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct IdentityApi {
+    issuance: IssuanceService,
+    registry: Registry,
+    ca: Arc<CertificateAuthority>,
+    /// Whether a cell may register and deregister instances on itself.
+    cells_register_own: bool,
+}
+
+impl IdentityApi {
+    /// The API over these parts.
+    pub fn new(
+        issuance: IssuanceService,
+        registry: Registry,
+        ca: Arc<CertificateAuthority>,
+        cells_register_own: bool,
+    ) -> Self {
+        IdentityApi {
+            issuance,
+            registry,
+            ca,
+            cells_register_own,
+        }
+    }
+
+    /// Who is calling, from the verified client certificate.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let (_, cert) = X509Certificate::from_der(leaf)
+            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::URI(u) => Some(*u),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [id] = uris.as_slice() else {
+            return Err(Status::permission_denied(
+                "the client certificate must carry exactly one SPIFFE ID",
+            ));
+        };
+        Principal::from_spiffe_id(self.ca.settings(), id).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "{id} is not a cell, the orchestrator or an admin of this trust domain"
+            ))
+        })
+    }
+
+    /// Whether `caller` may change `cell`'s placements.
+    fn may_place(&self, caller: &Principal, cell: &CellId) -> Result<(), Status> {
+        match caller {
+            Principal::Orchestrator | Principal::Admin(_) => Ok(()),
+            Principal::Cell(own) if self.cells_register_own && own == cell => Ok(()),
+            Principal::Cell(own) => Err(Status::permission_denied(format!(
+                "cell {own} may not place instances{}",
+                if self.cells_register_own {
+                    format!(" on cell {cell}")
+                } else {
+                    " (cells registering their own instances is off)".into()
+                }
+            ))),
+            Principal::Server { .. } => Err(Status::permission_denied("not a client role")),
+        }
+    }
+}
+
+type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IdentityRpc for IdentityApi {
+    async fn sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let instance: Guid = parse("instance_guid", &req.instance_guid)?;
+        let ttl = match req.ttl_seconds {
+            0 => None,
+            s => Some(Ttl::from_secs(s.into()).expect("non-zero")),
+        };
+        let now = OffsetDateTime::now_utc();
+        let registered = self.registry.get(&instance).await;
+        let (who, placement) = match (&caller, registered) {
+            (Principal::Cell(cell), p) => {
+                // The registry decides (see `sign_as`); an unregistered instance is refused
+                // and only its GUID and the cell are recorded, so these stand-ins go nowhere.
+                let claimed = p.unwrap_or_else(|| Placement {
+                    instance_guid: instance.clone(),
+                    app_guid: instance.clone(),
+                    space_guid: None,
+                    org_guid: None,
+                    cell_id: cell.clone(),
+                    container_ip: None,
+                });
+                (Caller::Cell(cell.clone()), claimed)
+            }
+            (Principal::Admin(_), Some(p)) => (Caller::Operator, p),
+            (Principal::Admin(_), None) => {
+                return Err(Status::not_found(format!(
+                    "no instance {instance} is registered"
+                )))
+            }
+            _ => {
+                return Err(Status::permission_denied(
+                    "only cells and admins get certificates",
+                ))
+            }
+        };
+        let signed = self
+            .issuance
+            .sign_as(
+                &who,
+                api::SignRequest {
+                    placement,
+                    csr: req.csr,
+                    ttl,
+                },
+                now,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SignResponse {
+            spiffe_id: signed.spiffe_id,
+            cert_der: signed.cert_der,
+            chain_der: signed.chain_der,
+            serial_hex: signed.serial_hex,
+            not_before: signed.not_before.unix_timestamp(),
+            not_after: signed.not_after.unix_timestamp(),
+            capped: signed.capped,
+            ledger_seq: signed.ledger_seq,
+        }))
+    }
+
+    type WatchBundleStream = BundleStream;
+
+    async fn watch_bundle(
+        &self,
+        request: Request<pb::WatchBundleRequest>,
+    ) -> Result<Response<BundleStream>, Status> {
+        self.caller(&request)?;
+        let ca = self.ca.clone();
+        let changes = ca.watch();
+        let bundle = |ca: &CertificateAuthority| pb::Bundle {
+            trust_domain: ca.settings().trust_domain.as_str().to_string(),
+            roots_pem: ca.roots_pem(),
+            generation: ca.generation(),
+        };
+        let first = bundle(&ca);
+        let stream = futures_util::stream::unfold(
+            (ca, changes, Some(first), String::new()),
+            move |(ca, mut changes, pending, mut last)| async move {
+                let mut next = pending;
+                loop {
+                    if let Some(b) = next.take() {
+                        if b.roots_pem != last {
+                            last = b.roots_pem.clone();
+                            return Some((Ok(b), (ca, changes, None, last)));
+                        }
+                    }
+                    changes.changed().await.ok()?;
+                    next = Some(bundle(&ca));
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn register_placement(
+        &self,
+        request: Request<pb::Placement>,
+    ) -> Result<Response<pb::Placement>, Status> {
+        let caller = self.caller(&request)?;
+        let p = placement_from(request.into_inner())?;
+        self.may_place(&caller, &p.cell_id)?;
+        self.registry
+            .register(p.clone())
+            .await
+            .map_err(|e| match e {
+                registry::Error::Conflict(_) => Status::already_exists(e.to_string()),
+                other => Status::unavailable(other.to_string()),
+            })?;
+        Ok(Response::new(placement_to(&p)))
+    }
+
+    async fn deregister_placement(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::Placement>, Status> {
+        let caller = self.caller(&request)?;
+        let instance: Guid = parse("instance_guid", &request.get_ref().instance_guid)?;
+        let p =
+            self.registry.get(&instance).await.ok_or_else(|| {
+                Status::not_found(format!("no instance {instance} is registered"))
+            })?;
+        self.may_place(&caller, &p.cell_id)?;
+        let p = self
+            .registry
+            .deregister(&instance)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(placement_to(&p)))
+    }
+
+    async fn list_placements(
+        &self,
+        request: Request<pb::ListPlacementsRequest>,
+    ) -> Result<Response<pb::Placements>, Status> {
+        let caller = self.caller(&request)?;
+        let wanted = request.into_inner().cell_id;
+        let only: Option<CellId> = match &caller {
+            Principal::Cell(own) => Some(own.clone()),
+            _ if wanted.is_empty() => None,
+            _ => Some(parse("cell_id", &wanted)?),
+        };
+        let (all, _) = self.registry.snapshot().await;
+        let placements = all
+            .iter()
+            .filter(|p| only.as_ref().is_none_or(|c| *c == p.cell_id))
+            .map(placement_to)
+            .collect();
+        Ok(Response::new(pb::Placements { placements }))
+    }
+}
+
+fn status(e: api::Error) -> Status {
+    match e {
+        api::Error::Refused(m) => Status::invalid_argument(m),
+        api::Error::PermissionDenied(m) => Status::permission_denied(m),
+        api::Error::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+fn parse<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Status>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn optional<T: std::str::FromStr>(field: &str, value: &str) -> Result<Option<T>, Status>
+where
+    T::Err: std::fmt::Display,
+{
+    (!value.is_empty()).then(|| parse(field, value)).transpose()
+}
+
+fn placement_from(p: pb::Placement) -> Result<Placement, Status> {
+    Ok(Placement {
+        instance_guid: parse("instance_guid", &p.instance_guid)?,
+        app_guid: parse("app_guid", &p.app_guid)?,
+        space_guid: optional("space_guid", &p.space_guid)?,
+        org_guid: optional("org_guid", &p.org_guid)?,
+        cell_id: parse("cell_id", &p.cell_id)?,
+        container_ip: optional("container_ip", &p.container_ip)?,
+    })
+}
+
+/// The wire form of a placement.
+pub fn placement_to(p: &Placement) -> pb::Placement {
+    let text = |v: &Option<Guid>| v.as_ref().map(|g| g.to_string()).unwrap_or_default();
+    pb::Placement {
+        instance_guid: p.instance_guid.to_string(),
+        app_guid: p.app_guid.to_string(),
+        space_guid: text(&p.space_guid),
+        org_guid: text(&p.org_guid),
+        cell_id: p.cell_id.to_string(),
+        container_ip: p.container_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+    }
+}
+
+/// The server's TLS: its own credential, and client certificates required and verified
+/// against the trust bundle.
+pub fn tls_config(cert_chain_pem: &str, key_pem: &str, roots_pem: &str) -> ServerTlsConfig {
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_chain_pem, key_pem))
+        .client_ca_root(Certificate::from_pem(roots_pem))
+}
+
+/// Serves the API on `listener` until `cancel`.
+pub async fn serve(
+    listener: TcpListener,
+    api: IdentityApi,
+    tls: ServerTlsConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(IdentityServer::new(api))
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled())
+        .await?;
+    Ok(())
+}
