@@ -32,7 +32,8 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))?;
     let admin_addr = listener.local_addr()?;
     let agent = start_agent(&mut rt, bundle_path.clone()).await;
-    let ca_control = start_ca_maintenance(&mut rt, &agent)?;
+    let fleet = agent.metrics().bundle_acks().lowest();
+    let ca_control = start_ca_maintenance(&mut rt, fleet)?;
     let state = AdminState {
         ca: rt.ca.clone(),
         audit: rt.audit.clone(),
@@ -138,12 +139,11 @@ async fn start_agent(rt: &mut Runtime, bundle_path: PathBuf) -> Arc<Workloads<Is
 }
 
 /// Rotates the self-signed CA on schedule, or takes up replaced upstream files; either way a
-/// new root waits for this agent's sidecars.
-fn start_ca_maintenance(
+/// new root waits until `fleet` (the lowest bundle generation the sidecars acknowledged) has it.
+pub(super) fn start_ca_maintenance(
     rt: &mut Runtime,
-    agent: &Workloads<IssuanceService>,
+    fleet: watch::Receiver<Option<u64>>,
 ) -> Result<Option<CaControl>> {
-    let fleet = agent.metrics().bundle_acks().lowest();
     let ledger = rt.issuance.ledger().clone();
     if let Mode::Upstream(files) = rt.config.ca.mode.clone() {
         let watch = UpstreamWatch::new(rt.ca.clone(), files, ledger, fleet);
@@ -162,7 +162,7 @@ fn start_ca_maintenance(
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. The handlers are installed on return.
-fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+pub(super) fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;

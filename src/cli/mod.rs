@@ -1,6 +1,7 @@
 //! The `idmint` command line.
 
 mod admin_client;
+mod agent;
 mod audit;
 mod bench;
 mod bench_renew;
@@ -10,6 +11,7 @@ mod cell;
 mod dev;
 mod instance;
 mod issue;
+mod server;
 mod table;
 
 use std::path::PathBuf;
@@ -44,6 +46,10 @@ enum Command {
     /// Inspect or initialise the certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Run the server: CA, ledger and placements, serving agents over mutual TLS.
+    Server(server::ServerArgs),
+    /// Run a cell's agent against a server: keys, renewals, SDS and instance files.
+    Agent(agent::AgentArgs),
     /// Issue a certificate for one app instance (operator use).
     Issue(issue::IssueArgs),
     /// Credentials for Diego cells.
@@ -91,7 +97,10 @@ impl Cli {
 /// Parses the command line, runs the command, and maps failure to exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Dev) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Dev | Command::Server(_) | Command::Agent(_)
+    ) {
         "info"
     } else {
         "warn"
@@ -128,6 +137,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dev => dev::run(config).await,
         Command::Ca(cmd) => ca::run(cmd, config).await,
         Command::Issue(args) => issue::run(args, config).await,
+        Command::Server(args) => server::run(args, config).await,
+        Command::Agent(args) => agent::run(args, config).await,
         Command::Cell(cmd) => cell::run(cmd, config).await,
         Command::Audit(cmd) => audit::run(cmd, config).await,
         Command::Instance(cmd) => instance::run(cmd, config).await,

@@ -2,6 +2,8 @@
 //! independent verifier, and a throwaway PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod envoy;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,0 +1,250 @@
+//! `idmint agent`: runs on a Diego cell. Makes each instance's key here, has the server
+//! certify it over mutual TLS with the cell's credential, renews it, serves it to the
+//! instance's sidecar over SDS and writes Diego's instance files. Follows the placements the
+//! server has for this cell, and keeps serving what it has while the server is unreachable.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::dev::stop_signal;
+use crate::agent::remote::{RemoteAuthority, RemoteSettings};
+use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
+use crate::ca::Principal;
+use crate::config::Config;
+use crate::ids::{CellId, Guid};
+use crate::placement::Placement;
+use crate::proto;
+use crate::sds::SdsMetrics;
+
+/// How often the placements are read again, and a lost bundle watch retried.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The server API, `https://host:port`.
+    #[arg(long, default_value = "https://127.0.0.1:8471")]
+    server: String,
+    /// The name the server's certificate carries.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Where `idmint cell enroll` wrote this cell's cell.pem, cell.key and bundle.pem.
+    #[arg(long, value_name = "DIR")]
+    credential_dir: PathBuf,
+}
+
+pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
+    let stop = stop_signal()?;
+    let read = |name: &str| {
+        let path = args.credential_dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (made by `idmint cell enroll`)",
+                path.display()
+            )
+        })
+    };
+    let (chain, key, roots) = (read("cell.pem")?, read("cell.key")?, read("bundle.pem")?);
+    let cell = cell_of(&config, &chain)?;
+    let remote = loop {
+        match RemoteAuthority::connect(RemoteSettings {
+            endpoint: args.server.clone(),
+            server_name: &args.server_name,
+            cert_chain_pem: &chain,
+            key_pem: &key,
+            roots_pem: &roots,
+        })
+        .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(server = %args.server, error = ?e, "cannot reach the server; retrying");
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
+        trust_domain: config.ca.trust_domain.clone(),
+        roots_pem: roots,
+        generation: 0,
+    }));
+    let agent = Arc::new(Workloads::new(
+        Arc::new(remote.clone()),
+        AgentSettings {
+            sds_dir: config.agent.sds_dir.clone(),
+            trust_domain: config.ca.trust_domain.clone(),
+            id_template: config.ca.id_template.clone(),
+            renewal: config.agent.renewal,
+            instance_dir: Some(config.agent.instance_dir.clone()),
+        },
+        bundle_rx,
+        Arc::new(SdsMetrics::default()),
+        shutdown.clone(),
+    ));
+    let tasks = [
+        tokio::spawn(watch_bundle(
+            remote.clone(),
+            config.clone(),
+            bundle_tx,
+            shutdown.clone(),
+        )),
+        tokio::spawn(follow_placements(
+            remote,
+            agent.clone(),
+            cell.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    println!("idmint agent: cell {cell}, server {}", args.server);
+    println!("  SDS sockets         {}", config.agent.sds_dir.display());
+    println!(
+        "  instance files      {}",
+        config.agent.instance_dir.display()
+    );
+    println!("ready; Ctrl-C to stop");
+    stop.await;
+    shutdown.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    Ok(())
+}
+
+/// The cell a credential is for, from its SPIFFE ID.
+fn cell_of(config: &Config, chain_pem: &str) -> Result<CellId> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .context("cell.pem holds no certificate")?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).context("cell.pem is unreadable")?;
+    let san = cert.subject_alternative_name().ok().flatten();
+    for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+        if let GeneralName::URI(uri) = name {
+            if let Some(Principal::Cell(cell)) = Principal::from_spiffe_id(&config.ca, uri) {
+                return Ok(cell);
+            }
+        }
+    }
+    bail!(
+        "cell.pem is not a cell credential of trust domain {}",
+        config.ca.trust_domain
+    )
+}
+
+/// Keeps the agent's trust bundle the server's, reconnecting when the stream breaks.
+async fn watch_bundle(
+    remote: RemoteAuthority,
+    config: Config,
+    tx: watch::Sender<Arc<Bundle>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = remote
+            .client()
+            .watch_bundle(proto::WatchBundleRequest {})
+            .await;
+        if let Ok(stream) = stream {
+            let mut stream = stream.into_inner();
+            loop {
+                let msg = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = stream.message() => m,
+                };
+                let Ok(Some(b)) = msg else { break };
+                if b.roots_pem != tx.borrow().roots_pem {
+                    tx.send_replace(Arc::new(Bundle {
+                        trust_domain: config.ca.trust_domain.clone(),
+                        roots_pem: b.roots_pem,
+                        generation: b.generation,
+                    }));
+                }
+            }
+        }
+        tracing::warn!("lost the server's trust bundle stream; the current bundle stays");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+    }
+}
+
+/// Serves exactly the instances the server places on this cell. While the server cannot be
+/// reached, what is served stays as it is.
+async fn follow_placements(
+    remote: RemoteAuthority,
+    agent: Arc<Workloads<RemoteAuthority>>,
+    cell: CellId,
+    shutdown: CancellationToken,
+) {
+    let mut served: HashMap<Guid, Placement> = HashMap::new();
+    loop {
+        let listed = remote
+            .client()
+            .list_placements(proto::ListPlacementsRequest {
+                cell_id: cell.to_string(),
+            })
+            .await;
+        match listed {
+            Ok(list) => {
+                let wanted: HashMap<Guid, Placement> = list
+                    .into_inner()
+                    .placements
+                    .into_iter()
+                    .filter_map(|p| placement_of(p).ok())
+                    .map(|p| (p.instance_guid.clone(), p))
+                    .collect();
+                let gone: HashSet<Guid> = served
+                    .keys()
+                    .filter(|g| wanted.get(*g) != served.get(*g))
+                    .cloned()
+                    .collect();
+                for g in gone {
+                    agent.remove(&g).await;
+                    served.remove(&g);
+                }
+                for (g, p) in wanted {
+                    if served.contains_key(&g) {
+                        continue;
+                    }
+                    match agent.add(p.clone()).await {
+                        Ok(()) => {
+                            served.insert(g, p);
+                        }
+                        Err(e) => {
+                            tracing::error!(instance = %g, error = %e, "cannot serve instance")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read placements; serving what is served"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+    }
+    for g in served.keys() {
+        agent.remove(g).await;
+    }
+}
+
+fn placement_of(p: proto::Placement) -> Result<Placement> {
+    let opt =
+        |v: &str| -> Result<Option<Guid>> { Ok((!v.is_empty()).then(|| v.parse()).transpose()?) };
+    Ok(Placement {
+        instance_guid: p.instance_guid.parse()?,
+        app_guid: p.app_guid.parse()?,
+        space_guid: opt(&p.space_guid)?,
+        org_guid: opt(&p.org_guid)?,
+        cell_id: p.cell_id.parse()?,
+        container_ip: (!p.container_ip.is_empty())
+            .then(|| p.container_ip.parse())
+            .transpose()?,
+    })
+}

@@ -1,0 +1,265 @@
+//! The server and two agents as separate processes, as on a foundation: each agent, with its
+//! own cell credential, serves exactly the instances placed on its cell — over SDS and as
+//! Diego instance files — and keeps serving while the server is down.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::envoy::{start_backend, start_pair, traffic, Traffic};
+use common::*;
+
+/// A child process killed when the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn idmint(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idmint"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("IDMINT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--data-dir").arg(data);
+    cmd
+}
+
+/// Starts `cmd` and waits for its "ready" line.
+fn start(mut cmd: Command, log: PathBuf) -> Running {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("prints ready").unwrap();
+        if line.starts_with("ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Running(child)
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Server {
+    process: Option<Running>,
+    data: PathBuf,
+    admin: String,
+    api_port: u16,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, api_port: u16, admin: &str, leaf_ttl: &str) -> Running {
+        let mut cmd = idmint(&dir.join("server"));
+        cmd.args(["--set", &format!("admin.listen={admin}")])
+            .args(["--set", &format!("ca.leaf_ttl={leaf_ttl}")])
+            .args(["server", "--listen", &format!("127.0.0.1:{api_port}")]);
+        start(cmd, dir.join("server.log"))
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        ok(idmint(&self.data)
+            .args(["--set", &format!("admin.listen={}", self.admin)])
+            .args(args))
+    }
+
+    fn register(&self, instance: &str, app: &str, cell: &str) {
+        self.cli(&[
+            "instance",
+            "register",
+            "--instance-guid",
+            instance,
+            "--app-guid",
+            app,
+            "--space-guid",
+            SPACE,
+            "--org-guid",
+            ORG,
+            "--cell-id",
+            cell,
+        ]);
+    }
+
+    fn agent(&self, cell: &str) -> (Running, PathBuf) {
+        let creds = self.dir.join(format!("{cell}-credential"));
+        self.cli(&["cell", "enroll", cell, "--out-dir", creds.to_str().unwrap()]);
+        let data = self.dir.join(format!("agent-{cell}"));
+        let mut cmd = idmint(&data);
+        cmd.args([
+            "agent",
+            "--server",
+            &format!("https://127.0.0.1:{}", self.api_port),
+        ])
+        .arg("--credential-dir")
+        .arg(&creds);
+        (start(cmd, self.dir.join(format!("agent-{cell}.log"))), data)
+    }
+}
+
+const ON_CELL_2: &str = "2b2b2b2b-0000-4000-8000-000000000005";
+
+#[test]
+fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let mut server = Server {
+        process: Some(Server::start(dir, api_port, &admin, "10s")),
+        data: dir.join("server"),
+        admin: admin.clone(),
+        api_port,
+        dir: dir.to_path_buf(),
+    };
+    server.register(INSTANCE, APP, "cell-1");
+    server.register(ON_CELL_2, APP, "cell-2");
+    let (_agent1, data1) = server.agent("cell-1");
+    let (_agent2, data2) = server.agent("cell-2");
+
+    // Each agent serves its own instance, and only that one.
+    let files = |data: &Path, instance: &str| data.join("instances").join(instance);
+    wait_until("cell-1's instance files", Duration::from_secs(20), || {
+        files(&data1, INSTANCE).join("instance.crt").exists()
+    });
+    wait_until("cell-2's instance files", Duration::from_secs(20), || {
+        files(&data2, ON_CELL_2).join("instance.crt").exists()
+    });
+    assert!(data1.join("sds").join(format!("{INSTANCE}.sock")).exists());
+    assert!(!data1.join("sds").join(format!("{ON_CELL_2}.sock")).exists());
+    assert!(!data2.join("sds").join(format!("{INSTANCE}.sock")).exists());
+    let crt = std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(crt.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let uri = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        });
+    assert_eq!(uri.as_deref(), Some(expected_spiffe_id().as_str()));
+    let ledger: Vec<serde_json::Value> =
+        serde_json::from_str(&server.cli(&["audit", "list", "--json"])).unwrap();
+    assert!(ledger.iter().any(|e| e["kind"] == "issued"
+        && e["cell_id"] == "cell-1"
+        && e["instance_guid"] == INSTANCE));
+
+    // The server goes away: the agents keep what they serve; when it is back, renewals resume.
+    server.process.take();
+    let before = std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        data1.join("sds").join(format!("{INSTANCE}.sock")).exists(),
+        "still served"
+    );
+    server.process = Some(Server::start(dir, api_port, &admin, "10s"));
+    // 10 s certificates renew within 6 s of issue; allow for the agent's backoff.
+    wait_until(
+        "a renewal after the restart",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap() != before,
+    );
+}
+
+const APP_B: &str = "b0b0b0b0-0000-4000-8000-00000000000b";
+
+fn app_id(app: &str) -> String {
+    format!("spiffe://cf.internal/org/{ORG}/space/{SPACE}/app/{app}")
+}
+
+#[test]
+fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    // 20 s certificates: renewed 8–12 s after issue, so a 4 s outage never outlasts one.
+    let mut server = Server {
+        process: Some(Server::start(dir, api_port, &admin, "20s")),
+        data: dir.join("server"),
+        admin: admin.clone(),
+        api_port,
+        dir: dir.to_path_buf(),
+    };
+    server.register(INSTANCE, APP, "cell-1");
+    server.register(ON_CELL_2, APP_B, "cell-2");
+    let (_agent1, data1) = server.agent("cell-1");
+    let (_agent2, data2) = server.agent("cell-2");
+    let socket = |data: &Path, instance: &str| {
+        data.join("sds")
+            .join(format!("{instance}.sock"))
+            .display()
+            .to_string()
+    };
+    let (sock_a, sock_b) = (socket(&data1, INSTANCE), socket(&data2, ON_CELL_2));
+    wait_until("both sockets", Duration::from_secs(20), || {
+        Path::new(&sock_a).exists() && Path::new(&sock_b).exists()
+    });
+    let backend = start_backend();
+    let (_provider, consumer) = start_pair(
+        dir,
+        (&sock_a, &app_id(APP)),
+        (&sock_b, &app_id(APP_B)),
+        backend,
+        "1s",
+    );
+    wait_until("the first request through", Duration::from_secs(20), || {
+        matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requests = traffic(consumer.listen, stop.clone());
+    let crt = |data: &Path, instance: &str| {
+        std::fs::read_to_string(data.join("instances").join(instance).join("instance.crt")).unwrap()
+    };
+    let (before_a, before_b) = (crt(&data1, INSTANCE), crt(&data2, ON_CELL_2));
+
+    // The server is down for 4 s, then back; both cells' certificates renew afterwards.
+    server.process.take();
+    std::thread::sleep(Duration::from_secs(4));
+    server.process = Some(Server::start(dir, api_port, &admin, "20s"));
+    wait_until(
+        "renewals after the restart",
+        Duration::from_secs(30),
+        || crt(&data1, INSTANCE) != before_a && crt(&data2, ON_CELL_2) != before_b,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let Traffic { sent, failed, .. } = requests.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent > 200, "only {sent} requests");
+}
