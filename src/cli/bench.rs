@@ -30,6 +30,10 @@ pub enum BenchCommand {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Through the server API over mutual TLS, from two agents' cell credentials, instead
+        /// of in-process.
+        #[arg(long)]
+        remote: bool,
     },
     /// Serve K instances' SDS streams from one agent and push a trust bundle change to all.
     Sds {
@@ -63,7 +67,16 @@ pub enum BenchCommand {
 
 pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
     match cmd {
-        BenchCommand::Issue { count, concurrency } => issue(config, count, concurrency).await,
+        BenchCommand::Issue {
+            count,
+            concurrency,
+            remote: false,
+        } => issue(config, count, concurrency).await,
+        BenchCommand::Issue {
+            count,
+            concurrency,
+            remote: true,
+        } => super::bench_remote::run(config, count, concurrency).await,
         BenchCommand::Sds { instances } => super::bench_sds::run(config, instances).await,
         BenchCommand::Renew {
             instances,
@@ -77,8 +90,8 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
 }
 
 /// A CSR and the parts a raw verifier needs.
-struct Sample {
-    csr: Vec<u8>,
+pub(super) struct Sample {
+    pub(super) csr: Vec<u8>,
     public_key: Vec<u8>,
     signed: Vec<u8>,
     signature: Vec<u8>,
@@ -134,7 +147,7 @@ async fn issue(config: Config, count: usize, concurrency: usize) -> Result<()> {
     Ok(())
 }
 
-fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> {
+pub(super) fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> {
     let per = count.div_ceil(threads);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -169,7 +182,7 @@ fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> {
 
 /// Certificates per second if all a certificate cost were one CSR verify and one ECDSA
 /// signature over a leaf-sized message, on every core.
-fn raw_ceiling(samples: &[Sample], threads: usize) -> Result<f64> {
+pub(super) fn raw_ceiling(samples: &[Sample], threads: usize) -> Result<f64> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|_| anyhow::anyhow!("key generation failed"))?;

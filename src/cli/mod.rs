@@ -4,6 +4,7 @@ mod admin_client;
 mod agent;
 mod audit;
 mod bench;
+mod bench_remote;
 mod bench_renew;
 mod bench_sds;
 mod ca;

@@ -1,0 +1,189 @@
+//! `idmint bench issue --remote`: agents issuing through the server API over mutual TLS, one
+//! server with its ledger durable on SQLite, all in one process so the run is one measurement.
+//! Reported beside the same raw ceiling as `bench issue`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::bench::{
+    bench_placement, bench_runtime, fresh_bench_dir, make_samples, process_cpu_seconds, raw_ceiling,
+};
+use crate::agent::remote::{RemoteAuthority, RemoteSettings};
+use crate::api::{Authority, SignRequest};
+use crate::ca::{cert_pem, pem_encode, Credential, Principal};
+use crate::config::Config;
+use crate::server::grpc::{self, IdentityApi};
+
+/// Agents (cells), each with its own credential and connection.
+const AGENTS: usize = 2;
+/// Distinct instances; each is certified many times, as renewals do.
+const INSTANCES: usize = 1_000;
+/// The target from the issue.
+const TARGET_SHARE: f64 = 50.0;
+
+pub async fn run(config: Config, count: usize, concurrency: usize) -> Result<()> {
+    ensure!(
+        count > 0 && concurrency > 0,
+        "--count and --concurrency must be at least 1"
+    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("preparing {count} CSRs (not timed)…");
+    let samples = Arc::new(tokio::task::spawn_blocking(move || make_samples(count, cores)).await??);
+    let ceiling_before = {
+        let s = samples.clone();
+        tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await??
+    };
+    let dir = fresh_bench_dir()?;
+    let result = remote_path(config, samples.clone(), concurrency, &dir).await;
+    std::fs::remove_dir_all(&dir).ok();
+    let (rate, cpu_per_cert) = result?;
+    let ceiling_after = {
+        let s = samples.clone();
+        tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await??
+    };
+    let ceiling = ceiling_before.max(ceiling_after);
+    let share = rate / ceiling * 100.0;
+    println!();
+    println!("idmint bench issue --remote: {count} certificates, {cores} cores, {concurrency} in flight from {AGENTS} agents over mutual TLS, SQLite ledger (WAL, synchronous=FULL)");
+    println!();
+    println!("| path | certificates/s | share of ceiling |");
+    println!("|---|---:|---:|");
+    println!("| ceiling: ring P-256 CSR verify + sign, {cores} threads (best of 2 runs) | {ceiling:.0} | 100% |");
+    println!("| agents → server API (gRPC, mutual TLS) → CA + ledger | {rate:.0} | {share:.1}% |");
+    println!();
+    println!(
+        "{:.0} µs CPU per certificate (ceiling: {:.0} µs), agents, server and TLS together",
+        cpu_per_cert * 1e6,
+        cores as f64 / ceiling * 1e6
+    );
+    println!(
+        "target: at least {TARGET_SHARE:.0}% of the ceiling: {}",
+        if share >= TARGET_SHARE {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}
+
+fn pem_pair(c: &Credential) -> (String, String) {
+    let chain = std::iter::once(&c.cert_der)
+        .chain(&c.chain_der)
+        .map(|d| cert_pem(d))
+        .collect();
+    (chain, pem_encode("PRIVATE KEY", &c.key_pkcs8))
+}
+
+async fn remote_path(
+    config: Config,
+    samples: Arc<Vec<super::bench::Sample>>,
+    concurrency: usize,
+    dir: &std::path::Path,
+) -> Result<(f64, f64)> {
+    let rt = bench_runtime(config, dir).await?;
+    let now = OffsetDateTime::now_utc();
+    let ttl = "24h".parse()?;
+    let server = rt
+        .issuance
+        .enroll(
+            &Principal::Server {
+                dns: vec!["localhost".into()],
+                ips: vec![IpAddr::from([127, 0, 0, 1])],
+            },
+            ttl,
+            now,
+        )
+        .await?;
+    let (server_chain, server_key) = pem_pair(&server);
+    let roots = rt.ca.roots_pem();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let cancel = CancellationToken::new();
+    let api = IdentityApi::new(
+        rt.issuance.clone(),
+        rt.registry.clone(),
+        rt.ca.clone(),
+        false,
+    );
+    let served = tokio::spawn(grpc::serve(
+        listener,
+        api,
+        grpc::tls_config(&server_chain, &server_key, &roots),
+        cancel.clone(),
+    ));
+
+    println!("registering {INSTANCES} instances on {AGENTS} cells (not timed)…");
+    let mut agents = Vec::new();
+    for a in 0..AGENTS {
+        let cell = format!("bench-cell-{a}").parse()?;
+        let cred = rt.issuance.enroll(&Principal::Cell(cell), ttl, now).await?;
+        let (chain, key) = pem_pair(&cred);
+        agents.push(
+            RemoteAuthority::connect(RemoteSettings {
+                endpoint: format!("https://127.0.0.1:{port}"),
+                server_name: "localhost",
+                cert_chain_pem: &chain,
+                key_pem: &key,
+                roots_pem: &roots,
+            })
+            .await?,
+        );
+    }
+    let placement = |i: usize| {
+        let j = i % INSTANCES;
+        bench_placement(
+            j,
+            &format!("bench-cell-{}", j % AGENTS)
+                .parse()
+                .expect("cell id"),
+        )
+    };
+    for j in 0..INSTANCES {
+        rt.registry.register(placement(j)).await?;
+    }
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let agents = Arc::new(agents);
+    let cpu_start = process_cpu_seconds();
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (agents, samples, next) = (agents.clone(), samples.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(sample) = samples.get(i) else {
+                        return Ok::<(), crate::api::Error>(());
+                    };
+                    let p = placement(i);
+                    let agent = &agents[(i % INSTANCES) % AGENTS];
+                    agent
+                        .sign(SignRequest {
+                            placement: p,
+                            csr: sample.csr.clone(),
+                            ttl: None,
+                        })
+                        .await?;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu_start;
+    cancel.cancel();
+    served.await??;
+    rt.shutdown().await;
+    Ok((samples.len() as f64 / elapsed, cpu / samples.len() as f64))
+}
