@@ -11,7 +11,7 @@ use idmint::agent;
 use idmint::agent::remote::{RemoteAuthority, RemoteSettings};
 use idmint::api::{Authority, Error};
 use idmint::app::Runtime;
-use idmint::ca::{cert_pem, pem_encode, Credential, Init, Principal};
+use idmint::ca::{Credential, Init, Principal};
 use idmint::proto;
 use idmint::server::grpc::{self, IdentityApi};
 use idmint::store::{EntryKind, LedgerFilter};
@@ -30,11 +30,8 @@ async fn credential(rt: &Runtime, who: Principal) -> Pem {
         .await
         .unwrap();
     Pem {
-        chain: std::iter::once(&c.cert_der)
-            .chain(&c.chain_der)
-            .map(|d| cert_pem(d))
-            .collect(),
-        key: pem_encode("PRIVATE KEY", &c.key_pkcs8),
+        chain: c.chain_pem(),
+        key: c.key_pem().to_string(),
     }
 }
 
@@ -215,11 +212,8 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
         .await
         .unwrap();
     let expired = Pem {
-        chain: std::iter::once(&expired.cert_der)
-            .chain(&expired.chain_der)
-            .map(|d| cert_pem(d))
-            .collect(),
-        key: pem_encode("PRIVATE KEY", &expired.key_pkcs8),
+        chain: expired.chain_pem(),
+        key: expired.key_pem().to_string(),
     };
     let before = rt.audit.entry_count().await.unwrap();
     match connect(port, &expired, &roots).await {

@@ -53,6 +53,21 @@ pub struct Credential {
     pub issuer_fingerprint: String,
 }
 
+impl Credential {
+    /// The certificate and the intermediates after it, PEM: what a TLS peer presents.
+    pub fn chain_pem(&self) -> String {
+        std::iter::once(&self.cert_der)
+            .chain(&self.chain_der)
+            .map(|d| super::cert_pem(d))
+            .collect()
+    }
+
+    /// The private key, PKCS#8 PEM; wiped on drop.
+    pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(super::pem_encode("PRIVATE KEY", &self.key_pkcs8))
+    }
+}
+
 /// One issued leaf and the facts recorded about it.
 #[derive(Clone, Debug)]
 pub struct Issued {

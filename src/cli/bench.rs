@@ -97,7 +97,11 @@ pub(super) struct Sample {
     signature: Vec<u8>,
 }
 
-async fn issue(config: Config, count: usize, concurrency: usize) -> Result<()> {
+/// The cores, the CSRs (made untimed) and the ceiling measured once before the run.
+pub(super) async fn prepare(
+    count: usize,
+    concurrency: usize,
+) -> Result<(usize, Arc<Vec<Sample>>, f64)> {
     ensure!(
         count > 0 && concurrency > 0,
         "--count and --concurrency must be at least 1"
@@ -107,17 +111,21 @@ async fn issue(config: Config, count: usize, concurrency: usize) -> Result<()> {
         .unwrap_or(1);
     println!("preparing {count} CSRs (not timed)…");
     let samples = Arc::new(tokio::task::spawn_blocking(move || make_samples(count, cores)).await??);
+    let ceiling = ceiling(&samples, cores).await?;
+    Ok((cores, samples, ceiling))
+}
 
-    let ceiling_before = {
-        let s = samples.clone();
-        tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await??
-    };
+/// [`raw_ceiling`] off the async runtime.
+pub(super) async fn ceiling(samples: &Arc<Vec<Sample>>, cores: usize) -> Result<f64> {
+    let s = samples.clone();
+    tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await?
+}
+
+async fn issue(config: Config, count: usize, concurrency: usize) -> Result<()> {
+    let (cores, samples, ceiling_before) = prepare(count, concurrency).await?;
     let path = service_path(config, samples.clone(), concurrency, cores).await?;
     let (issue_rate, ca_rate) = (path.rate, path.ca_rate);
-    let ceiling_after = {
-        let s = samples.clone();
-        tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await??
-    };
+    let ceiling_after = ceiling(&samples, cores).await?;
     // The higher ceiling is the stricter yardstick.
     let ceiling = ceiling_before.max(ceiling_after);
     let share = issue_rate / ceiling * 100.0;
@@ -147,7 +155,7 @@ async fn issue(config: Config, count: usize, concurrency: usize) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> {
+fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> {
     let per = count.div_ceil(threads);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -182,7 +190,7 @@ pub(super) fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> 
 
 /// Certificates per second if all a certificate cost were one CSR verify and one ECDSA
 /// signature over a leaf-sized message, on every core.
-pub(super) fn raw_ceiling(samples: &[Sample], threads: usize) -> Result<f64> {
+fn raw_ceiling(samples: &[Sample], threads: usize) -> Result<f64> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|_| anyhow::anyhow!("key generation failed"))?;

@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::bench::{
-    bench_placement, bench_runtime, fresh_bench_dir, make_samples, process_cpu_seconds, raw_ceiling,
+    bench_placement, bench_runtime, ceiling, fresh_bench_dir, prepare, process_cpu_seconds,
 };
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::api::{Authority, SignRequest};
-use crate::ca::{cert_pem, pem_encode, Credential, Principal};
+use crate::ca::Principal;
 use crate::config::Config;
 use crate::server::grpc::{self, IdentityApi};
 
@@ -28,27 +28,12 @@ const INSTANCES: usize = 1_000;
 const TARGET_SHARE: f64 = 50.0;
 
 pub async fn run(config: Config, count: usize, concurrency: usize) -> Result<()> {
-    ensure!(
-        count > 0 && concurrency > 0,
-        "--count and --concurrency must be at least 1"
-    );
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    println!("preparing {count} CSRs (not timed)…");
-    let samples = Arc::new(tokio::task::spawn_blocking(move || make_samples(count, cores)).await??);
-    let ceiling_before = {
-        let s = samples.clone();
-        tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await??
-    };
+    let (cores, samples, ceiling_before) = prepare(count, concurrency).await?;
     let dir = fresh_bench_dir()?;
     let result = remote_path(config, samples.clone(), concurrency, &dir).await;
     std::fs::remove_dir_all(&dir).ok();
     let (rate, cpu_per_cert) = result?;
-    let ceiling_after = {
-        let s = samples.clone();
-        tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await??
-    };
+    let ceiling_after = ceiling(&samples, cores).await?;
     let ceiling = ceiling_before.max(ceiling_after);
     let share = rate / ceiling * 100.0;
     println!();
@@ -75,14 +60,6 @@ pub async fn run(config: Config, count: usize, concurrency: usize) -> Result<()>
     Ok(())
 }
 
-fn pem_pair(c: &Credential) -> (String, String) {
-    let chain = std::iter::once(&c.cert_der)
-        .chain(&c.chain_der)
-        .map(|d| cert_pem(d))
-        .collect();
-    (chain, pem_encode("PRIVATE KEY", &c.key_pkcs8))
-}
-
 async fn remote_path(
     config: Config,
     samples: Arc<Vec<super::bench::Sample>>,
@@ -103,7 +80,7 @@ async fn remote_path(
             now,
         )
         .await?;
-    let (server_chain, server_key) = pem_pair(&server);
+
     let roots = rt.ca.roots_pem();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -117,7 +94,7 @@ async fn remote_path(
     let served = tokio::spawn(grpc::serve(
         listener,
         api,
-        grpc::tls_config(&server_chain, &server_key, &roots),
+        grpc::tls_config(&server.chain_pem(), &server.key_pem(), &roots),
         cancel.clone(),
     ));
 
@@ -126,13 +103,12 @@ async fn remote_path(
     for a in 0..AGENTS {
         let cell = format!("bench-cell-{a}").parse()?;
         let cred = rt.issuance.enroll(&Principal::Cell(cell), ttl, now).await?;
-        let (chain, key) = pem_pair(&cred);
         agents.push(
             RemoteAuthority::connect(RemoteSettings {
                 endpoint: format!("https://127.0.0.1:{port}"),
                 server_name: "localhost",
-                cert_chain_pem: &chain,
-                key_pem: &key,
+                cert_chain_pem: &cred.chain_pem(),
+                key_pem: &cred.key_pem(),
                 roots_pem: &roots,
             })
             .await?,

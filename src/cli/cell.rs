@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::table::rfc3339;
 use crate::app::{self, Runtime};
-use crate::ca::{cert_pem, pem_encode, Init, Principal};
+use crate::ca::{Init, Principal};
 use crate::config::Config;
 use crate::ids::{CellId, Ttl};
 
@@ -50,13 +50,12 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let bundle = rt.ca.roots_pem();
     rt.shutdown().await;
     let cred = result?;
-    let chain: String = std::iter::once(&cred.cert_der)
-        .chain(&cred.chain_der)
-        .map(|d| cert_pem(d))
-        .collect();
-    let key = zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", &cred.key_pkcs8));
-    app::write_atomic(&out_dir.join("cell.key"), key.as_bytes(), 0o600)?;
-    app::write_atomic(&out_dir.join("cell.pem"), chain.as_bytes(), 0o644)?;
+    app::write_atomic(&out_dir.join("cell.key"), cred.key_pem().as_bytes(), 0o600)?;
+    app::write_atomic(
+        &out_dir.join("cell.pem"),
+        cred.chain_pem().as_bytes(),
+        0o644,
+    )?;
     app::write_atomic(&out_dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
     println!("enrolled cell {cell_id} as {}", cred.spiffe_id);
     println!(

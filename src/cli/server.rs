@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::dev::{start_ca_maintenance, stop_signal};
 use crate::admin::{self, AdminState};
 use crate::app::Runtime;
-use crate::ca::{cert_pem, pem_encode, Init, Principal};
+use crate::ca::{Init, Principal};
 use crate::config::Config;
 use crate::sds::SdsMetrics;
 use crate::server::grpc::{self, IdentityApi};
@@ -53,12 +53,7 @@ pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
         )
         .await
         .context("cannot issue the server's own certificate")?;
-    let chain: String = std::iter::once(&own.cert_der)
-        .chain(&own.chain_der)
-        .map(|d| cert_pem(d))
-        .collect();
-    let key = zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", &own.key_pkcs8));
-    let tls = grpc::tls_config(&chain, &key, &rt.ca.roots_pem());
+    let tls = grpc::tls_config(&own.chain_pem(), &own.key_pem(), &rt.ca.roots_pem());
     let api_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the server API", args.listen))?;
