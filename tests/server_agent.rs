@@ -263,3 +263,70 @@ fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
     );
     assert!(sent > 200, "only {sent} requests");
 }
+
+#[test]
+fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    // No credential: one clear sentence naming the file.
+    let out = idmint(&dir.join("agent"))
+        .args(["agent", "--credential-dir"])
+        .arg(dir.join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cell.pem") && err.contains("idmint cell enroll"),
+        "{err}"
+    );
+
+    // A credential, but no server yet: it keeps trying, and Ctrl-C ends it cleanly.
+    let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let server = Server {
+        process: Some(Server::start(dir, api_port, &admin, "1h")),
+        data: dir.join("server"),
+        admin,
+        api_port,
+        dir: dir.to_path_buf(),
+    };
+    let creds = dir.join("cell-1-credential");
+    server.cli(&[
+        "cell",
+        "enroll",
+        "cell-1",
+        "--out-dir",
+        creds.to_str().unwrap(),
+    ]);
+    drop(server);
+    let mut agent = idmint(&dir.join("agent"))
+        .args([
+            "agent",
+            "--server",
+            &format!("https://127.0.0.1:{api_port}"),
+        ])
+        .arg("--credential-dir")
+        .arg(&creds)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.try_wait().unwrap().is_none(), "still trying");
+    let pid = agent.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

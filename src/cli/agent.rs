@@ -40,7 +40,7 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
-    let stop = stop_signal()?;
+    let mut stop = Box::pin(stop_signal()?);
     let read = |name: &str| {
         let path = args.credential_dir.join(name);
         std::fs::read_to_string(&path).with_context(|| {
@@ -53,19 +53,25 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     let (chain, key, roots) = (read("cell.pem")?, read("cell.key")?, read("bundle.pem")?);
     let cell = cell_of(&config, &chain)?;
     let remote = loop {
-        match RemoteAuthority::connect(RemoteSettings {
+        let attempt = RemoteAuthority::connect(RemoteSettings {
             endpoint: args.server.clone(),
             server_name: &args.server_name,
             cert_chain_pem: &chain,
             key_pem: &key,
             roots_pem: &roots,
-        })
-        .await
-        {
+        });
+        let outcome = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = attempt => r,
+        };
+        match outcome {
             Ok(r) => break r,
             Err(e) => {
                 tracing::warn!(server = %args.server, error = ?e, "cannot reach the server; retrying");
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                }
             }
         }
     };
