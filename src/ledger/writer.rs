@@ -146,6 +146,7 @@ async fn run(
         }
         records.clear();
     }
+    appender.close().await;
 }
 
 /// Writes one batch at the next sequence numbers. The next number is remembered between

@@ -101,6 +101,18 @@ impl LedgerAppender {
         self.forget_on_error(result)
     }
 
+    /// Closes the connection and waits until it is closed, so that a store closed after this
+    /// finds no connection of the ledger's still open (SQLite removes its log files only when
+    /// the last one closes).
+    pub async fn close(mut self) {
+        use sqlx::Connection;
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.close().await {
+                tracing::warn!(error = %e, "closing the ledger's connection failed");
+            }
+        }
+    }
+
     /// Drops the connection after a failure other than a taken sequence number, so a
     /// broken connection (a restarted PostgreSQL) is replaced on the next append.
     fn forget_on_error<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
