@@ -109,11 +109,8 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
     let agent = Workloads::new(
         Arc::new(rt.issuance.clone()),
         Settings {
-            sds_dir: dir.path().join("sds"),
-            trust_domain: rt.config.ca.trust_domain.clone(),
-            id_template: rt.config.ca.id_template.clone(),
-            renewal: rt.config.agent.renewal,
             instance_dir: Some(instances.clone()),
+            ..Settings::from_config(&rt.config)
         },
         bundle_rx,
         Arc::new(SdsMetrics::default()),

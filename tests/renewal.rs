@@ -75,10 +75,8 @@ impl Harness {
             authority.clone(),
             Settings {
                 sds_dir: dir.path().join("sds"),
-                trust_domain: rt.config.ca.trust_domain.clone(),
-                id_template: rt.config.ca.id_template.clone(),
-                renewal: rt.config.agent.renewal,
                 instance_dir: None,
+                ..Settings::from_config(&rt.config)
             },
             bundle_rx,
             Arc::new(SdsMetrics::default()),

@@ -88,10 +88,8 @@ impl Harness {
             }),
             Settings {
                 sds_dir: sds_dir.clone(),
-                trust_domain: rt.config.ca.trust_domain.clone(),
-                id_template: rt.config.ca.id_template.clone(),
-                renewal: rt.config.agent.renewal,
                 instance_dir: None,
+                ..Settings::from_config(&rt.config)
             },
             bundle_rx,
             metrics.clone(),

@@ -83,13 +83,7 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     }));
     let agent = Arc::new(Workloads::new(
         Arc::new(remote.clone()),
-        AgentSettings {
-            sds_dir: config.agent.sds_dir.clone(),
-            trust_domain: config.ca.trust_domain.clone(),
-            id_template: config.ca.id_template.clone(),
-            renewal: config.agent.renewal,
-            instance_dir: Some(config.agent.instance_dir.clone()),
-        },
+        AgentSettings::from_config(&config),
         bundle_rx,
         Arc::new(SdsMetrics::default()),
         shutdown.clone(),

@@ -54,10 +54,8 @@ async fn measure(
         Arc::new(rt.issuance.clone()),
         AgentSettings {
             sds_dir: dir.join("sds"),
-            trust_domain: rt.config.ca.trust_domain.clone(),
-            id_template: rt.config.ca.id_template.clone(),
-            renewal: rt.config.agent.renewal,
             instance_dir: None,
+            ..AgentSettings::from_config(&rt.config)
         },
         bundle_rx,
         Arc::new(SdsMetrics::default()),

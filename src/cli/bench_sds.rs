@@ -56,10 +56,8 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
         Arc::new(rt.issuance.clone()),
         AgentSettings {
             sds_dir: sds_dir.clone(),
-            trust_domain: rt.config.ca.trust_domain.clone(),
-            id_template: rt.config.ca.id_template.clone(),
-            renewal: rt.config.agent.renewal,
             instance_dir: None,
+            ..AgentSettings::from_config(&rt.config)
         },
         bundle_rx,
         metrics.clone(),

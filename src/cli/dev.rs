@@ -98,13 +98,7 @@ async fn start_agent(rt: &mut Runtime, bundle_path: PathBuf) -> Arc<Workloads<Is
     let metrics = Arc::new(SdsMetrics::default());
     metrics.bundle_acks().set_current(first.generation);
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
-    let settings = AgentSettings {
-        sds_dir: rt.config.agent.sds_dir.clone(),
-        renewal: rt.config.agent.renewal,
-        instance_dir: Some(rt.config.agent.instance_dir.clone()),
-        trust_domain: rt.config.ca.trust_domain.clone(),
-        id_template: rt.config.ca.id_template.clone(),
-    };
+    let settings = AgentSettings::from_config(&rt.config);
     let agent = Arc::new(Workloads::new(
         Arc::new(rt.issuance.clone()),
         settings,

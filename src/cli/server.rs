@@ -70,14 +70,11 @@ pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
         }
     });
 
-    // Agents do not report their sidecars' acknowledgements to the server yet: a new root
-    // signs after `ca.root_activation_max_wait`.
-    let (fleet_tx, fleet) = watch::channel(Some(0));
+    // Agents do not report their sidecars' acknowledgements to the server yet, so the fleet
+    // stays at "nothing acknowledged" and a new root signs after
+    // `ca.root_activation_max_wait`. The value outlives its sender.
+    let (_, fleet) = watch::channel(Some(0));
     let ca_control = start_ca_maintenance(&mut rt, fleet)?;
-    rt.spawn("fleet", move |token| async move {
-        token.cancelled().await;
-        drop(fleet_tx);
-    });
     let admin_listen = rt.config.admin.listen;
     let admin_listener = TcpListener::bind(admin_listen).await.with_context(|| {
         format!("cannot listen on {admin_listen} for admin HTTP (set admin.listen)")

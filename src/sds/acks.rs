@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::names::SecretKind;
+
 /// The bundle generations acknowledged by the open streams that carry trust bundles.
 #[derive(Debug)]
 pub struct BundleAcks {
@@ -56,6 +58,23 @@ impl BundleAcks {
             board: self.clone(),
             id,
         }
+    }
+
+    /// Keeps a stream's `slot` in step with what it subscribes to: a place among the
+    /// acknowledgements while any of `kinds` is a trust bundle, none otherwise. Returns
+    /// whether it has one.
+    pub fn follow<'a>(
+        self: &Arc<Self>,
+        slot: &mut Option<AckSlot>,
+        kinds: impl IntoIterator<Item = &'a SecretKind>,
+    ) -> bool {
+        let wanted = kinds.into_iter().any(|k| *k != SecretKind::Certificate);
+        match (wanted, slot.is_some()) {
+            (true, false) => *slot = Some(self.register()),
+            (false, true) => *slot = None,
+            _ => {}
+        }
+        wanted
     }
 
     /// The lowest generation every open bundle stream has acknowledged; `None` when there is

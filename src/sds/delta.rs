@@ -77,12 +77,9 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outco
             Err(status) => return Outcome::End(Some(status)),
         }
     }
-    let wants_bundle = state.names.values().any(|k| *k != SecretKind::Certificate);
-    match (wants_bundle, state.bundle_slot.is_some()) {
-        (true, false) => state.bundle_slot = Some(ctx.metrics.bundle_acks().register()),
-        (false, true) => state.bundle_slot = None,
-        _ => {}
-    }
+    ctx.metrics
+        .bundle_acks()
+        .follow(&mut state.bundle_slot, state.names.values());
     Outcome::Push { force: false }
 }
 

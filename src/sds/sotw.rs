@@ -64,7 +64,13 @@ fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {
     }
     let added = names.keys().any(|n| !state.names.contains_key(n));
     state.names = names;
-    track_bundle(state, ctx);
+    if !ctx
+        .metrics
+        .bundle_acks()
+        .follow(&mut state.bundle_slot, state.names.values())
+    {
+        state.sent_bundle = None;
+    }
     let is_ack = !req.response_nonce.is_empty() && !added;
     if is_ack {
         for kind in state.names.values() {
@@ -111,17 +117,4 @@ fn respond(state: &mut State, ctx: &Ctx, force: bool) -> Option<DiscoveryRespons
         nonce: state.last_nonce.clone(),
         ..Default::default()
     })
-}
-
-/// Joins or leaves the bundle acknowledgements as a trust bundle is subscribed or not.
-fn track_bundle(state: &mut State, ctx: &Ctx) {
-    let wants_bundle = state.names.values().any(|k| *k != SecretKind::Certificate);
-    match (wants_bundle, state.bundle_slot.is_some()) {
-        (true, false) => state.bundle_slot = Some(ctx.metrics.bundle_acks().register()),
-        (false, true) => {
-            state.bundle_slot = None;
-            state.sent_bundle = None;
-        }
-        _ => {}
-    }
 }

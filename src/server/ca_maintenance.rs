@@ -163,54 +163,54 @@ impl Maintenance {
         Ok(())
     }
 
+    /// Rotates `target` now; the answer, or the refusal, is for the operator who asked.
     async fn rotate_now(&mut self, target: Target) -> Result<Vec<String>, String> {
-        self.rotate_steps(target).await.map_err(|e| e.to_string())?
-    }
-
-    async fn rotate_steps(&mut self, target: Target) -> Result<Result<Vec<String>, String>, Error> {
-        if !self.leads().await? {
-            return Ok(Err(
+        let fail = |e: Error| e.to_string();
+        if !self.leads().await.map_err(fail)? {
+            return Err(
                 "another idmint server runs CA maintenance for this database; \
                  run `idmint ca rotate` against that one"
                     .into(),
-            ));
+            );
         }
         let now = OffsetDateTime::now_utc();
-        let views = self.rotator.views().await?;
-        let pending = views
+        let views = self.rotator.views().await.map_err(fail)?;
+        if let Some(root) = views
             .iter()
-            .find(|v| v.role == Role::Root && v.state == State::Prepared);
-        let steps = match (target, pending) {
-            (_, Some(root)) => {
-                return Ok(Err(format!(
-                    "a root rotation is under way: root {} signs once every sidecar has acknowledged it, at the latest at {}",
-                    root.fingerprint,
-                    rotation::activation_deadline(root.created_at, self.policy.root_activation_max_wait)
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default()
-                )))
-            }
-            (Target::Root, None) => vec![Step::PrepareRoot],
-            (Target::Intermediate, None) => vec![Step::PrepareIntermediate],
-        };
-        let mut said = Vec::new();
-        for step in steps {
-            said.extend(self.apply(&step, now).await?);
+            .find(|v| v.role == Role::Root && v.state == State::Prepared)
+        {
+            return Err(format!(
+                "a root rotation is under way: root {} signs once every sidecar has acknowledged it, at the latest at {}",
+                root.fingerprint,
+                rotation::activation_deadline(root.created_at, self.policy.root_activation_max_wait)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ));
         }
+        let first = match target {
+            Target::Root => Step::PrepareRoot,
+            Target::Intermediate => Step::PrepareIntermediate,
+        };
+        let mut said = self.apply(&first, now).await.map_err(fail)?;
         if target == Target::Intermediate {
             let prepared = self
                 .rotator
                 .views()
-                .await?
+                .await
+                .map_err(fail)?
                 .into_iter()
                 .rfind(|v| v.role == Role::Intermediate && v.state == State::Prepared)
-                .ok_or_else(|| Error::Inconsistent("the new intermediate is missing".into()))?;
+                .ok_or_else(|| {
+                    fail(Error::Inconsistent(
+                        "the new intermediate is missing".into(),
+                    ))
+                })?;
             let step = Step::ActivateIntermediate {
                 intermediate: prepared.fingerprint,
             };
-            said.extend(self.apply(&step, now).await?);
+            said.extend(self.apply(&step, now).await.map_err(fail)?);
         }
-        Ok(Ok(said))
+        Ok(said)
     }
 
     /// Carries out one step, records its events and returns them as sentences.

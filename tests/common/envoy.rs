@@ -208,18 +208,23 @@ pub struct Traffic {
     pub client_certs: Vec<String>,
 }
 
-/// Sends requests through `consumer` until `stop`.
-pub fn traffic(
-    consumer_port: u16,
+/// Requests sent through a consumer sidecar in the background, until [`Requests::finish`].
+pub struct Requests {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Traffic> {
-    std::thread::spawn(move || {
+    sender: std::thread::JoinHandle<Traffic>,
+}
+
+/// Starts sending requests through the consumer sidecar listening on `consumer_port`.
+pub fn traffic(consumer_port: u16) -> Requests {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let sender = std::thread::spawn(move || {
         let mut t = Traffic {
             sent: 0,
             failed: Vec::new(),
             client_certs: Vec::new(),
         };
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
             t.sent += 1;
             match http_get(consumer_port, "/during-rotation") {
                 Some((200, xfcc)) => {
@@ -234,5 +239,23 @@ pub fn traffic(
             std::thread::sleep(Duration::from_millis(20));
         }
         t
-    })
+    });
+    Requests { stop, sender }
+}
+
+impl Requests {
+    /// Stops, and asserts that more than `more_than` requests were sent and none failed.
+    pub fn finish(self, more_than: u32) -> Traffic {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let t = self.sender.join().unwrap();
+        assert!(
+            t.failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            t.failed.len(),
+            t.sent,
+            t.failed
+        );
+        assert!(t.sent > more_than, "only {} requests", t.sent);
+        t
+    }
 }
