@@ -363,6 +363,19 @@ fn ca_show_lists_root_and_intermediate_in_both_forms() {
     assert_eq!(fp.len(), 64);
     let table = ok(idmint(&data).args(["ca", "show"]));
     assert!(table.contains(fp), "{table}");
+
+    // Rotation: only what can be rotated, and only through a running service.
+    let before = ledger_len(&data);
+    let out = run(idmint(&data).args(["ca", "rotate", "sideways"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out =
+        run(idmint(&data).args(["--set", "admin.listen=127.0.0.1:9", "ca", "rotate", "root"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("idmint dev"), "{}", text(&out));
+    assert_eq!(ledger_len(&data), before, "nothing rotated");
+    let after: serde_json::Value =
+        serde_json::from_str(&ok(idmint(&data).args(["ca", "show", "--json"]))).unwrap();
+    assert_eq!(after["certificates"], json["certificates"]);
 }
 
 #[test]
