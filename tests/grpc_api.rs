@@ -13,6 +13,7 @@ use idmint::api::{Authority, Error};
 use idmint::app::Runtime;
 use idmint::ca::{Credential, Init, Principal};
 use idmint::proto;
+use idmint::server::api_tls::ApiTls;
 use idmint::server::grpc::{self, IdentityApi};
 use idmint::store::{EntryKind, LedgerFilter};
 use time::OffsetDateTime;
@@ -54,6 +55,37 @@ fn on_cell(instance: &str, cell: &str) -> idmint::placement::Placement {
     p
 }
 
+/// The API on a loopback port, with the server's own credential for "localhost".
+async fn serve(
+    rt: &Runtime,
+    cells_register_own: bool,
+) -> (
+    u16,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let tls = ApiTls::enroll(
+        rt.issuance.clone(),
+        Principal::Server {
+            dns: vec!["localhost".into()],
+            ips: vec![IpAddr::from([127, 0, 0, 1])],
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cancel = CancellationToken::new();
+    let api = IdentityApi::new(
+        rt.issuance.clone(),
+        rt.registry.clone(),
+        rt.ca.clone(),
+        cells_register_own,
+    );
+    let served = tokio::spawn(grpc::serve(listener, api, tls, cancel.clone()));
+    (port, cancel, served)
+}
+
 const OTHER: &str = "2b2b2b2b-0000-4000-8000-000000000005";
 
 #[tokio::test]
@@ -63,29 +95,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
         .await
         .unwrap();
     let roots = rt.ca.roots_pem();
-    let server = credential(
-        &rt,
-        Principal::Server {
-            dns: vec!["localhost".into()],
-            ips: vec![IpAddr::from([127, 0, 0, 1])],
-        },
-    )
-    .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cancel = CancellationToken::new();
-    let api = IdentityApi::new(
-        rt.issuance.clone(),
-        rt.registry.clone(),
-        rt.ca.clone(),
-        false,
-    );
-    let served = tokio::spawn(grpc::serve(
-        listener,
-        api,
-        grpc::tls_config(&server.chain, &server.key, &roots),
-        cancel.clone(),
-    ));
+    let (port, cancel, served) = serve(&rt, false).await;
 
     // The orchestrator places one instance on each cell.
     let orchestrator = connect(
@@ -224,6 +234,215 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
         }
     }
     assert_eq!(rt.audit.entry_count().await.unwrap(), before);
+
+    cancel.cancel();
+    served.await.unwrap().unwrap();
+    rt.shutdown().await;
+}
+
+fn first_cert_der(chain_pem: &str) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .unwrap()
+        .1
+        .contents
+}
+
+fn lifetime_secs(cert_der: &[u8]) -> i64 {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).unwrap();
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+#[tokio::test]
+async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_a_root_rotation() {
+    use idmint::agent::cell_credential::{CellIdentity, CredentialDir};
+    use idmint::ca::rotate::Target;
+    use idmint::server::ca_maintenance::Maintenance;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(
+        config_in(dir.path(), &[("ca.root_activation_max_wait", "1s")]),
+        Init::CreateIfMissing,
+    )
+    .await
+    .unwrap();
+    let (port, cancel, served) = serve(&rt, false).await;
+    rt.registry
+        .register(on_cell(INSTANCE, "cell-1"))
+        .await
+        .unwrap();
+
+    // What `idmint cell enroll` writes.
+    let creds = dir.path().join("cell-1");
+    std::fs::create_dir(&creds).unwrap();
+    let enrolled = credential(&rt, Principal::Cell("cell-1".parse().unwrap())).await;
+    std::fs::write(creds.join("cell.pem"), &enrolled.chain).unwrap();
+    std::fs::write(creds.join("cell.key"), &enrolled.key).unwrap();
+    std::fs::write(creds.join("bundle.pem"), rt.ca.roots_pem()).unwrap();
+    let files = CredentialDir::new(&creds);
+    let loaded = files.load(rt.ca.settings()).unwrap();
+    assert_eq!(loaded.cell.to_string(), "cell-1");
+    let remote = connect(port, &enrolled, &rt.ca.roots_pem()).await.unwrap();
+    let identity = CellIdentity::new(
+        files.clone(),
+        rt.ca.settings().clone(),
+        remote.clone(),
+        loaded,
+    );
+
+    // Renewal: a new key made here, certified for the same cell, no longer-lived, recorded.
+    let serial = identity.renew().await.unwrap();
+    let chain = std::fs::read_to_string(creds.join("cell.pem")).unwrap();
+    let key = std::fs::read_to_string(creds.join("cell.key")).unwrap();
+    assert_ne!(chain, enrolled.chain);
+    assert_ne!(key, enrolled.key);
+    let mode = std::fs::metadata(creds.join("cell.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let leaf = first_cert_der(&chain);
+    assert!(lifetime_secs(&leaf) <= lifetime_secs(&first_cert_der(&enrolled.chain)));
+    let roots: Vec<Vec<u8>> = rt.ca.roots().into_iter().map(|r| r.der).collect();
+    let (ok, out) = openssl_verify(dir.path(), &roots, &[rt.ca.intermediate().der], &leaf);
+    assert!(ok, "{out}");
+    let recorded = rt
+        .audit
+        .list(&LedgerFilter {
+            serial: Some(serial.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].record.kind, EntryKind::Issued);
+    assert_eq!(recorded[0].record.cell_id.as_deref(), Some("cell-1"));
+    assert_eq!(
+        recorded[0].record.spiffe_id.as_deref(),
+        Some("spiffe://cf.internal/cell/cell-1")
+    );
+    // The files on disk are a working credential, and the connection uses it now.
+    let reread = files.load(rt.ca.settings()).unwrap();
+    let fresh = connect(
+        port,
+        &Pem {
+            chain: reread.chain_pem.clone(),
+            key: reread.key_pem.to_string(),
+        },
+        &reread.roots_pem,
+    )
+    .await
+    .unwrap();
+    agent::obtain_svid(&fresh, on_cell(INSTANCE, "cell-1"), None)
+        .await
+        .unwrap();
+    agent::obtain_svid(&remote, on_cell(INSTANCE, "cell-1"), None)
+        .await
+        .unwrap();
+
+    // A renewal asks for no more than the credential presented, and a bad CSR is a recorded
+    // denial that issues nothing.
+    let longer = remote
+        .client()
+        .renew_credential(proto::RenewCredentialRequest {
+            csr: agent::new_key_and_csr().unwrap().1,
+            ttl_seconds: 100 * 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(lifetime_secs(&longer.cert_der) <= 3600 + 30);
+    let before = rt.audit.entry_count().await.unwrap();
+    let bad = remote
+        .client()
+        .renew_credential(proto::RenewCredentialRequest {
+            csr: b"not a CSR".to_vec(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    let newest = rt
+        .audit
+        .list(&LedgerFilter::default())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(rt.audit.entry_count().await.unwrap(), before + 1);
+    assert_eq!(newest.record.kind, EntryKind::Denied);
+    assert_eq!(newest.record.cell_id.as_deref(), Some("cell-1"));
+
+    // A new root: once it signs, a credential renewed under it is accepted by the running
+    // server, whose own certificate moves to the new intermediate too.
+    let m = Maintenance::new(
+        rt.ca.clone(),
+        rt.store().clone(),
+        rt.issuance.ledger().clone(),
+        tokio::sync::watch::channel(None).1,
+    )
+    .unwrap()
+    .unwrap();
+    let (control, _task) = m.spawn(cancel.clone());
+    let old_inter = rt.ca.intermediate();
+    let [old_root] = rt.ca.roots().try_into().unwrap();
+    control.rotate(Target::Root).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt.ca.intermediate().fingerprint == old_inter.fingerprint {
+        assert!(std::time::Instant::now() < deadline, "never activated");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    identity.bundle_changed(&rt.ca.roots_pem()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(creds.join("bundle.pem")).unwrap(),
+        rt.ca.roots_pem()
+    );
+    identity.renew().await.unwrap();
+    let renewed = files.load(rt.ca.settings()).unwrap();
+    let new_root = rt
+        .ca
+        .roots()
+        .into_iter()
+        .find(|r| r.fingerprint != old_root.fingerprint)
+        .unwrap();
+    let new_root_pem = idmint::ca::cert_pem(&new_root.der);
+    let (ok, out) = openssl_verify(
+        dir.path(),
+        &[new_root.der],
+        &[rt.ca.intermediate().der],
+        &first_cert_der(&renewed.chain_pem),
+    );
+    assert!(ok, "the renewed credential chains to the new root: {out}");
+    // Trusting only the new root, a new connection with the renewed credential works: the
+    // server trusts the new root for clients and presents a certificate under it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let attempt = connect(
+            port,
+            &Pem {
+                chain: renewed.chain_pem.clone(),
+                key: renewed.key_pem.to_string(),
+            },
+            &new_root_pem,
+        )
+        .await;
+        match attempt {
+            Ok(c) => {
+                agent::obtain_svid(&c, on_cell(INSTANCE, "cell-1"), None)
+                    .await
+                    .unwrap();
+                break;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    agent::obtain_svid(&remote, on_cell(INSTANCE, "cell-1"), None)
+        .await
+        .unwrap();
 
     cancel.cancel();
     served.await.unwrap().unwrap();

@@ -110,8 +110,21 @@ impl Server {
     }
 
     fn agent(&self, cell: &str) -> (Running, PathBuf) {
+        self.agent_enrolled_for(cell, "24h")
+    }
+
+    /// An agent for `cell`, with a cell credential that lives `ttl`.
+    fn agent_enrolled_for(&self, cell: &str, ttl: &str) -> (Running, PathBuf) {
         let creds = self.dir.join(format!("{cell}-credential"));
-        self.cli(&["cell", "enroll", cell, "--out-dir", creds.to_str().unwrap()]);
+        self.cli(&[
+            "cell",
+            "enroll",
+            cell,
+            "--ttl",
+            ttl,
+            "--out-dir",
+            creds.to_str().unwrap(),
+        ]);
         let data = self.dir.join(format!("agent-{cell}"));
         let mut cmd = idmint(&data);
         cmd.args([
@@ -191,6 +204,64 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
         Duration::from_secs(30),
         || std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap() != before,
     );
+}
+
+#[test]
+fn an_agent_renews_its_cell_credential_and_reconnects_with_it_after_the_first_one_expired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let mut server = Server {
+        process: Some(Server::start(dir, api_port, &admin, "1h")),
+        data: dir.join("server"),
+        admin: admin.clone(),
+        api_port,
+        dir: dir.to_path_buf(),
+    };
+    let enrolled = Instant::now();
+    let (_agent, data) = server.agent_enrolled_for("cell-1", "12s");
+    let creds = dir.join("cell-1-credential");
+    let read = |name: &str| std::fs::read_to_string(creds.join(name)).unwrap();
+    let first = read("cell.pem");
+    let first_key = read("cell.key");
+    // 12 s credentials renew 4.8 to 7.2 s after issue.
+    wait_until("a renewed cell credential", Duration::from_secs(20), || {
+        read("cell.pem") != first
+    });
+    assert_ne!(read("cell.key"), first_key, "a new key each time");
+    let cell_id = "spiffe://cf.internal/cell/cell-1";
+    let ledger: Vec<serde_json::Value> =
+        serde_json::from_str(&server.cli(&["audit", "list", "--json"])).unwrap();
+    let issued = ledger
+        .iter()
+        .filter(|e| e["kind"] == "issued" && e["spiffe_id"] == cell_id)
+        .count();
+    assert!(issued >= 2, "enrolment and renewal recorded: {ledger:?}");
+
+    // Past the first credential's expiry, a restarted server accepts only the renewed one,
+    // and the agent reconnects with it.
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(enrolled.elapsed()));
+    server.process.take();
+    server.process = Some(Server::start(dir, api_port, &admin, "1h"));
+    server.register(INSTANCE, APP, "cell-1");
+    let crt = data.join("instances").join(INSTANCE).join("instance.crt");
+    wait_until(
+        "the instance served after reconnecting",
+        Duration::from_secs(20),
+        || crt.exists(),
+    );
+    let (ok, out) = openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            creds.join("bundle.pem").to_str().unwrap(),
+            "-untrusted",
+            creds.join("cell.pem").to_str().unwrap(),
+            creds.join("cell.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "the renewed cell credential verifies: {out}");
 }
 
 const APP_B: &str = "b0b0b0b0-0000-4000-8000-00000000000b";

@@ -2,6 +2,7 @@
 
 use zeroize::Zeroizing;
 
+pub mod cell_credential;
 mod metrics;
 pub mod refresh;
 pub mod remote;

@@ -2,17 +2,22 @@
 //! other machines than the server. The agent presents its cell credential; the server decides
 //! from it which instances the agent may have certificates for.
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use std::sync::{Arc, RwLock};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::{self as pb};
 
-/// A connection to an idmint server.
+/// A connection to an idmint server. Clones share it, and see a changed credential or trust
+/// bundle (see [`RemoteAuthority::reconnect`]) from their next call on.
 #[derive(Clone)]
 pub struct RemoteAuthority {
-    client: IdentityClient<Channel>,
+    endpoint: Arc<str>,
+    server_name: Arc<str>,
+    client: Arc<RwLock<IdentityClient<Channel>>>,
 }
 
 /// What an agent needs to reach the server.
@@ -29,37 +34,97 @@ pub struct RemoteSettings<'a> {
     pub roots_pem: &'a str,
 }
 
+/// A credential the server renewed: the certificate for the key sent in the CSR.
+pub struct Renewed {
+    /// The certificate and the intermediates after it, PEM.
+    pub chain_pem: String,
+    /// Its serial, lowercase hex.
+    pub serial_hex: String,
+    /// When it expires.
+    pub not_after: time::OffsetDateTime,
+}
+
 impl RemoteAuthority {
     /// Connects and completes the TLS handshake: a server that does not accept this agent's
     /// credential is an error here.
     pub async fn connect(
         s: RemoteSettings<'_>,
     ) -> Result<RemoteAuthority, tonic::transport::Error> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(s.roots_pem))
-            .identity(Identity::from_pem(s.cert_chain_pem, s.key_pem))
-            .domain_name(s.server_name);
-        let channel = Channel::from_shared(s.endpoint)
-            .expect("an https:// endpoint")
-            .tls_config(tls)?
-            .connect()
-            .await?;
+        let channel = endpoint(&s)?.connect().await?;
         Ok(RemoteAuthority {
-            client: IdentityClient::new(channel),
+            endpoint: s.endpoint.into(),
+            server_name: s.server_name.into(),
+            client: Arc::new(RwLock::new(IdentityClient::new(channel))),
         })
+    }
+
+    /// From the next call on, connects with this credential and trusts these roots. Calls
+    /// in flight finish on the connection they started on.
+    pub fn reconnect(
+        &self,
+        cert_chain_pem: &str,
+        key_pem: &str,
+        roots_pem: &str,
+    ) -> Result<(), tonic::transport::Error> {
+        let channel = endpoint(&RemoteSettings {
+            endpoint: self.endpoint.to_string(),
+            server_name: &self.server_name,
+            cert_chain_pem,
+            key_pem,
+            roots_pem,
+        })?
+        .connect_lazy();
+        *self.client.write().expect("never poisoned") = IdentityClient::new(channel);
+        Ok(())
     }
 
     /// The server's API, for calls beyond the [`Authority`] interface.
     pub fn client(&self) -> IdentityClient<Channel> {
-        self.client.clone()
+        self.client.read().expect("never poisoned").clone()
     }
+
+    /// Has the server certify the key in `csr` as this agent's next credential.
+    pub async fn renew_credential(&self, csr: Vec<u8>) -> Result<Renewed, api::Error> {
+        let reply = self
+            .client()
+            .renew_credential(pb::RenewCredentialRequest {
+                csr,
+                ttl_seconds: 0,
+            })
+            .await
+            .map_err(error)?
+            .into_inner();
+        let chain_pem = std::iter::once(&reply.cert_der)
+            .chain(&reply.chain_der)
+            .map(|der| crate::ca::cert_pem(der))
+            .collect();
+        Ok(Renewed {
+            chain_pem,
+            serial_hex: reply.serial_hex,
+            not_after: unix_time(reply.not_after)?,
+        })
+    }
+}
+
+fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(s.roots_pem))
+        .identity(Identity::from_pem(s.cert_chain_pem, s.key_pem))
+        .domain_name(s.server_name);
+    Channel::from_shared(s.endpoint.clone())
+        .expect("an https:// endpoint")
+        .tls_config(tls)
+}
+
+fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map_err(|_| api::Error::Unavailable(format!("server sent time {t}")))
 }
 
 impl Authority for RemoteAuthority {
     async fn sign(&self, request: SignRequest) -> Result<SignedCert, api::Error> {
         let reply = self
-            .client
-            .clone()
+            .client()
             .sign(pb::SignRequest {
                 instance_guid: request.placement.instance_guid.to_string(),
                 csr: request.csr,
@@ -71,17 +136,13 @@ impl Authority for RemoteAuthority {
             .await
             .map_err(error)?
             .into_inner();
-        let time = |t: i64| {
-            time::OffsetDateTime::from_unix_timestamp(t)
-                .map_err(|_| api::Error::Unavailable(format!("server sent time {t}")))
-        };
         Ok(SignedCert {
             spiffe_id: reply.spiffe_id,
             cert_der: reply.cert_der,
             chain_der: reply.chain_der,
             serial_hex: reply.serial_hex,
-            not_before: time(reply.not_before)?,
-            not_after: time(reply.not_after)?,
+            not_before: unix_time(reply.not_before)?,
+            not_after: unix_time(reply.not_after)?,
             capped: reply.capped,
             ledger_seq: reply.ledger_seq,
         })
@@ -90,8 +151,7 @@ impl Authority for RemoteAuthority {
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, api::Error> {
         use rustls_pki_types::pem::PemObject;
         let mut stream = self
-            .client
-            .clone()
+            .client()
             .watch_bundle(pb::WatchBundleRequest {})
             .await
             .map_err(error)?

@@ -200,6 +200,51 @@ impl CertificateAuthority {
         ttl: Ttl,
         now: OffsetDateTime,
     ) -> Result<Credential, Error> {
+        let key = CaKey::generate_p256()?;
+        let issued = self.sign_principal(principal, &key, ttl, now)?;
+        Ok(Credential {
+            cert_der: issued.cert_der,
+            chain_der: issued.chain_der,
+            key_pkcs8: zeroize::Zeroizing::new(
+                key.pkcs8_der()
+                    .expect("generated keys keep their PKCS#8")
+                    .to_vec(),
+            ),
+            serial_hex: issued.serial_hex,
+            spiffe_id: issued.spiffe_id,
+            validity: issued.validity,
+            public_key_sha256: issued.public_key_sha256,
+            issuer_fingerprint: issued.issuer_fingerprint,
+        })
+    }
+
+    /// A credential for `principal` certifying the key of a CSR (DER or PEM), whose signature
+    /// must verify; as with a leaf, nothing else is taken from it. How a principal renews the
+    /// credential it holds without its key leaving its machine.
+    pub fn certify_principal(
+        &self,
+        principal: &Principal,
+        csr_bytes: &[u8],
+        ttl: Ttl,
+        now: OffsetDateTime,
+    ) -> Result<Issued, Error> {
+        let checked = csr::check(csr_bytes)?;
+        let key = rcgen::SubjectPublicKeyInfo::from_der(&checked.spki_der).map_err(|e| {
+            Error::Csr(csr::CsrError::UnsupportedKey(format!(
+                "{:?} ({e})",
+                checked.key_type
+            )))
+        })?;
+        self.sign_principal(principal, &key, ttl, now)
+    }
+
+    fn sign_principal(
+        &self,
+        principal: &Principal,
+        key: &impl rcgen::PublicKeyData,
+        ttl: Ttl,
+        now: OffsetDateTime,
+    ) -> Result<Issued, Error> {
         let signing = self.signing();
         let issuer_cert = &signing.chain[0];
         let validity = leaf_validity(ttl, issuer_cert.not_before, issuer_cert.not_after, now)?;
@@ -214,26 +259,19 @@ impl CertificateAuthority {
             &issuer_cert.der.as_slice().into(),
             signing.key.as_ref(),
         )?;
-        let key = CaKey::generate_p256()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let cert = params.signed_by(key, &issuer)?;
         let serial = params
             .serial_number
             .as_ref()
             .map(|s| encode_hex(s.as_ref()))
             .unwrap_or_default();
-        Ok(Credential {
+        Ok(Issued {
             cert_der: cert.der().to_vec(),
             chain_der: signing.chain.iter().map(|c| c.der.clone()).collect(),
-            key_pkcs8: zeroize::Zeroizing::new(
-                key.pkcs8_der()
-                    .expect("generated keys keep their PKCS#8")
-                    .to_vec(),
-            ),
             serial_hex: serial,
             spiffe_id: principal.spiffe_id(&self.settings),
             validity,
-            public_key_sha256: sha256_hex(&spki),
+            public_key_sha256: sha256_hex(&key.subject_public_key_info()),
             issuer_fingerprint: issuer_cert.fingerprint.clone(),
         })
     }

@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::dev::stop_signal;
+use crate::agent::cell_credential::{CellIdentity, CredentialDir};
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
-use crate::ca::Principal;
 use crate::config::Config;
 use crate::ids::{CellId, Guid};
 use crate::placement::Placement;
@@ -41,24 +41,16 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     let mut stop = Box::pin(stop_signal()?);
-    let read = |name: &str| {
-        let path = args.credential_dir.join(name);
-        std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read {} (made by `idmint cell enroll`)",
-                path.display()
-            )
-        })
-    };
-    let (chain, key, roots) = (read("cell.pem")?, read("cell.key")?, read("bundle.pem")?);
-    let cell = cell_of(&config, &chain)?;
+    let dir = CredentialDir::new(&args.credential_dir);
+    let credential = dir.load(&config.ca)?;
+    let cell = credential.cell.clone();
     let remote = loop {
         let attempt = RemoteAuthority::connect(RemoteSettings {
             endpoint: args.server.clone(),
             server_name: &args.server_name,
-            cert_chain_pem: &chain,
-            key_pem: &key,
-            roots_pem: &roots,
+            cert_chain_pem: &credential.chain_pem,
+            key_pem: &credential.key_pem,
+            roots_pem: &credential.roots_pem,
         });
         let outcome = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -78,9 +70,15 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     let shutdown = CancellationToken::new();
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: config.ca.trust_domain.clone(),
-        roots_pem: roots,
+        roots_pem: credential.roots_pem.clone(),
         generation: 0,
     }));
+    let identity = Arc::new(CellIdentity::new(
+        dir,
+        config.ca.clone(),
+        remote.clone(),
+        credential,
+    ));
     let agent = Arc::new(Workloads::new(
         Arc::new(remote.clone()),
         AgentSettings::from_config(&config),
@@ -91,6 +89,7 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     let tasks = [
         tokio::spawn(watch_bundle(
             remote.clone(),
+            identity.clone(),
             config.clone(),
             bundle_tx,
             shutdown.clone(),
@@ -101,8 +100,18 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
             cell.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(
+            identity
+                .clone()
+                .keep_renewed(config.agent.renewal, shutdown.clone()),
+        ),
     ];
     println!("idmint agent: cell {cell}, server {}", args.server);
+    println!(
+        "  cell credential     {} (until {})",
+        args.credential_dir.display(),
+        super::table::rfc3339(identity.not_after())
+    );
     println!("  SDS sockets         {}", config.agent.sds_dir.display());
     println!(
         "  instance files      {}",
@@ -117,29 +126,11 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     Ok(())
 }
 
-/// The cell a credential is for, from its SPIFFE ID.
-fn cell_of(config: &Config, chain_pem: &str) -> Result<CellId> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
-        .context("cell.pem holds no certificate")?;
-    let (_, cert) = X509Certificate::from_der(&pem.contents).context("cell.pem is unreadable")?;
-    let san = cert.subject_alternative_name().ok().flatten();
-    for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
-        if let GeneralName::URI(uri) = name {
-            if let Some(Principal::Cell(cell)) = Principal::from_spiffe_id(&config.ca, uri) {
-                return Ok(cell);
-            }
-        }
-    }
-    bail!(
-        "cell.pem is not a cell credential of trust domain {}",
-        config.ca.trust_domain
-    )
-}
-
-/// Keeps the agent's trust bundle the server's, reconnecting when the stream breaks.
+/// Keeps the agent's trust bundle the server's, for its sidecars and for its own connection
+/// to the server, reconnecting when the stream breaks.
 async fn watch_bundle(
     remote: RemoteAuthority,
+    identity: Arc<CellIdentity>,
     config: Config,
     tx: watch::Sender<Arc<Bundle>>,
     shutdown: CancellationToken,
@@ -158,6 +149,9 @@ async fn watch_bundle(
                 };
                 let Ok(Some(b)) = msg else { break };
                 if b.roots_pem != tx.borrow().roots_pem {
+                    if let Err(e) = identity.bundle_changed(&b.roots_pem) {
+                        tracing::error!(error = %e, "cannot store the new trust bundle");
+                    }
                     tx.send_replace(Arc::new(Bundle {
                         trust_domain: config.ca.trust_domain.clone(),
                         roots_pem: b.roots_pem,

@@ -18,6 +18,7 @@ use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::api::{Authority, SignRequest};
 use crate::ca::Principal;
 use crate::config::Config;
+use crate::server::api_tls::ApiTls;
 use crate::server::grpc::{self, IdentityApi};
 
 /// Agents (cells), each with its own credential and connection.
@@ -69,17 +70,14 @@ async fn remote_path(
     let rt = bench_runtime(config, dir).await?;
     let now = OffsetDateTime::now_utc();
     let ttl = "24h".parse()?;
-    let server = rt
-        .issuance
-        .enroll(
-            &Principal::Server {
-                dns: vec!["localhost".into()],
-                ips: vec![IpAddr::from([127, 0, 0, 1])],
-            },
-            ttl,
-            now,
-        )
-        .await?;
+    let tls = ApiTls::enroll(
+        rt.issuance.clone(),
+        Principal::Server {
+            dns: vec!["localhost".into()],
+            ips: vec![IpAddr::from([127, 0, 0, 1])],
+        },
+    )
+    .await?;
 
     let roots = rt.ca.roots_pem();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -91,12 +89,7 @@ async fn remote_path(
         rt.ca.clone(),
         false,
     );
-    let served = tokio::spawn(grpc::serve(
-        listener,
-        api,
-        grpc::tls_config(&server.chain_pem(), &server.key_pem(), &roots),
-        cancel.clone(),
-    ));
+    let served = tokio::spawn(grpc::serve(listener, api, tls, cancel.clone()));
 
     println!("registering {INSTANCES} instances on {AGENTS} cells (not timed)…");
     let mut agents = Vec::new();

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -16,6 +15,7 @@ use crate::app::Runtime;
 use crate::ca::{Init, Principal};
 use crate::config::Config;
 use crate::sds::SdsMetrics;
+use crate::server::api_tls::ApiTls;
 use crate::server::grpc::{self, IdentityApi};
 
 #[derive(Args, Debug)]
@@ -39,21 +39,15 @@ pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
     } else {
         vec![args.listen.ip()]
     };
-    // The server's own credential lives as long as the signing intermediate; a restart makes
-    // a new one.
-    let own = rt
-        .issuance
-        .enroll(
-            &Principal::Server {
-                dns: vec![args.name.clone()],
-                ips,
-            },
-            rt.config.ca.intermediate_ttl,
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .context("cannot issue the server's own certificate")?;
-    let tls = grpc::tls_config(&own.chain_pem(), &own.key_pem(), &rt.ca.roots_pem());
+    // Renewed while the server runs, and re-issued by every start.
+    let tls = ApiTls::enroll(
+        rt.issuance.clone(),
+        Principal::Server {
+            dns: vec![args.name.clone()],
+            ips,
+        },
+    )
+    .await?;
     let api_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the server API", args.listen))?;

@@ -1,6 +1,6 @@
 //! The server API over mutually authenticated TLS (`proto/idmint.proto`). The caller is the
-//! SPIFFE ID in its client certificate, which the TLS layer has already verified against the
-//! trust bundle: a cell, the orchestrator, or an admin. Everything else is refused.
+//! SPIFFE ID in its client certificate, which the TLS layer ([`api_tls`]) has already
+//! verified against the trust bundle: a cell, the orchestrator, or an admin. Everything else is refused.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,10 +9,9 @@ use futures_util::Stream;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use super::api_tls::{self, ApiTls, Client, Peer};
 use super::registry::{self, Registry};
 use super::IssuanceService;
 use crate::api::{self, Caller};
@@ -48,41 +47,17 @@ impl IdentityApi {
         }
     }
 
-    /// Who is calling, from the verified client certificate.
+    /// Who is calling, from the client certificate the TLS layer verified.
+    fn client<T>(req: &Request<T>) -> Result<&Client, Status> {
+        req.extensions()
+            .get::<Peer>()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?
+            .client()
+            .map_err(Status::permission_denied)
+    }
+
     fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let (_, cert) = X509Certificate::from_der(leaf)
-            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-        let uris: Vec<&str> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let [id] = uris.as_slice() else {
-            return Err(Status::permission_denied(
-                "the client certificate must carry exactly one SPIFFE ID",
-            ));
-        };
-        Principal::from_spiffe_id(self.ca.settings(), id).ok_or_else(|| {
-            Status::permission_denied(format!(
-                "{id} is not a cell, the orchestrator or an admin of this trust domain"
-            ))
-        })
+        Self::client(req).map(|c| c.principal.clone())
     }
 
     /// Whether `caller` may change `cell`'s placements.
@@ -241,6 +216,36 @@ impl IdentityRpc for IdentityApi {
         Ok(Response::new(placement_to(&p)))
     }
 
+    async fn renew_credential(
+        &self,
+        request: Request<pb::RenewCredentialRequest>,
+    ) -> Result<Response<pb::RenewedCredential>, Status> {
+        let client = Self::client(&request)?.clone();
+        let req = request.into_inner();
+        // Never longer than the credential presented: renewing cannot extend what enrolment
+        // granted.
+        let most = client.lifetime.as_secs().max(1);
+        let seconds = match u64::from(req.ttl_seconds) {
+            0 => most,
+            s => s.min(most),
+        };
+        let ttl = Ttl::from_secs(seconds).expect("non-zero");
+        let (issued, ledger_seq) = self
+            .issuance
+            .certify_principal(&client.principal, &req.csr, ttl, OffsetDateTime::now_utc())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RenewedCredential {
+            spiffe_id: issued.spiffe_id,
+            cert_der: issued.cert_der,
+            chain_der: issued.chain_der,
+            serial_hex: issued.serial_hex,
+            not_before: issued.validity.not_before.unix_timestamp(),
+            not_after: issued.validity.not_after.unix_timestamp(),
+            ledger_seq,
+        }))
+    }
+
     async fn list_placements(
         &self,
         request: Request<pb::ListPlacementsRequest>,
@@ -310,26 +315,19 @@ pub fn placement_to(p: &Placement) -> pb::Placement {
     }
 }
 
-/// The server's TLS: its own credential, and client certificates required and verified
-/// against the trust bundle.
-pub fn tls_config(cert_chain_pem: &str, key_pem: &str, roots_pem: &str) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_chain_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(roots_pem))
-}
-
-/// Serves the API on `listener` until `cancel`.
+/// Serves the API on `listener` until `cancel`, with TLS that follows the CA.
 pub async fn serve(
     listener: TcpListener,
     api: IdentityApi,
-    tls: ServerTlsConfig,
+    tls: ApiTls,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .tls_config(tls)?
+    let incoming = api_tls::incoming(listener, tls.configs(), api.ca.settings().clone());
+    let keeper = tokio::spawn(tls.keep_current(cancel.clone()));
+    let served = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(api))
         .serve_with_incoming_shutdown(incoming, cancel.cancelled())
-        .await?;
-    Ok(())
+        .await;
+    keeper.abort();
+    Ok(served?)
 }

@@ -92,37 +92,60 @@ impl IssuanceService {
         ttl: Ttl,
         now: OffsetDateTime,
     ) -> Result<Credential, Error> {
-        let cred = self.ca.issue_principal(principal, ttl, now).map_err(|e| {
-            if e.is_request_error() {
-                Error::Refused(e.to_string())
-            } else {
-                unavailable(e)
-            }
-        })?;
+        let cred = self
+            .ca
+            .issue_principal(principal, ttl, now)
+            .map_err(request_or_unavailable)?;
         let record = LedgerRecord {
-            kind: EntryKind::Issued,
-            recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
             serial: Some(cred.serial_hex.clone()),
             spiffe_id: Some(cred.spiffe_id.clone()),
-            instance_guid: None,
-            app_guid: None,
-            space_guid: None,
-            org_guid: None,
-            cell_id: match principal {
-                Principal::Cell(cell) => Some(cell.to_string()),
-                _ => None,
-            },
-            container_ip: None,
             not_before: Some(cred.validity.not_before.unix_timestamp()),
             not_after: Some(cred.validity.not_after.unix_timestamp()),
             public_key_sha256: Some(cred.public_key_sha256.clone()),
             issuer_fingerprint: Some(cred.issuer_fingerprint.clone()),
             cert_der: Some(cred.cert_der.clone()),
-            reason: None,
-            leaf_hash: Vec::new(),
+            ..principal_record(&self.ca, principal, EntryKind::Issued, now)
         };
         self.ledger.append(record).await.map_err(unavailable)?;
         Ok(cred)
+    }
+
+    /// A new credential for `principal` from a CSR of its own, recorded in the ledger before
+    /// it is returned; a refused CSR is recorded as a denial.
+    pub async fn certify_principal(
+        &self,
+        principal: &Principal,
+        csr: &[u8],
+        ttl: Ttl,
+        now: OffsetDateTime,
+    ) -> Result<(Issued, i64), Error> {
+        match self.ca.certify_principal(principal, csr, ttl, now) {
+            Ok(issued) => {
+                let record = LedgerRecord {
+                    serial: Some(issued.serial_hex.clone()),
+                    not_before: Some(issued.validity.not_before.unix_timestamp()),
+                    not_after: Some(issued.validity.not_after.unix_timestamp()),
+                    public_key_sha256: Some(issued.public_key_sha256.clone()),
+                    issuer_fingerprint: Some(issued.issuer_fingerprint.clone()),
+                    cert_der: Some(issued.cert_der.clone()),
+                    ..principal_record(&self.ca, principal, EntryKind::Issued, now)
+                };
+                let seq = self.ledger.append(record).await.map_err(unavailable)?;
+                Ok((issued, seq))
+            }
+            Err(e) if e.is_request_error() => {
+                let reason = e.to_string();
+                tracing::info!(principal = %principal.spiffe_id(self.ca.settings()), %reason,
+                    "credential renewal denied");
+                let record = LedgerRecord {
+                    reason: Some(reason.clone()),
+                    ..principal_record(&self.ca, principal, EntryKind::Denied, now)
+                };
+                self.ledger.append(record).await.map_err(unavailable)?;
+                Err(Error::Refused(reason))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// [`Authority::sign`] at an explicit time.
@@ -180,6 +203,45 @@ impl Authority for IssuanceService {
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(e.to_string())
+}
+
+fn request_or_unavailable(e: ca::Error) -> Error {
+    if e.is_request_error() {
+        Error::Refused(e.to_string())
+    } else {
+        unavailable(e)
+    }
+}
+
+/// A ledger record about `principal`'s credential: its SPIFFE ID, and its cell for a cell.
+fn principal_record(
+    ca: &CertificateAuthority,
+    principal: &Principal,
+    kind: EntryKind,
+    now: OffsetDateTime,
+) -> LedgerRecord {
+    LedgerRecord {
+        kind,
+        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+        serial: None,
+        spiffe_id: Some(principal.spiffe_id(ca.settings())),
+        instance_guid: None,
+        app_guid: None,
+        space_guid: None,
+        org_guid: None,
+        cell_id: match principal {
+            Principal::Cell(cell) => Some(cell.to_string()),
+            _ => None,
+        },
+        container_ip: None,
+        not_before: None,
+        not_after: None,
+        public_key_sha256: None,
+        issuer_fingerprint: None,
+        cert_der: None,
+        reason: None,
+        leaf_hash: Vec::new(),
+    }
 }
 
 fn placement_record(p: &Placement, kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {

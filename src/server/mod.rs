@@ -1,6 +1,7 @@
 //! The server half: turns sign requests into certificates, recording every decision in the
 //! ledger before answering.
 
+pub mod api_tls;
 pub mod ca_maintenance;
 pub mod ca_upstream;
 pub mod grpc;

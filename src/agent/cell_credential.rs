@@ -1,0 +1,356 @@
+//! The cell's own credential: read from the directory `idmint cell enroll` wrote, renewed
+//! through the server before it expires (with a key made here each time), and kept beside the
+//! server's current trust bundle. A renewal replaces certificate and key so that a crash at any
+//! moment leaves a pair that belongs together on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, ensure, Context, Result};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use zeroize::Zeroizing;
+
+use super::refresh::{random_draw, retry_delay, Schedule};
+use super::remote::RemoteAuthority;
+use crate::app::write_atomic;
+use crate::ca::{Principal, Settings, BACKDATE};
+use crate::ids::CellId;
+
+/// The cell's certificate and the intermediates after it.
+const CHAIN: &str = "cell.pem";
+/// Its private key (0600).
+const KEY: &str = "cell.key";
+/// The roots the server's certificate chains to.
+const BUNDLE: &str = "bundle.pem";
+/// What a replacement is written as before it takes the place of `CHAIN` and `KEY`.
+const NEXT: &str = "next";
+
+/// A cell credential as read from its directory.
+pub struct CellCredential {
+    /// Certificate and intermediates, PEM.
+    pub chain_pem: String,
+    /// Private key, PEM.
+    pub key_pem: Zeroizing<String>,
+    /// Trust bundle, PEM.
+    pub roots_pem: String,
+    /// The cell it names.
+    pub cell: CellId,
+    /// Its validity.
+    pub not_before: OffsetDateTime,
+    /// Its expiry.
+    pub not_after: OffsetDateTime,
+}
+
+/// The directory holding a cell credential.
+#[derive(Clone, Debug)]
+pub struct CredentialDir(PathBuf);
+
+impl CredentialDir {
+    /// The credential in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CredentialDir(dir.into())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn next(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.{NEXT}"))
+    }
+
+    /// Reads the credential, first finishing a replacement a crash interrupted. It must be a
+    /// cell credential of `settings`' trust domain.
+    pub fn load(&self, settings: &Settings) -> Result<CellCredential> {
+        self.finish_replacement()?;
+        let read = |name: &str| {
+            let path = self.path(name);
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {} (made by `idmint cell enroll`)",
+                    path.display()
+                )
+            })
+        };
+        let (chain_pem, key_pem, roots_pem) = (read(CHAIN)?, read(KEY)?, read(BUNDLE)?);
+        let facts = facts_of(&chain_pem, settings)?;
+        Ok(CellCredential {
+            chain_pem,
+            key_pem: Zeroizing::new(key_pem),
+            roots_pem,
+            cell: facts.cell,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+        })
+    }
+
+    /// Writes both halves of the replacement in full, then moves them into place key first.
+    /// [`CredentialDir::finish_replacement`] completes whatever a crash left.
+    fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<()> {
+        write_atomic(&self.next(KEY), key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.next(CHAIN), chain_pem.as_bytes(), 0o644)?;
+        self.finish_replacement()
+    }
+
+    /// A complete next certificate means both halves were written: move what is left of
+    /// them into place. A next key alone was never paired with its certificate: drop it,
+    /// the current pair is whole.
+    fn finish_replacement(&self) -> Result<()> {
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to)
+                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+        };
+        let (next_chain, next_key) = (self.next(CHAIN), self.next(KEY));
+        if next_chain.exists() {
+            if next_key.exists() {
+                rename(&next_key, &self.path(KEY))?;
+            }
+            rename(&next_chain, &self.path(CHAIN))?;
+        } else if next_key.exists() {
+            std::fs::remove_file(&next_key)
+                .with_context(|| format!("cannot remove {}", next_key.display()))?;
+        }
+        Ok(())
+    }
+
+    fn store_bundle(&self, roots_pem: &str) -> Result<()> {
+        write_atomic(&self.path(BUNDLE), roots_pem.as_bytes(), 0o644)
+    }
+}
+
+struct Facts {
+    cell: CellId,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    spki_der: Vec<u8>,
+}
+
+/// What the first certificate of `chain_pem` says: the cell, validity and public key.
+fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .context("cell.pem holds no certificate")?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).context("cell.pem is unreadable")?;
+    let san = cert.subject_alternative_name().ok().flatten();
+    let cell = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .find_map(|name| match name {
+            GeneralName::URI(uri) => match Principal::from_spiffe_id(settings, uri) {
+                Some(Principal::Cell(cell)) => Some(cell),
+                _ => None,
+            },
+            _ => None,
+        });
+    let Some(cell) = cell else {
+        bail!(
+            "cell.pem is not a cell credential of trust domain {}",
+            settings.trust_domain
+        );
+    };
+    let time = |t: x509_parser::time::ASN1Time| {
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).context("cell.pem: validity")
+    };
+    Ok(Facts {
+        cell,
+        not_before: time(cert.validity().not_before)?,
+        not_after: time(cert.validity().not_after)?,
+        spki_der: cert.tbs_certificate.subject_pki.raw.to_vec(),
+    })
+}
+
+/// A cell's credential in use: on disk, and in the connection to the server.
+pub struct CellIdentity {
+    dir: CredentialDir,
+    settings: Settings,
+    remote: RemoteAuthority,
+    current: Mutex<CellCredential>,
+}
+
+impl CellIdentity {
+    /// `current`, loaded from `dir`, as `remote` presents it.
+    pub fn new(
+        dir: CredentialDir,
+        settings: Settings,
+        remote: RemoteAuthority,
+        current: CellCredential,
+    ) -> Self {
+        CellIdentity {
+            dir,
+            settings,
+            remote,
+            current: Mutex::new(current),
+        }
+    }
+
+    /// When the credential in use expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.lock().not_after
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CellCredential> {
+        self.current.lock().expect("never poisoned")
+    }
+
+    /// Has the server certify a new key for this cell, stores the pair and uses it from the
+    /// next call on. Returns the new serial.
+    pub async fn renew(&self) -> Result<String> {
+        let (key_der, csr) = super::new_key_and_csr()?;
+        let wanted_spki = crate::ca::csr::check(&csr)?.spki_der;
+        let renewed = self.remote.renew_credential(csr).await?;
+        let facts = facts_of(&renewed.chain_pem, &self.settings)?;
+        let mut current = self.lock();
+        // Storing a certificate for another key or cell would lock this cell out.
+        ensure!(
+            facts.spki_der == wanted_spki && facts.cell == current.cell,
+            "the server's renewed credential is not for this cell's new key"
+        );
+        let key_pem = Zeroizing::new(crate::ca::pem_encode("PRIVATE KEY", &key_der));
+        self.dir.replace(&renewed.chain_pem, &key_pem)?;
+        current.chain_pem = renewed.chain_pem;
+        current.key_pem = key_pem;
+        (current.not_before, current.not_after) = (facts.not_before, facts.not_after);
+        self.remote
+            .reconnect(&current.chain_pem, &current.key_pem, &current.roots_pem)?;
+        Ok(renewed.serial_hex)
+    }
+
+    /// Stores the server's new trust bundle and trusts it from the next call on.
+    pub fn bundle_changed(&self, roots_pem: &str) -> Result<()> {
+        self.dir.store_bundle(roots_pem)?;
+        let mut current = self.lock();
+        current.roots_pem = roots_pem.to_string();
+        self.remote
+            .reconnect(&current.chain_pem, &current.key_pem, &current.roots_pem)?;
+        Ok(())
+    }
+
+    /// Renews on `schedule` until `shutdown`, retrying failures with a growing delay.
+    pub async fn keep_renewed(self: Arc<Self>, schedule: Schedule, shutdown: CancellationToken) {
+        let mut failures = 0;
+        loop {
+            let now = OffsetDateTime::now_utc();
+            let (issued, not_after) = {
+                let c = self.lock();
+                (c.not_before + BACKDATE, c.not_after)
+            };
+            let at = if failures == 0 {
+                schedule.renew_at(issued, not_after, random_draw())
+            } else {
+                now + retry_delay(failures, now, Some(not_after))
+            };
+            let wait = std::time::Duration::try_from(at - now).unwrap_or_default();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match self.renew().await {
+                Ok(serial) => {
+                    failures = 0;
+                    tracing::info!(%serial, not_after = %self.not_after(), "renewed the cell credential");
+                }
+                Err(e) => {
+                    failures += 1;
+                    if OffsetDateTime::now_utc() >= not_after {
+                        tracing::error!(error = %e, %not_after,
+                            "the cell credential has expired; enroll the cell again");
+                    } else {
+                        tracing::warn!(error = %e, "cannot renew the cell credential; retrying");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        crate::config::Config::load_with_env(&Default::default(), Vec::new())
+            .unwrap()
+            .ca
+    }
+
+    /// Two credentials for cell-1, as (chain, key) PEM.
+    fn two_credentials(s: &Settings) -> [(String, String); 2] {
+        let cells = ["cell-1".parse().unwrap()];
+        let now = OffsetDateTime::now_utc();
+        let make = || {
+            let dev = crate::ca::dev_credentials(s, &cells, now).unwrap();
+            let (_, pair) = &dev.cells[0];
+            (pair.cert_pem.clone(), pair.key_pem.to_string())
+        };
+        [make(), make()]
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn an_interrupted_replacement_ends_with_a_matching_pair() {
+        let s = settings();
+        let [(old_chain, old_key), (new_chain, new_key)] = two_credentials(&s);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CredentialDir::new(tmp.path());
+        let reset = || {
+            for name in ["cell.pem.next", "cell.key.next"] {
+                let _ = std::fs::remove_file(tmp.path().join(name));
+            }
+            std::fs::write(tmp.path().join(CHAIN), &old_chain).unwrap();
+            std::fs::write(tmp.path().join(KEY), &old_key).unwrap();
+            std::fs::write(tmp.path().join(BUNDLE), "roots").unwrap();
+        };
+        let pair = || (read(tmp.path(), CHAIN), read(tmp.path(), KEY));
+
+        // Only the next key was written: the old pair stays.
+        reset();
+        std::fs::write(tmp.path().join("cell.key.next"), &new_key).unwrap();
+        dir.load(&s).unwrap();
+        assert_eq!(pair(), (old_chain.clone(), old_key.clone()));
+        assert!(!tmp.path().join("cell.key.next").exists());
+
+        // Both halves written, neither moved: the new pair.
+        reset();
+        std::fs::write(tmp.path().join("cell.key.next"), &new_key).unwrap();
+        std::fs::write(tmp.path().join("cell.pem.next"), &new_chain).unwrap();
+        let loaded = dir.load(&s).unwrap();
+        assert_eq!(pair(), (new_chain.clone(), new_key.clone()));
+        assert_eq!(loaded.chain_pem, new_chain);
+
+        // The key already moved: the certificate follows.
+        reset();
+        std::fs::write(tmp.path().join(KEY), &new_key).unwrap();
+        std::fs::write(tmp.path().join("cell.pem.next"), &new_chain).unwrap();
+        dir.load(&s).unwrap();
+        assert_eq!(pair(), (new_chain.clone(), new_key.clone()));
+
+        // An uninterrupted replacement.
+        reset();
+        dir.replace(&new_chain, &new_key).unwrap();
+        assert_eq!(pair(), (new_chain, new_key));
+        assert!(!tmp.path().join("cell.pem.next").exists());
+    }
+
+    #[test]
+    fn what_is_not_a_cell_credential_is_refused_by_name() {
+        let s = settings();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CredentialDir::new(tmp.path());
+        let err = dir.load(&s).err().expect("refused").to_string();
+        assert!(
+            err.contains("cell.pem") && err.contains("idmint cell enroll"),
+            "{err}"
+        );
+
+        let dev = crate::ca::dev_credentials(&s, &[], OffsetDateTime::now_utc()).unwrap();
+        std::fs::write(tmp.path().join(CHAIN), &dev.intermediate.cert_pem).unwrap();
+        std::fs::write(tmp.path().join(KEY), dev.intermediate.key_pem.as_bytes()).unwrap();
+        std::fs::write(tmp.path().join(BUNDLE), &dev.root.cert_pem).unwrap();
+        let err = dir.load(&s).err().expect("refused").to_string();
+        assert!(err.contains("not a cell credential"), "{err}");
+    }
+}

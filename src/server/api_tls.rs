@@ -1,0 +1,291 @@
+//! The server API's TLS, kept current with the CA: client certificates are checked against
+//! the trust bundle as it is now, and the server's own certificate is renewed half-way through
+//! its life and whenever the signing CA changes, so that a root rotation or a long uptime needs
+//! no restart. Handshakes happen here rather than inside tonic so that the configuration can
+//! change between connections, and so that who a client is gets worked out once per
+//! connection instead of once per request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::IssuanceService;
+use crate::ca::{CertificateAuthority, Credential, Principal, Settings, BACKDATE};
+use crate::ids::Ttl;
+
+/// How long the server's own certificate lives; it is renewed at half of that.
+const OWN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait before trying again when the server's own certificate cannot be renewed.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// The server's credential and the TLS configuration made from it.
+pub struct ApiTls {
+    issuance: IssuanceService,
+    who: Principal,
+    own: Credential,
+    config: watch::Sender<Arc<ServerConfig>>,
+}
+
+impl ApiTls {
+    /// Issues the server's own credential for `who` (a [`Principal::Server`]), recorded in the
+    /// ledger like every other.
+    pub async fn enroll(issuance: IssuanceService, who: Principal) -> anyhow::Result<ApiTls> {
+        let own = issuance
+            .enroll(&who, own_ttl(), OffsetDateTime::now_utc())
+            .await
+            .context("cannot issue the server's own certificate")?;
+        let config = server_config(issuance.ca(), &own)?;
+        Ok(ApiTls {
+            issuance,
+            who,
+            own,
+            config: watch::channel(config).0,
+        })
+    }
+
+    /// The configuration new connections get, as it changes.
+    pub(super) fn configs(&self) -> watch::Receiver<Arc<ServerConfig>> {
+        self.config.subscribe()
+    }
+
+    /// Follows the CA until `cancel`: a new trust bundle is trusted for client certificates
+    /// at once, and the server's certificate is renewed when half its life is gone or when
+    /// the CA signs with another intermediate.
+    pub(super) async fn keep_current(mut self, cancel: CancellationToken) {
+        let mut changes = self.issuance.ca().watch();
+        loop {
+            let v = self.own.validity;
+            let renew_at = v.not_before + (v.not_after - v.not_before) / 2;
+            let wait = Duration::try_from(renew_at - OffsetDateTime::now_utc()).unwrap_or_default();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let now = OffsetDateTime::now_utc();
+            let ca = self.issuance.ca();
+            if now >= renew_at || self.own.issuer_fingerprint != ca.intermediate().fingerprint {
+                match self.issuance.enroll(&self.who, own_ttl(), now).await {
+                    Ok(own) => self.own = own,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot renew the server's own certificate; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(RETRY) => continue,
+                        }
+                    }
+                }
+            }
+            match server_config(ca, &self.own) {
+                Ok(config) => {
+                    self.config.send_replace(config);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot update the server API's TLS"),
+            }
+        }
+    }
+}
+
+fn own_ttl() -> Ttl {
+    Ttl::from_secs(OWN_TTL.as_secs()).expect("a non-zero lifetime")
+}
+
+/// TLS 1.2 or 1.3 with HTTP/2, presenting `own`, and requiring a client certificate that
+/// chains to one of the CA's current roots.
+fn server_config(ca: &CertificateAuthority, own: &Credential) -> anyhow::Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for root in ca.roots() {
+        roots.add(CertificateDer::from(root.der))?;
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let chain = std::iter::once(&own.cert_der)
+        .chain(&own.chain_der)
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own.key_pkcs8.to_vec()));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Connections on `listener` whose handshakes completed with the configuration current when
+/// they arrived. Failed and slow handshakes are dropped here; the stream ends when its
+/// receiver is dropped.
+pub(super) fn incoming(
+    listener: TcpListener,
+    configs: watch::Receiver<Arc<ServerConfig>>,
+    settings: Settings,
+) -> ReceiverStream<io::Result<ApiConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let settings = Arc::new(settings);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, most likely: let some close before accepting more.
+                    tracing::warn!(error = %e, "cannot accept a server API connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(configs.borrow().clone());
+            let (tx, settings) = (tx.clone(), settings.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let peer = Peer::of(&tls, &settings);
+                        let _ = tx.send(Ok(ApiConn { tls, peer })).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "server API handshake failed"),
+                    Err(_) => tracing::debug!("server API handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A client the TLS layer accepted, by its certificate.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Who the certificate says it is.
+    pub principal: Principal,
+    /// How long the certificate was issued for (not counting its back-dating).
+    pub lifetime: Duration,
+}
+
+/// Who is at the other end of a server API connection: a client, or why its certificate,
+/// though it verified, names no one the API serves. Every request on the connection sees it.
+#[derive(Clone, Debug)]
+pub struct Peer(Arc<Result<Client, String>>);
+
+impl Peer {
+    fn of(tls: &TlsStream<TcpStream>, settings: &Settings) -> Peer {
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        Peer(Arc::new(match leaf {
+            Some(der) => client_of(der, settings),
+            None => Err("a client certificate is required".into()),
+        }))
+    }
+
+    /// The client, or why there is none.
+    pub fn client(&self) -> Result<&Client, &str> {
+        self.0.as_ref().as_ref().map_err(String::as_str)
+    }
+}
+
+fn client_of(der: &[u8], settings: &Settings) -> Result<Client, String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|_| "unreadable client certificate".to_string())?;
+    let uris: Vec<&str> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let [id] = uris.as_slice() else {
+        return Err("the client certificate must carry exactly one SPIFFE ID".into());
+    };
+    let principal = Principal::from_spiffe_id(settings, id).ok_or_else(|| {
+        format!("{id} is not a cell, the orchestrator or an admin of this trust domain")
+    })?;
+    let validity = cert.validity();
+    let seconds = validity.not_after.timestamp() - validity.not_before.timestamp();
+    let issued_for = Duration::from_secs(seconds.max(0) as u64).saturating_sub(BACKDATE);
+    Ok(Client {
+        principal,
+        lifetime: issued_for,
+    })
+}
+
+/// A server API connection after its handshake.
+pub struct ApiConn {
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl tonic::transport::server::Connected for ApiConn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for ApiConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ApiConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
