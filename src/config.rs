@@ -49,6 +49,8 @@ pub const KEYS: &[&str] = &[
     "ca.upstream.intermediate_key",
     "ca.upstream.root_bundle",
     "admin.listen",
+    "server.listen",
+    "server.cells_register_own",
     "agent.sds_dir",
     "agent.instance_dir",
     "agent.renew_at",
@@ -79,7 +81,16 @@ struct Raw {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
     agent: RawAgent,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    cells_register_own: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,6 +143,16 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
 }
 
+/// Server API settings.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// Where the server API listens (mutual TLS).
+    pub listen: SocketAddr,
+    /// Whether a cell may register and deregister instances on itself; unset, each command
+    /// has its own default (on in `idmint dev`, off in `idmint server`).
+    pub cells_register_own: Option<bool>,
+}
+
 /// Agent settings.
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
@@ -154,6 +175,8 @@ pub struct Config {
     pub ca: ca::Settings,
     /// Admin HTTP.
     pub admin: AdminSettings,
+    /// The server API.
+    pub server: ServerSettings,
     /// The agent half.
     pub agent: AgentSettings,
     /// The config file read, if any.
@@ -270,6 +293,12 @@ impl Config {
         root.insert("store".into(), toml::Value::Table(store));
         root.insert("ca".into(), toml::Value::Table(ca));
         root.insert("admin".into(), toml::Value::Table(admin));
+        let mut server = toml::Table::new();
+        server.insert("listen".into(), text(&self.server.listen.to_string()));
+        if let Some(own) = self.server.cells_register_own {
+            server.insert("cells_register_own".into(), toml::Value::Boolean(own));
+        }
+        root.insert("server".into(), toml::Value::Table(server));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
         agent.insert("instance_dir".into(), path(&self.agent.instance_dir));
@@ -405,6 +434,24 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         .unwrap_or("127.0.0.1:8470")
         .parse()
         .map_err(|e| invalid("admin.listen", format!("not an address:port: {e}")))?;
+    let api_listen = raw
+        .server
+        .listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:8471")
+        .parse()
+        .map_err(|e| invalid("server.listen", format!("not an address:port: {e}")))?;
+    let cells_register_own = match raw.server.cells_register_own {
+        None => None,
+        Some(toml::Value::Boolean(b)) => Some(b),
+        Some(toml::Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
+        Some(other) => {
+            return Err(invalid(
+                "server.cells_register_own",
+                format!("{other} is not true or false"),
+            ))
+        }
+    };
     let fraction = |key: &'static str, v: Option<toml::Value>, default: f64| match v {
         None => Ok(default),
         Some(toml::Value::Float(f)) => parse_fraction(&f.to_string()).map_err(|e| invalid(key, e)),
@@ -451,6 +498,10 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         },
         store: store::Settings { url: store_url },
         admin: AdminSettings { listen },
+        server: ServerSettings {
+            listen: api_listen,
+            cells_register_own,
+        },
         agent: AgentSettings {
             sds_dir: raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds")),
             instance_dir: raw

@@ -59,7 +59,13 @@ fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("idmint-data");
     let mut child = idmint(&data)
-        .args(["--set", "admin.listen=127.0.0.1:0", "dev"])
+        .args([
+            "--set",
+            "admin.listen=127.0.0.1:0",
+            "--set",
+            "server.listen=127.0.0.1:0",
+            "dev",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -116,7 +122,13 @@ fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
         .unwrap()
         .to_string();
     let mut again = idmint(&data)
-        .args(["--set", "admin.listen=127.0.0.1:0", "dev"])
+        .args([
+            "--set",
+            "admin.listen=127.0.0.1:0",
+            "--set",
+            "server.listen=127.0.0.1:0",
+            "dev",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -537,7 +549,13 @@ impl Dev {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
         let mut child = idmint(data)
-            .args(["--set", &format!("admin.listen={admin}"), "dev"])
+            .args([
+                "--set",
+                &format!("admin.listen={admin}"),
+                "--set",
+                "server.listen=127.0.0.1:0",
+                "dev",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -47,7 +47,8 @@ impl Idmint {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_idmint"));
         cmd.arg("--data-dir")
             .arg(&data)
-            .args(["--set", &format!("admin.listen=127.0.0.1:{admin}")]);
+            .args(["--set", &format!("admin.listen=127.0.0.1:{admin}")])
+            .args(["--set", "server.listen=127.0.0.1:0"]);
         for s in settings {
             cmd.args(["--set", s]);
         }

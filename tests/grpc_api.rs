@@ -398,8 +398,40 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
         std::fs::read_to_string(creds.join("bundle.pem")).unwrap(),
         rt.ca.roots_pem()
     );
-    identity.renew().await.unwrap();
+    // The bundle stream says which intermediate signs now; a credential from another one
+    // renews under it, and one from the same does not.
+    let before = std::fs::read_to_string(creds.join("cell.pem")).unwrap();
+    identity
+        .follow_signer(&rt.ca.intermediate().fingerprint)
+        .await;
     let renewed = files.load(rt.ca.settings()).unwrap();
+    assert_ne!(
+        renewed.chain_pem, before,
+        "renewed under the new intermediate"
+    );
+    assert_eq!(
+        renewed.issuer_sha256.as_deref(),
+        Some(rt.ca.intermediate().fingerprint.as_str())
+    );
+    identity
+        .follow_signer(&rt.ca.intermediate().fingerprint)
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(creds.join("cell.pem")).unwrap(),
+        renewed.chain_pem
+    );
+    let signer = remote
+        .client()
+        .watch_bundle(proto::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .signing_ca_sha256;
+    assert_eq!(signer, rt.ca.intermediate().fingerprint);
     let new_root = rt
         .ca
         .roots()

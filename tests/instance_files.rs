@@ -110,6 +110,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
         Arc::new(rt.issuance.clone()),
         Settings {
             instance_dir: Some(instances.clone()),
+            cell: None,
             ..Settings::from_config(&rt.config)
         },
         bundle_rx,

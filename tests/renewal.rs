@@ -76,6 +76,7 @@ impl Harness {
             Settings {
                 sds_dir: dir.path().join("sds"),
                 instance_dir: None,
+                cell: None,
                 ..Settings::from_config(&rt.config)
             },
             bundle_rx,

@@ -89,6 +89,7 @@ impl Harness {
             Settings {
                 sds_dir: sds_dir.clone(),
                 instance_dir: None,
+                cell: None,
                 ..Settings::from_config(&rt.config)
             },
             bundle_rx,

@@ -266,6 +266,79 @@ fn an_agent_renews_its_cell_credential_and_reconnects_with_it_after_the_first_on
 
 const APP_B: &str = "b0b0b0b0-0000-4000-8000-00000000000b";
 
+#[test]
+fn dev_serves_its_local_cell_through_the_server_api_and_lets_another_cells_agent_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let mut cmd = idmint(&dir.join("server"));
+    cmd.args(["--set", &format!("admin.listen={admin}")])
+        .args(["--set", &format!("server.listen=127.0.0.1:{api_port}")])
+        .arg("dev");
+    let server = Server {
+        process: Some(start(cmd, dir.join("dev.log"))),
+        data: dir.join("server"),
+        admin,
+        api_port,
+        dir: dir.to_path_buf(),
+    };
+    server.register(INSTANCE, APP, "local");
+    let (_agent, data2) = server.agent("cell-2");
+
+    // Cells register their own instances by default in dev, and only their own.
+    let creds = dir.join("cell-2-credential");
+    let read = |name: &str| std::fs::read_to_string(creds.join(name)).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cell2 = idmint::agent::remote::RemoteAuthority::connect(
+            idmint::agent::remote::RemoteSettings {
+                endpoint: format!("https://127.0.0.1:{api_port}"),
+                server_name: "localhost",
+                cert_chain_pem: &read("cell.pem"),
+                key_pem: &read("cell.key"),
+                roots_pem: &read("bundle.pem"),
+            },
+        )
+        .await
+        .unwrap();
+        let mut mine = placement();
+        (mine.instance_guid, mine.app_guid, mine.cell_id) = (
+            ON_CELL_2.parse().unwrap(),
+            APP_B.parse().unwrap(),
+            "cell-2".parse().unwrap(),
+        );
+        let wire = idmint::server::grpc::placement_to(&mine);
+        cell2.client().register_placement(wire).await.unwrap();
+        mine.instance_guid = "3c3c3c3c-0000-4000-8000-000000000006".parse().unwrap();
+        mine.cell_id = "local".parse().unwrap();
+        let wire = idmint::server::grpc::placement_to(&mine);
+        let refused = cell2.client().register_placement(wire).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    });
+
+    // Each cell serves its own: dev's local cell and the joined agent.
+    let files = |data: &Path, instance: &str| data.join("instances").join(instance);
+    let socket = |data: &Path, instance: &str| data.join("sds").join(format!("{instance}.sock"));
+    wait_until("cell-2's instance files", Duration::from_secs(20), || {
+        files(&data2, ON_CELL_2).join("instance.crt").exists()
+    });
+    assert!(socket(&server.data, INSTANCE).exists());
+    assert!(files(&server.data, INSTANCE).join("instance.crt").exists());
+    assert!(!socket(&server.data, ON_CELL_2).exists());
+    assert!(!socket(&data2, INSTANCE).exists());
+    // The local cell has a credential like any other, and its certificates came through the
+    // API as that cell.
+    assert!(server.data.join("local-cell").join("cell.pem").exists());
+    let ledger: Vec<serde_json::Value> =
+        serde_json::from_str(&server.cli(&["audit", "list", "--json"])).unwrap();
+    assert!(ledger
+        .iter()
+        .any(|e| e["kind"] == "issued" && e["spiffe_id"] == "spiffe://cf.internal/cell/local"));
+    assert!(ledger.iter().any(|e| e["kind"] == "issued"
+        && e["cell_id"] == "local"
+        && e["instance_guid"] == INSTANCE));
+}
+
 fn app_id(app: &str) -> String {
     format!("spiffe://cf.internal/org/{ORG}/space/{SPACE}/app/{app}")
 }

@@ -154,7 +154,7 @@ pub async fn register(
         }
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     };
-    if let Some(agent) = &state.agent {
+    if let Some(agent) = state.agent.as_ref().filter(|a| a.serves(&placement)) {
         if let Err(e) = agent.add(placement.clone()).await {
             tracing::error!(instance = %placement.instance_guid, error = %e, "cannot serve SDS");
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();

@@ -14,13 +14,14 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::remote::RemoteAuthority;
 use crate::agent::Workloads;
 use crate::ca::CertificateAuthority;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
 use crate::sds::SdsMetrics;
 use crate::server::ca_maintenance::CaControl;
-use crate::server::{IssuanceService, Registry};
+use crate::server::Registry;
 use crate::store::LedgerFilter;
 
 /// What the handlers read.
@@ -33,7 +34,7 @@ pub struct AdminState {
     /// Registered instances.
     pub registry: Registry,
     /// The in-process agent, when this process serves SDS.
-    pub agent: Option<Arc<Workloads<IssuanceService>>>,
+    pub agent: Option<Arc<Workloads<RemoteAuthority>>>,
     /// SDS counters.
     pub sds_metrics: Arc<SdsMetrics>,
     /// Rotates the CA on request (self-signed mode).

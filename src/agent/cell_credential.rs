@@ -41,6 +41,8 @@ pub struct CellCredential {
     pub not_before: OffsetDateTime,
     /// Its expiry.
     pub not_after: OffsetDateTime,
+    /// SHA-256 (hex) of the intermediate that issued it, when the chain includes it.
+    pub issuer_sha256: Option<String>,
 }
 
 /// The directory holding a cell credential.
@@ -83,6 +85,7 @@ impl CredentialDir {
             cell: facts.cell,
             not_before: facts.not_before,
             not_after: facts.not_after,
+            issuer_sha256: facts.issuer_sha256,
         })
     }
 
@@ -125,12 +128,21 @@ struct Facts {
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     spki_der: Vec<u8>,
+    issuer_sha256: Option<String>,
 }
 
-/// What the first certificate of `chain_pem` says: the cell, validity and public key.
+/// What the first certificate of `chain_pem` says (the cell, validity and public key), and
+/// which intermediate after it issued it.
 fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
-        .context("cell.pem holds no certificate")?;
+    let mut pems = x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes());
+    let pem = pems
+        .next()
+        .context("cell.pem holds no certificate")?
+        .context("cell.pem is not PEM")?;
+    let issuer_sha256 = pems
+        .next()
+        .and_then(Result::ok)
+        .map(|p| crate::ca::sha256_hex(&p.contents));
     let (_, cert) = X509Certificate::from_der(&pem.contents).context("cell.pem is unreadable")?;
     let san = cert.subject_alternative_name().ok().flatten();
     let cell = san
@@ -157,6 +169,7 @@ fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts> {
         not_before: time(cert.validity().not_before)?,
         not_after: time(cert.validity().not_after)?,
         spki_der: cert.tbs_certificate.subject_pki.raw.to_vec(),
+        issuer_sha256,
     })
 }
 
@@ -182,6 +195,11 @@ impl CellIdentity {
             remote,
             current: Mutex::new(current),
         }
+    }
+
+    /// The connection to the server that presents this credential.
+    pub fn remote(&self) -> &RemoteAuthority {
+        &self.remote
     }
 
     /// When the credential in use expires.
@@ -211,9 +229,30 @@ impl CellIdentity {
         current.chain_pem = renewed.chain_pem;
         current.key_pem = key_pem;
         (current.not_before, current.not_after) = (facts.not_before, facts.not_after);
+        current.issuer_sha256 = facts.issuer_sha256;
         self.remote
             .reconnect(&current.chain_pem, &current.key_pem, &current.roots_pem)?;
         Ok(renewed.serial_hex)
+    }
+
+    /// Renews at once when the CA now signs with another intermediate than the one that
+    /// issued this credential: once that one's root is pruned from the bundle, the server
+    /// would refuse the credential.
+    pub async fn follow_signer(&self, signing_ca_sha256: &str) {
+        let stale = {
+            let current = self.lock();
+            !signing_ca_sha256.is_empty()
+                && current.issuer_sha256.as_deref() != Some(signing_ca_sha256)
+        };
+        if !stale {
+            return;
+        }
+        match self.renew().await {
+            Ok(serial) => tracing::info!(%serial,
+                "the CA signs with a new intermediate; renewed the cell credential under it"),
+            Err(e) => tracing::warn!(error = %e,
+                "cannot renew the cell credential under the CA's new intermediate"),
+        }
     }
 
     /// Stores the server's new trust bundle and trusts it from the next call on.
@@ -231,9 +270,11 @@ impl CellIdentity {
         let mut failures = 0;
         loop {
             let now = OffsetDateTime::now_utc();
+            // Back-dated, but never before the issuing CA's start: the issue time is at most
+            // the back-dating after the start, and never in the future.
             let (issued, not_after) = {
                 let c = self.lock();
-                (c.not_before + BACKDATE, c.not_after)
+                ((c.not_before + BACKDATE).min(now), c.not_after)
             };
             let at = if failures == 0 {
                 schedule.renew_at(issued, not_after, random_draw())
@@ -246,6 +287,13 @@ impl CellIdentity {
                 _ = tokio::time::sleep(wait) => {}
             }
             match self.renew().await {
+                Ok(serial) if self.not_after() <= not_after => {
+                    // Cut to the same end by the intermediate's expiry: renewing again soon
+                    // gains nothing until the CA signs with the next one.
+                    failures += 1;
+                    tracing::info!(%serial, not_after = %self.not_after(),
+                        "renewed the cell credential, but the signing CA expires with it");
+                }
                 Ok(serial) => {
                     failures = 0;
                     tracing::info!(%serial, not_after = %self.not_after(), "renewed the cell credential");

@@ -17,7 +17,7 @@ use super::obtain_svid;
 use super::refresh::{random_draw, retry_delay, Schedule};
 use crate::api::Authority;
 use crate::ca::{cert_pem, pem_encode};
-use crate::ids::Guid;
+use crate::ids::{CellId, Guid};
 use crate::placement::Placement;
 use crate::sds::{self, SdsMetrics};
 use crate::server::registry::{Event, Registry};
@@ -89,6 +89,8 @@ pub struct Settings {
     /// Where each instance's Diego identity files go (`<dir>/<instance>/instance.crt` and
     /// `instance.key`); `None` writes none.
     pub instance_dir: Option<PathBuf>,
+    /// The cell whose instances are served; `None` serves every instance followed.
+    pub cell: Option<CellId>,
 }
 
 impl Settings {
@@ -101,6 +103,7 @@ impl Settings {
             id_template: config.ca.id_template.clone(),
             renewal: config.agent.renewal,
             instance_dir: Some(config.agent.instance_dir.clone()),
+            cell: None,
         }
     }
 }
@@ -314,7 +317,15 @@ impl<A: Authority + 'static> Workloads<A> {
         }
     }
 
+    /// Whether `p` is on the cell served here.
+    pub fn serves(&self, p: &Placement) -> bool {
+        self.settings.cell.as_ref().is_none_or(|c| *c == p.cell_id)
+    }
+
     async fn add_logged(&self, p: Placement) {
+        if !self.serves(&p) {
+            return;
+        }
         let instance = p.instance_guid.clone();
         if let Err(e) = self.add(p).await {
             tracing::error!(%instance, error = %e, "cannot serve SDS for instance");
@@ -325,6 +336,7 @@ impl<A: Authority + 'static> Workloads<A> {
         let (now, _) = registry.snapshot().await;
         let wanted: HashMap<Guid, Placement> = now
             .into_iter()
+            .filter(|p| self.serves(p))
             .map(|p| (p.instance_guid.clone(), p))
             .collect();
         let gone: Vec<Guid> = self

@@ -148,6 +148,7 @@ async fn watch_bundle(
                     m = stream.message() => m,
                 };
                 let Ok(Some(b)) = msg else { break };
+                identity.follow_signer(&b.signing_ca_sha256).await;
                 if b.roots_pem != tx.borrow().roots_pem {
                     if let Err(e) = identity.bundle_changed(&b.roots_pem) {
                         tracing::error!(error = %e, "cannot store the new trust bundle");

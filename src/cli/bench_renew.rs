@@ -55,6 +55,7 @@ async fn measure(
         AgentSettings {
             sds_dir: dir.join("sds"),
             instance_dir: None,
+            cell: None,
             ..AgentSettings::from_config(&rt.config)
         },
         bundle_rx,

@@ -57,6 +57,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
         AgentSettings {
             sds_dir: sds_dir.clone(),
             instance_dir: None,
+            cell: None,
             ..AgentSettings::from_config(&rt.config)
         },
         bundle_rx,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::table::rfc3339;
 use crate::app::{self, Runtime};
-use crate::ca::{Init, Principal};
+use crate::ca::{Credential, Init, Principal};
 use crate::config::Config;
 use crate::ids::{CellId, Ttl};
 
@@ -50,13 +50,7 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let bundle = rt.ca.roots_pem();
     rt.shutdown().await;
     let cred = result?;
-    app::write_atomic(&out_dir.join("cell.key"), cred.key_pem().as_bytes(), 0o600)?;
-    app::write_atomic(
-        &out_dir.join("cell.pem"),
-        cred.chain_pem().as_bytes(),
-        0o644,
-    )?;
-    app::write_atomic(&out_dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
+    write_credential(&out_dir, &cred, &bundle)?;
     println!("enrolled cell {cell_id} as {}", cred.spiffe_id);
     println!(
         "serial {}, valid {} .. {}; wrote {}",
@@ -66,6 +60,13 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
         out_dir.display()
     );
     Ok(())
+}
+
+/// Writes what an agent reads from its credential directory.
+pub(super) fn write_credential(dir: &Path, cred: &Credential, bundle_pem: &str) -> Result<()> {
+    app::write_atomic(&dir.join("cell.key"), cred.key_pem().as_bytes(), 0o600)?;
+    app::write_atomic(&dir.join("cell.pem"), cred.chain_pem().as_bytes(), 0o644)?;
+    app::write_atomic(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)
 }
 
 fn prepare(dir: &Path) -> Result<()> {

@@ -20,49 +20,25 @@ use crate::server::grpc::{self, IdentityApi};
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Where the server API listens.
-    #[arg(long, default_value = "127.0.0.1:8471")]
-    listen: SocketAddr,
+    /// Where the server API listens [default: server.listen, 127.0.0.1:8471].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// The DNS name agents use for this server; its certificate carries it.
     #[arg(long, default_value = "localhost")]
     name: String,
-    /// Let a cell register and deregister instances on itself.
+    /// Let a cell register and deregister instances on itself (server.cells_register_own;
+    /// off by default here).
     #[arg(long)]
     cells_register_own: bool,
 }
 
 pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
     let stop = stop_signal()?;
+    let listen = args.listen.unwrap_or(config.server.listen);
+    let cells_register_own =
+        args.cells_register_own || config.server.cells_register_own.unwrap_or(false);
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
-    let ips = if args.listen.ip().is_unspecified() {
-        Vec::new()
-    } else {
-        vec![args.listen.ip()]
-    };
-    // Renewed while the server runs, and re-issued by every start.
-    let tls = ApiTls::enroll(
-        rt.issuance.clone(),
-        Principal::Server {
-            dns: vec![args.name.clone()],
-            ips,
-        },
-    )
-    .await?;
-    let api_listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for the server API", args.listen))?;
-    let api_addr = api_listener.local_addr()?;
-    let api = IdentityApi::new(
-        rt.issuance.clone(),
-        rt.registry.clone(),
-        rt.ca.clone(),
-        args.cells_register_own,
-    );
-    rt.spawn("server API", move |token| async move {
-        if let Err(e) = grpc::serve(api_listener, api, tls, token).await {
-            tracing::error!(error = %e, "server API failed");
-        }
-    });
+    let api_addr = start_api(&mut rt, listen, &args.name, cells_register_own).await?;
 
     // Agents do not report their sidecars' acknowledgements to the server yet, so the fleet
     // stays at "nothing acknowledged" and a new root signs after
@@ -94,10 +70,50 @@ pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
     println!("  admin HTTP          http://{admin_addr}");
     println!(
         "  cells register own instances: {}",
-        if args.cells_register_own { "yes" } else { "no" }
+        if cells_register_own { "yes" } else { "no" }
     );
     println!("ready; Ctrl-C to stop");
     stop.await;
     rt.shutdown().await;
     Ok(())
+}
+
+/// Serves the server API on `listen` with a certificate for `name` (and the listening address
+/// when it is a specific one). Returns where it listens.
+pub(super) async fn start_api(
+    rt: &mut Runtime,
+    listen: SocketAddr,
+    name: &str,
+    cells_register_own: bool,
+) -> Result<SocketAddr> {
+    let ips = if listen.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![listen.ip()]
+    };
+    // Renewed while the server runs, and re-issued by every start.
+    let tls = ApiTls::enroll(
+        rt.issuance.clone(),
+        Principal::Server {
+            dns: vec![name.to_string()],
+            ips,
+        },
+    )
+    .await?;
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} for the server API (set server.listen)")
+    })?;
+    let addr = listener.local_addr()?;
+    let api = IdentityApi::new(
+        rt.issuance.clone(),
+        rt.registry.clone(),
+        rt.ca.clone(),
+        cells_register_own,
+    );
+    rt.spawn("server API", move |token| async move {
+        if let Err(e) = grpc::serve(listener, api, tls, token).await {
+            tracing::error!(error = %e, "server API failed");
+        }
+    });
+    Ok(addr)
 }

@@ -49,7 +49,7 @@ impl ApiTls {
     /// ledger like every other.
     pub async fn enroll(issuance: IssuanceService, who: Principal) -> anyhow::Result<ApiTls> {
         let own = issuance
-            .enroll(&who, own_ttl(), OffsetDateTime::now_utc())
+            .enroll(&who, own_ttl(issuance.ca()), OffsetDateTime::now_utc())
             .await
             .context("cannot issue the server's own certificate")?;
         let config = server_config(issuance.ca(), &own)?;
@@ -71,9 +71,16 @@ impl ApiTls {
     /// the CA signs with another intermediate.
     pub(super) async fn keep_current(mut self, cancel: CancellationToken) {
         let mut changes = self.issuance.ca().watch();
+        let mut issued_at = OffsetDateTime::now_utc();
         loop {
+            // A certificate cut short by the intermediate's expiry would be cut the same way
+            // again: it waits for the next intermediate (a CA change) instead.
             let v = self.own.validity;
-            let renew_at = v.not_before + (v.not_after - v.not_before) / 2;
+            let renew_at = if v.capped {
+                v.not_after
+            } else {
+                issued_at + (v.not_after - issued_at) / 2
+            };
             let wait = Duration::try_from(renew_at - OffsetDateTime::now_utc()).unwrap_or_default();
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -83,8 +90,8 @@ impl ApiTls {
             let now = OffsetDateTime::now_utc();
             let ca = self.issuance.ca();
             if now >= renew_at || self.own.issuer_fingerprint != ca.intermediate().fingerprint {
-                match self.issuance.enroll(&self.who, own_ttl(), now).await {
-                    Ok(own) => self.own = own,
+                match self.issuance.enroll(&self.who, own_ttl(ca), now).await {
+                    Ok(own) => (self.own, issued_at) = (own, now),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot renew the server's own certificate; retrying");
                         tokio::select! {
@@ -104,8 +111,10 @@ impl ApiTls {
     }
 }
 
-fn own_ttl() -> Ttl {
-    Ttl::from_secs(OWN_TTL.as_secs()).expect("a non-zero lifetime")
+/// [`OWN_TTL`], or less under intermediates configured to live less.
+fn own_ttl(ca: &CertificateAuthority) -> Ttl {
+    let own = Ttl::from_secs(OWN_TTL.as_secs()).expect("a non-zero lifetime");
+    own.min(ca.settings().intermediate_ttl)
 }
 
 /// TLS 1.2 or 1.3 with HTTP/2, presenting `own`, and requiring a client certificate that

@@ -159,16 +159,19 @@ impl IdentityRpc for IdentityApi {
             trust_domain: ca.settings().trust_domain.as_str().to_string(),
             roots_pem: ca.roots_pem(),
             generation: ca.generation(),
+            signing_ca_sha256: ca.intermediate().fingerprint,
         };
         let first = bundle(&ca);
+        // Sent when the roots or the signing intermediate change, not for every generation.
         let stream = futures_util::stream::unfold(
-            (ca, changes, Some(first), String::new()),
+            (ca, changes, Some(first), None),
             move |(ca, mut changes, pending, mut last)| async move {
                 let mut next = pending;
                 loop {
                     if let Some(b) = next.take() {
-                        if b.roots_pem != last {
-                            last = b.roots_pem.clone();
+                        let seen = Some((b.roots_pem.clone(), b.signing_ca_sha256.clone()));
+                        if seen != last {
+                            last = seen;
                             return Some((Ok(b), (ca, changes, None, last)));
                         }
                     }
