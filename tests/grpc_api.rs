@@ -480,3 +480,118 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
     served.await.unwrap().unwrap();
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_batch_of_sign_requests_is_answered_request_by_request_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(config_in(dir.path(), &[]), Init::CreateIfMissing)
+        .await
+        .unwrap();
+    let (port, cancel, served) = serve(&rt, false).await;
+    rt.registry
+        .register(on_cell(INSTANCE, "cell-1"))
+        .await
+        .unwrap();
+    rt.registry
+        .register(on_cell(OTHER, "cell-2"))
+        .await
+        .unwrap();
+    let roots = rt.ca.roots_pem();
+    let cell1 = connect(
+        port,
+        &credential(&rt, Principal::Cell("cell-1".parse().unwrap())).await,
+        &roots,
+    )
+    .await
+    .unwrap();
+
+    // Many at once through the agent's interface: each gets its own certificate.
+    let signs = (0..40).map(|_| agent::obtain_svid(&cell1, on_cell(INSTANCE, "cell-1"), None));
+    let svids = futures_util::future::join_all(signs).await;
+    let serials: std::collections::HashSet<String> = svids
+        .into_iter()
+        .map(|s| {
+            let s = s.unwrap();
+            assert_eq!(s.cert.spiffe_id, expected_spiffe_id());
+            s.cert.serial_hex
+        })
+        .collect();
+    assert_eq!(serials.len(), 40);
+
+    // A mixed batch: each request answered on its own, in order.
+    let request = |instance: &str, csr: Vec<u8>| proto::SignRequest {
+        instance_guid: instance.to_string(),
+        csr,
+        ttl_seconds: 0,
+    };
+    let csr = || agent::new_key_and_csr().unwrap().1;
+    let before = rt.audit.entry_count().await.unwrap();
+    let results = cell1
+        .client()
+        .sign_batch(proto::SignBatchRequest {
+            requests: vec![
+                request(INSTANCE, csr()),
+                request(OTHER, csr()),
+                request(INSTANCE, b"not a CSR".to_vec()),
+                request("not-a-guid", csr()),
+                request(INSTANCE, csr()),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    use proto::sign_result::Outcome;
+    let codes: Vec<Option<tonic::Code>> = results
+        .iter()
+        .map(|r| match r.outcome.as_ref().unwrap() {
+            Outcome::Signed(s) => {
+                assert_eq!(s.spiffe_id, expected_spiffe_id());
+                None
+            }
+            Outcome::Refused(r) => Some(tonic::Code::from(r.code)),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some(tonic::Code::PermissionDenied),
+            Some(tonic::Code::InvalidArgument),
+            Some(tonic::Code::InvalidArgument),
+            None
+        ]
+    );
+    // Two issuances and two recorded denials (a GUID that is not one reaches no decision).
+    let entries = rt.audit.list(&LedgerFilter::default()).await.unwrap();
+    let new: Vec<_> = entries
+        .iter()
+        .filter(|e| e.seq >= before)
+        .map(|e| e.record.kind)
+        .collect();
+    assert_eq!(new.len(), 4, "{new:?}");
+    assert_eq!(new.iter().filter(|k| **k == EntryKind::Issued).count(), 2);
+    assert_eq!(new.iter().filter(|k| **k == EntryKind::Denied).count(), 2);
+
+    // Too many in one batch: refused whole, nothing recorded.
+    let before = rt.audit.entry_count().await.unwrap();
+    let oversized = cell1
+        .client()
+        .sign_batch(proto::SignBatchRequest {
+            requests: (0..=proto::MAX_SIGN_BATCH)
+                .map(|_| request(INSTANCE, Vec::new()))
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        oversized.code(),
+        tonic::Code::InvalidArgument,
+        "{oversized:?}"
+    );
+    assert_eq!(rt.audit.entry_count().await.unwrap(), before);
+
+    cancel.cancel();
+    served.await.unwrap().unwrap();
+    rt.shutdown().await;
+}

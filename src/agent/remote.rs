@@ -4,21 +4,31 @@
 
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::proto::identity_client::IdentityClient;
-use crate::proto::{self as pb};
+use crate::proto::sign_result::Outcome;
+use crate::proto::{self as pb, MAX_SIGN_BATCH};
 
 /// A connection to an idmint server. Clones share it, and see a changed credential or trust
-/// bundle (see [`RemoteAuthority::reconnect`]) from their next call on.
+/// bundle (see [`RemoteAuthority::reconnect`]) from their next call on. Sign requests made
+/// at about the same time travel together in one `SignBatch` call.
 #[derive(Clone)]
 pub struct RemoteAuthority {
     endpoint: Arc<str>,
     server_name: Arc<str>,
     client: Arc<RwLock<IdentityClient<Channel>>>,
+    signs: mpsc::UnboundedSender<PendingSign>,
 }
+
+/// A sign request waiting for its batch, and where its answer goes.
+type PendingSign = (
+    pb::SignRequest,
+    oneshot::Sender<Result<pb::SignResponse, Status>>,
+);
 
 /// What an agent needs to reach the server.
 pub struct RemoteSettings<'a> {
@@ -51,10 +61,14 @@ impl RemoteAuthority {
         s: RemoteSettings<'_>,
     ) -> Result<RemoteAuthority, tonic::transport::Error> {
         let channel = endpoint(&s)?.connect().await?;
+        let client = Arc::new(RwLock::new(IdentityClient::new(channel)));
+        let (signs, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(send_in_batches(client.clone(), waiting));
         Ok(RemoteAuthority {
             endpoint: s.endpoint.into(),
             server_name: s.server_name.into(),
-            client: Arc::new(RwLock::new(IdentityClient::new(channel))),
+            client,
+            signs,
         })
     }
 
@@ -106,6 +120,55 @@ impl RemoteAuthority {
     }
 }
 
+/// Sends the sign requests waiting at each moment as one `SignBatch` call, with several calls
+/// in flight at once, until every [`RemoteAuthority`] is gone. Nothing waits to fill a batch:
+/// under load requests queue while calls are out, and the next call takes them all.
+async fn send_in_batches(
+    client: Arc<RwLock<IdentityClient<Channel>>>,
+    mut waiting: mpsc::UnboundedReceiver<PendingSign>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_SIGN_BATCH {
+            match waiting.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut client = client.read().expect("never poisoned").clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let sent = requests.len();
+            let results = match client.sign_batch(pb::SignBatchRequest { requests }).await {
+                Ok(r) => r.into_inner().results,
+                Err(s) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(s.clone()));
+                    }
+                    return;
+                }
+            };
+            if results.len() != sent {
+                let s = Status::internal(format!(
+                    "the server answered {} of {sent} sign requests",
+                    results.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(s.clone()));
+                }
+                return;
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(match result.outcome {
+                    Some(Outcome::Signed(signed)) => Ok(signed),
+                    Some(Outcome::Refused(r)) => Err(Status::new(Code::from(r.code), r.message)),
+                    None => Err(Status::internal("the server sent an empty sign result")),
+                });
+            }
+        });
+    }
+}
+
 fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(s.roots_pem))
@@ -123,19 +186,18 @@ fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {
 
 impl Authority for RemoteAuthority {
     async fn sign(&self, request: SignRequest) -> Result<SignedCert, api::Error> {
-        let reply = self
-            .client()
-            .sign(pb::SignRequest {
-                instance_guid: request.placement.instance_guid.to_string(),
-                csr: request.csr,
-                ttl_seconds: request
-                    .ttl
-                    .map(|t| t.duration().as_secs().min(u32::MAX.into()) as u32)
-                    .unwrap_or(0),
-            })
-            .await
-            .map_err(error)?
-            .into_inner();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let stopped = || api::Error::Unavailable("the connection to the server has stopped".into());
+        let wire = pb::SignRequest {
+            instance_guid: request.placement.instance_guid.to_string(),
+            csr: request.csr,
+            ttl_seconds: request
+                .ttl
+                .map(|t| t.duration().as_secs().min(u32::MAX.into()) as u32)
+                .unwrap_or(0),
+        };
+        self.signs.send((wire, reply_tx)).map_err(|_| stopped())?;
+        let reply = reply_rx.await.map_err(|_| stopped())?.map_err(error)?;
         Ok(SignedCert {
             spiffe_id: reply.spiffe_id,
             cert_der: reply.cert_der,

@@ -19,7 +19,7 @@ use crate::ca::{CertificateAuthority, Principal};
 use crate::ids::{CellId, Guid, Ttl};
 use crate::placement::Placement;
 use crate::proto::identity_server::{Identity as IdentityRpc, IdentityServer};
-use crate::proto::{self as pb};
+use crate::proto::{self as pb, MAX_SIGN_BATCH};
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -60,34 +60,12 @@ impl IdentityApi {
         Self::client(req).map(|c| c.principal.clone())
     }
 
-    /// Whether `caller` may change `cell`'s placements.
-    fn may_place(&self, caller: &Principal, cell: &CellId) -> Result<(), Status> {
-        match caller {
-            Principal::Orchestrator | Principal::Admin(_) => Ok(()),
-            Principal::Cell(own) if self.cells_register_own && own == cell => Ok(()),
-            Principal::Cell(own) => Err(Status::permission_denied(format!(
-                "cell {own} may not place instances{}",
-                if self.cells_register_own {
-                    format!(" on cell {cell}")
-                } else {
-                    " (cells registering their own instances is off)".into()
-                }
-            ))),
-            Principal::Server { .. } => Err(Status::permission_denied("not a client role")),
-        }
-    }
-}
-
-type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl IdentityRpc for IdentityApi {
-    async fn sign(
+    /// Certifies the CSR of one sign request for `caller`.
+    async fn sign_one(
         &self,
-        request: Request<pb::SignRequest>,
-    ) -> Result<Response<pb::SignResponse>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        caller: &Principal,
+        req: pb::SignRequest,
+    ) -> Result<pb::SignResponse, Status> {
         let instance: Guid = parse("instance_guid", &req.instance_guid)?;
         let ttl = match req.ttl_seconds {
             0 => None,
@@ -95,7 +73,7 @@ impl IdentityRpc for IdentityApi {
         };
         let now = OffsetDateTime::now_utc();
         let registered = self.registry.get(&instance).await;
-        let (who, placement) = match (&caller, registered) {
+        let (who, placement) = match (caller, registered) {
             (Principal::Cell(cell), p) => {
                 // The registry decides (see `sign_as`); an unregistered instance is refused
                 // and only its GUID and the cell are recorded, so these stand-ins go nowhere.
@@ -134,7 +112,7 @@ impl IdentityRpc for IdentityApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::SignResponse {
+        Ok(pb::SignResponse {
             spiffe_id: signed.spiffe_id,
             cert_der: signed.cert_der,
             chain_der: signed.chain_der,
@@ -143,7 +121,68 @@ impl IdentityRpc for IdentityApi {
             not_after: signed.not_after.unix_timestamp(),
             capped: signed.capped,
             ledger_seq: signed.ledger_seq,
-        }))
+        })
+    }
+
+    /// Whether `caller` may change `cell`'s placements.
+    fn may_place(&self, caller: &Principal, cell: &CellId) -> Result<(), Status> {
+        match caller {
+            Principal::Orchestrator | Principal::Admin(_) => Ok(()),
+            Principal::Cell(own) if self.cells_register_own && own == cell => Ok(()),
+            Principal::Cell(own) => Err(Status::permission_denied(format!(
+                "cell {own} may not place instances{}",
+                if self.cells_register_own {
+                    format!(" on cell {cell}")
+                } else {
+                    " (cells registering their own instances is off)".into()
+                }
+            ))),
+            Principal::Server { .. } => Err(Status::permission_denied("not a client role")),
+        }
+    }
+}
+
+type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IdentityRpc for IdentityApi {
+    async fn sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let signed = self.sign_one(&caller, request.into_inner()).await?;
+        Ok(Response::new(signed))
+    }
+
+    async fn sign_batch(
+        &self,
+        request: Request<pb::SignBatchRequest>,
+    ) -> Result<Response<pb::SignBatchResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_SIGN_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} requests in one batch; at most {MAX_SIGN_BATCH}",
+                requests.len()
+            )));
+        }
+        let outcomes =
+            futures_util::future::join_all(requests.into_iter().map(|r| self.sign_one(&caller, r)))
+                .await;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| pb::SignResult {
+                outcome: Some(match outcome {
+                    Ok(signed) => pb::sign_result::Outcome::Signed(signed),
+                    Err(s) => pb::sign_result::Outcome::Refused(pb::Refusal {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::SignBatchResponse { results }))
     }
 
     type WatchBundleStream = BundleStream;
