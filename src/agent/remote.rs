@@ -174,9 +174,11 @@ fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error>
         .ca_certificate(Certificate::from_pem(s.roots_pem))
         .identity(Identity::from_pem(s.cert_chain_pem, s.key_pem))
         .domain_name(s.server_name);
-    Channel::from_shared(s.endpoint.clone())
+    Ok(Channel::from_shared(s.endpoint.clone())
         .expect("an https:// endpoint")
-        .tls_config(tls)
+        .tls_config(tls)?
+        .initial_stream_window_size(crate::server::grpc::WINDOW)
+        .initial_connection_window_size(crate::server::grpc::WINDOW * 4))
 }
 
 fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {

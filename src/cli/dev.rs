@@ -114,6 +114,10 @@ fn local_cell_dir(config: &Config) -> PathBuf {
 /// renewed like any agent's, and a connection to the server API with it.
 async fn start_local_cell(rt: &mut Runtime, api_addr: SocketAddr) -> Result<Arc<CellIdentity>> {
     let dir = local_cell_dir(&rt.config);
+    // Nothing of a previous run's credential (a half-done renewal included) outlives it.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cell = Principal::Cell(LOCAL_CELL.parse().expect("a valid cell id"));
     let ttl = Ttl::from_secs(LOCAL_CELL_TTL)

@@ -1,6 +1,7 @@
 //! The server API over mutually authenticated TLS (`proto/idmint.proto`). The caller is the
 //! SPIFFE ID in its client certificate, which the TLS layer ([`api_tls`]) has already
-//! verified against the trust bundle: a cell, the orchestrator, or an admin. Everything else is refused.
+//! verified against the trust bundle: a cell, the orchestrator, or an admin. Everything else
+//! is refused.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -357,6 +358,10 @@ pub fn placement_to(p: &Placement) -> pb::Placement {
     }
 }
 
+/// HTTP/2 flow-control window per stream: a batch of signed certificates (a few hundred KiB)
+/// goes out without waiting for window updates.
+pub const WINDOW: u32 = 1 << 20;
+
 /// Serves the API on `listener` until `cancel`, with TLS that follows the CA.
 pub async fn serve(
     listener: TcpListener,
@@ -367,6 +372,8 @@ pub async fn serve(
     let incoming = api_tls::incoming(listener, tls.configs(), api.ca.settings().clone());
     let keeper = tokio::spawn(tls.keep_current(cancel.clone()));
     let served = tonic::transport::Server::builder()
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 4)
         .add_service(IdentityServer::new(api))
         .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await;
