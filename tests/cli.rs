@@ -819,3 +819,30 @@ fn cell_enroll_writes_a_client_credential_that_openssl_accepts_and_records_it() 
     assert_eq!(bad.status.code(), Some(2));
     assert_eq!(ledger_len(&data), before);
 }
+
+#[test]
+fn a_server_api_address_in_use_is_refused_before_anything_is_issued() {
+    let (_tmp, data) = initialised();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for command in [
+        vec!["server", "--listen", addr.as_str()],
+        vec!["--set", &format!("server.listen={addr}"), "dev"],
+    ] {
+        let out = run(idmint(&data)
+            .args(["--set", "admin.listen=127.0.0.1:0"])
+            .args(&command));
+        assert!(!out.status.success(), "{command:?}");
+        let said = text(&out);
+        assert!(
+            said.contains(&format!("cannot listen on {addr} for the server API")),
+            "{said}"
+        );
+    }
+    let ledger: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(idmint(&data).args(["audit", "list", "--json"]))).unwrap();
+    assert!(
+        ledger.iter().all(|e| e["kind"] != "issued"),
+        "nothing issued: {ledger:?}"
+    );
+}

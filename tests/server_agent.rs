@@ -326,6 +326,25 @@ fn dev_serves_its_local_cell_through_the_server_api_and_lets_another_cells_agent
     assert!(files(&server.data, INSTANCE).join("instance.crt").exists());
     assert!(!socket(&server.data, ON_CELL_2).exists());
     assert!(!socket(&data2, INSTANCE).exists());
+    // An instance on a cell with no agent here: registered, and said to be served elsewhere.
+    let elsewhere = server.cli(&[
+        "instance",
+        "register",
+        "--instance-guid",
+        "4d4d4d4d-0000-4000-8000-000000000007",
+        "--app-guid",
+        APP,
+        "--space-guid",
+        SPACE,
+        "--org-guid",
+        ORG,
+        "--cell-id",
+        "cell-3",
+    ]);
+    assert!(
+        elsewhere.contains("on cell cell-3") && elsewhere.contains("not here"),
+        "{elsewhere}"
+    );
     // The local cell has a credential like any other, and its certificates came through the
     // API as that cell.
     assert!(server.data.join("local-cell").join("cell.pem").exists());

@@ -110,6 +110,7 @@ async fn show(state: &AdminState, p: &Placement) -> InstanceJson {
         sds_socket: state
             .agent
             .as_ref()
+            .filter(|a| a.serves(p))
             .map(|a| a.socket_path(&p.instance_guid).display().to_string()),
         serial: cert.serial_hex,
         not_after: cert.not_after.map(rfc3339),

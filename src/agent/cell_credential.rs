@@ -270,8 +270,8 @@ impl CellIdentity {
         let mut failures = 0;
         loop {
             let now = OffsetDateTime::now_utc();
-            // Back-dated, but never before the issuing CA's start: the issue time is at most
-            // the back-dating after the start, and never in the future.
+            // When it was issued: its not-before is back-dated by BACKDATE (or less, under a
+            // younger CA), so add that back, but never past now.
             let (issued, not_after) = {
                 let c = self.lock();
                 ((c.not_before + BACKDATE).min(now), c.not_after)

@@ -66,6 +66,19 @@ impl Credential {
     pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
         zeroize::Zeroizing::new(super::pem_encode("PRIVATE KEY", &self.key_pkcs8))
     }
+
+    /// What was issued, without the key.
+    pub fn issued(&self) -> Issued {
+        Issued {
+            cert_der: self.cert_der.clone(),
+            chain_der: self.chain_der.clone(),
+            serial_hex: self.serial_hex.clone(),
+            spiffe_id: self.spiffe_id.clone(),
+            validity: self.validity,
+            public_key_sha256: self.public_key_sha256.clone(),
+            issuer_fingerprint: self.issuer_fingerprint.clone(),
+        }
+    }
 }
 
 /// One issued leaf and the facts recorded about it.

@@ -86,8 +86,9 @@ pub async fn run(cmd: InstanceCommand, config: Config) -> Result<()> {
                 match &shown.sds_socket {
                     Some(socket) => println!("{socket}"),
                     None => println!(
-                        "registered {} (this service runs no SDS agent)",
-                        shown.instance_guid
+                        "registered {} on cell {}; its SDS socket is on that cell's agent, not here",
+                        shown.instance_guid,
+                        shown.cell_id.as_deref().unwrap_or("?")
                     ),
                 }
             }

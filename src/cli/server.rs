@@ -91,6 +91,11 @@ pub(super) async fn start_api(
     } else {
         vec![listen.ip()]
     };
+    // Listen first: a taken port is refused before anything is issued.
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} for the server API (set server.listen)")
+    })?;
+    let addr = listener.local_addr()?;
     // Renewed while the server runs, and re-issued by every start.
     let tls = ApiTls::enroll(
         rt.issuance.clone(),
@@ -100,10 +105,6 @@ pub(super) async fn start_api(
         },
     )
     .await?;
-    let listener = TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen on {listen} for the server API (set server.listen)")
-    })?;
-    let addr = listener.local_addr()?;
     let api = IdentityApi::new(
         rt.issuance.clone(),
         rt.registry.clone(),

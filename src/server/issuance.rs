@@ -96,16 +96,7 @@ impl IssuanceService {
             .ca
             .issue_principal(principal, ttl, now)
             .map_err(request_or_unavailable)?;
-        let record = LedgerRecord {
-            serial: Some(cred.serial_hex.clone()),
-            spiffe_id: Some(cred.spiffe_id.clone()),
-            not_before: Some(cred.validity.not_before.unix_timestamp()),
-            not_after: Some(cred.validity.not_after.unix_timestamp()),
-            public_key_sha256: Some(cred.public_key_sha256.clone()),
-            issuer_fingerprint: Some(cred.issuer_fingerprint.clone()),
-            cert_der: Some(cred.cert_der.clone()),
-            ..principal_record(&self.ca, principal, EntryKind::Issued, now)
-        };
+        let record = principal_issued_record(&self.ca, principal, &cred.issued(), now);
         self.ledger.append(record).await.map_err(unavailable)?;
         Ok(cred)
     }
@@ -121,15 +112,7 @@ impl IssuanceService {
     ) -> Result<(Issued, i64), Error> {
         match self.ca.certify_principal(principal, csr, ttl, now) {
             Ok(issued) => {
-                let record = LedgerRecord {
-                    serial: Some(issued.serial_hex.clone()),
-                    not_before: Some(issued.validity.not_before.unix_timestamp()),
-                    not_after: Some(issued.validity.not_after.unix_timestamp()),
-                    public_key_sha256: Some(issued.public_key_sha256.clone()),
-                    issuer_fingerprint: Some(issued.issuer_fingerprint.clone()),
-                    cert_der: Some(issued.cert_der.clone()),
-                    ..principal_record(&self.ca, principal, EntryKind::Issued, now)
-                };
+                let record = principal_issued_record(&self.ca, principal, &issued, now);
                 let seq = self.ledger.append(record).await.map_err(unavailable)?;
                 Ok((issued, seq))
             }
@@ -210,6 +193,24 @@ fn request_or_unavailable(e: ca::Error) -> Error {
         Error::Refused(e.to_string())
     } else {
         unavailable(e)
+    }
+}
+
+/// The ledger record of a credential issued to `principal`.
+fn principal_issued_record(
+    ca: &CertificateAuthority,
+    principal: &Principal,
+    issued: &Issued,
+    now: OffsetDateTime,
+) -> LedgerRecord {
+    LedgerRecord {
+        serial: Some(issued.serial_hex.clone()),
+        not_before: Some(issued.validity.not_before.unix_timestamp()),
+        not_after: Some(issued.validity.not_after.unix_timestamp()),
+        public_key_sha256: Some(issued.public_key_sha256.clone()),
+        issuer_fingerprint: Some(issued.issuer_fingerprint.clone()),
+        cert_der: Some(issued.cert_der.clone()),
+        ..principal_record(ca, principal, EntryKind::Issued, now)
     }
 }
 
