@@ -203,15 +203,10 @@ fn principal_issued_record(
     issued: &Issued,
     now: OffsetDateTime,
 ) -> LedgerRecord {
-    LedgerRecord {
-        serial: Some(issued.serial_hex.clone()),
-        not_before: Some(issued.validity.not_before.unix_timestamp()),
-        not_after: Some(issued.validity.not_after.unix_timestamp()),
-        public_key_sha256: Some(issued.public_key_sha256.clone()),
-        issuer_fingerprint: Some(issued.issuer_fingerprint.clone()),
-        cert_der: Some(issued.cert_der.clone()),
-        ..principal_record(ca, principal, EntryKind::Issued, now)
-    }
+    with_issued(
+        principal_record(ca, principal, EntryKind::Issued, now),
+        issued,
+    )
 }
 
 /// A ledger record about `principal`'s credential: its SPIFFE ID, and its cell for a cell.
@@ -222,18 +217,39 @@ fn principal_record(
     now: OffsetDateTime,
 ) -> LedgerRecord {
     LedgerRecord {
-        kind,
-        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
-        serial: None,
         spiffe_id: Some(principal.spiffe_id(ca.settings())),
-        instance_guid: None,
-        app_guid: None,
-        space_guid: None,
-        org_guid: None,
         cell_id: match principal {
             Principal::Cell(cell) => Some(cell.to_string()),
             _ => None,
         },
+        ..bare_record(kind, now)
+    }
+}
+
+fn placement_record(p: &Placement, kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {
+    LedgerRecord {
+        instance_guid: Some(p.instance_guid.to_string()),
+        app_guid: Some(p.app_guid.to_string()),
+        space_guid: p.space_guid.as_ref().map(|g| g.to_string()),
+        org_guid: p.org_guid.as_ref().map(|g| g.to_string()),
+        cell_id: Some(p.cell_id.to_string()),
+        container_ip: p.container_ip.map(|ip| ip.to_string()),
+        ..bare_record(kind, now)
+    }
+}
+
+/// A record of `kind` at `now` saying nothing else yet.
+fn bare_record(kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {
+    LedgerRecord {
+        kind,
+        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+        serial: None,
+        spiffe_id: None,
+        instance_guid: None,
+        app_guid: None,
+        space_guid: None,
+        org_guid: None,
+        cell_id: None,
         container_ip: None,
         not_before: None,
         not_after: None,
@@ -245,29 +261,8 @@ fn principal_record(
     }
 }
 
-fn placement_record(p: &Placement, kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {
-    LedgerRecord {
-        kind,
-        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
-        serial: None,
-        spiffe_id: None,
-        instance_guid: Some(p.instance_guid.to_string()),
-        app_guid: Some(p.app_guid.to_string()),
-        space_guid: p.space_guid.as_ref().map(|g| g.to_string()),
-        org_guid: p.org_guid.as_ref().map(|g| g.to_string()),
-        cell_id: Some(p.cell_id.to_string()),
-        container_ip: p.container_ip.map(|ip| ip.to_string()),
-        not_before: None,
-        not_after: None,
-        public_key_sha256: None,
-        issuer_fingerprint: None,
-        cert_der: None,
-        reason: None,
-        leaf_hash: Vec::new(),
-    }
-}
-
-fn issued_record(p: &Placement, issued: &Issued, now: OffsetDateTime) -> LedgerRecord {
+/// `record` with what it says about the certificate `issued`.
+fn with_issued(record: LedgerRecord, issued: &Issued) -> LedgerRecord {
     LedgerRecord {
         serial: Some(issued.serial_hex.clone()),
         spiffe_id: Some(issued.spiffe_id.clone()),
@@ -276,8 +271,12 @@ fn issued_record(p: &Placement, issued: &Issued, now: OffsetDateTime) -> LedgerR
         public_key_sha256: Some(issued.public_key_sha256.clone()),
         issuer_fingerprint: Some(issued.issuer_fingerprint.clone()),
         cert_der: Some(issued.cert_der.clone()),
-        ..placement_record(p, EntryKind::Issued, now)
+        ..record
     }
+}
+
+fn issued_record(p: &Placement, issued: &Issued, now: OffsetDateTime) -> LedgerRecord {
+    with_issued(placement_record(p, EntryKind::Issued, now), issued)
 }
 
 fn denial_record(p: &Placement, reason: &str, now: OffsetDateTime) -> LedgerRecord {
