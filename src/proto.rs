@@ -1,8 +1,62 @@
-//! The server API's messages and gRPC stubs, generated from `proto/idmint.proto` at build time.
+//! The server API on the wire: the messages and gRPC stubs generated from
+//! `proto/idmint.proto` at build time, the limits both ends keep, and placements to and from
+//! their wire form.
 
-#![allow(missing_docs, clippy::all, clippy::pedantic)]
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+mod generated {
+    tonic::include_proto!("idmint.v1");
+}
 
-tonic::include_proto!("idmint.v1");
+pub use generated::*;
+
+use crate::ids::Guid;
 
 /// The most sign requests one `SignBatch` call may carry.
 pub const MAX_SIGN_BATCH: usize = 256;
+
+/// HTTP/2 flow-control window per stream, at both ends: a batch of signed certificates (a few
+/// hundred KiB) goes out without waiting for window updates.
+pub const WINDOW: u32 = 1 << 20;
+
+/// The wire form of a placement.
+pub fn placement_to_wire(p: &crate::placement::Placement) -> Placement {
+    let text = |v: &Option<Guid>| v.as_ref().map(|g| g.to_string()).unwrap_or_default();
+    Placement {
+        instance_guid: p.instance_guid.to_string(),
+        app_guid: p.app_guid.to_string(),
+        space_guid: text(&p.space_guid),
+        org_guid: text(&p.org_guid),
+        cell_id: p.cell_id.to_string(),
+        container_ip: p.container_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A placement from its wire form, or which field is wrong and why.
+pub fn placement_from_wire(p: Placement) -> Result<crate::placement::Placement, String> {
+    Ok(crate::placement::Placement {
+        instance_guid: parse_field("instance_guid", &p.instance_guid)?,
+        app_guid: parse_field("app_guid", &p.app_guid)?,
+        space_guid: optional_field("space_guid", &p.space_guid)?,
+        org_guid: optional_field("org_guid", &p.org_guid)?,
+        cell_id: parse_field("cell_id", &p.cell_id)?,
+        container_ip: optional_field("container_ip", &p.container_ip)?,
+    })
+}
+
+/// A required field, parsed; the error names the field.
+pub fn parse_field<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| format!("{field}: {e}"))
+}
+
+/// An optional field (empty when unset), parsed; the error names the field.
+fn optional_field<T: std::str::FromStr>(field: &str, value: &str) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    (!value.is_empty())
+        .then(|| parse_field(field, value))
+        .transpose()
+}

@@ -25,6 +25,17 @@ fn idmint(data_dir: &Path) -> Command {
     cmd
 }
 
+/// `idmint dev` with its admin HTTP on `admin` and its server API on a free port.
+fn dev(data_dir: &Path, admin: &str) -> Command {
+    let mut cmd = idmint(data_dir);
+    cmd.args(["--set", &format!("admin.listen={admin}")]).args([
+        "--set",
+        "server.listen=127.0.0.1:0",
+        "dev",
+    ]);
+    cmd
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("idmint runs")
 }
@@ -58,14 +69,7 @@ fn ledger_len(data: &Path) -> usize {
 fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("idmint-data");
-    let mut child = idmint(&data)
-        .args([
-            "--set",
-            "admin.listen=127.0.0.1:0",
-            "--set",
-            "server.listen=127.0.0.1:0",
-            "dev",
-        ])
+    let mut child = dev(&data, "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -121,14 +125,7 @@ fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
         .find(|l| l.contains("root CA"))
         .unwrap()
         .to_string();
-    let mut again = idmint(&data)
-        .args([
-            "--set",
-            "admin.listen=127.0.0.1:0",
-            "--set",
-            "server.listen=127.0.0.1:0",
-            "dev",
-        ])
+    let mut again = dev(&data, "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -548,14 +545,7 @@ impl Dev {
     fn start(data: &Path) -> Dev {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
-        let mut child = idmint(data)
-            .args([
-                "--set",
-                &format!("admin.listen={admin}"),
-                "--set",
-                "server.listen=127.0.0.1:0",
-                "dev",
-            ])
+        let mut child = dev(data, &admin)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

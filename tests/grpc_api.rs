@@ -108,7 +108,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
     for p in [on_cell(INSTANCE, "cell-1"), on_cell(OTHER, "cell-2")] {
         orchestrator
             .client()
-            .register_placement(grpc::placement_to(&p))
+            .register_placement(proto::placement_to_wire(&p))
             .await
             .unwrap();
     }
@@ -155,7 +155,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
     // A cell may not place instances (off by default on a server), and sees only its own.
     let refused = cell1
         .client()
-        .register_placement(grpc::placement_to(&on_cell(OTHER, "cell-1")))
+        .register_placement(proto::placement_to_wire(&on_cell(OTHER, "cell-1")))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);

@@ -307,11 +307,11 @@ fn dev_serves_its_local_cell_through_the_server_api_and_lets_another_cells_agent
             APP_B.parse().unwrap(),
             "cell-2".parse().unwrap(),
         );
-        let wire = idmint::server::grpc::placement_to(&mine);
+        let wire = idmint::proto::placement_to_wire(&mine);
         cell2.client().register_placement(wire).await.unwrap();
         mine.instance_guid = "3c3c3c3c-0000-4000-8000-000000000006".parse().unwrap();
         mine.cell_id = "local".parse().unwrap();
-        let wire = idmint::server::grpc::placement_to(&mine);
+        let wire = idmint::proto::placement_to_wire(&mine);
         let refused = cell2.client().register_placement(wire).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     });

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, ensure, Context, Result};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use super::refresh::{random_draw, retry_delay, Schedule};
@@ -144,18 +144,7 @@ fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts> {
         .and_then(Result::ok)
         .map(|p| crate::ca::sha256_hex(&p.contents));
     let (_, cert) = X509Certificate::from_der(&pem.contents).context("cell.pem is unreadable")?;
-    let san = cert.subject_alternative_name().ok().flatten();
-    let cell = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .find_map(|name| match name {
-            GeneralName::URI(uri) => match Principal::from_spiffe_id(settings, uri) {
-                Some(Principal::Cell(cell)) => Some(cell),
-                _ => None,
-            },
-            _ => None,
-        });
-    let Some(cell) = cell else {
+    let Ok(Principal::Cell(cell)) = Principal::of_certificate(&cert, settings) else {
         bail!(
             "cell.pem is not a cell credential of trust domain {}",
             settings.trust_domain
@@ -316,12 +305,6 @@ impl CellIdentity {
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        crate::config::Config::load_with_env(&Default::default(), Vec::new())
-            .unwrap()
-            .ca
-    }
-
     /// Two credentials for cell-1, as (chain, key) PEM.
     fn two_credentials(s: &Settings) -> [(String, String); 2] {
         let cells = ["cell-1".parse().unwrap()];
@@ -340,7 +323,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_replacement_ends_with_a_matching_pair() {
-        let s = settings();
+        let s = Settings::defaults();
         let [(old_chain, old_key), (new_chain, new_key)] = two_credentials(&s);
         let tmp = tempfile::tempdir().unwrap();
         let dir = CredentialDir::new(tmp.path());
@@ -385,7 +368,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_cell_credential_is_refused_by_name() {
-        let s = settings();
+        let s = Settings::defaults();
         let tmp = tempfile::tempdir().unwrap();
         let dir = CredentialDir::new(tmp.path());
         let err = dir.load(&s).err().expect("refused").to_string();

@@ -177,8 +177,8 @@ fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error>
     Ok(Channel::from_shared(s.endpoint.clone())
         .expect("an https:// endpoint")
         .tls_config(tls)?
-        .initial_stream_window_size(crate::server::grpc::WINDOW)
-        .initial_connection_window_size(crate::server::grpc::WINDOW * 4))
+        .initial_stream_window_size(pb::WINDOW)
+        .initial_connection_window_size(pb::WINDOW * 4))
 }
 
 fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {

@@ -35,29 +35,17 @@ pub struct Signing {
 
 /// A principal's credential (see [`Principal`]), with the key made for it.
 pub struct Credential {
-    /// The certificate, DER.
-    pub cert_der: Vec<u8>,
-    /// The intermediates to present after it, DER.
-    pub chain_der: Vec<Vec<u8>>,
+    /// The certificate and what is recorded about it.
+    pub issued: Issued,
     /// Its private key, PKCS#8 DER; wiped on drop.
     pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
-    /// Serial, lowercase hex.
-    pub serial_hex: String,
-    /// The principal's SPIFFE ID.
-    pub spiffe_id: String,
-    /// The validity written.
-    pub validity: Validity,
-    /// SHA-256 of its SubjectPublicKeyInfo, hex.
-    pub public_key_sha256: String,
-    /// SHA-256 fingerprint of the signing CA certificate, hex.
-    pub issuer_fingerprint: String,
 }
 
 impl Credential {
     /// The certificate and the intermediates after it, PEM: what a TLS peer presents.
     pub fn chain_pem(&self) -> String {
-        std::iter::once(&self.cert_der)
-            .chain(&self.chain_der)
+        std::iter::once(&self.issued.cert_der)
+            .chain(&self.issued.chain_der)
             .map(|d| super::cert_pem(d))
             .collect()
     }
@@ -65,19 +53,6 @@ impl Credential {
     /// The private key, PKCS#8 PEM; wiped on drop.
     pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
         zeroize::Zeroizing::new(super::pem_encode("PRIVATE KEY", &self.key_pkcs8))
-    }
-
-    /// What was issued, without the key.
-    pub fn issued(&self) -> Issued {
-        Issued {
-            cert_der: self.cert_der.clone(),
-            chain_der: self.chain_der.clone(),
-            serial_hex: self.serial_hex.clone(),
-            spiffe_id: self.spiffe_id.clone(),
-            validity: self.validity,
-            public_key_sha256: self.public_key_sha256.clone(),
-            issuer_fingerprint: self.issuer_fingerprint.clone(),
-        }
     }
 }
 
@@ -216,18 +191,12 @@ impl CertificateAuthority {
         let key = CaKey::generate_p256()?;
         let issued = self.sign_principal(principal, &key, ttl, now)?;
         Ok(Credential {
-            cert_der: issued.cert_der,
-            chain_der: issued.chain_der,
+            issued,
             key_pkcs8: zeroize::Zeroizing::new(
                 key.pkcs8_der()
                     .expect("generated keys keep their PKCS#8")
                     .to_vec(),
             ),
-            serial_hex: issued.serial_hex,
-            spiffe_id: issued.spiffe_id,
-            validity: issued.validity,
-            public_key_sha256: issued.public_key_sha256,
-            issuer_fingerprint: issued.issuer_fingerprint,
         })
     }
 

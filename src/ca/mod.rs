@@ -120,3 +120,13 @@ pub struct Settings {
     /// How long a prepared root waits for every sidecar to acknowledge it before signing.
     pub root_activation_max_wait: Ttl,
 }
+
+#[cfg(test)]
+impl Settings {
+    /// The settings with nothing configured, for unit tests.
+    pub(crate) fn defaults() -> Settings {
+        crate::config::Config::load_with_env(&Default::default(), Vec::new())
+            .expect("the defaults are valid")
+            .ca
+    }
+}

@@ -9,6 +9,7 @@ use rcgen::{
     SanType, SerialNumber,
 };
 use time::OffsetDateTime;
+use x509_parser::prelude::{GeneralName, X509Certificate};
 
 use super::authority::random_serial;
 use super::{Error, Settings};
@@ -42,6 +43,35 @@ impl Principal {
             Principal::Admin(name) => format!("{td}/admin/{name}"),
             Principal::Server { .. } => format!("{td}/server"),
         }
+    }
+
+    /// Who a certificate names: its one URI SAN, read as a principal of `settings`' trust
+    /// domain; otherwise why not.
+    pub fn of_certificate(
+        cert: &X509Certificate<'_>,
+        settings: &Settings,
+    ) -> Result<Principal, String> {
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::URI(u) => Some(*u),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [id] = uris.as_slice() else {
+            return Err("a client or cell certificate must carry exactly one SPIFFE ID".into());
+        };
+        Principal::from_spiffe_id(settings, id).ok_or_else(|| {
+            format!("{id} is not a cell, the orchestrator or an admin of this trust domain")
+        })
     }
 
     /// What a SPIFFE ID under `settings`' trust domain names, if it is a principal's.
@@ -99,15 +129,9 @@ pub(super) fn principal_params(
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        crate::config::Config::load_with_env(&Default::default(), Vec::new())
-            .unwrap()
-            .ca
-    }
-
     #[test]
     fn spiffe_ids_name_principals_and_nothing_else() {
-        let s = settings();
+        let s = Settings::defaults();
         for p in [
             Principal::Cell("cell-1".parse().unwrap()),
             Principal::Orchestrator,

@@ -191,7 +191,7 @@ async fn follow_placements(
                     .into_inner()
                     .placements
                     .into_iter()
-                    .filter_map(|p| placement_of(p).ok())
+                    .filter_map(|p| proto::placement_from_wire(p).ok())
                     .map(|p| (p.instance_guid.clone(), p))
                     .collect();
                 let gone: HashSet<Guid> = served
@@ -227,19 +227,4 @@ async fn follow_placements(
     for g in served.keys() {
         agent.remove(g).await;
     }
-}
-
-fn placement_of(p: proto::Placement) -> Result<Placement> {
-    let opt =
-        |v: &str| -> Result<Option<Guid>> { Ok((!v.is_empty()).then(|| v.parse()).transpose()?) };
-    Ok(Placement {
-        instance_guid: p.instance_guid.parse()?,
-        app_guid: p.app_guid.parse()?,
-        space_guid: opt(&p.space_guid)?,
-        org_guid: opt(&p.org_guid)?,
-        cell_id: p.cell_id.parse()?,
-        container_ip: (!p.container_ip.is_empty())
-            .then(|| p.container_ip.parse())
-            .transpose()?,
-    })
 }

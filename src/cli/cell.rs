@@ -51,12 +51,12 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     rt.shutdown().await;
     let cred = result?;
     write_credential(&out_dir, &cred, &bundle)?;
-    println!("enrolled cell {cell_id} as {}", cred.spiffe_id);
+    println!("enrolled cell {cell_id} as {}", cred.issued.spiffe_id);
     println!(
         "serial {}, valid {} .. {}; wrote {}",
-        cred.serial_hex,
-        rfc3339(cred.validity.not_before),
-        rfc3339(cred.validity.not_after),
+        cred.issued.serial_hex,
+        rfc3339(cred.issued.validity.not_before),
+        rfc3339(cred.issued.validity.not_after),
         out_dir.display()
     );
     Ok(())

@@ -23,7 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::IssuanceService;
 use crate::ca::{CertificateAuthority, Credential, Principal, Settings, BACKDATE};
@@ -75,7 +75,7 @@ impl ApiTls {
         loop {
             // A certificate cut short by the intermediate's expiry would be cut the same way
             // again: it waits for the next intermediate (a CA change) instead.
-            let v = self.own.validity;
+            let v = self.own.issued.validity;
             let renew_at = if v.capped {
                 v.not_after
             } else {
@@ -89,7 +89,9 @@ impl ApiTls {
             }
             let now = OffsetDateTime::now_utc();
             let ca = self.issuance.ca();
-            if now >= renew_at || self.own.issuer_fingerprint != ca.intermediate().fingerprint {
+            if now >= renew_at
+                || self.own.issued.issuer_fingerprint != ca.intermediate().fingerprint
+            {
                 match self.issuance.enroll(&self.who, own_ttl(ca), now).await {
                     Ok(own) => (self.own, issued_at) = (own, now),
                     Err(e) => {
@@ -127,8 +129,8 @@ fn server_config(ca: &CertificateAuthority, own: &Credential) -> anyhow::Result<
     }
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    let chain = std::iter::once(&own.cert_der)
-        .chain(&own.chain_der)
+    let chain = std::iter::once(&own.issued.cert_der)
+        .chain(&own.issued.chain_der)
         .map(|der| CertificateDer::from(der.clone()))
         .collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own.key_pkcs8.to_vec()));
@@ -215,27 +217,7 @@ impl Peer {
 fn client_of(der: &[u8], settings: &Settings) -> Result<Client, String> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|_| "unreadable client certificate".to_string())?;
-    let uris: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let [id] = uris.as_slice() else {
-        return Err("the client certificate must carry exactly one SPIFFE ID".into());
-    };
-    let principal = Principal::from_spiffe_id(settings, id).ok_or_else(|| {
-        format!("{id} is not a cell, the orchestrator or an admin of this trust domain")
-    })?;
+    let principal = Principal::of_certificate(&cert, settings)?;
     let validity = cert.validity();
     let seconds = validity.not_after.timestamp() - validity.not_before.timestamp();
     let issued_for = Duration::from_secs(seconds.max(0) as u64).saturating_sub(BACKDATE);

@@ -278,22 +278,11 @@ impl Maintenance {
 /// The ledger record of a CA event.
 pub(super) fn ca_record(e: &CaEvent, now: OffsetDateTime) -> LedgerRecord {
     LedgerRecord {
-        kind: EntryKind::Ca,
-        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
-        serial: None,
-        spiffe_id: None,
-        instance_guid: None,
-        app_guid: None,
-        space_guid: None,
-        org_guid: None,
-        cell_id: None,
-        container_ip: None,
         not_before: Some(e.cert.not_before.unix_timestamp()),
         not_after: Some(e.cert.not_after.unix_timestamp()),
-        public_key_sha256: None,
         issuer_fingerprint: Some(e.cert.fingerprint.clone()),
         cert_der: Some(e.cert.der.clone()),
         reason: Some(e.what.clone()),
-        leaf_hash: Vec::new(),
+        ..LedgerRecord::bare(EntryKind::Ca, now)
     }
 }

@@ -20,7 +20,7 @@ use crate::ca::{CertificateAuthority, Principal};
 use crate::ids::{CellId, Guid, Ttl};
 use crate::placement::Placement;
 use crate::proto::identity_server::{Identity as IdentityRpc, IdentityServer};
-use crate::proto::{self as pb, MAX_SIGN_BATCH};
+use crate::proto::{self as pb, MAX_SIGN_BATCH, WINDOW};
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -73,27 +73,29 @@ impl IdentityApi {
             s => Some(Ttl::from_secs(s.into()).expect("non-zero")),
         };
         let now = OffsetDateTime::now_utc();
-        let registered = self.registry.get(&instance).await;
-        let (who, placement) = match (caller, registered) {
-            (Principal::Cell(cell), p) => {
-                // The registry decides (see `sign_as`); an unregistered instance is refused
-                // and only its GUID and the cell are recorded, so these stand-ins go nowhere.
-                let claimed = p.unwrap_or_else(|| Placement {
+        let (who, placement) = match caller {
+            // `sign_as` looks the instance up and certifies it as registered; an unregistered
+            // one is refused with only its GUID and the cell recorded, so these stand-ins
+            // go nowhere.
+            Principal::Cell(cell) => (
+                Caller::Cell(cell.clone()),
+                Placement {
                     instance_guid: instance.clone(),
-                    app_guid: instance.clone(),
+                    app_guid: instance,
                     space_guid: None,
                     org_guid: None,
                     cell_id: cell.clone(),
                     container_ip: None,
-                });
-                (Caller::Cell(cell.clone()), claimed)
-            }
-            (Principal::Admin(_), Some(p)) => (Caller::Operator, p),
-            (Principal::Admin(_), None) => {
-                return Err(Status::not_found(format!(
-                    "no instance {instance} is registered"
-                )))
-            }
+                },
+            ),
+            Principal::Admin(_) => match self.registry.get(&instance).await {
+                Some(p) => (Caller::Operator, p),
+                None => {
+                    return Err(Status::not_found(format!(
+                        "no instance {instance} is registered"
+                    )))
+                }
+            },
             _ => {
                 return Err(Status::permission_denied(
                     "only cells and admins get certificates",
@@ -228,7 +230,7 @@ impl IdentityRpc for IdentityApi {
         request: Request<pb::Placement>,
     ) -> Result<Response<pb::Placement>, Status> {
         let caller = self.caller(&request)?;
-        let p = placement_from(request.into_inner())?;
+        let p = pb::placement_from_wire(request.into_inner()).map_err(Status::invalid_argument)?;
         self.may_place(&caller, &p.cell_id)?;
         self.registry
             .register(p.clone())
@@ -237,7 +239,7 @@ impl IdentityRpc for IdentityApi {
                 registry::Error::Conflict(_) => Status::already_exists(e.to_string()),
                 other => Status::unavailable(other.to_string()),
             })?;
-        Ok(Response::new(placement_to(&p)))
+        Ok(Response::new(pb::placement_to_wire(&p)))
     }
 
     async fn deregister_placement(
@@ -256,7 +258,7 @@ impl IdentityRpc for IdentityApi {
             .deregister(&instance)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(placement_to(&p)))
+        Ok(Response::new(pb::placement_to_wire(&p)))
     }
 
     async fn renew_credential(
@@ -304,7 +306,7 @@ impl IdentityRpc for IdentityApi {
         let placements = all
             .iter()
             .filter(|p| only.as_ref().is_none_or(|c| *c == p.cell_id))
-            .map(placement_to)
+            .map(pb::placement_to_wire)
             .collect();
         Ok(Response::new(pb::Placements { placements }))
     }
@@ -322,45 +324,8 @@ fn parse<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Status>
 where
     T::Err: std::fmt::Display,
 {
-    value
-        .parse()
-        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+    pb::parse_field(field, value).map_err(Status::invalid_argument)
 }
-
-fn optional<T: std::str::FromStr>(field: &str, value: &str) -> Result<Option<T>, Status>
-where
-    T::Err: std::fmt::Display,
-{
-    (!value.is_empty()).then(|| parse(field, value)).transpose()
-}
-
-fn placement_from(p: pb::Placement) -> Result<Placement, Status> {
-    Ok(Placement {
-        instance_guid: parse("instance_guid", &p.instance_guid)?,
-        app_guid: parse("app_guid", &p.app_guid)?,
-        space_guid: optional("space_guid", &p.space_guid)?,
-        org_guid: optional("org_guid", &p.org_guid)?,
-        cell_id: parse("cell_id", &p.cell_id)?,
-        container_ip: optional("container_ip", &p.container_ip)?,
-    })
-}
-
-/// The wire form of a placement.
-pub fn placement_to(p: &Placement) -> pb::Placement {
-    let text = |v: &Option<Guid>| v.as_ref().map(|g| g.to_string()).unwrap_or_default();
-    pb::Placement {
-        instance_guid: p.instance_guid.to_string(),
-        app_guid: p.app_guid.to_string(),
-        space_guid: text(&p.space_guid),
-        org_guid: text(&p.org_guid),
-        cell_id: p.cell_id.to_string(),
-        container_ip: p.container_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-    }
-}
-
-/// HTTP/2 flow-control window per stream: a batch of signed certificates (a few hundred KiB)
-/// goes out without waiting for window updates.
-pub const WINDOW: u32 = 1 << 20;
 
 /// Serves the API on `listener` until `cancel`, with TLS that follows the CA.
 pub async fn serve(

@@ -96,7 +96,7 @@ impl IssuanceService {
             .ca
             .issue_principal(principal, ttl, now)
             .map_err(request_or_unavailable)?;
-        let record = principal_issued_record(&self.ca, principal, &cred.issued(), now);
+        let record = principal_issued_record(&self.ca, principal, &cred.issued, now);
         self.ledger.append(record).await.map_err(unavailable)?;
         Ok(cred)
     }
@@ -222,7 +222,7 @@ fn principal_record(
             Principal::Cell(cell) => Some(cell.to_string()),
             _ => None,
         },
-        ..bare_record(kind, now)
+        ..LedgerRecord::bare(kind, now)
     }
 }
 
@@ -234,30 +234,7 @@ fn placement_record(p: &Placement, kind: EntryKind, now: OffsetDateTime) -> Ledg
         org_guid: p.org_guid.as_ref().map(|g| g.to_string()),
         cell_id: Some(p.cell_id.to_string()),
         container_ip: p.container_ip.map(|ip| ip.to_string()),
-        ..bare_record(kind, now)
-    }
-}
-
-/// A record of `kind` at `now` saying nothing else yet.
-fn bare_record(kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {
-    LedgerRecord {
-        kind,
-        recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
-        serial: None,
-        spiffe_id: None,
-        instance_guid: None,
-        app_guid: None,
-        space_guid: None,
-        org_guid: None,
-        cell_id: None,
-        container_ip: None,
-        not_before: None,
-        not_after: None,
-        public_key_sha256: None,
-        issuer_fingerprint: None,
-        cert_der: None,
-        reason: None,
-        leaf_hash: Vec::new(),
+        ..LedgerRecord::bare(kind, now)
     }
 }
 

@@ -76,6 +76,32 @@ pub struct LedgerRecord {
     pub leaf_hash: Vec<u8>,
 }
 
+impl LedgerRecord {
+    /// A record of `kind` decided at `now` that says nothing else yet; callers fill in the
+    /// rest with struct update syntax.
+    pub fn bare(kind: EntryKind, now: time::OffsetDateTime) -> LedgerRecord {
+        LedgerRecord {
+            kind,
+            recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            serial: None,
+            spiffe_id: None,
+            instance_guid: None,
+            app_guid: None,
+            space_guid: None,
+            org_guid: None,
+            cell_id: None,
+            container_ip: None,
+            not_before: None,
+            not_after: None,
+            public_key_sha256: None,
+            issuer_fingerprint: None,
+            cert_der: None,
+            reason: None,
+            leaf_hash: Vec::new(),
+        }
+    }
+}
+
 /// A record as stored, with its position in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerEntry {
