@@ -11,11 +11,16 @@ pub use generated::*;
 
 use crate::ids::Guid;
 
-/// The most sign requests one `SignBatch` call may carry.
-pub const MAX_SIGN_BATCH: usize = 256;
+/// The most requests of one `SignStream` the server works on at once; it reads the stream no
+/// further until some are answered, so one caller cannot queue unbounded work.
+pub const MAX_STREAM_IN_FLIGHT: usize = 1024;
 
-/// HTTP/2 flow-control window per stream, at both ends: a batch of signed certificates (a few
-/// hundred KiB) goes out without waiting for window updates.
+/// The largest request message the server reads. A sign request is a few hundred bytes, a
+/// placement less; anything near this is not one of ours.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// HTTP/2 flow-control window per stream, at both ends: hundreds of signed certificates on one
+/// `SignStream` go out without waiting for window updates.
 pub const WINDOW: u32 = 1 << 20;
 
 /// The wire form of a placement.

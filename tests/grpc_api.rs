@@ -485,7 +485,7 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
 }
 
 #[tokio::test]
-async fn a_batch_of_sign_requests_is_answered_request_by_request_in_order() {
+async fn a_sign_stream_answers_each_request_by_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::start(config_in(dir.path(), &[]), Init::CreateIfMissing)
         .await
@@ -521,51 +521,62 @@ async fn a_batch_of_sign_requests_is_answered_request_by_request_in_order() {
         .collect();
     assert_eq!(serials.len(), 40);
 
-    // A mixed batch: each request answered on its own, in order.
-    let request = |instance: &str, csr: Vec<u8>| proto::SignRequest {
-        instance_guid: instance.to_string(),
-        csr,
-        ttl_seconds: 0,
+    // A mixed stream: each request answered on its own, under its id.
+    let request = |id: u64, instance: &str, csr: Vec<u8>| proto::SignStreamRequest {
+        id,
+        request: Some(proto::SignRequest {
+            instance_guid: instance.to_string(),
+            csr,
+            ttl_seconds: 0,
+        }),
     };
     let csr = || agent::new_key_and_csr().unwrap().1;
     let before = rt.audit.entry_count().await.unwrap();
-    let results = cell1
-        .client()
-        .sign_batch(proto::SignBatchRequest {
-            requests: vec![
-                request(INSTANCE, csr()),
-                request(OTHER, csr()),
-                request(INSTANCE, b"not a CSR".to_vec()),
-                request("not-a-guid", csr()),
-                request(INSTANCE, csr()),
-            ],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    use proto::sign_result::Outcome;
-    let codes: Vec<Option<tonic::Code>> = results
+    let (answers, ended) = sign_stream(
+        &cell1,
+        vec![
+            request(7, INSTANCE, csr()),
+            request(3, OTHER, csr()),
+            request(9, INSTANCE, b"not a CSR".to_vec()),
+            request(1, "not-a-guid", csr()),
+            proto::SignStreamRequest {
+                id: 4,
+                request: None,
+            },
+            request(8, INSTANCE, csr()),
+        ],
+    )
+    .await;
+    assert!(ended.is_ok(), "{ended:?}");
+    use proto::sign_stream_result::Outcome;
+    let codes: std::collections::BTreeMap<u64, Option<tonic::Code>> = answers
         .iter()
-        .map(|r| match r.outcome.as_ref().unwrap() {
-            Outcome::Signed(s) => {
-                assert_eq!(s.spiffe_id, expected_spiffe_id());
-                None
-            }
-            Outcome::Refused(r) => Some(tonic::Code::from(r.code)),
+        .map(|a| {
+            let code = match a.outcome.as_ref().unwrap() {
+                Outcome::Signed(s) => {
+                    assert_eq!(s.spiffe_id, expected_spiffe_id());
+                    None
+                }
+                Outcome::Refused(r) => Some(tonic::Code::from(r.code)),
+            };
+            (a.id, code)
         })
         .collect();
+    assert_eq!(answers.len(), 6, "one answer per request");
+    let invalid = Some(tonic::Code::InvalidArgument);
     assert_eq!(
-        codes,
+        codes.into_iter().collect::<Vec<_>>(),
         [
-            None,
-            Some(tonic::Code::PermissionDenied),
-            Some(tonic::Code::InvalidArgument),
-            Some(tonic::Code::InvalidArgument),
-            None
+            (1, invalid),
+            (3, Some(tonic::Code::PermissionDenied)),
+            (4, invalid),
+            (7, None),
+            (8, None),
+            (9, invalid),
         ]
     );
-    // Two issuances and two recorded denials (a GUID that is not one reaches no decision).
+    // Two issuances and two recorded denials (a GUID that is not one, or no request at all,
+    // reaches no decision).
     let entries = rt.audit.list(&LedgerFilter::default()).await.unwrap();
     let new: Vec<_> = entries
         .iter()
@@ -576,25 +587,50 @@ async fn a_batch_of_sign_requests_is_answered_request_by_request_in_order() {
     assert_eq!(new.iter().filter(|k| **k == EntryKind::Issued).count(), 2);
     assert_eq!(new.iter().filter(|k| **k == EntryKind::Denied).count(), 2);
 
-    // Too many in one batch: refused whole, nothing recorded.
+    // An oversized message ends the stream with an error once the requests before it are
+    // answered; the oversized one is not read, so nothing is recorded for it.
     let before = rt.audit.entry_count().await.unwrap();
-    let oversized = cell1
-        .client()
-        .sign_batch(proto::SignBatchRequest {
-            requests: (0..=proto::MAX_SIGN_BATCH)
-                .map(|_| request(INSTANCE, Vec::new()))
-                .collect(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        oversized.code(),
-        tonic::Code::InvalidArgument,
-        "{oversized:?}"
-    );
-    assert_eq!(rt.audit.entry_count().await.unwrap(), before);
+    let (answers, ended) = sign_stream(
+        &cell1,
+        vec![
+            request(1, INSTANCE, csr()),
+            request(2, INSTANCE, vec![0x30; proto::MAX_REQUEST + 1]),
+            request(3, INSTANCE, csr()),
+        ],
+    )
+    .await;
+    let ended = ended.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::OutOfRange, "{ended:?}");
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].id, 1);
+    assert!(matches!(answers[0].outcome, Some(Outcome::Signed(_))));
+    assert_eq!(rt.audit.entry_count().await.unwrap(), before + 1);
 
     cancel.cancel();
     served.await.unwrap().unwrap();
     rt.shutdown().await;
+}
+
+/// Sends `requests` on one `SignStream` call and closes it: the answers that came, and how the
+/// stream ended.
+async fn sign_stream(
+    client: &RemoteAuthority,
+    requests: Vec<proto::SignStreamRequest>,
+) -> (Vec<proto::SignStreamResult>, Result<(), tonic::Status>) {
+    let mut stream = match client
+        .client()
+        .sign_stream(futures_util::stream::iter(requests))
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut answers = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(a)) => answers.push(a),
+            Ok(None) => return (answers, Ok(())),
+            Err(status) => return (answers, Err(status)),
+        }
+    }
 }

@@ -120,7 +120,7 @@ async fn show(state: &AdminState, p: &Placement) -> InstanceJson {
 }
 
 pub async fn list(State(state): State<AdminState>) -> Response {
-    let (all, _) = state.registry.snapshot().await;
+    let (all, _) = state.registry.snapshot();
     let mut shown = Vec::with_capacity(all.len());
     for p in &all {
         shown.push(show(&state, p).await);

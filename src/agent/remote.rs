@@ -2,33 +2,41 @@
 //! other machines than the server. The agent presents its cell credential; the server decides
 //! from it which instances the agent may have certificates for.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::proto::identity_client::IdentityClient;
-use crate::proto::sign_result::Outcome;
-use crate::proto::{self as pb, MAX_SIGN_BATCH};
+use crate::proto::sign_stream_result::Outcome;
+use crate::proto as pb;
 
 /// A connection to an idmint server. Clones share it, and see a changed credential or trust
-/// bundle (see [`RemoteAuthority::reconnect`]) from their next call on. Sign requests made
-/// at about the same time travel together in one `SignBatch` call.
+/// bundle (see [`RemoteAuthority::reconnect`]) from their next call on. Sign requests go out
+/// on one `SignStream` call, opened when first needed and again after it ends.
 #[derive(Clone)]
 pub struct RemoteAuthority {
     endpoint: Arc<str>,
     server_name: Arc<str>,
     client: Arc<RwLock<IdentityClient<Channel>>>,
-    signs: mpsc::UnboundedSender<PendingSign>,
+    signs: Arc<Mutex<Option<SignStream>>>,
 }
 
-/// A sign request waiting for its batch, and where its answer goes.
-type PendingSign = (
-    pb::SignRequest,
-    oneshot::Sender<Result<pb::SignResponse, Status>>,
-);
+/// One open `SignStream`: where requests go, and who waits for which answer.
+struct SignStream {
+    requests: mpsc::UnboundedSender<pb::SignStreamRequest>,
+    waiting: Arc<Mutex<Waiting>>,
+    next_id: u64,
+}
+
+/// The callers waiting for answers on a stream, by request id; `None` once the stream has
+/// ended and every caller still waiting has been told.
+type Waiting = Option<HashMap<u64, oneshot::Sender<Result<pb::SignResponse, Status>>>>;
 
 /// What an agent needs to reach the server.
 pub struct RemoteSettings<'a> {
@@ -61,14 +69,11 @@ impl RemoteAuthority {
         s: RemoteSettings<'_>,
     ) -> Result<RemoteAuthority, tonic::transport::Error> {
         let channel = endpoint(&s)?.connect().await?;
-        let client = Arc::new(RwLock::new(IdentityClient::new(channel)));
-        let (signs, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(send_in_batches(client.clone(), waiting));
         Ok(RemoteAuthority {
             endpoint: s.endpoint.into(),
             server_name: s.server_name.into(),
-            client,
-            signs,
+            client: Arc::new(RwLock::new(IdentityClient::new(channel))),
+            signs: Arc::default(),
         })
     }
 
@@ -89,6 +94,9 @@ impl RemoteAuthority {
         })?
         .connect_lazy();
         *self.client.write().expect("never poisoned") = IdentityClient::new(channel);
+        // The next sign request opens a stream on the new connection; this one finishes the
+        // requests it carries and ends.
+        *self.signs.lock().expect("never poisoned") = None;
         Ok(())
     }
 
@@ -118,56 +126,102 @@ impl RemoteAuthority {
             not_after: unix_time(reply.not_after)?,
         })
     }
-}
 
-/// Sends the sign requests waiting at each moment as one `SignBatch` call, with several calls
-/// in flight at once, until every [`RemoteAuthority`] is gone. Nothing waits to fill a batch:
-/// under load requests queue while calls are out, and the next call takes them all.
-async fn send_in_batches(
-    client: Arc<RwLock<IdentityClient<Channel>>>,
-    mut waiting: mpsc::UnboundedReceiver<PendingSign>,
-) {
-    while let Some(first) = waiting.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_SIGN_BATCH {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+    /// Sends `request` on the open sign stream, opening one if there is none or it has
+    /// ended, and returns where its answer will come.
+    fn submit(
+        &self,
+        request: pb::SignRequest,
+    ) -> oneshot::Receiver<Result<pb::SignResponse, Status>> {
+        let (reply, answer) = oneshot::channel();
+        let mut signs = self.signs.lock().expect("never poisoned");
+        if signs.as_ref().is_some_and(SignStream::ended) {
+            *signs = None;
         }
-        let mut client = client.read().expect("never poisoned").clone();
-        tokio::spawn(async move {
-            let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let sent = requests.len();
-            let results = match client.sign_batch(pb::SignBatchRequest { requests }).await {
-                Ok(r) => r.into_inner().results,
-                Err(s) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(s.clone()));
-                    }
-                    return;
-                }
-            };
-            if results.len() != sent {
-                let s = Status::internal(format!(
-                    "the server answered {} of {sent} sign requests",
-                    results.len()
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(s.clone()));
-                }
-                return;
-            }
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(match result.outcome {
-                    Some(Outcome::Signed(signed)) => Ok(signed),
-                    Some(Outcome::Refused(r)) => Err(Status::new(Code::from(r.code), r.message)),
-                    None => Err(Status::internal("the server sent an empty sign result")),
-                });
-            }
-        });
+        let stream = signs.get_or_insert_with(|| SignStream::open(self.client()));
+        let id = stream.next_id;
+        stream.next_id += 1;
+        // Should the stream have ended just now, `reply` is dropped and the caller told so.
+        if let Some(waiting) = stream.waiting.lock().expect("never poisoned").as_mut() {
+            waiting.insert(id, reply);
+            let _ = stream.requests.send(pb::SignStreamRequest {
+                id,
+                request: Some(request),
+            });
+        }
+        answer
     }
 }
+
+impl SignStream {
+    /// Opens a `SignStream` call and starts the task that hands its answers out.
+    fn open(client: IdentityClient<Channel>) -> SignStream {
+        let (requests, outgoing) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(hand_out_answers(client, outgoing, waiting.clone()));
+        SignStream {
+            requests,
+            waiting,
+            next_id: 0,
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.waiting.lock().expect("never poisoned").is_none()
+    }
+}
+
+/// Runs one `SignStream` call: gives each answer to the caller waiting for it, and when the
+/// stream ends (the server went away, or the agent stopped sending) tells everyone still
+/// waiting.
+async fn hand_out_answers(
+    mut client: IdentityClient<Channel>,
+    outgoing: mpsc::UnboundedReceiver<pb::SignStreamRequest>,
+    waiting: Arc<Mutex<Waiting>>,
+) {
+    let ended = match client
+        .sign_stream(UnboundedReceiverStream::new(outgoing))
+        .await
+    {
+        Err(status) => status,
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => {
+                        let caller = waiting
+                            .lock()
+                            .expect("never poisoned")
+                            .as_mut()
+                            .and_then(|w| w.remove(&answer.id));
+                        if let Some(caller) = caller {
+                            let _ = caller.send(match answer.outcome {
+                                Some(Outcome::Signed(signed)) => Ok(signed),
+                                Some(Outcome::Refused(r)) => {
+                                    Err(Status::new(Code::from(r.code), r.message))
+                                }
+                                None => {
+                                    Err(Status::internal("the server sent an empty sign result"))
+                                }
+                            });
+                        }
+                    }
+                    Ok(None) => break Status::unavailable("the server ended the sign stream"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    };
+    let left = waiting.lock().expect("never poisoned").take();
+    for caller in left.into_iter().flat_map(HashMap::into_values) {
+        let _ = caller.send(Err(ended.clone()));
+    }
+}
+
+/// How often an agent pings the server on an open connection, and how long it waits for the
+/// answer before taking the connection for dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error> {
     let tls = ClientTlsConfig::new()
@@ -178,7 +232,11 @@ fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error>
         .expect("an https:// endpoint")
         .tls_config(tls)?
         .initial_stream_window_size(pb::WINDOW)
-        .initial_connection_window_size(pb::WINDOW * 4))
+        .initial_connection_window_size(pb::WINDOW * 4)
+        // The sign stream stays open between renewals: a server that vanished without
+        // closing the connection is noticed by a missed ping, not by a renewal that hangs.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT))
 }
 
 fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {
@@ -188,8 +246,6 @@ fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {
 
 impl Authority for RemoteAuthority {
     async fn sign(&self, request: SignRequest) -> Result<SignedCert, api::Error> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let stopped = || api::Error::Unavailable("the connection to the server has stopped".into());
         let wire = pb::SignRequest {
             instance_guid: request.placement.instance_guid.to_string(),
             csr: request.csr,
@@ -198,8 +254,11 @@ impl Authority for RemoteAuthority {
                 .map(|t| t.duration().as_secs().min(u32::MAX.into()) as u32)
                 .unwrap_or(0),
         };
-        self.signs.send((wire, reply_tx)).map_err(|_| stopped())?;
-        let reply = reply_rx.await.map_err(|_| stopped())?.map_err(error)?;
+        let reply = self
+            .submit(wire)
+            .await
+            .map_err(|_| api::Error::Unavailable("the sign stream stopped".into()))?
+            .map_err(error)?;
         Ok(SignedCert {
             spiffe_id: reply.spiffe_id,
             cert_der: reply.cert_der,

@@ -283,7 +283,7 @@ impl<A: Authority + 'static> Workloads<A> {
     /// Serves every instance registered now (their sockets exist when this returns) and
     /// returns the registrations that come after, for [`Workloads::follow`].
     pub async fn serve_registered(&self, registry: &Registry) -> broadcast::Receiver<Event> {
-        let (now, events) = registry.snapshot().await;
+        let (now, events) = registry.snapshot();
         for p in now {
             self.add_logged(p).await;
         }
@@ -333,7 +333,7 @@ impl<A: Authority + 'static> Workloads<A> {
     }
 
     async fn resync(&self, registry: &Registry) {
-        let (now, _) = registry.snapshot().await;
+        let (now, _) = registry.snapshot();
         let wanted: HashMap<Guid, Placement> = now
             .into_iter()
             .filter(|p| self.serves(p))

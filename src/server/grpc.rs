@@ -9,8 +9,10 @@ use std::sync::Arc;
 use futures_util::Stream;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::api_tls::{self, ApiTls, Client, Peer};
 use super::registry::{self, Registry};
@@ -20,7 +22,7 @@ use crate::ca::{CertificateAuthority, Principal};
 use crate::ids::{CellId, Guid, Ttl};
 use crate::placement::Placement;
 use crate::proto::identity_server::{Identity as IdentityRpc, IdentityServer};
-use crate::proto::{self as pb, MAX_SIGN_BATCH, WINDOW};
+use crate::proto::{self as pb, MAX_REQUEST, MAX_STREAM_IN_FLIGHT, WINDOW};
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -30,6 +32,9 @@ pub struct IdentityApi {
     ca: Arc<CertificateAuthority>,
     /// Whether a cell may register and deregister instances on itself.
     cells_register_own: bool,
+    /// Cancelled when the server stops: sign streams take no more requests and end, so
+    /// that shutdown does not wait for agents to close them.
+    stopping: CancellationToken,
 }
 
 impl IdentityApi {
@@ -45,6 +50,7 @@ impl IdentityApi {
             registry,
             ca,
             cells_register_own,
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -88,7 +94,7 @@ impl IdentityApi {
                     container_ip: None,
                 },
             ),
-            Principal::Admin(_) => match self.registry.get(&instance).await {
+            Principal::Admin(_) => match self.registry.get(&instance) {
                 Some(p) => (Caller::Operator, p),
                 None => {
                     return Err(Status::not_found(format!(
@@ -127,6 +133,50 @@ impl IdentityApi {
         })
     }
 
+    /// Answers the sign requests of one stream, each in a task of its own so that they are
+    /// signed on every core and answered as each one's ledger record is committed. A request
+    /// the stream cannot deliver (too large, not decodable) ends the stream with that status.
+    async fn answer_stream(
+        self,
+        caller: Principal,
+        mut incoming: Streaming<pb::SignStreamRequest>,
+        answers: mpsc::Sender<Result<pb::SignStreamResult, Status>>,
+    ) {
+        let in_flight = Arc::new(Semaphore::new(MAX_STREAM_IN_FLIGHT));
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let next = tokio::select! {
+                next = incoming.message() => next,
+                // The stream ends once the answers still being worked on are sent.
+                _ = self.stopping.cancelled() => return,
+            };
+            let next = match next {
+                Ok(Some(next)) => next,
+                Ok(None) => return,
+                Err(status) => {
+                    // Every request read before this one is answered before the stream ends.
+                    drop(permit);
+                    let all = MAX_STREAM_IN_FLIGHT as u32;
+                    let _ = in_flight.acquire_many(all).await;
+                    let _ = answers.send(Err(status)).await;
+                    return;
+                }
+            };
+            let (api, caller, answers) = (self.clone(), caller.clone(), answers.clone());
+            tokio::spawn(async move {
+                let outcome = match next.request {
+                    Some(request) => api.sign_one(&caller, request).await,
+                    None => Err(Status::invalid_argument("request: missing")),
+                };
+                // A caller that went away still had its certificate recorded; nothing to undo.
+                let _ = answers.send(Ok(stream_result(next.id, outcome))).await;
+                drop(permit);
+            });
+        }
+    }
+
     /// Whether `caller` may change `cell`'s placements.
     fn may_place(&self, caller: &Principal, cell: &CellId) -> Result<(), Status> {
         match caller {
@@ -146,6 +196,7 @@ impl IdentityApi {
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
+type SignResultStream = Pin<Box<dyn Stream<Item = Result<pb::SignStreamResult, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl IdentityRpc for IdentityApi {
@@ -158,34 +209,17 @@ impl IdentityRpc for IdentityApi {
         Ok(Response::new(signed))
     }
 
-    async fn sign_batch(
+    type SignStreamStream = SignResultStream;
+
+    async fn sign_stream(
         &self,
-        request: Request<pb::SignBatchRequest>,
-    ) -> Result<Response<pb::SignBatchResponse>, Status> {
+        request: Request<Streaming<pb::SignStreamRequest>>,
+    ) -> Result<Response<SignResultStream>, Status> {
         let caller = self.caller(&request)?;
-        let requests = request.into_inner().requests;
-        if requests.len() > MAX_SIGN_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "{} requests in one batch; at most {MAX_SIGN_BATCH}",
-                requests.len()
-            )));
-        }
-        let outcomes =
-            futures_util::future::join_all(requests.into_iter().map(|r| self.sign_one(&caller, r)))
-                .await;
-        let results = outcomes
-            .into_iter()
-            .map(|outcome| pb::SignResult {
-                outcome: Some(match outcome {
-                    Ok(signed) => pb::sign_result::Outcome::Signed(signed),
-                    Err(s) => pb::sign_result::Outcome::Refused(pb::Refusal {
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                    }),
-                }),
-            })
-            .collect();
-        Ok(Response::new(pb::SignBatchResponse { results }))
+        let incoming = request.into_inner();
+        let (answers, out) = mpsc::channel(MAX_STREAM_IN_FLIGHT);
+        tokio::spawn(self.clone().answer_stream(caller, incoming, answers));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
     type WatchBundleStream = BundleStream;
@@ -248,10 +282,10 @@ impl IdentityRpc for IdentityApi {
     ) -> Result<Response<pb::Placement>, Status> {
         let caller = self.caller(&request)?;
         let instance: Guid = parse("instance_guid", &request.get_ref().instance_guid)?;
-        let p =
-            self.registry.get(&instance).await.ok_or_else(|| {
-                Status::not_found(format!("no instance {instance} is registered"))
-            })?;
+        let p = self
+            .registry
+            .get(&instance)
+            .ok_or_else(|| Status::not_found(format!("no instance {instance} is registered")))?;
         self.may_place(&caller, &p.cell_id)?;
         let p = self
             .registry
@@ -302,13 +336,28 @@ impl IdentityRpc for IdentityApi {
             _ if wanted.is_empty() => None,
             _ => Some(parse("cell_id", &wanted)?),
         };
-        let (all, _) = self.registry.snapshot().await;
+        let (all, _) = self.registry.snapshot();
         let placements = all
             .iter()
             .filter(|p| only.as_ref().is_none_or(|c| *c == p.cell_id))
             .map(pb::placement_to_wire)
             .collect();
         Ok(Response::new(pb::Placements { placements }))
+    }
+}
+
+/// The answer to request `id` of a `SignStream`.
+fn stream_result(id: u64, outcome: Result<pb::SignResponse, Status>) -> pb::SignStreamResult {
+    use pb::sign_stream_result::Outcome;
+    pb::SignStreamResult {
+        id,
+        outcome: Some(match outcome {
+            Ok(signed) => Outcome::Signed(signed),
+            Err(s) => Outcome::Refused(pb::Refusal {
+                code: s.code() as i32,
+                message: s.message().to_string(),
+            }),
+        }),
     }
 }
 
@@ -334,12 +383,16 @@ pub async fn serve(
     tls: ApiTls,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let api = IdentityApi {
+        stopping: cancel.clone(),
+        ..api
+    };
     let incoming = api_tls::incoming(listener, tls.configs(), api.ca.settings().clone());
     let keeper = tokio::spawn(tls.keep_current(cancel.clone()));
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW * 4)
-        .add_service(IdentityServer::new(api))
+        .add_service(IdentityServer::new(api).max_decoding_message_size(MAX_REQUEST))
         .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await;
     keeper.abort();

@@ -53,7 +53,7 @@ impl IssuanceService {
     ) -> Result<SignedCert, Error> {
         if let Caller::Cell(cell) = caller {
             let instance = req.placement.instance_guid.clone();
-            let registered = self.registry.get(&instance).await;
+            let registered = self.registry.get(&instance);
             let refusal = match &registered {
                 None => Some(format!(
                     "cell {cell} asked for instance {instance}, which is not registered"

@@ -2,7 +2,7 @@
 //! keeps them, and published as events so the agent half can follow.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, Mutex};
@@ -39,7 +39,12 @@ pub enum Event {
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
-    placements: Arc<Mutex<BTreeMap<Guid, Placement>>>,
+    /// Held by a change from its check to its event, across the store write, so that changes
+    /// happen one at a time.
+    changing: Arc<Mutex<()>>,
+    /// Locked only for moments and never across an await: every sign request of a cell reads
+    /// it, and a lock that waits for its holder to be scheduled would queue them all.
+    placements: Arc<RwLock<BTreeMap<Guid, Placement>>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -55,21 +60,23 @@ impl Registry {
         let (events, _) = broadcast::channel(1024);
         Ok(Registry {
             store,
-            placements: Arc::new(Mutex::new(placements)),
+            changing: Arc::default(),
+            placements: Arc::new(RwLock::new(placements)),
             events,
         })
     }
 
     /// Registers `p`. Registering the same placement again is a no-op that returns false.
     pub async fn register(&self, p: Placement) -> Result<bool, Error> {
-        let mut all = self.placements.lock().await;
-        match all.get(&p.instance_guid) {
-            Some(existing) if *existing == p => return Ok(false),
+        let _changing = self.changing.lock().await;
+        match self.get(&p.instance_guid) {
+            Some(existing) if existing == p => return Ok(false),
             Some(_) => return Err(Error::Conflict(p.instance_guid)),
             None => {}
         }
         let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         self.store.insert_placement(&p, now_ms).await?;
+        let mut all = self.write();
         all.insert(p.instance_guid.clone(), p.clone());
         // Nobody listening is fine: a subscriber starts from `snapshot`.
         let _ = self.events.send(Event::Registered(p));
@@ -78,25 +85,35 @@ impl Registry {
 
     /// Deregisters an instance and returns what it was.
     pub async fn deregister(&self, instance: &Guid) -> Result<Placement, Error> {
-        let mut all = self.placements.lock().await;
-        if !all.contains_key(instance) {
+        let _changing = self.changing.lock().await;
+        if self.get(instance).is_none() {
             return Err(Error::Unknown(instance.clone()));
         }
         self.store.delete_placement(instance.as_str()).await?;
+        let mut all = self.write();
         let p = all.remove(instance).expect("checked above");
         let _ = self.events.send(Event::Deregistered(p.clone()));
         Ok(p)
     }
 
     /// Where `instance` is placed, if it is registered.
-    pub async fn get(&self, instance: &Guid) -> Option<Placement> {
-        self.placements.lock().await.get(instance).cloned()
+    pub fn get(&self, instance: &Guid) -> Option<Placement> {
+        self.read().get(instance).cloned()
     }
 
     /// Every placement now, and a receiver of every change after it: taken under one lock so no
     /// change falls between the two.
-    pub async fn snapshot(&self) -> (Vec<Placement>, broadcast::Receiver<Event>) {
-        let all = self.placements.lock().await;
+    pub fn snapshot(&self) -> (Vec<Placement>, broadcast::Receiver<Event>) {
+        // Changes insert and send their event under the write lock.
+        let all = self.read();
         (all.values().cloned().collect(), self.events.subscribe())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Guid, Placement>> {
+        self.placements.read().expect("never poisoned")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<Guid, Placement>> {
+        self.placements.write().expect("never poisoned")
     }
 }
