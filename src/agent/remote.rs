@@ -12,9 +12,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
+use crate::proto as pb;
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::sign_stream_result::Outcome;
-use crate::proto as pb;
 
 /// A connection to an idmint server. Clones share it, and see a changed credential or trust
 /// bundle (see [`RemoteAuthority::reconnect`]) from their next call on. Sign requests go out

