@@ -836,3 +836,29 @@ fn a_server_api_address_in_use_is_refused_before_anything_is_issued() {
         "nothing issued: {ledger:?}"
     );
 }
+
+#[test]
+fn issue_benchmarks_run_in_process_and_remote_and_report_against_the_ceiling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let small = ["bench", "issue", "--count", "200", "--concurrency", "16"];
+    let local = ok(idmint(&data).args(small));
+    assert!(
+        local.contains("| idmint issue path: CA + ledger committed before each answer |"),
+        "{local}"
+    );
+    let remote = ok(idmint(&data).args(small).arg("--remote"));
+    assert!(
+        remote.contains("| agents → server API (gRPC, mutual TLS) → CA + ledger |"),
+        "{remote}"
+    );
+    for out in [&local, &remote] {
+        assert!(
+            out.contains("| ceiling: ring P-256 CSR verify + sign"),
+            "{out}"
+        );
+        assert!(out.contains("target: at least"), "{out}");
+    }
+    // The benchmark works in a directory of its own and leaves the data directory alone.
+    assert!(!data.exists());
+}

@@ -131,6 +131,7 @@ async fn remote_path(
         (agent, request)
     }));
     let agents = Arc::new(agents);
+    let recorded_before = rt.audit.entry_count().await?;
     let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -151,6 +152,12 @@ async fn remote_path(
     let cpu = process_cpu_seconds() - cpu_start;
     cancel.cancel();
     served.await??;
+    let recorded = rt.audit.entry_count().await? - recorded_before;
     rt.shutdown().await;
+    anyhow::ensure!(
+        recorded as usize == samples.len(),
+        "ledger holds {recorded} new records for {} certificates",
+        samples.len()
+    );
     Ok((samples.len() as f64 / elapsed, cpu / samples.len() as f64))
 }
