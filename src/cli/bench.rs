@@ -343,16 +343,19 @@ fn ca_alone(
 ) -> Result<f64> {
     let per = samples.len().div_ceil(threads);
     let now = time::OffsetDateTime::now_utc();
+    // Built before the clock starts, as for the issue path.
+    let placements: Vec<Placement> = (0..samples.len())
+        .map(|i| bench_placement(i, cell))
+        .collect();
     let start = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = samples
             .chunks(per)
-            .enumerate()
-            .map(|(c, chunk)| {
+            .zip(placements.chunks(per))
+            .map(|(samples, placements)| {
                 scope.spawn(move || -> Result<()> {
-                    for (i, s) in chunk.iter().enumerate() {
-                        let issued =
-                            ca.issue(&bench_placement(c * per + i, cell), &s.csr, None, now)?;
+                    for (s, p) in samples.iter().zip(placements) {
+                        let issued = ca.issue(p, &s.csr, None, now)?;
                         std::hint::black_box(issued);
                     }
                     Ok(())
