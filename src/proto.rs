@@ -1,6 +1,6 @@
 //! The server API on the wire: the messages and gRPC stubs generated from
-//! `proto/idmint.proto` at build time, the limits both ends keep, and placements to and from
-//! their wire form.
+//! `proto/idmint.proto` at build time, the API's limits and flow-control window, and placements
+//! to and from their wire form.
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 mod generated {

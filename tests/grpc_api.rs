@@ -64,15 +64,20 @@ fn on_cell(instance: &str, cell: &str) -> idmint::placement::Placement {
     p
 }
 
-/// The API on a loopback port, with the server's own credential for "localhost".
-async fn serve(
-    rt: &Runtime,
-    cells_register_own: bool,
+/// A runtime in `dir` with `overrides`, serving the API on a loopback port with the server's
+/// own credential for "localhost" (cells may not register their own instances).
+async fn start(
+    dir: &std::path::Path,
+    overrides: &[(&str, &str)],
 ) -> (
+    Runtime,
     u16,
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    let rt = Runtime::start(config_in(dir, overrides), Init::CreateIfMissing)
+        .await
+        .unwrap();
     let tls = ApiTls::enroll(
         rt.issuance.clone(),
         Principal::Server {
@@ -89,10 +94,28 @@ async fn serve(
         rt.issuance.clone(),
         rt.registry.clone(),
         rt.ca.clone(),
-        cells_register_own,
+        false,
     );
     let served = tokio::spawn(grpc::serve(listener, api, tls, cancel.clone()));
-    (port, cancel, served)
+    (rt, port, cancel, served)
+}
+
+/// Stops the API, then the runtime.
+async fn stop(
+    rt: Runtime,
+    cancel: CancellationToken,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    cancel.cancel();
+    served.await.unwrap().unwrap();
+    rt.shutdown().await;
+}
+
+/// A client of the API on `port` with a fresh credential for `who`.
+async fn client_as(rt: &Runtime, port: u16, who: Principal) -> RemoteAuthority {
+    connect(port, &credential(rt, who).await, &rt.ca.roots_pem())
+        .await
+        .unwrap()
 }
 
 const OTHER: &str = "2b2b2b2b-0000-4000-8000-000000000005";
@@ -100,20 +123,11 @@ const OTHER: &str = "2b2b2b2b-0000-4000-8000-000000000005";
 #[tokio::test]
 async fn cells_get_only_their_own_instances_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start(config_in(dir.path(), &[]), Init::CreateIfMissing)
-        .await
-        .unwrap();
+    let (rt, port, cancel, served) = start(dir.path(), &[]).await;
     let roots = rt.ca.roots_pem();
-    let (port, cancel, served) = serve(&rt, false).await;
 
     // The orchestrator places one instance on each cell.
-    let orchestrator = connect(
-        port,
-        &credential(&rt, Principal::Orchestrator).await,
-        &roots,
-    )
-    .await
-    .unwrap();
+    let orchestrator = client_as(&rt, port, Principal::Orchestrator).await;
     for p in [on_cell(INSTANCE, "cell-1"), on_cell(OTHER, "cell-2")] {
         orchestrator
             .client()
@@ -122,13 +136,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
             .unwrap();
     }
 
-    let cell1 = connect(
-        port,
-        &credential(&rt, Principal::Cell("cell-1".parse().unwrap())).await,
-        &roots,
-    )
-    .await
-    .unwrap();
+    let cell1 = client_as(&rt, port, Principal::Cell("cell-1".parse().unwrap())).await;
     // Its own instance: issued as registered, verifiable by openssl.
     let svid = agent::obtain_svid(&cell1, on_cell(INSTANCE, "cell-1"), None)
         .await
@@ -238,9 +246,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
     assert_gets_nothing(port, &expired, &roots, "an expired credential was accepted").await;
     assert_eq!(rt.audit.entry_count().await.unwrap(), before);
 
-    cancel.cancel();
-    served.await.unwrap().unwrap();
-    rt.shutdown().await;
+    stop(rt, cancel, served).await;
 }
 
 fn first_cert_der(chain_pem: &str) -> Vec<u8> {
@@ -264,13 +270,8 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
     use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start(
-        config_in(dir.path(), &[("ca.root_activation_max_wait", "1s")]),
-        Init::CreateIfMissing,
-    )
-    .await
-    .unwrap();
-    let (port, cancel, served) = serve(&rt, false).await;
+    let (rt, port, cancel, served) =
+        start(dir.path(), &[("ca.root_activation_max_wait", "1s")]).await;
     rt.registry
         .register(on_cell(INSTANCE, "cell-1"))
         .await
@@ -479,18 +480,13 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
         .await
         .unwrap();
 
-    cancel.cancel();
-    served.await.unwrap().unwrap();
-    rt.shutdown().await;
+    stop(rt, cancel, served).await;
 }
 
 #[tokio::test]
 async fn a_sign_stream_answers_each_request_by_its_id() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start(config_in(dir.path(), &[]), Init::CreateIfMissing)
-        .await
-        .unwrap();
-    let (port, cancel, served) = serve(&rt, false).await;
+    let (rt, port, cancel, served) = start(dir.path(), &[]).await;
     rt.registry
         .register(on_cell(INSTANCE, "cell-1"))
         .await
@@ -499,14 +495,7 @@ async fn a_sign_stream_answers_each_request_by_its_id() {
         .register(on_cell(OTHER, "cell-2"))
         .await
         .unwrap();
-    let roots = rt.ca.roots_pem();
-    let cell1 = connect(
-        port,
-        &credential(&rt, Principal::Cell("cell-1".parse().unwrap())).await,
-        &roots,
-    )
-    .await
-    .unwrap();
+    let cell1 = client_as(&rt, port, Principal::Cell("cell-1".parse().unwrap())).await;
 
     // Many at once through the agent's interface: each gets its own certificate.
     let signs = (0..40).map(|_| agent::obtain_svid(&cell1, on_cell(INSTANCE, "cell-1"), None));
@@ -606,9 +595,7 @@ async fn a_sign_stream_answers_each_request_by_its_id() {
     assert!(matches!(answers[0].outcome, Some(Outcome::Signed(_))));
     assert_eq!(rt.audit.entry_count().await.unwrap(), before + 1);
 
-    cancel.cancel();
-    served.await.unwrap().unwrap();
-    rt.shutdown().await;
+    stop(rt, cancel, served).await;
 }
 
 /// Sends `requests` on one `SignStream` call and closes it: the answers that came, and how the

@@ -195,15 +195,7 @@ async fn hand_out_answers(
                             .as_mut()
                             .and_then(|w| w.remove(&answer.id));
                         if let Some(caller) = caller {
-                            let _ = caller.send(match answer.outcome {
-                                Some(Outcome::Signed(signed)) => Ok(signed),
-                                Some(Outcome::Refused(r)) => {
-                                    Err(Status::new(Code::from(r.code), r.message))
-                                }
-                                None => {
-                                    Err(Status::internal("the server sent an empty sign result"))
-                                }
-                            });
+                            let _ = caller.send(signed_or_refused(answer.outcome));
                         }
                     }
                     Ok(None) => break Status::unavailable("the server ended the sign stream"),
@@ -215,6 +207,15 @@ async fn hand_out_answers(
     let left = waiting.lock().expect("never poisoned").take();
     for caller in left.into_iter().flat_map(HashMap::into_values) {
         let _ = caller.send(Err(ended.clone()));
+    }
+}
+
+/// One answer of a sign stream as the caller takes it.
+fn signed_or_refused(outcome: Option<Outcome>) -> Result<pb::SignResponse, Status> {
+    match outcome {
+        Some(Outcome::Signed(signed)) => Ok(signed),
+        Some(Outcome::Refused(r)) => Err(Status::new(Code::from(r.code), r.message)),
+        None => Err(Status::internal("the server sent an empty sign result")),
     }
 }
 

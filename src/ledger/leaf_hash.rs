@@ -48,24 +48,13 @@ mod tests {
     use crate::store::EntryKind;
 
     fn record() -> LedgerRecord {
+        let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(1);
         LedgerRecord {
-            kind: EntryKind::Denied,
-            recorded_at_ms: 1,
-            serial: None,
-            spiffe_id: None,
             instance_guid: Some("i".into()),
             app_guid: Some("a".into()),
-            space_guid: None,
-            org_guid: None,
             cell_id: Some("c".into()),
-            container_ip: None,
-            not_before: None,
-            not_after: None,
-            public_key_sha256: None,
-            issuer_fingerprint: None,
-            cert_der: None,
             reason: Some("r".into()),
-            leaf_hash: vec![],
+            ..LedgerRecord::bare(EntryKind::Denied, at)
         }
     }
 
