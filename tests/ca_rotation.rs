@@ -90,6 +90,8 @@ async fn an_intermediate_rotated_on_request_signs_at_once_and_is_what_a_restart_
         let (ok, out) = openssl_verify(dir.path(), &roots(&rt), &cert.chain_der, &cert.cert_der);
         assert!(ok, "{out}");
         webpki_verify(&roots(&rt), &cert.chain_der, &cert.cert_der).unwrap();
+        strict_der::certificate("leaf", &cert.cert_der);
+        strict_der::certificate("intermediate", &cert.chain_der[0]);
     }
     let events = ca_events(&rt).await;
     assert_eq!(
@@ -165,6 +167,8 @@ async fn a_root_nobody_acknowledges_signs_after_the_maximum_wait_and_the_old_one
         &new_leaf.cert_der,
     );
     assert!(ok, "new leaves chain to the new root alone: {out}");
+    strict_der::certificate("rotated root", &new_root[0]);
+    strict_der::certificate("its intermediate", &new_leaf.chain_der[0]);
     let (ok, _) = openssl_verify(
         dir.path(),
         &new_root,

@@ -148,6 +148,27 @@ async fn issue_and_verify(dir: &Path, name: &str, key_header: &str) {
     let (ok, out) = openssl_verify(dir, &roots, &svid.cert.chain_der, &svid.cert.cert_der);
     assert!(ok, "{name}: openssl verify: {out}");
     webpki_verify(&roots, &svid.cert.chain_der, &svid.cert.cert_der).expect("webpki verifies");
+    let strict = strict_der::certificate(name, &svid.cert.cert_der);
+    let rsa = name.starts_with("rsa");
+    assert_eq!(
+        (
+            strict.signature_algorithm.as_str(),
+            strict.signature_parameters_absent
+        ),
+        if rsa {
+            (strict_der::oid::RSA_SHA256, false)
+        } else {
+            (strict_der::oid::ECDSA_SHA256, true)
+        },
+        "{name}: the algorithm the intermediate's key signs with"
+    );
+    python_strict(
+        dir,
+        &[PyItem::cert(
+            &svid.cert.cert_der,
+            Some(&svid.cert.chain_der[0]),
+        )],
+    );
     assert_eq!(
         svid.cert.chain_der.len(),
         1,

@@ -79,6 +79,8 @@ fn write_time(w: DERWriter<'_>, t: OffsetDateTime) {
 }
 
 /// Subject as Diego writes it: one RDN holding the three OU values, then CN = instance GUID.
+/// The RDN is a SET OF, which DER orders by encoding (app, space, organization for equal-length
+/// GUIDs), whatever order the values are given in; strict parsers refuse any other order.
 fn write_subject(w: DERWriter<'_>, p: &Placement) {
     let mut units = Vec::with_capacity(3);
     if let Some(org) = &p.org_guid {
@@ -89,7 +91,7 @@ fn write_subject(w: DERWriter<'_>, p: &Placement) {
     }
     units.push(format!("app:{}", p.app_guid));
     w.write_sequence(|w| {
-        w.next().write_set(|w| {
+        w.next().write_set_of(|w| {
             for unit in &units {
                 w.next().write_sequence(|w| {
                     w.next().write_oid(&oid(&[2, 5, 4, 11]));
@@ -97,7 +99,7 @@ fn write_subject(w: DERWriter<'_>, p: &Placement) {
                 });
             }
         });
-        w.next().write_set(|w| {
+        w.next().write_set_of(|w| {
             w.next().write_sequence(|w| {
                 w.next().write_oid(&oid(&[2, 5, 4, 3]));
                 w.next().write_utf8_string(p.instance_guid.as_str());

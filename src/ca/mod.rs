@@ -8,9 +8,15 @@ mod dev_credentials;
 mod kek;
 mod keys;
 mod leaf;
+#[cfg(test)]
+mod leaf_props;
 mod principal;
 pub mod rotate;
 pub mod rotation;
+// The strict DER reading the integration tests use, shared with the unit tests here.
+#[cfg(test)]
+#[path = "../../tests/common/strict_der.rs"]
+mod strict_der;
 
 use std::path::PathBuf;
 
@@ -20,7 +26,7 @@ pub use authority::{
 pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
-pub use dev_credentials::{dev_credentials, DevCredentials, PemPair};
+pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZATION};
 pub use kek::{decode_hex, encode_hex, Kek};
 pub use keys::{CaKey, SignatureScheme};
 pub use principal::Principal;

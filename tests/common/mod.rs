@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod strict_der;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,6 +127,72 @@ pub fn webpki_verify(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// One DER structure for [`python_strict`]: `cert`, `csr` or `key`, and for a certificate
+/// optionally its issuer's certificate, to check the signature as well.
+pub struct PyItem<'a> {
+    pub kind: &'static str,
+    pub der: &'a [u8],
+    pub issuer: Option<&'a [u8]>,
+}
+
+impl<'a> PyItem<'a> {
+    pub fn cert(der: &'a [u8], issuer: Option<&'a [u8]>) -> Self {
+        PyItem {
+            kind: "cert",
+            der,
+            issuer,
+        }
+    }
+    pub fn csr(der: &'a [u8]) -> Self {
+        PyItem {
+            kind: "csr",
+            der,
+            issuer: None,
+        }
+    }
+    pub fn key(der: &'a [u8]) -> Self {
+        PyItem {
+            kind: "key",
+            der,
+            issuer: None,
+        }
+    }
+}
+
+/// Loads each item with Python's `cryptography` (tests/strict_x509.py), a strict DER parser
+/// of another language, and returns what it read, one JSON object per item. Fails the test,
+/// with cryptography's reason, if it refuses one. `make test` provides the package (in
+/// `.tools/python` when the machine's Python lacks it).
+pub fn python_strict(dir: &Path, items: &[PyItem<'_>]) -> Vec<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut args = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = dir.join(format!("strict-{i}.der"));
+        std::fs::write(&path, item.der).unwrap();
+        let mut arg = format!("{}={}", item.kind, path.display());
+        if let Some(issuer) = item.issuer {
+            let issuer_path = dir.join(format!("strict-{i}-issuer.der"));
+            std::fs::write(&issuer_path, issuer).unwrap();
+            arg += &format!("@{}", issuer_path.display());
+        }
+        args.push(arg);
+    }
+    let out = Command::new("python3")
+        .arg(root.join("tests/strict_x509.py"))
+        .args(&args)
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .output()
+        .expect("python3 must be installed: with cryptography it is the second strict DER reader");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "Python's cryptography: {stderr}");
+    let values: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("the checker prints JSON lines"))
+        .collect();
+    assert_eq!(values.len(), items.len(), "one answer per item: {stderr}");
+    values
 }
 
 /// Makes a CSR with openssl: `keygen` are the args of `openssl genpkey`/`req` key creation,
