@@ -484,6 +484,8 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         refresh::Error::PointOutOfRange(_) => invalid("agent.renew_at", e),
         _ => invalid("agent.renew_jitter", e),
     })?;
+    let sds_dir = raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds"));
+    crate::agent::check_sds_dir(&sds_dir).map_err(|e| invalid("agent.sds_dir", e))?;
     Ok(Config {
         ca: ca::Settings {
             trust_domain,
@@ -503,7 +505,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             cells_register_own,
         },
         agent: AgentSettings {
-            sds_dir: raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds")),
+            sds_dir,
             instance_dir: raw
                 .agent
                 .instance_dir
@@ -605,6 +607,29 @@ mod tests {
     }
 
     #[test]
+    fn an_sds_directory_too_long_for_socket_paths_is_refused() {
+        let long = format!("/{}", "d".repeat(70));
+        let s = Sources {
+            overrides: vec![("data_dir".into(), long.clone())],
+            ..Default::default()
+        };
+        let e = Config::load_with_env(&s, env(&[])).unwrap_err().to_string();
+        assert!(e.starts_with("agent.sds_dir: "), "{e}");
+        assert!(
+            e.contains("too long for SDS sockets") && e.contains("at most 65 bytes"),
+            "{e}"
+        );
+        let s = Sources {
+            overrides: vec![
+                ("data_dir".into(), long),
+                ("agent.sds_dir".into(), "/run/idmint/sds".into()),
+            ],
+            ..Default::default()
+        };
+        Config::load_with_env(&s, env(&[])).expect("a short socket directory is fine");
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         let s = Sources {
             overrides: vec![(
@@ -620,5 +645,8 @@ mod tests {
             shown.contains("postgres://idmint:***@db:5432/idmint"),
             "{shown}"
         );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("postgres://idmint:***@db:5432/idmint"));
     }
 }

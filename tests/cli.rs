@@ -454,6 +454,16 @@ fn config_check_layers_file_environment_and_flags_and_redacts_secrets() {
         assert!(text(&out).contains(key), "{setting}: {}", text(&out));
     }
 
+    // A data directory so deep that instance sockets would not fit is refused up front.
+    let deep = tmp.path().join("d".repeat(90));
+    let out = check(&mut idmint(&deep));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("agent.sds_dir") && text(&out).contains("too long for SDS sockets"),
+        "{}",
+        text(&out)
+    );
+
     std::fs::write(&file, "trust_domain = [\n").unwrap();
     let out = check(&mut idmint(&data));
     assert!(!out.status.success());
@@ -680,6 +690,38 @@ fn instances_register_list_deregister_and_survive_a_restart() {
     assert_eq!(bad_guid.status.code(), Some(2));
     let bad_ip = register(&["--space-guid", SPACE, "--org-guid", ORG, "--ip", "10.0.0"]);
     assert_eq!(bad_ip.status.code(), Some(2));
+
+    // An instance whose socket cannot be made is not left registered.
+    let blocked = data.join("sds").join(format!("{ORG}.sock"));
+    std::fs::write(&blocked, "in the way").unwrap();
+    let unservable = dev.cli(
+        &data,
+        &[
+            "instance",
+            "register",
+            "--instance-guid",
+            ORG,
+            "--app-guid",
+            APP,
+            "--space-guid",
+            SPACE,
+            "--org-guid",
+            ORG,
+        ],
+    );
+    assert!(!unservable.status.success());
+    assert!(
+        text(&unservable).contains("is not a socket"),
+        "{}",
+        text(&unservable)
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&dev.cli(&data, &["instance", "list", "--json"]).stdout).unwrap();
+    assert!(
+        listed.iter().all(|i| i["instance_guid"] != ORG),
+        "{listed:?}"
+    );
+    std::fs::remove_file(&blocked).unwrap();
 
     // The certificate is issued in the background; the list shows it once it is there.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

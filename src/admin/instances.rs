@@ -158,6 +158,13 @@ pub async fn register(
     if let Some(agent) = state.agent.as_ref().filter(|a| a.serves(&placement)) {
         if let Err(e) = agent.add(placement.clone()).await {
             tracing::error!(instance = %placement.instance_guid, error = %e, "cannot serve SDS");
+            // All or nothing: an instance that cannot be served is not left registered.
+            if created {
+                if let Err(undo) = state.registry.deregister(&placement.instance_guid).await {
+                    tracing::error!(instance = %placement.instance_guid, error = %undo,
+                        "cannot undo the registration of an instance that is not served");
+                }
+            }
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
         }
     }

@@ -114,8 +114,10 @@ impl CredentialDir {
         } else if next_key.exists() {
             std::fs::remove_file(&next_key)
                 .with_context(|| format!("cannot remove {}", next_key.display()))?;
+        } else {
+            return Ok(());
         }
-        Ok(())
+        crate::app::sync_parent(&self.path(KEY))
     }
 
     fn store_bundle(&self, roots_pem: &str) -> Result<()> {
@@ -213,7 +215,7 @@ impl CellIdentity {
             facts.spki_der == wanted_spki && facts.cell == current.cell,
             "the server's renewed credential is not for this cell's new key"
         );
-        let key_pem = Zeroizing::new(crate::ca::pem_encode("PRIVATE KEY", &key_der));
+        let key_pem = crate::ca::private_key_pem(&key_der);
         self.dir.replace(&renewed.chain_pem, &key_pem)?;
         current.chain_pem = renewed.chain_pem;
         current.key_pem = key_pem;

@@ -9,7 +9,7 @@ pub mod remote;
 mod workloads;
 
 pub use metrics::AgentMetrics;
-pub use workloads::{Bundle, CertStatus, Identity, Settings, Workload, Workloads};
+pub use workloads::{check_sds_dir, Bundle, CertStatus, Identity, Settings, Workload, Workloads};
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::ids::Ttl;

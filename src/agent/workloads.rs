@@ -16,7 +16,7 @@ use super::metrics::AgentMetrics;
 use super::obtain_svid;
 use super::refresh::{random_draw, retry_delay, Schedule};
 use crate::api::Authority;
-use crate::ca::{cert_pem, pem_encode};
+use crate::ca::{cert_pem, private_key_pem};
 use crate::ids::{CellId, Guid};
 use crate::placement::Placement;
 use crate::sds::{self, SdsMetrics};
@@ -361,6 +361,27 @@ pub fn socket_path(dir: &Path, instance: &Guid) -> PathBuf {
     dir.join(format!("{instance}.sock"))
 }
 
+/// The longest path a Unix socket can be bound at: `sun_path` holds 108 bytes with the NUL.
+const SOCKET_PATH_MAX: usize = 107;
+
+/// Whether every instance's socket fits under `dir`; if not, why, naming the length allowed.
+/// Checked with the configuration so that no registration fails on it later.
+pub fn check_sds_dir(dir: &Path) -> Result<(), String> {
+    let any_instance: Guid = "00000000-0000-0000-0000-000000000000"
+        .parse()
+        .expect("a valid GUID");
+    let longest = socket_path(dir, &any_instance).as_os_str().len();
+    if longest > SOCKET_PATH_MAX {
+        return Err(format!(
+            "{} is too long for SDS sockets: an instance's socket path there has {longest} bytes, \
+             a Unix socket path at most {SOCKET_PATH_MAX}; choose a directory of at most {} bytes",
+            dir.display(),
+            SOCKET_PATH_MAX - (longest - dir.as_os_str().len())
+        ));
+    }
+    Ok(())
+}
+
 async fn stop(s: Served) {
     s.cancel.cancel();
     for t in s.tasks {
@@ -412,7 +433,7 @@ async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
                 let identity = Identity {
                     spiffe_id: cert.spiffe_id.clone(),
                     chain_pem,
-                    key_pem: Zeroizing::new(pem_encode("PRIVATE KEY", &svid.key_pkcs8)),
+                    key_pem: private_key_pem(&svid.key_pkcs8),
                     serial_hex: cert.serial_hex.clone(),
                     not_after: cert.not_after,
                 };

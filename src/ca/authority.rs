@@ -19,8 +19,23 @@ pub const BACKDATE: Duration = Duration::from_secs(30);
 /// replacement bumps a generation number that watchers (the trust bundle) follow.
 pub struct CertificateAuthority {
     settings: Settings,
-    current: RwLock<Arc<Signing>>,
+    // The signing state and its generation change together under one lock, so that no reader
+    // sees the roots of one generation labelled with another.
+    current: RwLock<(Arc<Signing>, u64)>,
     generation: watch::Sender<u64>,
+}
+
+/// The trust bundle as published at one generation, read as one value: a bundle is never
+/// labelled with a generation whose roots it does not hold, so an acknowledgement of it never
+/// credits a sidecar with roots it lacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedBundle {
+    /// Every root, PEM: what `bundle.pem` and `ROOTCA` carry.
+    pub roots_pem: String,
+    /// The generation these roots were published at.
+    pub generation: u64,
+    /// The fingerprint of the intermediate signing at that generation.
+    pub signing_ca_sha256: String,
 }
 
 /// What the CA signs with and publishes at one moment.
@@ -52,7 +67,7 @@ impl Credential {
 
     /// The private key, PKCS#8 PEM; wiped on drop.
     pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
-        zeroize::Zeroizing::new(super::pem_encode("PRIVATE KEY", &self.key_pkcs8))
+        super::private_key_pem(&self.key_pkcs8)
     }
 }
 
@@ -117,10 +132,10 @@ pub fn leaf_validity(
 
 impl CertificateAuthority {
     pub(super) fn new(settings: Settings, signing: Signing) -> Self {
+        // From 1: a sidecar at generation 0 has acknowledged no bundle at all.
         CertificateAuthority {
             settings,
-            current: RwLock::new(Arc::new(signing)),
-            // From 1: a sidecar at generation 0 has acknowledged no bundle at all.
+            current: RwLock::new((Arc::new(signing), 1)),
             generation: watch::Sender::new(1),
         }
     }
@@ -130,24 +145,41 @@ impl CertificateAuthority {
         &self.settings
     }
 
-    /// What the CA signs with and publishes now.
-    pub fn signing(&self) -> Arc<Signing> {
+    /// What the CA signs with and publishes now, and its generation.
+    fn current(&self) -> (Arc<Signing>, u64) {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
+    /// What the CA signs with and publishes now.
+    pub fn signing(&self) -> Arc<Signing> {
+        self.current().0
+    }
+
     /// Replaces what the CA signs with and publishes; watchers see a new generation.
     pub fn replace(&self, signing: Signing) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signing);
-        self.generation.send_modify(|g| *g += 1);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = (Arc::new(signing), current.1 + 1);
+        // Sent under the lock, so watchers see generations in order.
+        self.generation.send_replace(current.1);
     }
 
     /// 1 + the number of replacements so far; a bundle built at generation g contains every
     /// root published up to g.
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.current().1
+    }
+
+    /// The trust bundle and its generation, taken together.
+    pub fn published(&self) -> PublishedBundle {
+        let (signing, generation) = self.current();
+        PublishedBundle {
+            roots_pem: signing.roots.iter().map(|r| r.pem()).collect(),
+            generation,
+            signing_ca_sha256: signing.chain[0].fingerprint.clone(),
+        }
     }
 
     /// Follows replacements.
@@ -326,10 +358,60 @@ pub(super) fn random_serial(now: OffsetDateTime) -> Result<[u8; 16], Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::bootstrap::new_hierarchy;
+    use crate::ca::Role;
     use time::macros::datetime;
 
     fn ttl(s: &str) -> Ttl {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_published_bundle_holds_the_roots_of_its_generation_while_rotations_race() {
+        let settings = Settings::defaults();
+        let now = OffsetDateTime::now_utc();
+        let h = new_hierarchy(&settings, "idmint", now).unwrap();
+        let extra = new_hierarchy(&settings, "idmint", now).unwrap();
+        let root = CaCert::from_der(Role::Root, &h.root_der).unwrap();
+        let other = CaCert::from_der(Role::Root, &extra.root_der).unwrap();
+        let inter = CaCert::from_der(Role::Intermediate, &h.inter_der).unwrap();
+        let key = Arc::new(h.inter_key);
+        // Odd generations publish the one root, even ones both.
+        let signing = |both: bool| Signing {
+            roots: if both {
+                vec![root.clone(), other.clone()]
+            } else {
+                vec![root.clone()]
+            },
+            chain: vec![inter.clone()],
+            key: key.clone(),
+        };
+        let ca = CertificateAuthority::new(settings, signing(false));
+        let other_pem = other.pem();
+        std::thread::scope(|scope| {
+            let replacing = scope.spawn(|| {
+                for i in 0..20_000 {
+                    ca.replace(signing(i % 2 == 0));
+                }
+            });
+            let mut seen = 0;
+            while !replacing.is_finished() || seen == 0 {
+                let b = ca.published();
+                assert_eq!(
+                    b.roots_pem.contains(&other_pem),
+                    b.generation % 2 == 0,
+                    "generation {} labels the wrong roots",
+                    b.generation
+                );
+                seen += 1;
+            }
+        });
+        assert_eq!(ca.published().generation, 20_001);
+        assert_eq!(
+            *ca.watch().borrow(),
+            20_001,
+            "watchers saw the last generation"
+        );
     }
 
     #[test]

@@ -109,6 +109,18 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     )
 }
 
+/// A PKCS#8 private key as PEM. Unlike [`pem_encode`], the copy made on the way is wiped, and
+/// so is the text when it is dropped.
+pub fn private_key_pem(pkcs8: &[u8]) -> zeroize::Zeroizing<String> {
+    let pem = pem::Pem::new("PRIVATE KEY", pkcs8.to_vec());
+    let text = pem::encode_config(
+        &pem,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    drop(zeroize::Zeroizing::new(pem.into_contents()));
+    zeroize::Zeroizing::new(text)
+}
+
 fn unix(secs: i64) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::from_unix_timestamp(secs)
         .map_err(|_| Error::Inconsistent("CA certificate validity out of range".into()))

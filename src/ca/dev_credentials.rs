@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::bootstrap::new_hierarchy;
 use super::principal::{principal_params, Principal};
-use super::{cert_pem, pem_encode, CaKey, Error, Settings};
+use super::{cert_pem, private_key_pem, CaKey, Error, Settings};
 use crate::ids::CellId;
 
 /// The organization every development certificate names, so none is mistaken for a real one.
@@ -69,6 +69,6 @@ fn pair(der: &[u8], key: &CaKey) -> PemPair {
     let pkcs8 = key.pkcs8_der().expect("generated keys keep their PKCS#8");
     PemPair {
         cert_pem: cert_pem(der),
-        key_pem: zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", pkcs8)),
+        key_pem: private_key_pem(pkcs8),
     }
 }

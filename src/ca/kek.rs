@@ -28,7 +28,7 @@ impl Kek {
         })?);
         let malformed = || Error::KekMalformed(path.to_path_buf());
         let text = std::str::from_utf8(&raw).map_err(|_| malformed())?;
-        let bytes = decode_hex(text.trim()).ok_or_else(malformed)?;
+        let bytes = Zeroizing::new(decode_hex(text.trim()).ok_or_else(malformed)?);
         if bytes.len() != 32 {
             return Err(Error::KekMalformed(path.to_path_buf()));
         }

@@ -94,8 +94,14 @@ impl CaKey {
 
     /// A key from a PEM file's text: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`).
     pub fn from_pem(pem: &[u8]) -> Result<CaKey, Error> {
-        let key = PrivateKeyDer::from_pem_slice(pem)
+        let mut key = PrivateKeyDer::from_pem_slice(pem)
             .map_err(|e| Error::UnsupportedCaKey(format!("no private key found in PEM: {e}")))?;
+        let loaded = Self::from_der(&key);
+        zeroize::Zeroize::zeroize(&mut key);
+        loaded
+    }
+
+    fn from_der(key: &PrivateKeyDer<'_>) -> Result<CaKey, Error> {
         match key {
             PrivateKeyDer::Pkcs8(der) => Self::from_pkcs8(der.secret_pkcs8_der()),
             PrivateKeyDer::Sec1(der) => {

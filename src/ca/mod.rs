@@ -21,10 +21,11 @@ mod strict_der;
 use std::path::PathBuf;
 
 pub use authority::{
-    leaf_validity, CertificateAuthority, Credential, Issued, Signing, Validity, BACKDATE,
+    leaf_validity, CertificateAuthority, Credential, Issued, PublishedBundle, Signing, Validity,
+    BACKDATE,
 };
 pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
-pub use cert_info::{cert_pem, pem_encode, sha256_hex, CaCert, Role};
+pub use cert_info::{cert_pem, pem_encode, private_key_pem, sha256_hex, CaCert, Role};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
 pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZATION};
 pub use kek::{decode_hex, encode_hex, Kek};

@@ -140,28 +140,41 @@ async fn watch_bundle(
             .client()
             .watch_bundle(proto::WatchBundleRequest {})
             .await;
-        if let Ok(stream) = stream {
-            let mut stream = stream.into_inner();
-            loop {
-                let msg = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    m = stream.message() => m,
-                };
-                let Ok(Some(b)) = msg else { break };
-                identity.follow_signer(&b.signing_ca_sha256).await;
-                if b.roots_pem != tx.borrow().roots_pem {
-                    if let Err(e) = identity.bundle_changed(&b.roots_pem) {
-                        tracing::error!(error = %e, "cannot store the new trust bundle");
+        match stream {
+            Err(e) => tracing::warn!(error = %e, "cannot open the server's trust bundle stream"),
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let msg = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        m = stream.message() => m,
+                    };
+                    let b = match msg {
+                        Ok(Some(b)) => b,
+                        Ok(None) => {
+                            tracing::warn!("the server ended the trust bundle stream");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the trust bundle stream broke");
+                            break;
+                        }
+                    };
+                    identity.follow_signer(&b.signing_ca_sha256).await;
+                    if b.roots_pem != tx.borrow().roots_pem {
+                        if let Err(e) = identity.bundle_changed(&b.roots_pem) {
+                            tracing::error!(error = %e, "cannot store the new trust bundle");
+                        }
+                        tx.send_replace(Arc::new(Bundle {
+                            trust_domain: config.ca.trust_domain.clone(),
+                            roots_pem: b.roots_pem,
+                            generation: b.generation,
+                        }));
                     }
-                    tx.send_replace(Arc::new(Bundle {
-                        trust_domain: config.ca.trust_domain.clone(),
-                        roots_pem: b.roots_pem,
-                        generation: b.generation,
-                    }));
                 }
             }
         }
-        tracing::warn!("lost the server's trust bundle stream; the current bundle stays");
+        tracing::warn!("the current trust bundle stays until the stream is open again");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}

@@ -169,10 +169,13 @@ async fn start_agent(
 ) -> Arc<Workloads<RemoteAuthority>> {
     let ca = rt.ca.clone();
     let trust_domain = rt.config.ca.trust_domain.clone();
-    let bundle_now = move |ca: &crate::ca::CertificateAuthority| Bundle {
-        trust_domain: trust_domain.clone(),
-        roots_pem: ca.roots_pem(),
-        generation: ca.generation(),
+    let bundle_now = move |ca: &crate::ca::CertificateAuthority| {
+        let published = ca.published();
+        Bundle {
+            trust_domain: trust_domain.clone(),
+            roots_pem: published.roots_pem,
+            generation: published.generation,
+        }
     };
     let first = bundle_now(&ca);
     let metrics = Arc::new(SdsMetrics::default());

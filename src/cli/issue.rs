@@ -105,7 +105,7 @@ pub async fn run(args: IssueArgs, config: Config) -> Result<()> {
             app::write_atomic(&dir.join("chain.pem"), chain.as_bytes(), 0o644)?;
             app::write_atomic(&dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
             if let Some(key) = key {
-                let pem = zeroize::Zeroizing::new(crate::ca::pem_encode("PRIVATE KEY", &key));
+                let pem = crate::ca::private_key_pem(&key);
                 app::write_atomic(&dir.join("key.pem"), pem.as_bytes(), 0o600)?;
             }
             eprintln!("wrote {}", dir.display());

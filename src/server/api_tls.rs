@@ -133,11 +133,15 @@ fn server_config(ca: &CertificateAuthority, own: &Credential) -> anyhow::Result<
         .chain(&own.issued.chain_der)
         .map(|der| CertificateDer::from(der.clone()))
         .collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own.key_pkcs8.to_vec()));
+    // The key is borrowed, not copied: the only copy outside ring's key pair is the
+    // credential's, which is wiped when it is dropped.
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own.key_pkcs8.as_slice()));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signer));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -231,11 +231,14 @@ impl IdentityRpc for IdentityApi {
         self.caller(&request)?;
         let ca = self.ca.clone();
         let changes = ca.watch();
-        let bundle = |ca: &CertificateAuthority| pb::Bundle {
-            trust_domain: ca.settings().trust_domain.as_str().to_string(),
-            roots_pem: ca.roots_pem(),
-            generation: ca.generation(),
-            signing_ca_sha256: ca.intermediate().fingerprint,
+        let bundle = |ca: &CertificateAuthority| {
+            let published = ca.published();
+            pb::Bundle {
+                trust_domain: ca.settings().trust_domain.as_str().to_string(),
+                roots_pem: published.roots_pem,
+                generation: published.generation,
+                signing_ca_sha256: published.signing_ca_sha256,
+            }
         };
         let first = bundle(&ca);
         // Sent when the roots or the signing intermediate change, not for every generation.

@@ -42,10 +42,19 @@ pub enum Error {
 }
 
 /// Where the store lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
     pub url: String,
+}
+
+// By hand, so that a config printed with `{:?}` (a log line, a panic) never shows a password.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
