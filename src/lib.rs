@@ -9,6 +9,7 @@ pub mod app;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod ids;
 pub mod ledger;
 pub mod placement;

@@ -265,8 +265,8 @@ fn lifetime_secs(cert_der: &[u8]) -> i64 {
 #[tokio::test]
 async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_a_root_rotation() {
     use idmint::agent::cell_credential::{CellIdentity, CredentialDir};
+    use idmint::ca::maintenance::Maintenance;
     use idmint::ca::rotate::Target;
-    use idmint::server::ca_maintenance::Maintenance;
     use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().unwrap();

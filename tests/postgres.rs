@@ -161,8 +161,8 @@ async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
 
 #[tokio::test]
 async fn one_server_rotates_the_ca_and_the_other_takes_it_up() {
+    use idmint::ca::maintenance::Maintenance;
     use idmint::ca::rotate::Target;
-    use idmint::server::ca_maintenance::Maintenance;
     use tokio_util::sync::CancellationToken;
 
     let url = fresh_pg_database("leader").await;

@@ -365,7 +365,7 @@ fn assert_has(events: &[String], start: &str) {
 
 #[tokio::test]
 async fn replaced_files_are_taken_up_live_with_the_overlap_rules_and_bad_ones_refused() {
-    use idmint::server::ca_upstream::UpstreamWatch;
+    use idmint::ca::upstream_watch::UpstreamWatch;
     use time::OffsetDateTime;
 
     let dir = tempfile::tempdir().unwrap();

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::remote::RemoteAuthority;
 use crate::agent::Workloads;
+use crate::ca::maintenance::CaControl;
 use crate::ca::CertificateAuthority;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
 use crate::sds::SdsMetrics;
-use crate::server::ca_maintenance::CaControl;
 use crate::server::Registry;
 use crate::store::LedgerFilter;
 

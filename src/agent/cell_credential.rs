@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use super::refresh::{random_draw, retry_delay, Schedule};
 use super::remote::RemoteAuthority;
-use crate::app::write_atomic;
 use crate::ca::{Principal, Settings, BACKDATE};
+use crate::files::write_atomic;
 use crate::ids::CellId;
 
 /// The cell's certificate and the intermediates after it.
@@ -117,7 +117,7 @@ impl CredentialDir {
         } else {
             return Ok(());
         }
-        crate::app::sync_parent(&self.path(KEY))
+        crate::files::sync_parent(&self.path(KEY))
     }
 
     fn store_bundle(&self, roots_pem: &str) -> Result<()> {

@@ -481,12 +481,12 @@ async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
 /// replaced whole by a rename, the key first: a reader that finds a new certificate finds its key.
 fn write_instance_files(dir: &Path, identity: &Identity) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    crate::app::write_atomic(
+    crate::files::write_atomic(
         &dir.join("instance.key"),
         identity.key_pem.as_bytes(),
         0o600,
     )?;
-    crate::app::write_atomic(
+    crate::files::write_atomic(
         &dir.join("instance.crt"),
         identity.chain_pem.as_bytes(),
         0o644,

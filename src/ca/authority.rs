@@ -3,11 +3,11 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::leaf::{self, LeafSpec};
+use super::serial::random_serial;
 use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Principal, Settings};
 use crate::ids::Ttl;
 use crate::placement::Placement;
@@ -339,22 +339,6 @@ impl CertificateAuthority {
     }
 }
 
-/// A 16-byte serial: the issuing millisecond (48 bits, big-endian) then 80 random bits, well
-/// above the 64 the CA/B rules ask for. The time prefix keeps the ledger's serial index
-/// appending at its right edge instead of dirtying a random page per certificate, which
-/// was the largest cost of a durable SQLite commit. Bit 126 is set so the DER INTEGER is
-/// always positive and 16 bytes long; it does not disturb the order before the year 4000.
-pub(super) fn random_serial(now: OffsetDateTime) -> Result<[u8; 16], Error> {
-    let mut serial = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut serial[6..])
-        .map_err(|_| Error::Random)?;
-    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    serial[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    serial[0] = (serial[0] & 0x7f) | 0x40;
-    Ok(serial)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,20 +446,5 @@ mod tests {
         assert!(matches!(r, Err(Error::TtlBeyondCa { .. })));
         let r = leaf_validity(ttl("1h"), start, end, end);
         assert!(matches!(r, Err(Error::CaExpired(_))));
-    }
-
-    #[test]
-    fn serials_are_positive_sixteen_bytes_time_ordered_and_random() {
-        let earlier = random_serial(datetime!(2026-01-01 0:00 UTC)).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..100 {
-            let s = random_serial(datetime!(2026-01-01 0:00:00.001 UTC)).unwrap();
-            assert_eq!(s[0] & 0xc0, 0x40);
-            assert!(
-                s > earlier,
-                "a later millisecond sorts after an earlier one"
-            );
-            assert!(seen.insert(s[6..].to_vec()), "random tail repeated");
-        }
     }
 }

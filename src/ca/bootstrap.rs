@@ -12,7 +12,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::authority::random_serial;
+use super::serial::random_serial;
 use super::{
     CaCert, CaKey, CertificateAuthority, Error, Kek, Mode, Role, Settings, Signing, UpstreamFiles,
 };

@@ -10,9 +10,12 @@ mod keys;
 mod leaf;
 #[cfg(test)]
 mod leaf_props;
+pub mod maintenance;
 mod principal;
 pub mod rotate;
 pub mod rotation;
+mod serial;
+pub mod upstream_watch;
 // The strict DER reading the integration tests use, shared with the unit tests here.
 #[cfg(test)]
 #[path = "../../tests/common/strict_der.rs"]

@@ -11,7 +11,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{GeneralName, X509Certificate};
 
-use super::authority::random_serial;
+use super::serial::random_serial;
 use super::{Error, Settings};
 use crate::ids::CellId;
 

@@ -124,7 +124,7 @@ fn dev_certs(
         }
     }
     for (name, contents, mode) in &files {
-        app::write_atomic(&dir.join(name), contents.as_bytes(), *mode)?;
+        crate::files::write_atomic(&dir.join(name), contents.as_bytes(), *mode)?;
     }
     println!(
         "wrote development-only credentials to {} (trust domain {}):",

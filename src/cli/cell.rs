@@ -7,7 +7,7 @@ use clap::Subcommand;
 use time::OffsetDateTime;
 
 use super::table::rfc3339;
-use crate::app::{self, Runtime};
+use crate::app::Runtime;
 use crate::ca::{Credential, Init, Principal};
 use crate::config::Config;
 use crate::ids::{CellId, Ttl};
@@ -64,9 +64,9 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
 
 /// Writes what an agent reads from its credential directory.
 pub(super) fn write_credential(dir: &Path, cred: &Credential, bundle_pem: &str) -> Result<()> {
-    app::write_atomic(&dir.join("cell.key"), cred.key_pem().as_bytes(), 0o600)?;
-    app::write_atomic(&dir.join("cell.pem"), cred.chain_pem().as_bytes(), 0o644)?;
-    app::write_atomic(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)
+    crate::files::write_atomic(&dir.join("cell.key"), cred.key_pem().as_bytes(), 0o600)?;
+    crate::files::write_atomic(&dir.join("cell.pem"), cred.chain_pem().as_bytes(), 0o644)?;
+    crate::files::write_atomic(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)
 }
 
 fn prepare(dir: &Path) -> Result<()> {

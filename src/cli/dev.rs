@@ -17,13 +17,13 @@ use crate::admin::{self, AdminState};
 use crate::agent::cell_credential::{CellIdentity, CredentialDir};
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
-use crate::app::{self, Runtime};
+use crate::app::Runtime;
+use crate::ca::maintenance::{CaControl, Maintenance};
+use crate::ca::upstream_watch::UpstreamWatch;
 use crate::ca::{Init, Mode, Principal};
 use crate::config::Config;
 use crate::ids::Ttl;
 use crate::sds::SdsMetrics;
-use crate::server::ca_maintenance::{CaControl, Maintenance};
-use crate::server::ca_upstream::UpstreamWatch;
 
 /// How long the local cell's credential lives, in seconds (less under intermediates configured
 /// to live less); it renews half-way.
@@ -35,7 +35,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
     let bundle_path = rt.config.data_dir.join("bundle.pem");
     let bundle = rt.ca.roots_pem();
-    app::write_atomic(&bundle_path, bundle.as_bytes(), 0o644)?;
+    crate::files::write_atomic(&bundle_path, bundle.as_bytes(), 0o644)?;
 
     let listen = rt.config.admin.listen;
     let listener = TcpListener::bind(listen)
@@ -209,7 +209,9 @@ async fn start_agent(
             if next.roots_pem == bundle_tx.borrow().roots_pem {
                 continue;
             }
-            if let Err(e) = app::write_atomic(&bundle_path, next.roots_pem.as_bytes(), 0o644) {
+            if let Err(e) =
+                crate::files::write_atomic(&bundle_path, next.roots_pem.as_bytes(), 0o644)
+            {
                 tracing::error!(error = %e, "cannot rewrite the trust bundle file");
             }
             if let Err(e) = local.bundle_changed(&next.roots_pem) {

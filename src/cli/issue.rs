@@ -97,16 +97,16 @@ pub async fn run(args: IssueArgs, config: Config) -> Result<()> {
     let chain = chain_pem(&cert);
     match &args.out_dir {
         Some(dir) => {
-            app::write_atomic(
+            crate::files::write_atomic(
                 &dir.join("cert.pem"),
                 cert_pem(&cert.cert_der).as_bytes(),
                 0o644,
             )?;
-            app::write_atomic(&dir.join("chain.pem"), chain.as_bytes(), 0o644)?;
-            app::write_atomic(&dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
+            crate::files::write_atomic(&dir.join("chain.pem"), chain.as_bytes(), 0o644)?;
+            crate::files::write_atomic(&dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
             if let Some(key) = key {
                 let pem = crate::ca::private_key_pem(&key);
-                app::write_atomic(&dir.join("key.pem"), pem.as_bytes(), 0o600)?;
+                crate::files::write_atomic(&dir.join("key.pem"), pem.as_bytes(), 0o600)?;
             }
             eprintln!("wrote {}", dir.display());
         }

@@ -2,8 +2,6 @@
 //! ledger before answering.
 
 pub mod api_tls;
-pub mod ca_maintenance;
-pub mod ca_upstream;
 pub mod grpc;
 mod issuance;
 pub mod registry;

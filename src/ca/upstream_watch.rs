@@ -92,7 +92,7 @@ impl UpstreamWatch {
         let events = self.changes(now);
         for event in &events {
             tracing::info!(role = event.cert.role.as_str(), fingerprint = %event.cert.fingerprint, "{}", event.what);
-            let record = super::ca_maintenance::ca_record(event, now);
+            let record = super::maintenance::ca_record(event, now);
             if let Err(e) = self.ledger.append(record).await {
                 tracing::error!(error = %e, "could not record a CA event");
             }
