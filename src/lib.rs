@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::bench::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds};
+use super::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
 use crate::config::Config;
 use crate::sds::{client, SdsMetrics, SECRET_TYPE};

@@ -10,7 +10,7 @@ use anyhow::Result;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::bench::{
+use super::{
     bench_placement, bench_runtime, ceiling, fresh_bench_dir, next, prepare, process_cpu_seconds,
     queue,
 };
@@ -63,7 +63,7 @@ pub async fn run(config: Config, count: usize, concurrency: usize) -> Result<()>
 
 async fn remote_path(
     config: Config,
-    samples: Arc<Vec<super::bench::Sample>>,
+    samples: Arc<Vec<super::Sample>>,
     concurrency: usize,
     dir: &std::path::Path,
 ) -> Result<(f64, f64)> {

@@ -1,0 +1,214 @@
+//! The `idmint bench` harnesses: throughput and latency as shares of this machine's raw
+//! ceilings, both measured in the same run, printed as tables. The command line only picks one.
+
+pub mod issue;
+pub mod remote;
+pub mod renew;
+pub mod sds;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, UnparsedPublicKey};
+use x509_parser::prelude::{FromDer, X509CertificationRequest};
+
+use crate::agent::new_key_and_csr;
+use crate::app::Runtime;
+use crate::ca::{Init, Mode};
+use crate::config::Config;
+use crate::ids::CellId;
+use crate::placement::Placement;
+use crate::store;
+
+/// A CSR and the parts a raw verifier needs.
+struct Sample {
+    csr: Vec<u8>,
+    public_key: Vec<u8>,
+    signed: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// The cores, the CSRs (made untimed) and the ceiling measured once before the run.
+async fn prepare(
+    count: usize,
+    concurrency: usize,
+) -> Result<(usize, Arc<Vec<Sample>>, f64)> {
+    ensure!(
+        count > 0 && concurrency > 0,
+        "--count and --concurrency must be at least 1"
+    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("preparing {count} CSRs (not timed)…");
+    let samples = Arc::new(tokio::task::spawn_blocking(move || make_samples(count, cores)).await??);
+    let ceiling = ceiling(&samples, cores).await?;
+    Ok((cores, samples, ceiling))
+}
+
+/// [`raw_ceiling`] off the async runtime.
+async fn ceiling(samples: &Arc<Vec<Sample>>, cores: usize) -> Result<f64> {
+    let s = samples.clone();
+    tokio::task::spawn_blocking(move || raw_ceiling(&s, cores)).await?
+}
+
+fn make_samples(count: usize, threads: usize) -> Result<Vec<Sample>> {
+    let per = count.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let n = per.min(count.saturating_sub(t * per));
+            std::thread::spawn(move || -> Result<Vec<Sample>> {
+                (0..n)
+                    .map(|_| {
+                        let (_key, csr) = new_key_and_csr()?;
+                        let (_, parsed) = X509CertificationRequest::from_der(&csr)
+                            .map_err(|e| anyhow::anyhow!("own CSR unreadable: {e}"))?;
+                        let info = &parsed.certification_request_info;
+                        Ok(Sample {
+                            public_key: info.subject_pki.subject_public_key.data.to_vec(),
+                            signed: info.raw.to_vec(),
+                            signature: parsed.signature_value.data.to_vec(),
+                            csr: csr.clone(),
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    for h in handles {
+        all.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("CSR thread panicked"))??,
+        );
+    }
+    Ok(all)
+}
+
+/// Certificates per second if all a certificate cost were one CSR verify and one ECDSA
+/// signature over a leaf-sized message, on every core.
+fn raw_ceiling(samples: &[Sample], threads: usize) -> Result<f64> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    let tbs = vec![0x5au8; 600];
+    let per = samples.len().div_ceil(threads);
+    let start = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = samples
+            .chunks(per)
+            .map(|chunk| {
+                let (pkcs8, tbs) = (&pkcs8, &tbs);
+                scope.spawn(move || -> Result<()> {
+                    let rng = SystemRandom::new();
+                    let key = EcdsaKeyPair::from_pkcs8(
+                        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                        pkcs8.as_ref(),
+                        &rng,
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    for s in chunk {
+                        UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, &s.public_key)
+                            .verify(&s.signed, &s.signature)
+                            .map_err(|_| anyhow::anyhow!("sample CSR did not verify"))?;
+                        let sig = key
+                            .sign(&rng, tbs)
+                            .map_err(|_| anyhow::anyhow!("sign failed"))?;
+                        std::hint::black_box(sig);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("ceiling thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(samples.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A new, not yet existing, directory under the system's temporary directory.
+fn fresh_bench_dir() -> Result<std::path::PathBuf> {
+    let mut tag = [0u8; 8];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut tag)
+        .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+    Ok(std::env::temp_dir().join(format!("idmint-bench-{}", crate::ca::encode_hex(&tag))))
+}
+
+/// A fresh runtime in `dir`: SQLite there, a new self-signed CA, whatever `config` said.
+async fn bench_runtime(mut config: Config, dir: &std::path::Path) -> Result<Runtime> {
+    config.data_dir = dir.to_path_buf();
+    config.store = store::Settings {
+        url: format!("sqlite://{}", dir.join("idmint.db").display()),
+    };
+    config.ca.mode = Mode::SelfSigned;
+    config.ca.kek_file = dir.join("kek");
+    Runtime::start(config, Init::CreateIfMissing).await
+}
+
+/// User + system CPU time of this process so far, from /proc (Linux).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // USER_HZ is 100 on every Linux platform idmint targets.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Work shared by the callers of a run, each taking the next item.
+type Queue<T> = Arc<std::sync::Mutex<std::vec::IntoIter<T>>>;
+
+fn queue<T>(items: impl Iterator<Item = T>) -> Queue<T> {
+    Arc::new(std::sync::Mutex::new(items.collect::<Vec<_>>().into_iter()))
+}
+
+fn next<T>(queue: &Queue<T>) -> Option<T> {
+    queue.lock().expect("never poisoned").next()
+}
+
+/// The placement of sample `i`: ten instances per app, GUIDs scattered as real v4 GUIDs are, so
+/// the ledger's per-app index sees the random inserts production gives it.
+fn bench_placement(i: usize, cell: &CellId) -> Placement {
+    let guid = |kind: u64, n: usize| {
+        let h = scatter(kind << 40 | n as u64);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            h >> 32,
+            (h >> 16) & 0xffff,
+            h & 0xfff,
+            kind,
+            n
+        )
+        .parse()
+        .expect("well-formed GUID")
+    };
+    let app = i / 10;
+    Placement {
+        instance_guid: guid(1, i),
+        app_guid: guid(2, app),
+        space_guid: Some(guid(3, app / 10)),
+        org_guid: Some(guid(4, app / 100)),
+        cell_id: cell.clone(),
+        container_ip: Some(std::net::IpAddr::from([10, 255, (i >> 8) as u8, i as u8])),
+    }
+}
+
+/// A bijective 64-bit mix (SplitMix64's finaliser): distinct inputs give distinct outputs.
+fn scatter(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
