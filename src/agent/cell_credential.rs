@@ -63,6 +63,28 @@ impl CredentialDir {
         self.0.join(format!("{name}.{NEXT}"))
     }
 
+    /// Creates the directory for a new credential; refuses one that already holds any of its
+    /// files, so enrolling never overwrites a credential.
+    pub fn create_empty(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("cannot create {}", self.0.display()))?;
+        if let Some(name) = [CHAIN, KEY, BUNDLE].iter().find(|f| self.path(f).exists()) {
+            anyhow::bail!(
+                "{} already exists; enroll into an empty directory",
+                self.path(name).display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a newly enrolled credential and the trust bundle: what `idmint cell enroll`
+    /// hands a cell.
+    pub fn write(&self, cred: &crate::ca::Credential, roots_pem: &str) -> Result<()> {
+        write_atomic(&self.path(KEY), cred.key_pem().as_bytes(), 0o600)?;
+        write_atomic(&self.path(CHAIN), cred.chain_pem().as_bytes(), 0o644)?;
+        self.store_bundle(roots_pem)
+    }
+
     /// Reads the credential, first finishing a replacement a crash interrupted. It must be a
     /// cell credential of `settings`' trust domain.
     pub fn load(&self, settings: &Settings) -> Result<CellCredential> {

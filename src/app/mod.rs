@@ -1,4 +1,10 @@
-//! Wiring: config → store → CA → ledger → services, with owned tasks and a bounded shutdown.
+//! Start-up, supervision and shutdown of each role: the domain wired from the config (store,
+//! CA, ledger, registry) with owned tasks and a bounded shutdown, and the roles built on it.
+//! The command line only parses arguments, calls in here and prints.
+
+pub mod agent;
+pub mod dev;
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -114,4 +120,17 @@ pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("data directory {} is not writable", dir.display()))?;
     std::fs::remove_file(&probe).ok();
     Ok(())
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. The handlers are installed on return.
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -31,10 +31,7 @@ struct Sample {
 }
 
 /// The cores, the CSRs (made untimed) and the ceiling measured once before the run.
-async fn prepare(
-    count: usize,
-    concurrency: usize,
-) -> Result<(usize, Arc<Vec<Sample>>, f64)> {
+async fn prepare(count: usize, concurrency: usize) -> Result<(usize, Arc<Vec<Sample>>, f64)> {
     ensure!(
         count > 0 && concurrency > 0,
         "--count and --concurrency must be at least 1"
@@ -211,4 +208,23 @@ fn scatter(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// Raises the open-file limit to at least `need`, as far as the system allows.
+fn raise_fd_limit(need: u64) -> Result<()> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get()?;
+    if soft >= need {
+        return Ok(());
+    }
+    // Raising the hard limit needs privilege; fall back to the hard limit we have.
+    if Resource::NOFILE.set(need, need.max(hard)).is_err() {
+        Resource::NOFILE.set(hard, hard)?;
+    }
+    let (soft, _) = Resource::NOFILE.get()?;
+    ensure!(
+        soft >= need,
+        "this benchmark needs {need} open files and the limit is {soft}; raise it (ulimit -n) or use fewer --instances"
+    );
+    Ok(())
 }

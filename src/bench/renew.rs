@@ -11,8 +11,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
 use tokio::sync::watch;
 
-use super::sds::raise_fd_limit;
-use super::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds};
+use super::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds, raise_fd_limit};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
 use crate::config::Config;
 use crate::ids::Ttl;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds};
+use super::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds, raise_fd_limit};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
 use crate::config::Config;
 use crate::sds::{client, SdsMetrics, SECRET_TYPE};
@@ -229,25 +229,6 @@ async fn expect_line<R: tokio::io::AsyncBufRead + Unpin>(
         Some(l) => bail!("sidecars said {l:?}"),
         None => bail!("the sidecar process ended early"),
     }
-}
-
-/// Raises the open-file limit to at least `need`, as far as the system allows.
-pub(super) fn raise_fd_limit(need: u64) -> Result<()> {
-    use rlimit::Resource;
-    let (soft, hard) = Resource::NOFILE.get()?;
-    if soft >= need {
-        return Ok(());
-    }
-    // Raising the hard limit needs privilege; fall back to the hard limit we have.
-    if Resource::NOFILE.set(need, need.max(hard)).is_err() {
-        Resource::NOFILE.set(hard, hard)?;
-    }
-    let (soft, _) = Resource::NOFILE.get()?;
-    ensure!(
-        soft >= need,
-        "this benchmark needs {need} open files and the limit is {soft}; raise it (ulimit -n) or use fewer --instances"
-    );
-    Ok(())
 }
 
 /// Resident set size of this process, from /proc (Linux).

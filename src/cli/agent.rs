@@ -1,30 +1,13 @@
-//! `idmint agent`: runs on a Diego cell. Makes each instance's key here, has the server
-//! certify it over mutual TLS with the cell's credential, renews it, serves it to the
-//! instance's sidecar over SDS and writes Diego's instance files. Follows the placements the
-//! server has for this cell, and keeps serving what it has while the server is unreachable.
+//! `idmint agent`: the cell-local half; see [`crate::app::agent`].
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::dev::stop_signal;
-use crate::agent::cell_credential::{CellIdentity, CredentialDir};
-use crate::agent::remote::{RemoteAuthority, RemoteSettings};
-use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
+use crate::app::agent::AgentOptions;
+use crate::app::{self, stop_signal};
 use crate::config::Config;
-use crate::ids::{CellId, Guid};
-use crate::placement::Placement;
-use crate::proto;
-use crate::sds::SdsMetrics;
-
-/// How often the placements are read again, and a lost bundle watch retried.
-const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -40,204 +23,30 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
-    let mut stop = Box::pin(stop_signal()?);
-    let dir = CredentialDir::new(&args.credential_dir);
-    let credential = dir.load(&config.ca)?;
-    let cell = credential.cell.clone();
-    let remote = loop {
-        let attempt = RemoteAuthority::connect(RemoteSettings {
-            endpoint: args.server.clone(),
-            server_name: &args.server_name,
-            cert_chain_pem: &credential.chain_pem,
-            key_pem: &credential.key_pem,
-            roots_pem: &credential.roots_pem,
-        });
-        let outcome = tokio::select! {
-            _ = &mut stop => return Ok(()),
-            r = attempt => r,
-        };
-        match outcome {
-            Ok(r) => break r,
-            Err(e) => {
-                tracing::warn!(server = %args.server, error = ?e, "cannot reach the server; retrying");
-                tokio::select! {
-                    _ = &mut stop => return Ok(()),
-                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-                }
-            }
-        }
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
+    let opts = AgentOptions {
+        server: args.server,
+        server_name: args.server_name,
+        credential_dir: args.credential_dir,
     };
-    let shutdown = CancellationToken::new();
-    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
-        trust_domain: config.ca.trust_domain.clone(),
-        roots_pem: credential.roots_pem.clone(),
-        generation: 0,
-    }));
-    let identity = Arc::new(CellIdentity::new(
-        dir,
-        config.ca.clone(),
-        remote.clone(),
-        credential,
-    ));
-    let agent = Arc::new(Workloads::new(
-        Arc::new(remote.clone()),
-        AgentSettings::from_config(&config),
-        bundle_rx,
-        Arc::new(SdsMetrics::default()),
-        shutdown.clone(),
-    ));
-    let tasks = [
-        tokio::spawn(watch_bundle(
-            remote.clone(),
-            identity.clone(),
-            config.clone(),
-            bundle_tx,
-            shutdown.clone(),
-        )),
-        tokio::spawn(follow_placements(
-            remote,
-            agent.clone(),
-            cell.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(
-            identity
-                .clone()
-                .keep_renewed(config.agent.renewal, shutdown.clone()),
-        ),
-    ];
-    println!("idmint agent: cell {cell}, server {}", args.server);
+    let (sds_dir, instance_dir) = (
+        config.agent.sds_dir.clone(),
+        config.agent.instance_dir.clone(),
+    );
+    let Some(agent) = app::agent::start(config, &opts, stop.as_mut()).await? else {
+        return Ok(());
+    };
+    println!("idmint agent: cell {}, server {}", agent.cell, opts.server);
     println!(
         "  cell credential     {} (until {})",
-        args.credential_dir.display(),
-        super::table::rfc3339(identity.not_after())
+        opts.credential_dir.display(),
+        super::table::rfc3339(agent.credential_not_after)
     );
-    println!("  SDS sockets         {}", config.agent.sds_dir.display());
-    println!(
-        "  instance files      {}",
-        config.agent.instance_dir.display()
-    );
+    println!("  SDS sockets         {}", sds_dir.display());
+    println!("  instance files      {}", instance_dir.display());
     println!("ready; Ctrl-C to stop");
     stop.await;
-    shutdown.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
+    agent.shutdown().await;
     Ok(())
-}
-
-/// Keeps the agent's trust bundle the server's, for its sidecars and for its own connection
-/// to the server, reconnecting when the stream breaks.
-async fn watch_bundle(
-    remote: RemoteAuthority,
-    identity: Arc<CellIdentity>,
-    config: Config,
-    tx: watch::Sender<Arc<Bundle>>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let stream = remote
-            .client()
-            .watch_bundle(proto::WatchBundleRequest {})
-            .await;
-        match stream {
-            Err(e) => tracing::warn!(error = %e, "cannot open the server's trust bundle stream"),
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    let msg = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        m = stream.message() => m,
-                    };
-                    let b = match msg {
-                        Ok(Some(b)) => b,
-                        Ok(None) => {
-                            tracing::warn!("the server ended the trust bundle stream");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the trust bundle stream broke");
-                            break;
-                        }
-                    };
-                    identity.follow_signer(&b.signing_ca_sha256).await;
-                    if b.roots_pem != tx.borrow().roots_pem {
-                        if let Err(e) = identity.bundle_changed(&b.roots_pem) {
-                            tracing::error!(error = %e, "cannot store the new trust bundle");
-                        }
-                        tx.send_replace(Arc::new(Bundle {
-                            trust_domain: config.ca.trust_domain.clone(),
-                            roots_pem: b.roots_pem,
-                            generation: b.generation,
-                        }));
-                    }
-                }
-            }
-        }
-        tracing::warn!("the current trust bundle stays until the stream is open again");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-        }
-    }
-}
-
-/// Serves exactly the instances the server places on this cell. While the server cannot be
-/// reached, what is served stays as it is.
-async fn follow_placements(
-    remote: RemoteAuthority,
-    agent: Arc<Workloads<RemoteAuthority>>,
-    cell: CellId,
-    shutdown: CancellationToken,
-) {
-    let mut served: HashMap<Guid, Placement> = HashMap::new();
-    loop {
-        let listed = remote
-            .client()
-            .list_placements(proto::ListPlacementsRequest {
-                cell_id: cell.to_string(),
-            })
-            .await;
-        match listed {
-            Ok(list) => {
-                let wanted: HashMap<Guid, Placement> = list
-                    .into_inner()
-                    .placements
-                    .into_iter()
-                    .filter_map(|p| proto::placement_from_wire(p).ok())
-                    .map(|p| (p.instance_guid.clone(), p))
-                    .collect();
-                let gone: HashSet<Guid> = served
-                    .keys()
-                    .filter(|g| wanted.get(*g) != served.get(*g))
-                    .cloned()
-                    .collect();
-                for g in gone {
-                    agent.remove(&g).await;
-                    served.remove(&g);
-                }
-                for (g, p) in wanted {
-                    if served.contains_key(&g) {
-                        continue;
-                    }
-                    match agent.add(p.clone()).await {
-                        Ok(()) => {
-                            served.insert(g, p);
-                        }
-                        Err(e) => {
-                            tracing::error!(instance = %g, error = %e, "cannot serve instance")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read placements; serving what is served"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-        }
-    }
-    for g in served.keys() {
-        agent.remove(g).await;
-    }
 }

@@ -1,14 +1,15 @@
 //! `idmint cell …`: credentials for Diego cells.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use time::OffsetDateTime;
 
 use super::table::rfc3339;
+use crate::agent::cell_credential::CredentialDir;
 use crate::app::Runtime;
-use crate::ca::{Credential, Init, Principal};
+use crate::ca::{Init, Principal};
 use crate::config::Config;
 use crate::ids::{CellId, Ttl};
 
@@ -28,16 +29,14 @@ pub enum CellCommand {
     },
 }
 
-/// The files `enroll` writes.
-const FILES: [&str; 3] = ["cell.pem", "cell.key", "bundle.pem"];
-
 pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let CellCommand::Enroll {
         cell_id,
         out_dir,
         ttl,
     } = cmd;
-    prepare(&out_dir)?;
+    let dir = CredentialDir::new(&out_dir);
+    dir.create_empty()?;
     let rt = Runtime::start(config, Init::MustExist).await?;
     let result = rt
         .issuance
@@ -50,7 +49,7 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let bundle = rt.ca.roots_pem();
     rt.shutdown().await;
     let cred = result?;
-    write_credential(&out_dir, &cred, &bundle)?;
+    dir.write(&cred, &bundle)?;
     println!("enrolled cell {cell_id} as {}", cred.issued.spiffe_id);
     println!(
         "serial {}, valid {} .. {}; wrote {}",
@@ -59,23 +58,5 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
         rfc3339(cred.issued.validity.not_after),
         out_dir.display()
     );
-    Ok(())
-}
-
-/// Writes what an agent reads from its credential directory.
-pub(super) fn write_credential(dir: &Path, cred: &Credential, bundle_pem: &str) -> Result<()> {
-    crate::files::write_atomic(&dir.join("cell.key"), cred.key_pem().as_bytes(), 0o600)?;
-    crate::files::write_atomic(&dir.join("cell.pem"), cred.chain_pem().as_bytes(), 0o644)?;
-    crate::files::write_atomic(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)
-}
-
-fn prepare(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if let Some(name) = FILES.iter().find(|f| dir.join(f).exists()) {
-        bail!(
-            "{} already exists; enroll into an empty directory",
-            dir.join(name).display()
-        );
-    }
     Ok(())
 }

@@ -1,0 +1,145 @@
+//! `idmint server`: the CA, the ledger and the placement registry, serving the server API to
+//! agents on other machines over mutual TLS, and the admin HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Runtime;
+use crate::admin::{self, AdminState};
+use crate::ca::maintenance::{CaControl, Maintenance};
+use crate::ca::upstream_watch::UpstreamWatch;
+use crate::ca::{Init, Mode, Principal};
+use crate::config::Config;
+use crate::sds::SdsMetrics;
+use crate::server::api_tls::ApiTls;
+use crate::server::grpc::{self, IdentityApi};
+
+/// How the server API is offered.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The DNS name agents use for this server; its certificate carries it.
+    pub name: String,
+    /// Whether a cell may register and deregister instances on itself.
+    pub cells_register_own: bool,
+}
+
+/// A running server: what it serves and where.
+pub struct Server {
+    /// The domain it runs.
+    pub rt: Runtime,
+    /// Where the server API listens.
+    pub api_addr: SocketAddr,
+    /// Where the admin HTTP API listens.
+    pub admin_addr: SocketAddr,
+}
+
+/// Starts the server role: store, CA, ledger, the server API, CA maintenance and admin HTTP.
+pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
+    let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
+    let api_addr = start_api(&mut rt, &api).await?;
+    // Agents do not report their sidecars' acknowledgements to the server yet, so the fleet
+    // stays at "nothing acknowledged" and a new root signs after
+    // `ca.root_activation_max_wait`. The value outlives its sender.
+    let (_, fleet) = watch::channel(Some(0));
+    let ca_control = start_ca_maintenance(&mut rt, fleet)?;
+    let state = AdminState {
+        ca: rt.ca.clone(),
+        audit: rt.audit.clone(),
+        registry: rt.registry.clone(),
+        agent: None,
+        sds_metrics: Arc::new(SdsMetrics::default()),
+        ca_control,
+    };
+    let admin = bind_admin(&rt.config).await?;
+    let admin_addr = start_admin(&mut rt, admin, state)?;
+    Ok(Server {
+        rt,
+        api_addr,
+        admin_addr,
+    })
+}
+
+/// Serves the server API with a certificate for `api.name` (and the listening address when it
+/// is a specific one). Returns where it listens.
+pub(super) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<SocketAddr> {
+    let listen = api.listen;
+    let ips = if listen.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![listen.ip()]
+    };
+    // Listen first: a taken port is refused before anything is issued.
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} for the server API (set server.listen)")
+    })?;
+    let addr = listener.local_addr()?;
+    // Renewed while the server runs, and re-issued by every start.
+    let tls = ApiTls::enroll(
+        rt.issuance.clone(),
+        Principal::Server {
+            dns: vec![api.name.clone()],
+            ips,
+        },
+    )
+    .await?;
+    let service = IdentityApi::new(
+        rt.issuance.clone(),
+        rt.registry.clone(),
+        rt.ca.clone(),
+        api.cells_register_own,
+    );
+    rt.spawn("server API", move |token| async move {
+        if let Err(e) = grpc::serve(listener, service, tls, token).await {
+            tracing::error!(error = %e, "server API failed");
+        }
+    });
+    Ok(addr)
+}
+
+/// Binds the admin HTTP API's address (`admin.listen`), so a taken one is refused early.
+pub(super) async fn bind_admin(config: &Config) -> Result<TcpListener> {
+    let listen = config.admin.listen;
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))
+}
+
+/// Serves the admin HTTP API on `listener`. Returns where it listens.
+pub(super) fn start_admin(
+    rt: &mut Runtime,
+    listener: TcpListener,
+    state: AdminState,
+) -> Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    rt.spawn("admin http", |token| admin::serve(listener, state, token));
+    Ok(addr)
+}
+
+/// Rotates the self-signed CA on schedule, or takes up replaced upstream files; either way a
+/// new root waits until `fleet` (the lowest bundle generation the sidecars acknowledged) has it.
+pub(super) fn start_ca_maintenance(
+    rt: &mut Runtime,
+    fleet: watch::Receiver<Option<u64>>,
+) -> Result<Option<CaControl>> {
+    let ledger = rt.issuance.ledger().clone();
+    if let Mode::Upstream(files) = rt.config.ca.mode.clone() {
+        let watch = UpstreamWatch::new(rt.ca.clone(), files, ledger, fleet);
+        rt.spawn("upstream CA files", move |token| watch.run(token));
+        return Ok(None);
+    }
+    let Some(maintenance) = Maintenance::new(rt.ca.clone(), rt.store().clone(), ledger, fleet)?
+    else {
+        return Ok(None);
+    };
+    let (control, task) = maintenance.spawn(rt.shutdown_token());
+    rt.spawn("CA maintenance", move |_| async move {
+        let _ = task.await;
+    });
+    Ok(Some(control))
+}
