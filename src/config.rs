@@ -248,6 +248,19 @@ impl Config {
         Ok(config)
     }
 
+    /// The agent's settings: its SDS and instance-file directories, trust domain, ID template
+    /// and renewal schedule, serving every instance it is given.
+    pub fn agent_settings(&self) -> crate::agent::Settings {
+        crate::agent::Settings {
+            sds_dir: self.agent.sds_dir.clone(),
+            trust_domain: self.ca.trust_domain.clone(),
+            id_template: self.ca.id_template.clone(),
+            renewal: self.agent.renewal,
+            instance_dir: Some(self.agent.instance_dir.clone()),
+            cell: None,
+        }
+    }
+
     /// The configuration as TOML in the same schema `idmint.toml` uses, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         let text = |s: &str| toml::Value::String(s.to_string());

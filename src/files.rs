@@ -56,9 +56,9 @@ fn temporary_beside(path: &Path) -> Result<PathBuf> {
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?;
     Ok(path.with_file_name(format!(
-        ".{}.{}.tmp",
+        ".{}.{:016x}.tmp",
         name.to_string_lossy(),
-        crate::ca::encode_hex(&tag)
+        u64::from_be_bytes(tag)
     )))
 }
 

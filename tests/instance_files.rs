@@ -111,7 +111,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
         Settings {
             instance_dir: Some(instances.clone()),
             cell: None,
-            ..Settings::from_config(&rt.config)
+            ..rt.config.agent_settings()
         },
         bundle_rx,
         Arc::new(SdsMetrics::default()),

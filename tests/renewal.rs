@@ -77,7 +77,7 @@ impl Harness {
                 sds_dir: dir.path().join("sds"),
                 instance_dir: None,
                 cell: None,
-                ..Settings::from_config(&rt.config)
+                ..rt.config.agent_settings()
             },
             bundle_rx,
             Arc::new(SdsMetrics::default()),

@@ -90,7 +90,7 @@ impl Harness {
                 sds_dir: sds_dir.clone(),
                 instance_dir: None,
                 cell: None,
-                ..Settings::from_config(&rt.config)
+                ..rt.config.agent_settings()
             },
             bundle_rx,
             metrics.clone(),

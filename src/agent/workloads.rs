@@ -93,21 +93,6 @@ pub struct Settings {
     pub cell: Option<CellId>,
 }
 
-impl Settings {
-    /// The settings `config` gives: its SDS and instance-file directories, trust domain, ID
-    /// template and renewal schedule.
-    pub fn from_config(config: &crate::config::Config) -> Settings {
-        Settings {
-            sds_dir: config.agent.sds_dir.clone(),
-            trust_domain: config.ca.trust_domain.clone(),
-            id_template: config.ca.id_template.clone(),
-            renewal: config.agent.renewal,
-            instance_dir: Some(config.agent.instance_dir.clone()),
-            cell: None,
-        }
-    }
-}
-
 /// When the next attempt is due and why the last one failed, if it did.
 #[derive(Clone, Debug, Default)]
 struct Attempts {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::cell_credential::{CellIdentity, CredentialDir};
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
-use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
+use crate::agent::{Bundle, Workloads};
 use crate::config::Config;
 use crate::ids::{CellId, Guid};
 use crate::placement::Placement;
@@ -108,7 +108,7 @@ pub async fn start(
     ));
     let agent = Arc::new(Workloads::new(
         Arc::new(remote.clone()),
-        AgentSettings::from_config(&config),
+        config.agent_settings(),
         bundle_rx,
         Arc::new(SdsMetrics::default()),
         shutdown.clone(),

@@ -155,7 +155,7 @@ async fn start_agent(
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
     let settings = AgentSettings {
         cell: Some(LOCAL_CELL.parse().expect("a valid cell id")),
-        ..AgentSettings::from_config(&rt.config)
+        ..rt.config.agent_settings()
     };
     let agent = Arc::new(Workloads::new(
         Arc::new(local.remote().clone()),

@@ -55,7 +55,7 @@ async fn measure(
             sds_dir: dir.join("sds"),
             instance_dir: None,
             cell: None,
-            ..AgentSettings::from_config(&rt.config)
+            ..rt.config.agent_settings()
         },
         bundle_rx,
         Arc::new(SdsMetrics::default()),

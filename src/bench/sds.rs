@@ -58,7 +58,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
             sds_dir: sds_dir.clone(),
             instance_dir: None,
             cell: None,
-            ..AgentSettings::from_config(&rt.config)
+            ..rt.config.agent_settings()
         },
         bundle_rx,
         metrics.clone(),
