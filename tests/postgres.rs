@@ -230,3 +230,59 @@ async fn one_server_rotates_the_ca_and_the_other_takes_it_up() {
     b.shutdown().await;
     drop_pg_database(&url).await;
 }
+
+#[tokio::test]
+async fn a_writer_cancelled_inside_its_transaction_leaves_no_transaction_open() {
+    use idmint::store::{Settings, Store};
+    use sqlx::{Connection, Row};
+    use std::time::{Duration, Instant};
+
+    let url = fresh_pg_database("cancel").await;
+    let store = Store::open(&Settings { url: url.clone() }, true)
+        .await
+        .unwrap();
+    // Another session holds the writers' lock, so the writer waits inside its transaction.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(115301217461876)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(500), store.apply_ca_changes(&[], &[])).await;
+    assert!(cancelled.is_err(), "the writer waited for the lock");
+    sqlx::query("SELECT pg_advisory_unlock(115301217461876)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    // The cancelled transaction is rolled back: no session is left holding it open (and with
+    // it the writers' lock), and the next writer gets through.
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open: i64 = sqlx::query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+        )
+        .bind(&database)
+        .fetch_one(&mut other)
+        .await
+        .unwrap()
+        .get("n");
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} session(s) left inside a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), store.apply_ca_changes(&[], &[]))
+        .await
+        .expect("the next writer is not blocked")
+        .unwrap();
+    other.close().await.unwrap();
+    store.close().await;
+    drop_pg_database(&url).await;
+}

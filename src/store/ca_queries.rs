@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::{finish, CaRecord, Error, Store};
+use super::{CaRecord, Error, Store};
 
 /// One change of a CA certificate's state, by fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,23 +83,19 @@ impl Store {
     /// Inserts `records` only if no CA exists yet, in one transaction. Returns false when
     /// another process initialised the CA first; the caller then loads that one.
     pub async fn insert_first_ca(&self, records: &[CaRecord]) -> Result<bool, Error> {
-        let mut conn = self.pool.acquire().await?;
-        self.begin_exclusive(&mut conn).await?;
-        let result = async {
-            let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ca_certs")
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("n")?;
-            if count > 0 {
-                return Ok(false);
-            }
-            for r in records {
-                insert(&mut conn, r).await?;
-            }
-            Ok(true)
+        let mut tx = self.begin_exclusive().await?;
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ca_certs")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if count > 0 {
+            return Ok(false);
         }
-        .await;
-        finish(&mut conn, result).await
+        for r in records {
+            insert(&mut tx, r).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Writes new CA certificates and state changes in one transaction: a rotation step is
@@ -109,34 +105,30 @@ impl Store {
         new: &[CaRecord],
         changes: &[CaChange],
     ) -> Result<(), Error> {
-        let mut conn = self.pool.acquire().await?;
-        self.begin_exclusive(&mut conn).await?;
-        let result = async {
-            for r in new {
-                insert(&mut conn, r).await?;
-            }
-            for c in changes {
-                let done = sqlx::query(
-                    "UPDATE ca_certs SET state = COALESCE($1, state), \
+        let mut tx = self.begin_exclusive().await?;
+        for r in new {
+            insert(&mut tx, r).await?;
+        }
+        for c in changes {
+            let done = sqlx::query(
+                "UPDATE ca_certs SET state = COALESCE($1, state), \
                      activated_at = COALESCE($2, activated_at), \
                      retired_at = COALESCE($3, retired_at), pruned_at = COALESCE($4, pruned_at) \
                      WHERE fingerprint = $5",
-                )
-                .bind(c.state)
-                .bind(c.activated_at)
-                .bind(c.retired_at)
-                .bind(c.pruned_at)
-                .bind(&c.fingerprint)
-                .execute(&mut *conn)
-                .await?;
-                if done.rows_affected() != 1 {
-                    return Err(Error::BadValue("ca_certs.fingerprint"));
-                }
+            )
+            .bind(c.state)
+            .bind(c.activated_at)
+            .bind(c.retired_at)
+            .bind(c.pruned_at)
+            .bind(&c.fingerprint)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(Error::BadValue("ca_certs.fingerprint"));
             }
-            Ok(())
         }
-        .await;
-        finish(&mut conn, result).await
+        tx.commit().await?;
+        Ok(())
     }
 }
 

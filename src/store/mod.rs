@@ -13,7 +13,7 @@ mod sqlite;
 use std::path::PathBuf;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::AnyPool;
+use sqlx::{Any, AnyPool};
 
 pub use ca_queries::{CaChange, CaLeader};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
@@ -138,32 +138,12 @@ impl Store {
 
     /// Starts a transaction that holds the write lock from its first statement, so reading
     /// "what is the next sequence number" and writing it cannot interleave with another writer.
-    pub(crate) async fn begin_exclusive(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-    ) -> Result<(), Error> {
+    /// It is a guard: dropped without [`sqlx::Transaction::commit`] (an error returned early, or
+    /// a caller cancelled mid-way) it rolls back before its connection serves anyone else.
+    pub(crate) async fn begin_exclusive(&self) -> Result<sqlx::Transaction<'static, Any>, Error> {
         match self.backend {
-            Backend::Sqlite => sqlite::begin_exclusive(conn).await,
-            Backend::Postgres => postgres::begin_exclusive(conn).await,
-        }
-    }
-}
-
-/// Commits on success, rolls back on error.
-pub(crate) async fn finish<T>(
-    conn: &mut sqlx::AnyConnection,
-    result: Result<T, Error>,
-) -> Result<T, Error> {
-    use sqlx::Executor;
-    match result {
-        Ok(v) => {
-            conn.execute("COMMIT").await?;
-            Ok(v)
-        }
-        Err(e) => {
-            // The original error matters more than a failed rollback.
-            let _ = conn.execute("ROLLBACK").await;
-            Err(e)
+            Backend::Sqlite => sqlite::begin_exclusive(&self.pool).await,
+            Backend::Postgres => postgres::begin_exclusive(&self.pool).await,
         }
     }
 }

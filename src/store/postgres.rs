@@ -1,6 +1,6 @@
 //! PostgreSQL specifics: write locking across servers.
 
-use sqlx::{AnyConnection, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 
 use super::Error;
 
@@ -8,12 +8,12 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations
 
 /// Serialises writers (ledger sequencing, CA initialisation) across every server on the
 /// database with a transaction-scoped advisory lock.
-pub(super) async fn begin_exclusive(conn: &mut AnyConnection) -> Result<(), Error> {
-    conn.execute("BEGIN").await?;
+pub(super) async fn begin_exclusive(pool: &AnyPool) -> Result<Transaction<'static, Any>, Error> {
+    let mut tx = pool.begin().await?;
     // "idmint" in ASCII: one lock key for all idmint writers.
-    conn.execute("SELECT pg_advisory_xact_lock(115301217461876)")
+    tx.execute("SELECT pg_advisory_xact_lock(115301217461876)")
         .await?;
-    Ok(())
+    Ok(tx)
 }
 
 /// The advisory-lock key of CA maintenance ("idmint-ca"), held for as long as the session

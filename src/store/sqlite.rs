@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use sqlx::{AnyConnection, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 
 use super::Error;
 
@@ -39,7 +39,6 @@ pub(super) async fn configure_connection(conn: &mut AnyConnection) -> Result<(),
     Ok(())
 }
 
-pub(super) async fn begin_exclusive(conn: &mut AnyConnection) -> Result<(), Error> {
-    conn.execute("BEGIN IMMEDIATE").await?;
-    Ok(())
+pub(super) async fn begin_exclusive(pool: &AnyPool) -> Result<Transaction<'static, Any>, Error> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
