@@ -33,3 +33,14 @@ impl Placement {
         }
     }
 }
+
+/// What a follower of the placements (an agent, for its cell) hears, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlacementUpdate {
+    /// Every placement now: what the follower held is replaced by this.
+    Snapshot(Vec<Placement>),
+    /// An instance was placed.
+    Registered(Placement),
+    /// An instance was removed.
+    Deregistered(Placement),
+}

@@ -48,6 +48,40 @@ pub fn placement_from_wire(p: Placement) -> Result<crate::placement::Placement, 
     })
 }
 
+/// The wire form of a placement update.
+pub fn placement_update_to_wire(u: &crate::placement::PlacementUpdate) -> PlacementUpdate {
+    use crate::placement::PlacementUpdate as U;
+    use placement_update::Update;
+    PlacementUpdate {
+        update: Some(match u {
+            U::Snapshot(all) => Update::Snapshot(Placements {
+                placements: all.iter().map(placement_to_wire).collect(),
+            }),
+            U::Registered(p) => Update::Registered(placement_to_wire(p)),
+            U::Deregistered(p) => Update::Deregistered(placement_to_wire(p)),
+        }),
+    }
+}
+
+/// A placement update from its wire form, or what is wrong with it.
+pub fn placement_update_from_wire(
+    u: PlacementUpdate,
+) -> Result<crate::placement::PlacementUpdate, String> {
+    use crate::placement::PlacementUpdate as U;
+    use placement_update::Update;
+    match u.update {
+        Some(Update::Snapshot(all)) => Ok(U::Snapshot(
+            all.placements
+                .into_iter()
+                .map(placement_from_wire)
+                .collect::<Result<_, _>>()?,
+        )),
+        Some(Update::Registered(p)) => Ok(U::Registered(placement_from_wire(p)?)),
+        Some(Update::Deregistered(p)) => Ok(U::Deregistered(placement_from_wire(p)?)),
+        None => Err("a placement update without an update".into()),
+    }
+}
+
 /// A required field, parsed; the error names the field.
 pub fn parse_field<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, String>
 where

@@ -621,3 +621,93 @@ async fn sign_stream(
         }
     }
 }
+
+/// The next update of a placement stream, within a few seconds.
+async fn next_update(
+    stream: &mut tonic::Streaming<proto::PlacementUpdate>,
+) -> idmint::placement::PlacementUpdate {
+    let update = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("an update in time")
+        .unwrap()
+        .expect("the stream is open");
+    proto::placement_update_from_wire(update).unwrap()
+}
+
+async fn place(orchestrator: &RemoteAuthority, p: idmint::placement::Placement) {
+    orchestrator
+        .client()
+        .register_placement(proto::placement_to_wire(&p))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn watch_placements_sends_a_cells_own_snapshot_then_each_change_and_ends_when_the_server_stops(
+) {
+    use idmint::placement::PlacementUpdate;
+    const THIRD: &str = "3c3c3c3c-0000-4000-8000-000000000006";
+    const FOURTH: &str = "4d4d4d4d-0000-4000-8000-000000000007";
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, port, cancel, served) = start(dir.path(), &[]).await;
+    let orchestrator = client_as(&rt, port, Principal::Orchestrator).await;
+    place(&orchestrator, on_cell(INSTANCE, "cell-1")).await;
+    place(&orchestrator, on_cell(OTHER, "cell-2")).await;
+
+    // A cell naming another cell still gets only its own.
+    let cell1 = client_as(&rt, port, Principal::Cell("cell-1".parse().unwrap())).await;
+    let mut stream = cell1
+        .client()
+        .watch_placements(proto::WatchPlacementsRequest {
+            cell_id: "cell-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_update(&mut stream).await,
+        PlacementUpdate::Snapshot(vec![on_cell(INSTANCE, "cell-1")])
+    );
+    // Changes on other cells are not sent; changes on this one are, in order.
+    place(&orchestrator, on_cell(THIRD, "cell-2")).await;
+    place(&orchestrator, on_cell(FOURTH, "cell-1")).await;
+    assert_eq!(
+        next_update(&mut stream).await,
+        PlacementUpdate::Registered(on_cell(FOURTH, "cell-1"))
+    );
+    orchestrator
+        .client()
+        .deregister_placement(proto::DeregisterRequest {
+            instance_guid: INSTANCE.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_update(&mut stream).await,
+        PlacementUpdate::Deregistered(on_cell(INSTANCE, "cell-1"))
+    );
+
+    // The orchestrator may watch every cell.
+    let mut all = orchestrator
+        .client()
+        .watch_placements(proto::WatchPlacementsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let PlacementUpdate::Snapshot(everything) = next_update(&mut all).await else {
+        panic!("a snapshot first")
+    };
+    let mut guids: Vec<String> = everything
+        .iter()
+        .map(|p| p.instance_guid.to_string())
+        .collect();
+    guids.sort();
+    assert_eq!(guids, [OTHER, THIRD, FOURTH]);
+
+    // Stopping the server ends the streams rather than waiting for the watchers.
+    stop(rt, cancel, served).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends with the server");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+}

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -18,9 +19,8 @@ use super::refresh::{random_draw, retry_delay, Schedule};
 use crate::api::Authority;
 use crate::ca::{cert_pem, private_key_pem};
 use crate::ids::{CellId, Guid};
-use crate::placement::Placement;
+use crate::placement::{Placement, PlacementUpdate};
 use crate::sds::{self, SdsMetrics};
-use crate::server::registry::{Event, Registry};
 use crate::spiffe::{IdTemplate, TrustDomain};
 
 /// What an instance's sidecar is given as its own identity.
@@ -101,6 +101,7 @@ struct Attempts {
 }
 
 struct Served {
+    placement: Placement,
     identity: watch::Receiver<Option<Arc<Identity>>>,
     attempts: watch::Receiver<Attempts>,
     cancel: CancellationToken,
@@ -233,8 +234,9 @@ impl<A: Authority + 'static> Workloads<A> {
         ));
         tracing::info!(instance = %placement.instance_guid, socket = %socket.display(), "serving SDS");
         served.insert(
-            placement.instance_guid,
+            placement.instance_guid.clone(),
             Served {
+                placement,
                 identity: workload.identity.clone(),
                 attempts: attempts_rx,
                 cancel,
@@ -265,34 +267,45 @@ impl<A: Authority + 'static> Workloads<A> {
         tracing::info!(%instance, "stopped serving SDS");
     }
 
-    /// Serves every instance registered now (their sockets exist when this returns) and
-    /// returns the registrations that come after, for [`Workloads::follow`].
-    pub async fn serve_registered(&self, registry: &Registry) -> broadcast::Receiver<Event> {
-        let (now, events) = registry.snapshot();
-        for p in now {
-            self.add_logged(p).await;
+    /// Takes one update of the placements: serves what is placed on this cell and was not
+    /// served, and stops serving what left (a snapshot stops everything it does not list).
+    pub async fn apply(&self, update: PlacementUpdate) {
+        match update {
+            PlacementUpdate::Registered(p) => self.add_logged(p).await,
+            PlacementUpdate::Deregistered(p) => self.remove(&p.instance_guid).await,
+            PlacementUpdate::Snapshot(all) => {
+                let wanted: HashMap<Guid, Placement> = all
+                    .into_iter()
+                    .filter(|p| self.serves(p))
+                    .map(|p| (p.instance_guid.clone(), p))
+                    .collect();
+                let gone: Vec<Guid> = self
+                    .served
+                    .lock()
+                    .await
+                    .iter()
+                    .filter(|(g, s)| wanted.get(*g) != Some(&s.placement))
+                    .map(|(g, _)| g.clone())
+                    .collect();
+                for g in gone {
+                    self.remove(&g).await;
+                }
+                for p in wanted.into_values() {
+                    self.add_logged(p).await;
+                }
+            }
         }
-        events
     }
 
-    /// Follows `events` (from [`Workloads::serve_registered`]) until shutdown, then stops
-    /// serving every instance.
-    pub async fn follow(
-        self: Arc<Self>,
-        registry: Registry,
-        mut events: broadcast::Receiver<Event>,
-    ) {
+    /// Applies `updates` until they end or shutdown, then stops serving every instance.
+    pub async fn follow(self: Arc<Self>, updates: impl Stream<Item = PlacementUpdate>) {
+        tokio::pin!(updates);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                event = events.recv() => match event {
-                    Ok(Event::Registered(p)) => self.add_logged(p).await,
-                    Ok(Event::Deregistered(p)) => self.remove(&p.instance_guid).await,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "fell behind registrations; resynchronising");
-                        self.resync(&registry).await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                update = updates.next() => match update {
+                    Some(u) => self.apply(u).await,
+                    None => break,
                 },
             }
         }
@@ -314,29 +327,6 @@ impl<A: Authority + 'static> Workloads<A> {
         let instance = p.instance_guid.clone();
         if let Err(e) = self.add(p).await {
             tracing::error!(%instance, error = %e, "cannot serve SDS for instance");
-        }
-    }
-
-    async fn resync(&self, registry: &Registry) {
-        let (now, _) = registry.snapshot();
-        let wanted: HashMap<Guid, Placement> = now
-            .into_iter()
-            .filter(|p| self.serves(p))
-            .map(|p| (p.instance_guid.clone(), p))
-            .collect();
-        let gone: Vec<Guid> = self
-            .served
-            .lock()
-            .await
-            .keys()
-            .filter(|g| !wanted.contains_key(*g))
-            .cloned()
-            .collect();
-        for g in gone {
-            self.remove(&g).await;
-        }
-        for p in wanted.into_values() {
-            self.add_logged(p).await;
         }
     }
 }

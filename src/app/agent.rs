@@ -3,7 +3,6 @@
 //! instance's sidecar over SDS and writes Diego's instance files. Follows the placements the
 //! server has for this cell, and keeps serving what it has while the server is unreachable.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,12 +18,12 @@ use crate::agent::cell_credential::{CellIdentity, CredentialDir};
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::agent::{Bundle, Workloads};
 use crate::config::Config;
-use crate::ids::{CellId, Guid};
-use crate::placement::Placement;
+use crate::ids::CellId;
+use crate::placement::PlacementUpdate;
 use crate::proto;
 use crate::sds::SdsMetrics;
 
-/// How often the placements are read again, and a lost bundle watch retried.
+/// How soon a lost placement or bundle stream is opened again.
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for each of the agent's tasks.
@@ -121,12 +120,11 @@ pub async fn start(
             bundle_tx,
             shutdown.clone(),
         )),
-        tokio::spawn(follow_placements(
-            remote,
-            agent.clone(),
-            cell.clone(),
-            shutdown.clone(),
-        )),
+        tokio::spawn(
+            agent
+                .clone()
+                .follow(server_placements(remote, cell.clone())),
+        ),
         tokio::spawn(
             identity
                 .clone()
@@ -197,62 +195,47 @@ async fn watch_bundle(
     }
 }
 
-/// Serves exactly the instances the server places on this cell. While the server cannot be
-/// reached, what is served stays as it is.
-async fn follow_placements(
+/// The placements of `cell` from the server, as one endless sequence of updates: every
+/// (re)connected stream starts with a snapshot that replaces what the agent held, so a lost
+/// connection misses nothing. While the server cannot be reached, nothing arrives and what is
+/// served stays as it is.
+fn server_placements(
     remote: RemoteAuthority,
-    agent: Arc<Workloads<RemoteAuthority>>,
     cell: CellId,
-    shutdown: CancellationToken,
-) {
-    let mut served: HashMap<Guid, Placement> = HashMap::new();
-    loop {
-        let listed = remote
-            .client()
-            .list_placements(proto::ListPlacementsRequest {
-                cell_id: cell.to_string(),
-            })
-            .await;
-        match listed {
-            Ok(list) => {
-                let wanted: HashMap<Guid, Placement> = list
-                    .into_inner()
-                    .placements
-                    .into_iter()
-                    .filter_map(|p| proto::placement_from_wire(p).ok())
-                    .map(|p| (p.instance_guid.clone(), p))
-                    .collect();
-                let gone: HashSet<Guid> = served
-                    .keys()
-                    .filter(|g| wanted.get(*g) != served.get(*g))
-                    .cloned()
-                    .collect();
-                for g in gone {
-                    agent.remove(&g).await;
-                    served.remove(&g);
-                }
-                for (g, p) in wanted {
-                    if served.contains_key(&g) {
-                        continue;
-                    }
-                    match agent.add(p.clone()).await {
-                        Ok(()) => {
-                            served.insert(g, p);
-                        }
-                        Err(e) => {
-                            tracing::error!(instance = %g, error = %e, "cannot serve instance")
+) -> impl futures_util::Stream<Item = PlacementUpdate> {
+    type Open = Option<tonic::Streaming<proto::PlacementUpdate>>;
+    futures_util::stream::unfold(
+        (remote, cell, None as Open),
+        |(remote, cell, mut open)| async move {
+            loop {
+                let stream = match open.as_mut() {
+                    Some(stream) => stream,
+                    None => {
+                        let request = proto::WatchPlacementsRequest {
+                            cell_id: cell.to_string(),
+                        };
+                        match remote.client().watch_placements(request).await {
+                            Ok(stream) => open.insert(stream.into_inner()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot watch this cell's placements; serving what is served");
+                                tokio::time::sleep(FOLLOW_EVERY).await;
+                                continue;
+                            }
                         }
                     }
-                }
+                };
+                let failure = match stream.message().await {
+                    Ok(Some(update)) => match proto::placement_update_from_wire(update) {
+                        Ok(update) => return Some((update, (remote, cell, open))),
+                        Err(e) => format!("an unreadable placement update: {e}"),
+                    },
+                    Ok(None) => "the server ended the placement stream".to_string(),
+                    Err(e) => format!("the placement stream broke: {e}"),
+                };
+                tracing::warn!(%failure, "following this cell's placements again from a snapshot");
+                open = None;
+                tokio::time::sleep(FOLLOW_EVERY).await;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read placements; serving what is served"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-        }
-    }
-    for g in served.keys() {
-        agent.remove(g).await;
-    }
+        },
+    )
 }

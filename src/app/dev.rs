@@ -19,7 +19,7 @@ use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
 use crate::ca::{Init, Principal};
 use crate::config::Config;
-use crate::ids::Ttl;
+use crate::ids::{CellId, Ttl};
 use crate::sds::SdsMetrics;
 
 /// How long the local cell's credential lives, in seconds (less under intermediates configured
@@ -79,6 +79,10 @@ pub async fn start(config: Config) -> Result<Dev> {
     })
 }
 
+fn local_cell() -> CellId {
+    LOCAL_CELL.parse().expect("a valid cell id")
+}
+
 /// This process's own cell, [`LOCAL_CELL`]: a credential enrolled afresh at each start and
 /// renewed like any agent's, and a connection to the server API with it.
 async fn start_local_cell(
@@ -92,7 +96,7 @@ async fn start_local_cell(
     }
     let files = CredentialDir::new(dir);
     files.create_empty()?;
-    let cell = Principal::Cell(LOCAL_CELL.parse().expect("a valid cell id"));
+    let cell = Principal::Cell(local_cell());
     let ttl = Ttl::from_secs(LOCAL_CELL_TTL)
         .expect("non-zero")
         .min(rt.config.ca.intermediate_ttl);
@@ -154,7 +158,7 @@ async fn start_agent(
     metrics.bundle_acks().set_current(first.generation);
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
     let settings = AgentSettings {
-        cell: Some(LOCAL_CELL.parse().expect("a valid cell id")),
+        cell: Some(local_cell()),
         ..rt.config.agent_settings()
     };
     let agent = Arc::new(Workloads::new(
@@ -165,10 +169,13 @@ async fn start_agent(
         rt.shutdown_token(),
     ));
     // Sockets of instances registered before this start exist before "ready" is printed.
-    let events = agent.serve_registered(&rt.registry).await;
-    let registry = rt.registry.clone();
+    let mut placements = rt.registry.watch(Some(local_cell()));
+    agent.apply(placements.next().await).await;
+    let updates = futures_util::stream::unfold(placements, |mut watch| async move {
+        Some((watch.next().await, watch))
+    });
     let follower = agent.clone();
-    rt.spawn("agent", move |_| follower.follow(registry, events));
+    rt.spawn("agent", move |_| follower.follow(updates));
     rt.spawn("trust bundle", move |token| async move {
         let mut changes = ca.watch();
         loop {

@@ -67,6 +67,16 @@ impl IdentityApi {
         Self::client(req).map(|c| c.principal.clone())
     }
 
+    /// Whose placements `caller` asked for: a cell always gets its own, whatever it names;
+    /// others the cell named, or every cell when none is.
+    fn cell_scope(&self, caller: &Principal, wanted: &str) -> Result<Option<CellId>, Status> {
+        Ok(match caller {
+            Principal::Cell(own) => Some(own.clone()),
+            _ if wanted.is_empty() => None,
+            _ => Some(parse("cell_id", wanted)?),
+        })
+    }
+
     /// Certifies the CSR of one sign request for `caller`.
     async fn sign_one(
         &self,
@@ -196,6 +206,7 @@ impl IdentityApi {
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
+type PlacementStream = Pin<Box<dyn Stream<Item = Result<pb::PlacementUpdate, Status>> + Send>>;
 type SignResultStream = Pin<Box<dyn Stream<Item = Result<pb::SignStreamResult, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -328,17 +339,34 @@ impl IdentityRpc for IdentityApi {
         }))
     }
 
+    type WatchPlacementsStream = PlacementStream;
+
+    async fn watch_placements(
+        &self,
+        request: Request<pb::WatchPlacementsRequest>,
+    ) -> Result<Response<PlacementStream>, Status> {
+        let caller = self.caller(&request)?;
+        let only = self.cell_scope(&caller, &request.into_inner().cell_id)?;
+        let watch = self.registry.watch(only);
+        let stopping = self.stopping.clone();
+        // Ends when the server stops, so shutdown does not wait for agents to hang up.
+        let stream =
+            futures_util::stream::unfold((watch, stopping), |(mut watch, stopping)| async move {
+                let update = tokio::select! {
+                    _ = stopping.cancelled() => return None,
+                    u = watch.next() => u,
+                };
+                Some((Ok(pb::placement_update_to_wire(&update)), (watch, stopping)))
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_placements(
         &self,
         request: Request<pb::ListPlacementsRequest>,
     ) -> Result<Response<pb::Placements>, Status> {
         let caller = self.caller(&request)?;
-        let wanted = request.into_inner().cell_id;
-        let only: Option<CellId> = match &caller {
-            Principal::Cell(own) => Some(own.clone()),
-            _ if wanted.is_empty() => None,
-            _ => Some(parse("cell_id", &wanted)?),
-        };
+        let only = self.cell_scope(&caller, &request.into_inner().cell_id)?;
         let (all, _) = self.registry.snapshot();
         let placements = all
             .iter()

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, Mutex};
 
-use crate::ids::Guid;
-use crate::placement::Placement;
+use crate::ids::{CellId, Guid};
+use crate::placement::{Placement, PlacementUpdate};
 use crate::store::Store;
 
 /// Why a registry change was refused.
@@ -109,11 +109,67 @@ impl Registry {
         (all.values().cloned().collect(), self.events.subscribe())
     }
 
+    /// Follows the placements on `cell` (every cell with `None`): a snapshot first, then each
+    /// change.
+    pub fn watch(&self, cell: Option<CellId>) -> PlacementWatch {
+        PlacementWatch {
+            registry: self.clone(),
+            cell,
+            events: None,
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Guid, Placement>> {
         self.placements.read().expect("never poisoned")
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<Guid, Placement>> {
         self.placements.write().expect("never poisoned")
+    }
+}
+
+/// The placements of one cell (or all) as a sequence of [`PlacementUpdate`]s; see
+/// [`Registry::watch`].
+pub struct PlacementWatch {
+    registry: Registry,
+    cell: Option<CellId>,
+    /// The changes after the last snapshot; `None` when a snapshot is due.
+    events: Option<broadcast::Receiver<Event>>,
+}
+
+impl PlacementWatch {
+    /// The next update: a snapshot first, and again whenever this follower fell so far behind
+    /// that changes were dropped for it, so it never misses one.
+    pub async fn next(&mut self) -> PlacementUpdate {
+        loop {
+            let Some(events) = &mut self.events else {
+                let (all, events) = self.registry.snapshot();
+                self.events = Some(events);
+                let mine = all.into_iter().filter(|p| self.wants(p)).collect();
+                return PlacementUpdate::Snapshot(mine);
+            };
+            match events.recv().await {
+                Ok(Event::Registered(p)) if self.wants(&p) => {
+                    return PlacementUpdate::Registered(p)
+                }
+                Ok(Event::Deregistered(p)) if self.wants(&p) => {
+                    return PlacementUpdate::Deregistered(p)
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "a placement follower fell behind; sending a snapshot"
+                    );
+                    self.events = None;
+                }
+                // The watch holds the registry, and with it the sender.
+                Err(broadcast::error::RecvError::Closed) => unreachable!("the sender is held"),
+            }
+        }
+    }
+
+    fn wants(&self, p: &Placement) -> bool {
+        self.cell.as_ref().is_none_or(|c| *c == p.cell_id)
     }
 }
