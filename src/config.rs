@@ -45,6 +45,7 @@ pub const KEYS: &[&str] = &[
     "ca.leaf_ttl",
     "ca.root_rotate_at",
     "ca.root_activation_max_wait",
+    "ca.clock_skew",
     "ca.upstream.intermediate_cert",
     "ca.upstream.intermediate_key",
     "ca.upstream.root_bundle",
@@ -118,6 +119,7 @@ struct RawCa {
     leaf_ttl: Option<String>,
     root_rotate_at: Option<toml::Value>,
     root_activation_max_wait: Option<String>,
+    clock_skew: Option<String>,
     #[serde(default)]
     upstream: RawUpstream,
 }
@@ -301,6 +303,7 @@ impl Config {
             "root_activation_max_wait".into(),
             text(&self.ca.root_activation_max_wait.to_string()),
         );
+        ca.insert("clock_skew".into(), text(&self.ca.clock_skew.to_string()));
         let mut admin = toml::Table::new();
         admin.insert("listen".into(), text(&self.admin.listen.to_string()));
         root.insert("store".into(), toml::Value::Table(store));
@@ -387,6 +390,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         raw.ca.root_activation_max_wait,
         "1h",
     )?;
+    let clock_skew = ttl("ca.clock_skew", raw.ca.clock_skew, "30s")?;
     if intermediate_ttl > root_ttl {
         return Err(invalid(
             "ca.intermediate_ttl",
@@ -510,6 +514,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             leaf_ttl,
             root_rotate_at,
             root_activation_max_wait,
+            clock_skew,
         },
         store: store::Settings { url: store_url },
         admin: AdminSettings { listen },

@@ -397,13 +397,15 @@ impl Idmint {
 fn requests_keep_flowing_through_intermediate_and_root_rotation() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // 4 s leaves; intermediates live 30 s, so one rotates on its own during the test; a new
+    // 4 s leaves; intermediates live 15 s, so one rotates on its own during the test; a new
     // root may wait an hour for acknowledgements, so only the sidecars' ACKs can activate it.
+    // Peers' clocks are this machine's: a 2 s skew allowance keeps a retired root 6 s.
     let idmint = Idmint::start_with(
         dir,
         &[
             "ca.leaf_ttl=4s",
-            "ca.intermediate_ttl=30s",
+            "ca.intermediate_ttl=15s",
+            "ca.clock_skew=2s",
             "ca.root_activation_max_wait=1h",
         ],
     );
@@ -479,13 +481,17 @@ fn requests_keep_flowing_through_intermediate_and_root_rotation() {
         "both roots while leaves under the old one live"
     );
 
-    // The old root leaves the bundle once its last leaf has expired (4 s + 30 s skew
+    // The old root leaves the bundle once its last leaf has expired (4 s + 2 s skew
     // allowance), and an intermediate rotates on its own on the way.
     wait_until("the old root to be pruned", Duration::from_secs(60), || {
         let (_, bundle) = http_get(idmint.admin, "/v1/bundle.pem").unwrap();
         bundle.matches("BEGIN CERTIFICATE").count() == 1
     });
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        "B's app to see A's certificate change ten times",
+        Duration::from_secs(30),
+        || requests.client_certs_seen() >= 10,
+    );
     let Traffic { client_certs, .. } = requests.finish(500);
     assert!(
         client_certs.len() >= 10,

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::refresh::{random_draw, retry_delay, Schedule};
 use super::remote::RemoteAuthority;
-use crate::ca::{Principal, Settings, BACKDATE};
+use crate::ca::{Principal, Settings};
 use crate::files::write_atomic;
 use crate::ids::CellId;
 
@@ -283,11 +283,12 @@ impl CellIdentity {
         let mut failures = 0;
         loop {
             let now = OffsetDateTime::now_utc();
-            // When it was issued: its not-before is back-dated by BACKDATE (or less, under a
-            // younger CA), so add that back, but never past now.
+            // When it was issued: its not-before is back-dated by the clock-skew allowance (or
+            // less, under a younger CA), so add that back, but never past now.
+            let skew = self.settings.clock_skew.duration();
             let (issued, not_after) = {
                 let c = self.lock();
-                ((c.not_before + BACKDATE).min(now), c.not_after)
+                ((c.not_before + skew).min(now), c.not_after)
             };
             let at = if failures == 0 {
                 schedule.renew_at(issued, not_after, random_draw())

@@ -12,9 +12,6 @@ use super::{csr, encode_hex, sha256_hex, CaCert, CaKey, Error, Principal, Settin
 use crate::ids::Ttl;
 use crate::placement::Placement;
 
-/// How far a leaf's notBefore is set back, so a peer whose clock is a little behind accepts it.
-pub const BACKDATE: Duration = Duration::from_secs(30);
-
 /// A loaded, ready CA. Rotation replaces what it signs with and trusts while it serves; each
 /// replacement bumps a generation number that watchers (the trust bundle) follow.
 pub struct CertificateAuthority {
@@ -102,7 +99,8 @@ pub struct Validity {
 }
 
 /// The validity of a leaf with lifetime `ttl` issued at `now` by a CA valid over
-/// `ca_not_before..ca_not_after`. A TTL longer than the CA's whole life is refused; one that
+/// `ca_not_before..ca_not_after`, its start set back by `backdate` so that a peer whose clock
+/// lags by that much accepts it. A TTL longer than the CA's whole life is refused; one that
 /// would outlive the CA's remaining life is capped to it. Times are whole seconds, as a
 /// certificate holds them, so what the caller is told is what the certificate says.
 pub fn leaf_validity(
@@ -110,6 +108,7 @@ pub fn leaf_validity(
     ca_not_before: OffsetDateTime,
     ca_not_after: OffsetDateTime,
     now: OffsetDateTime,
+    backdate: Duration,
 ) -> Result<Validity, Error> {
     let ca_life = ca_not_after - ca_not_before;
     if ttl.duration() > ca_life {
@@ -124,7 +123,7 @@ pub fn leaf_validity(
     let now = now.replace_nanosecond(0).unwrap_or(now);
     let wanted_end = now + ttl.duration();
     Ok(Validity {
-        not_before: (now - BACKDATE).max(ca_not_before),
+        not_before: (now - backdate).max(ca_not_before),
         not_after: wanted_end.min(ca_not_after),
         capped: wanted_end > ca_not_after,
     })
@@ -261,7 +260,13 @@ impl CertificateAuthority {
     ) -> Result<Issued, Error> {
         let signing = self.signing();
         let issuer_cert = &signing.chain[0];
-        let validity = leaf_validity(ttl, issuer_cert.not_before, issuer_cert.not_after, now)?;
+        let validity = leaf_validity(
+            ttl,
+            issuer_cert.not_before,
+            issuer_cert.not_after,
+            now,
+            self.settings.clock_skew.duration(),
+        )?;
         let params = super::principal::principal_params(
             &self.settings,
             principal,
@@ -307,6 +312,7 @@ impl CertificateAuthority {
             issuer.not_before,
             issuer.not_after,
             now,
+            self.settings.clock_skew.duration(),
         )?;
         let spiffe_id = self
             .settings
@@ -345,6 +351,8 @@ mod tests {
     use crate::ca::bootstrap::new_hierarchy;
     use crate::ca::Role;
     use time::macros::datetime;
+
+    const SKEW: Duration = Duration::from_secs(30);
 
     fn ttl(s: &str) -> Ttl {
         s.parse().unwrap()
@@ -405,7 +413,7 @@ mod tests {
             datetime!(2026-02-01 0:00 UTC),
         );
         let now = datetime!(2026-01-10 12:00 UTC);
-        let v = leaf_validity(ttl("1h"), start, end, now).unwrap();
+        let v = leaf_validity(ttl("1h"), start, end, now, SKEW).unwrap();
         assert_eq!(v.not_after, datetime!(2026-01-10 13:00 UTC));
         assert_eq!(v.not_before, datetime!(2026-01-10 11:59:30 UTC));
         assert!(!v.capped);
@@ -418,7 +426,7 @@ mod tests {
             datetime!(2026-02-01 0:00 UTC),
         );
         let now = datetime!(2026-01-10 12:00:00.75 UTC);
-        let v = leaf_validity(ttl("1h"), start, end, now).unwrap();
+        let v = leaf_validity(ttl("1h"), start, end, now, SKEW).unwrap();
         assert_eq!(v.not_after, datetime!(2026-01-10 13:00 UTC));
         assert_eq!(v.not_before, datetime!(2026-01-10 11:59:30 UTC));
     }
@@ -429,10 +437,10 @@ mod tests {
             datetime!(2026-01-01 0:00 UTC),
             datetime!(2026-01-01 2:00 UTC),
         );
-        let v = leaf_validity(ttl("1h"), start, end, datetime!(2026-01-01 1:30 UTC)).unwrap();
+        let v = leaf_validity(ttl("1h"), start, end, datetime!(2026-01-01 1:30 UTC), SKEW).unwrap();
         assert_eq!(v.not_after, end);
         assert!(v.capped);
-        let v = leaf_validity(ttl("1h"), start, end, start).unwrap();
+        let v = leaf_validity(ttl("1h"), start, end, start, SKEW).unwrap();
         assert_eq!(v.not_before, start);
     }
 
@@ -442,9 +450,9 @@ mod tests {
             datetime!(2026-01-01 0:00 UTC),
             datetime!(2026-01-02 0:00 UTC),
         );
-        let r = leaf_validity(ttl("2d"), start, end, start);
+        let r = leaf_validity(ttl("2d"), start, end, start, SKEW);
         assert!(matches!(r, Err(Error::TtlBeyondCa { .. })));
-        let r = leaf_validity(ttl("1h"), start, end, end);
+        let r = leaf_validity(ttl("1h"), start, end, end, SKEW);
         assert!(matches!(r, Err(Error::CaExpired(_))));
     }
 }

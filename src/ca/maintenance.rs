@@ -73,6 +73,7 @@ impl Maintenance {
         let s = ca.settings();
         let policy = Policy {
             leaf_ttl: s.leaf_ttl.duration(),
+            clock_skew: s.clock_skew.duration(),
             root_rotate_at: s.root_rotate_at,
             root_activation_max_wait: s.root_activation_max_wait.duration(),
         };

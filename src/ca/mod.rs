@@ -25,7 +25,6 @@ use std::path::PathBuf;
 
 pub use authority::{
     leaf_validity, CertificateAuthority, Credential, Issued, PublishedBundle, Signing, Validity,
-    BACKDATE,
 };
 pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{cert_pem, pem_encode, private_key_pem, sha256_hex, CaCert, Role};
@@ -129,6 +128,9 @@ pub struct Settings {
     pub root_rotate_at: f64,
     /// How long a prepared root waits for every sidecar to acknowledge it before signing.
     pub root_activation_max_wait: Ttl,
+    /// How far peers' clocks may lag ours: certificates are back-dated by it, and a retired
+    /// root stays trusted this long after its last leaf expired.
+    pub clock_skew: Ttl,
 }
 
 #[cfg(test)]

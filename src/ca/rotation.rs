@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{Role, BACKDATE};
+use super::Role;
 
 /// Share of an intermediate's life at which its successor is prepared.
 pub const INTERMEDIATE_PREPARE_AT: f64 = 0.6;
@@ -90,6 +90,8 @@ pub struct Policy {
     /// The longest a leaf lives: a retired root is kept this long (and the clock-skew
     /// allowance) after its last leaf could have been issued.
     pub leaf_ttl: Duration,
+    /// How far peers' clocks may lag ours.
+    pub clock_skew: Duration,
     /// Share of a root's life at which its successor is prepared.
     pub root_rotate_at: f64,
     /// How long a prepared root waits for every sidecar's acknowledgement before it signs anyway.
@@ -135,9 +137,13 @@ pub enum Step {
 }
 
 /// When a retired root may leave the bundle: its last leaf was issued no later than its
-/// retirement and lives at most `leaf_ttl`; peers' clocks may lag by the back-dating allowance.
-pub fn prune_time(retired_at: OffsetDateTime, leaf_ttl: Duration) -> OffsetDateTime {
-    retired_at + leaf_ttl + BACKDATE
+/// retirement and lives at most `leaf_ttl`; peers' clocks may lag by `clock_skew`.
+pub fn prune_time(
+    retired_at: OffsetDateTime,
+    leaf_ttl: Duration,
+    clock_skew: Duration,
+) -> OffsetDateTime {
+    retired_at + leaf_ttl + clock_skew
 }
 
 /// When a prepared root stops waiting for acknowledgements.
@@ -159,7 +165,7 @@ pub fn next_step(
     };
     for root in of(Role::Root, State::Retired) {
         if let (Some(retired), None) = (root.retired_at, root.pruned_at) {
-            if now >= prune_time(retired, policy.leaf_ttl) {
+            if now >= prune_time(retired, policy.leaf_ttl, policy.clock_skew) {
                 return Some(Step::PruneRoot {
                     root: root.fingerprint.clone(),
                 });
@@ -242,6 +248,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             leaf_ttl: Duration::from_secs(3600),
+            clock_skew: Duration::from_secs(30),
             root_rotate_at: 0.75,
             root_activation_max_wait: Duration::from_secs(3600),
         }
@@ -371,7 +378,7 @@ mod tests {
                 1050,
             ),
         ];
-        let due = retired_at + time::Duration::hours(1) + BACKDATE;
+        let due = retired_at + time::Duration::hours(1) + time::Duration::seconds(30);
         assert_eq!(
             next_step(
                 &certs,

@@ -186,7 +186,7 @@ impl UpstreamWatch {
         now: OffsetDateTime,
         events: &mut Vec<CaEvent>,
     ) {
-        let prune_at = prune_time(now, self.leaf_ttl);
+        let prune_at = prune_time(now, self.leaf_ttl, self.ca.settings().clock_skew.duration());
         for old in roots.iter().filter(|r| !contains(&next.roots, r)) {
             if !self
                 .leaving

@@ -234,7 +234,7 @@ fn stored(config: &Config, records: &[crate::store::CaRecord]) -> Result<Vec<Sho
                 (Some(p), _) => format!("left the trust bundle {}", at(p)),
                 (None, Some(r)) => format!(
                     "in the trust bundle until its last leaf expires, {}",
-                    at(prune_time(r, leaf_ttl))
+                    at(prune_time(r, leaf_ttl, config.ca.clock_skew.duration()))
                 ),
                 (None, None) => "retired".into(),
             },

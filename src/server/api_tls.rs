@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::IssuanceService;
-use crate::ca::{CertificateAuthority, Credential, Principal, Settings, BACKDATE};
+use crate::ca::{CertificateAuthority, Credential, Principal, Settings};
 use crate::ids::Ttl;
 
 /// How long the server's own certificate lives; it is renewed at half of that.
@@ -224,7 +224,8 @@ fn client_of(der: &[u8], settings: &Settings) -> Result<Client, String> {
     let principal = Principal::of_certificate(&cert, settings)?;
     let validity = cert.validity();
     let seconds = validity.not_after.timestamp() - validity.not_before.timestamp();
-    let issued_for = Duration::from_secs(seconds.max(0) as u64).saturating_sub(BACKDATE);
+    let issued_for =
+        Duration::from_secs(seconds.max(0) as u64).saturating_sub(settings.clock_skew.duration());
     Ok(Client {
         principal,
         lifetime: issued_for,

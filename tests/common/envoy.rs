@@ -211,6 +211,7 @@ pub struct Traffic {
 /// Requests sent through a consumer sidecar in the background, until [`Requests::finish`].
 pub struct Requests {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen_certs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     sender: std::thread::JoinHandle<Traffic>,
 }
 
@@ -218,6 +219,8 @@ pub struct Requests {
 pub fn traffic(consumer_port: u16) -> Requests {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = stop.clone();
+    let seen_certs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = seen_certs.clone();
     let sender = std::thread::spawn(move || {
         let mut t = Traffic {
             sent: 0,
@@ -231,6 +234,7 @@ pub fn traffic(consumer_port: u16) -> Requests {
                     if let Some(hash) = xfcc.split(';').find_map(|f| f.strip_prefix("Hash=")) {
                         if !t.client_certs.iter().any(|h| h == hash) {
                             t.client_certs.push(hash.to_string());
+                            seen.store(t.client_certs.len(), std::sync::atomic::Ordering::SeqCst);
                         }
                     }
                 }
@@ -240,10 +244,19 @@ pub fn traffic(consumer_port: u16) -> Requests {
         }
         t
     });
-    Requests { stop, sender }
+    Requests {
+        stop,
+        seen_certs,
+        sender,
+    }
 }
 
 impl Requests {
+    /// How many different client certificates the provider has forwarded so far.
+    pub fn client_certs_seen(&self) -> usize {
+        self.seen_certs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops, and asserts that more than `more_than` requests were sent and none failed.
     pub fn finish(self, more_than: u32) -> Traffic {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
