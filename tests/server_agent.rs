@@ -219,12 +219,12 @@ fn an_agent_renews_its_cell_credential_and_reconnects_with_it_after_the_first_on
         dir: dir.to_path_buf(),
     };
     let enrolled = Instant::now();
-    let (_agent, data) = server.agent_enrolled_for("cell-1", "12s");
+    let (_agent, data) = server.agent_enrolled_for("cell-1", "6s");
     let creds = dir.join("cell-1-credential");
     let read = |name: &str| std::fs::read_to_string(creds.join(name)).unwrap();
     let first = read("cell.pem");
     let first_key = read("cell.key");
-    // 12 s credentials renew 4.8 to 7.2 s after issue.
+    // 6 s credentials renew 2.4 to 3.6 s after issue.
     wait_until("a renewed cell credential", Duration::from_secs(20), || {
         read("cell.pem") != first
     });
@@ -240,7 +240,7 @@ fn an_agent_renews_its_cell_credential_and_reconnects_with_it_after_the_first_on
 
     // Past the first credential's expiry, a restarted server accepts only the renewed one,
     // and the agent reconnects with it.
-    std::thread::sleep(Duration::from_secs(14).saturating_sub(enrolled.elapsed()));
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(enrolled.elapsed()));
     server.process.take();
     server.process = Some(Server::start(dir, api_port, &admin, "1h"));
     server.register(INSTANCE, APP, "cell-1");
