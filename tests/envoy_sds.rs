@@ -309,8 +309,8 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
 fn requests_keep_flowing_while_leaves_renew_under_them() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // 6 s certificates: each sidecar's renews every 2.4–3.6 s.
-    let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=6s"]);
+    // 4 s certificates: each sidecar's renews every 1.6–2.4 s.
+    let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=4s"]);
     let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
     let backend = start_backend();
     let (provider, consumer) = start_pair(
@@ -326,7 +326,7 @@ fn requests_keep_flowing_while_leaves_renew_under_them() {
 
     // Long enough for every certificate to be replaced several times, and for the first
     // ones to expire: a request that needed a lapsed certificate would fail.
-    let until = Instant::now() + Duration::from_secs(15);
+    let until = Instant::now() + Duration::from_secs(10);
     let (mut sent, mut failed) = (0u32, Vec::new());
     let mut client_certs = std::collections::BTreeSet::new();
     while Instant::now() < until {
@@ -598,16 +598,16 @@ impl Laggard {
 fn requests_keep_flowing_while_the_ledger_is_unavailable_and_renewal_resumes_after() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // 20 s certificates renew 8–12 s after they arrive.
-    let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=20s"]);
+    // 14 s certificates renew 5.6–8.4 s after they arrive.
+    let idmint = Idmint::start_with(dir, &["ca.leaf_ttl=14s"]);
     let (sock_a, sock_b) = (idmint.register(1), idmint.register(2));
     let issued = Instant::now();
 
-    // At once, another process takes the database's write lock for 14 s: no ledger record
+    // At once, another process takes the database's write lock for 10 s: no ledger record
     // can be committed, so nothing can be issued, through both certificates' renewal points
-    // and until 6 s before they expire.
+    // and until 4 s before they expire.
     let db = idmint.data.join("idmint.db");
-    let outage = Duration::from_secs(14);
+    let outage = Duration::from_secs(10);
     let mut locker = Command::new("python3")
         .args([
             "-c",
@@ -643,9 +643,7 @@ fn requests_keep_flowing_while_the_ledger_is_unavailable_and_renewal_resumes_aft
     });
     let requests = traffic(consumer.listen);
 
-    std::thread::sleep(
-        (issued + Duration::from_secs(13)).saturating_duration_since(Instant::now()),
-    );
+    std::thread::sleep((issued + Duration::from_secs(9)).saturating_duration_since(Instant::now()));
     assert_eq!(
         idmint.metric("idmint_agent_renewals_total"),
         renewals_before,
@@ -657,9 +655,9 @@ fn requests_keep_flowing_while_the_ledger_is_unavailable_and_renewal_resumes_aft
         idmint.metric("idmint_agent_renewals_total") >= renewals_before + 2
     });
     assert!(
-        issued.elapsed() < Duration::from_secs(19),
+        issued.elapsed() < Duration::from_secs(13),
         "renewed before the first certificates expired"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
     requests.finish(300);
 }

@@ -367,9 +367,9 @@ fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
-    // 20 s certificates: renewed 8–12 s after issue, so a 4 s outage never outlasts one.
+    // 10 s certificates: renewed 4–6 s after issue, so a 3 s outage never outlasts one.
     let mut server = Server {
-        process: Some(Server::start(dir, api_port, &admin, "20s")),
+        process: Some(Server::start(dir, api_port, &admin, "10s")),
         data: dir.join("server"),
         admin: admin.clone(),
         api_port,
@@ -406,10 +406,10 @@ fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
     };
     let (before_a, before_b) = (crt(&data1, INSTANCE), crt(&data2, ON_CELL_2));
 
-    // The server is down for 4 s, then back; both cells' certificates renew afterwards.
+    // The server is down for 3 s, then back; both cells' certificates renew afterwards.
     server.process.take();
-    std::thread::sleep(Duration::from_secs(4));
-    server.process = Some(Server::start(dir, api_port, &admin, "20s"));
+    std::thread::sleep(Duration::from_secs(3));
+    server.process = Some(Server::start(dir, api_port, &admin, "10s"));
     wait_until(
         "renewals after the restart",
         Duration::from_secs(30),
