@@ -711,3 +711,48 @@ async fn watch_placements_sends_a_cells_own_snapshot_then_each_change_and_ends_w
         .expect("the stream ends with the server");
     assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
 }
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped_and_the_server_recovers_when_stalled_clients_go() {
+    use idmint::server::api_tls::MAX_HANDSHAKES;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, port, cancel, served) = start(dir.path(), &[]).await;
+    let pem = credential(&rt, Principal::Orchestrator).await;
+    let roots = rt.ca.roots_pem();
+
+    // Connections that never say a word hold every handshake slot.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_HANDSHAKES {
+        stalled.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waiting = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        connect(port, &pem, &roots),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a handshake started beyond the cap of {MAX_HANDSHAKES}"
+    );
+
+    // They go; a client is served again at once.
+    drop(stalled);
+    let client = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connect(port, &pem, &roots),
+    )
+    .await
+    .expect("served once the stalled connections closed")
+    .unwrap();
+    client
+        .client()
+        .list_placements(proto::ListPlacementsRequest::default())
+        .await
+        .unwrap();
+    stop(rt, cancel, served).await;
+}

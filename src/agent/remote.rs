@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -29,7 +29,7 @@ pub struct RemoteAuthority {
 
 /// One open `SignStream`: where requests go, and who waits for which answer.
 struct SignStream {
-    requests: mpsc::UnboundedSender<pb::SignStreamRequest>,
+    requests: mpsc::Sender<pb::SignStreamRequest>,
     waiting: Arc<Mutex<Waiting>>,
     next_id: u64,
 }
@@ -37,6 +37,10 @@ struct SignStream {
 /// The callers waiting for answers on a stream, by request id; `None` once the stream has
 /// ended and every caller still waiting has been told.
 type Waiting = Option<HashMap<u64, oneshot::Sender<Result<pb::SignResponse, Status>>>>;
+
+/// Sign requests queued for one stream before the server takes them; callers beyond this
+/// wait their turn, so a slow server holds back the agent instead of growing a queue.
+const QUEUED_SIGNS: usize = 1024;
 
 /// What an agent needs to reach the server.
 pub struct RemoteSettings<'a> {
@@ -128,27 +132,35 @@ impl RemoteAuthority {
     }
 
     /// Sends `request` on the open sign stream, opening one if there is none or it has
-    /// ended, and returns where its answer will come.
-    fn submit(
+    /// ended (waiting while its queue is full), and returns where its answer will come.
+    async fn submit(
         &self,
         request: pb::SignRequest,
     ) -> oneshot::Receiver<Result<pb::SignResponse, Status>> {
         let (reply, answer) = oneshot::channel();
-        let mut signs = self.signs.lock().expect("never poisoned");
-        if signs.as_ref().is_some_and(SignStream::ended) {
-            *signs = None;
-        }
-        let stream = signs.get_or_insert_with(|| SignStream::open(self.client()));
-        let id = stream.next_id;
-        stream.next_id += 1;
-        // Should the stream have ended just now, `reply` is dropped and the caller told so.
-        if let Some(waiting) = stream.waiting.lock().expect("never poisoned").as_mut() {
-            waiting.insert(id, reply);
-            let _ = stream.requests.send(pb::SignStreamRequest {
+        let (id, requests) = {
+            let mut signs = self.signs.lock().expect("never poisoned");
+            if signs.as_ref().is_some_and(SignStream::ended) {
+                *signs = None;
+            }
+            let stream = signs.get_or_insert_with(|| SignStream::open(self.client()));
+            let id = stream.next_id;
+            stream.next_id += 1;
+            // Should the stream have ended just now, `reply` is dropped and the caller told so.
+            match stream.waiting.lock().expect("never poisoned").as_mut() {
+                Some(waiting) => waiting.insert(id, reply),
+                None => return answer,
+            };
+            (id, stream.requests.clone())
+        };
+        // If the stream ends while this waits, its end tells the caller (the reply is
+        // registered above).
+        let _ = requests
+            .send(pb::SignStreamRequest {
                 id,
                 request: Some(request),
-            });
-        }
+            })
+            .await;
         answer
     }
 }
@@ -156,7 +168,7 @@ impl RemoteAuthority {
 impl SignStream {
     /// Opens a `SignStream` call and starts the task that hands its answers out.
     fn open(client: IdentityClient<Channel>) -> SignStream {
-        let (requests, outgoing) = mpsc::unbounded_channel();
+        let (requests, outgoing) = mpsc::channel(QUEUED_SIGNS);
         let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(hand_out_answers(client, outgoing, waiting.clone()));
         SignStream {
@@ -176,13 +188,10 @@ impl SignStream {
 /// waiting.
 async fn hand_out_answers(
     mut client: IdentityClient<Channel>,
-    outgoing: mpsc::UnboundedReceiver<pb::SignStreamRequest>,
+    outgoing: mpsc::Receiver<pb::SignStreamRequest>,
     waiting: Arc<Mutex<Waiting>>,
 ) {
-    let ended = match client
-        .sign_stream(UnboundedReceiverStream::new(outgoing))
-        .await
-    {
+    let ended = match client.sign_stream(ReceiverStream::new(outgoing)).await {
         Err(status) => status,
         Ok(answers) => {
             let mut answers = answers.into_inner();
@@ -257,6 +266,7 @@ impl Authority for RemoteAuthority {
         };
         let reply = self
             .submit(wire)
+            .await
             .await
             .map_err(|_| api::Error::Unavailable("the sign stream stopped".into()))?
             .map_err(error)?;

@@ -15,13 +15,13 @@ use anyhow::Context as _;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -147,46 +147,81 @@ fn server_config(ca: &CertificateAuthority, own: &Credential) -> anyhow::Result<
 }
 
 /// Connections on `listener` whose handshakes completed with the configuration current when
-/// they arrived. Failed and slow handshakes are dropped here; the stream ends when its
-/// receiver is dropped.
+/// they arrived. Failed and slow handshakes are dropped here. At most [`MAX_HANDSHAKES`] are
+/// in progress at once: past that, connections wait in the listener's backlog, so clients that
+/// never finish a handshake cannot make the server hold unbounded state. The handshakes are
+/// owned by the stream: dropping it ends them.
 pub(super) fn incoming(
     listener: TcpListener,
     configs: watch::Receiver<Arc<ServerConfig>>,
     settings: Settings,
-) -> ReceiverStream<io::Result<ApiConn>> {
-    let (tx, rx) = mpsc::channel(64);
-    let settings = Arc::new(settings);
-    tokio::spawn(async move {
+) -> impl futures_util::Stream<Item = io::Result<ApiConn>> {
+    let accepting = Accepting {
+        listener,
+        configs,
+        settings: Arc::new(settings),
+        handshakes: JoinSet::new(),
+    };
+    futures_util::stream::unfold(accepting, |mut a| async move {
+        let conn = a.next().await;
+        Some((Ok(conn), a))
+    })
+}
+
+/// The most server API handshakes in progress at once, before clients are authenticated.
+pub const MAX_HANDSHAKES: usize = 256;
+
+struct Accepting {
+    listener: TcpListener,
+    configs: watch::Receiver<Arc<ServerConfig>>,
+    settings: Arc<Settings>,
+    handshakes: JoinSet<Option<ApiConn>>,
+}
+
+impl Accepting {
+    /// The next connection whose handshake completed.
+    async fn next(&mut self) -> ApiConn {
         loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // Out of descriptors, most likely: let some close before accepting more.
-                    tracing::warn!(error = %e, "cannot accept a server API connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(configs.borrow().clone());
-            let (tx, settings) = (tx.clone(), settings.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let peer = Peer::of(&tls, &settings);
-                        let _ = tx.send(Ok(ApiConn { tls, peer })).await;
+            let room = self.handshakes.len() < MAX_HANDSHAKES;
+            tokio::select! {
+                accepted = self.listener.accept(), if room => match accepted {
+                    Ok((tcp, _)) => self.handshake(tcp),
+                    Err(e) => {
+                        // Out of descriptors, most likely: let some close before accepting more.
+                        tracing::warn!(error = %e, "cannot accept a server API connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "server API handshake failed"),
-                    Err(_) => tracing::debug!("server API handshake timed out"),
+                },
+                Some(done) = self.handshakes.join_next() => {
+                    if let Ok(Some(conn)) = done {
+                        return conn;
+                    }
                 }
-            });
+            }
         }
-    });
-    ReceiverStream::new(rx)
+    }
+
+    fn handshake(&mut self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(self.configs.borrow().clone());
+        let settings = self.settings.clone();
+        self.handshakes.spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let peer = Peer::of(&tls, &settings);
+                    Some(ApiConn { tls, peer })
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "server API handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("server API handshake timed out");
+                    None
+                }
+            }
+        });
+    }
 }
 
 /// A client the TLS layer accepted, by its certificate.
