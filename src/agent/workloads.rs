@@ -405,24 +405,30 @@ async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
                     .chain(&cert.chain_der)
                     .map(|d| cert_pem(d))
                     .collect();
-                let identity = Identity {
+                let identity = Arc::new(Identity {
                     spiffe_id: cert.spiffe_id.clone(),
                     chain_pem,
                     key_pem: private_key_pem(&svid.key_pkcs8),
                     serial_hex: cert.serial_hex.clone(),
                     not_after: cert.not_after,
-                };
+                });
                 let start = now.max(cert.not_before);
                 let renew_at = k.schedule.renew_at(start, cert.not_after, random_draw());
                 if let Some(dir) = &k.files {
                     // The files follow the identity served over SDS; failing to write them is
-                    // logged and does not hold the sidecar's certificate back.
-                    if let Err(e) = write_instance_files(dir, &identity) {
+                    // logged and does not hold the sidecar's certificate back. Two renames and
+                    // their syncs block, so they run off the async workers.
+                    let (to, written) = (dir.clone(), identity.clone());
+                    let wrote =
+                        tokio::task::spawn_blocking(move || write_instance_files(&to, &written))
+                            .await
+                            .unwrap_or_else(|e| Err(anyhow::anyhow!("file writer failed: {e}")));
+                    if let Err(e) = wrote {
                         tracing::error!(%instance, dir = %dir.display(), error = %e,
                             "cannot write the instance identity files");
                     }
                 }
-                let previous = k.identity.send_replace(Some(Arc::new(identity)));
+                let previous = k.identity.send_replace(Some(identity));
                 if let Some(old) = previous {
                     k.metrics.renewed();
                     tracing::info!(%instance, old_serial = %old.serial_hex, serial = %cert.serial_hex,

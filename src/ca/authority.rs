@@ -206,6 +206,12 @@ impl CertificateAuthority {
         self.signing().chain.clone()
     }
 
+    /// Whether signing takes long enough (an RSA key: milliseconds) to keep it off the async
+    /// workers.
+    pub fn signs_slowly(&self) -> bool {
+        self.signing().key.scheme() == super::SignatureScheme::RsaPkcs1Sha256
+    }
+
     /// A description of the signing key, e.g. "ECDSA P-256".
     pub fn key_description(&self) -> String {
         self.signing().key.describe()

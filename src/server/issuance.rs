@@ -137,7 +137,15 @@ impl IssuanceService {
         req: SignRequest,
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
-        match self.ca.issue(&req.placement, &req.csr, req.ttl, now) {
+        let issued = if self.ca.signs_slowly() {
+            let (ca, placement, csr) = (self.ca.clone(), req.placement.clone(), req.csr.clone());
+            tokio::task::spawn_blocking(move || ca.issue(&placement, &csr, req.ttl, now))
+                .await
+                .map_err(|e| Error::Unavailable(format!("the signing task failed: {e}")))?
+        } else {
+            self.ca.issue(&req.placement, &req.csr, req.ttl, now)
+        };
+        match issued {
             Ok(issued) => {
                 let record = issued_record(&req.placement, &issued, now);
                 let seq = self.ledger.append(record).await.map_err(unavailable)?;
