@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api_tls::{self, ApiTls, Client, Peer};
@@ -35,6 +36,8 @@ pub struct IdentityApi {
     /// Cancelled when the server stops: sign streams take no more requests and end, so
     /// that shutdown does not wait for agents to close them.
     stopping: CancellationToken,
+    /// The tasks working on sign streams, which the server waits for when it stops.
+    tasks: TaskTracker,
 }
 
 impl IdentityApi {
@@ -51,6 +54,7 @@ impl IdentityApi {
             ca,
             cells_register_own,
             stopping: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -175,7 +179,7 @@ impl IdentityApi {
                 }
             };
             let (api, caller, answers) = (self.clone(), caller.clone(), answers.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let outcome = match next.request {
                     Some(request) => api.sign_one(&caller, request).await,
                     None => Err(Status::invalid_argument("request: missing")),
@@ -229,7 +233,8 @@ impl IdentityRpc for IdentityApi {
         let caller = self.caller(&request)?;
         let incoming = request.into_inner();
         let (answers, out) = mpsc::channel(MAX_STREAM_IN_FLIGHT);
-        tokio::spawn(self.clone().answer_stream(caller, incoming, answers));
+        self.tasks
+            .spawn(self.clone().answer_stream(caller, incoming, answers));
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
@@ -407,6 +412,9 @@ where
     pb::parse_field(field, value).map_err(Status::invalid_argument)
 }
 
+/// How long a stopping server waits for the sign requests it is working on.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves the API on `listener` until `cancel`, with TLS that follows the CA.
 pub async fn serve(
     listener: TcpListener,
@@ -419,6 +427,7 @@ pub async fn serve(
         ..api
     };
     let incoming = api_tls::incoming(listener, tls.configs(), api.ca.settings().clone());
+    let tasks = api.tasks.clone();
     let keeper = tokio::spawn(tls.keep_current(cancel.clone()));
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW)
@@ -427,5 +436,17 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await;
     keeper.abort();
+    // Sign streams end on `cancel` once the requests they read are answered; a ledger commit
+    // that hangs must not hold shutdown for ever.
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tasks.len(),
+            "sign stream tasks still running at shutdown"
+        );
+    }
     Ok(served?)
 }
