@@ -249,6 +249,24 @@ async fn a_leaf_without_org_and_space_has_only_the_app_ou() {
     rt.shutdown().await;
 }
 
+/// What roots and intermediates share: a CA for `path_len` levels below it, signing
+/// certificates and CRLs, named by the trust domain's SPIFFE ID.
+fn assert_ca_profile(v: &StrictView, path_len: u8) {
+    assert_eq!(v.basic_constraints, Some((true, true, Some(path_len))));
+    assert_eq!(
+        v.key_usage,
+        Some((
+            true,
+            ku::KEY_CERT_SIGN | ku::CRL_SIGN | ku::DIGITAL_SIGNATURE
+        ))
+    );
+    assert_eq!(v.san_uris, ["spiffe://cf.internal"]);
+    assert_eq!(v.subject_key_id.as_ref().map(Vec::len), Some(20));
+    assert_eq!(v.serial.len(), 16);
+    assert_eq!(v.signature_algorithm, oid::ECDSA_SHA256);
+    assert!(v.signature_parameters_absent);
+}
+
 #[tokio::test]
 async fn cas_and_principal_credentials_are_canonical_der() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +274,6 @@ async fn cas_and_principal_credentials_are_canonical_der() {
     let root = rt.ca.roots()[0].der.clone();
     let inter = rt.ca.intermediate().der;
     let root_view = strict_der::certificate("root", &root);
-    let td_id = vec!["spiffe://cf.internal".to_string()];
 
     // Root: self-issued, a CA for one level of intermediates.
     let root_e = Emitted {
@@ -265,20 +282,9 @@ async fn cas_and_principal_credentials_are_canonical_der() {
         issuer: root.clone(),
     };
     let v = read_everywhere(dir.path(), &root_e);
+    assert_ca_profile(&v, 1);
     assert_eq!(v.subject, v.issuer);
     assert_eq!(v.authority_key_id, None, "self-signed: no AKI");
-    assert_eq!(v.basic_constraints, Some((true, true, Some(1))));
-    assert_eq!(
-        v.key_usage,
-        Some((
-            true,
-            ku::KEY_CERT_SIGN | ku::CRL_SIGN | ku::DIGITAL_SIGNATURE
-        ))
-    );
-    assert_eq!(v.san_uris, td_id);
-    assert!(v.subject_key_id.is_some());
-    assert_eq!(v.serial.len(), 16);
-    assert_eq!(v.signature_algorithm, oid::ECDSA_SHA256);
 
     // Intermediate: signs leaves only.
     let inter_e = Emitted {
@@ -287,16 +293,8 @@ async fn cas_and_principal_credentials_are_canonical_der() {
         issuer: root.clone(),
     };
     let v = read_everywhere(dir.path(), &inter_e);
+    assert_ca_profile(&v, 0);
     assert_eq!(v.issuer, root_view.subject);
-    assert_eq!(v.basic_constraints, Some((true, true, Some(0))));
-    assert_eq!(
-        v.key_usage,
-        Some((
-            true,
-            ku::KEY_CERT_SIGN | ku::CRL_SIGN | ku::DIGITAL_SIGNATURE
-        ))
-    );
-    assert_eq!(v.san_uris, td_id);
     assert_eq!(v.authority_key_id, root_view.subject_key_id);
     let inter_subject = v.subject.clone();
     let inter_ski = v.subject_key_id.clone();
