@@ -14,8 +14,9 @@ pub use writer::{Ledger, WriterStats, MAX_BATCH};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The batch holding the record failed; every caller of the batch gets the same cause.
     #[error("ledger write failed, nothing was recorded: {0}")]
-    Store(String),
+    Store(std::sync::Arc<crate::store::Error>),
     #[error("ledger is shutting down; the record was not written")]
     Closed,
 }

@@ -124,7 +124,9 @@ async fn run(
             }
         }
         busy = records.len() >= BUSY_BATCH;
-        let outcome = append(&mut appender, &mut next_seq, &records).await;
+        let outcome = append(&mut appender, &mut next_seq, &records)
+            .await
+            .map_err(std::sync::Arc::new);
         match &outcome {
             Ok(_) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +141,7 @@ async fn run(
         for (i, done) in waiters.drain(..).enumerate() {
             let reply = match &outcome {
                 Ok(first) => Ok(first + i as i64),
-                Err(e) => Err(Error::Store(e.to_string())),
+                Err(e) => Err(Error::Store(e.clone())),
             };
             // A caller that went away still had its record committed; nothing to undo.
             let _ = done.send(reply);
