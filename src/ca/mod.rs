@@ -32,7 +32,7 @@ pub use csr::{CheckedCsr, CsrError, LeafKeyType};
 pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZATION};
 pub use kek::{decode_hex, encode_hex, Kek};
 pub use keys::{CaKey, SignatureScheme};
-pub use principal::Principal;
+pub use principal::{Principal, PrincipalError};
 
 use crate::ids::Ttl;
 use crate::spiffe::{IdTemplate, TemplateError, TrustDomain};

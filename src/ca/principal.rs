@@ -50,7 +50,7 @@ impl Principal {
     pub fn of_certificate(
         cert: &X509Certificate<'_>,
         settings: &Settings,
-    ) -> Result<Principal, String> {
+    ) -> Result<Principal, PrincipalError> {
         let uris: Vec<&str> = cert
             .subject_alternative_name()
             .ok()
@@ -67,11 +67,10 @@ impl Principal {
             })
             .unwrap_or_default();
         let [id] = uris.as_slice() else {
-            return Err("a client or cell certificate must carry exactly one SPIFFE ID".into());
+            return Err(PrincipalError::UriCount(uris.len()));
         };
-        Principal::from_spiffe_id(settings, id).ok_or_else(|| {
-            format!("{id} is not a cell, the orchestrator or an admin of this trust domain")
-        })
+        Principal::from_spiffe_id(settings, id)
+            .ok_or_else(|| PrincipalError::NotAPrincipal(id.to_string()))
     }
 
     /// What a SPIFFE ID under `settings`' trust domain names, if it is a principal's.
@@ -87,6 +86,20 @@ impl Principal {
             _ => None,
         }
     }
+}
+
+/// Why a client's certificate names no principal the server API serves.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrincipalError {
+    #[error("a client certificate is required")]
+    NoCertificate,
+    #[error("unreadable client certificate")]
+    Unreadable,
+    #[error("a client or cell certificate must carry exactly one SPIFFE ID (this one has {0})")]
+    UriCount(usize),
+    #[error("{0} is not a cell, the orchestrator or an admin of this trust domain")]
+    NotAPrincipal(String),
 }
 
 /// The certificate of `principal`: its SPIFFE ID as a URI SAN (and the server's names), not a
@@ -128,6 +141,40 @@ pub(super) fn principal_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_names_a_principal_by_exactly_one_spiffe_id() {
+        use x509_parser::prelude::FromDer;
+        let s = Settings::defaults();
+        let named = |uris: &[&str]| {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = uris
+                .iter()
+                .map(|u| SanType::URI(u.to_string().try_into().unwrap()))
+                .collect();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let der = p.self_signed(&key).unwrap().der().to_vec();
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            Principal::of_certificate(&cert, &s)
+        };
+        assert_eq!(
+            named(&["spiffe://cf.internal/cell/cell-1"]),
+            Ok(Principal::Cell("cell-1".parse().unwrap()))
+        );
+        assert_eq!(named(&[]), Err(PrincipalError::UriCount(0)));
+        assert_eq!(
+            named(&[
+                "spiffe://cf.internal/orchestrator",
+                "spiffe://cf.internal/cell/c"
+            ]),
+            Err(PrincipalError::UriCount(2))
+        );
+        let app = "spiffe://cf.internal/org/o/space/s/app/a";
+        assert_eq!(
+            named(&[app]),
+            Err(PrincipalError::NotAPrincipal(app.into()))
+        );
+    }
 
     #[test]
     fn spiffe_ids_name_principals_and_nothing_else() {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::IssuanceService;
-use crate::ca::{CertificateAuthority, Credential, Principal, Settings};
+use crate::ca::{CertificateAuthority, Credential, Principal, PrincipalError, Settings};
 use crate::ids::Ttl;
 
 /// How long the server's own certificate lives; it is renewed at half of that.
@@ -236,26 +236,25 @@ pub struct Client {
 /// Who is at the other end of a server API connection: a client, or why its certificate,
 /// though it verified, names no one the API serves. Every request on the connection sees it.
 #[derive(Clone, Debug)]
-pub struct Peer(Arc<Result<Client, String>>);
+pub struct Peer(Arc<Result<Client, PrincipalError>>);
 
 impl Peer {
     fn of(tls: &TlsStream<TcpStream>, settings: &Settings) -> Peer {
         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         Peer(Arc::new(match leaf {
             Some(der) => client_of(der, settings),
-            None => Err("a client certificate is required".into()),
+            None => Err(PrincipalError::NoCertificate),
         }))
     }
 
     /// The client, or why there is none.
-    pub fn client(&self) -> Result<&Client, &str> {
-        self.0.as_ref().as_ref().map_err(String::as_str)
+    pub fn client(&self) -> Result<&Client, &PrincipalError> {
+        self.0.as_ref().as_ref()
     }
 }
 
-fn client_of(der: &[u8], settings: &Settings) -> Result<Client, String> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|_| "unreadable client certificate".to_string())?;
+fn client_of(der: &[u8], settings: &Settings) -> Result<Client, PrincipalError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| PrincipalError::Unreadable)?;
     let principal = Principal::of_certificate(&cert, settings)?;
     let validity = cert.validity();
     let seconds = validity.not_after.timestamp() - validity.not_before.timestamp();

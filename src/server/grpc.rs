@@ -64,7 +64,7 @@ impl IdentityApi {
             .get::<Peer>()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?
             .client()
-            .map_err(Status::permission_denied)
+            .map_err(|e| Status::permission_denied(e.to_string()))
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
