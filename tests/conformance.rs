@@ -273,7 +273,6 @@ async fn cas_and_principal_credentials_are_canonical_der() {
     let rt = dev_runtime(dir.path(), &[]).await;
     let root = rt.ca.roots()[0].der.clone();
     let inter = rt.ca.intermediate().der;
-    let root_view = strict_der::certificate("root", &root);
 
     // Root: self-issued, a CA for one level of intermediates.
     let root_e = Emitted {
@@ -281,10 +280,10 @@ async fn cas_and_principal_credentials_are_canonical_der() {
         der: root.clone(),
         issuer: root.clone(),
     };
-    let v = read_everywhere(dir.path(), &root_e);
-    assert_ca_profile(&v, 1);
-    assert_eq!(v.subject, v.issuer);
-    assert_eq!(v.authority_key_id, None, "self-signed: no AKI");
+    let root_view = read_everywhere(dir.path(), &root_e);
+    assert_ca_profile(&root_view, 1);
+    assert_eq!(root_view.subject, root_view.issuer);
+    assert_eq!(root_view.authority_key_id, None, "self-signed: no AKI");
 
     // Intermediate: signs leaves only.
     let inter_e = Emitted {
