@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::agent::refresh::{self, parse_fraction, Schedule};
+use crate::renewal::schedule::{self, parse_fraction, Schedule};
 use crate::ca::{self, Mode, UpstreamFiles};
 use crate::ids::Ttl;
 use crate::spiffe::{IdTemplate, TrustDomain};
@@ -260,6 +260,7 @@ impl Config {
             renewal: self.agent.renewal,
             instance_dir: Some(self.agent.instance_dir.clone()),
             cell: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -498,7 +499,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         )?,
     )
     .map_err(|e| match e {
-        refresh::Error::PointOutOfRange(_) => invalid("agent.renew_at", e),
+        schedule::Error::PointOutOfRange(_) => invalid("agent.renew_at", e),
         _ => invalid("agent.renew_jitter", e),
     })?;
     let sds_dir = raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds"));

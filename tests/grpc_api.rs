@@ -84,6 +84,8 @@ async fn start(
             dns: vec!["localhost".into()],
             ips: vec![IpAddr::from([127, 0, 0, 1])],
         },
+        rt.config.agent.renewal,
+        rt.clock,
     )
     .await
     .unwrap();
@@ -403,26 +405,40 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
         rt.ca.roots_pem()
     );
     // The bundle stream says which intermediate signs now; a credential from another one
-    // renews under it, and one from the same does not.
+    // renews under it at once, and one from the same does not.
     let before = std::fs::read_to_string(creds.join("cell.pem")).unwrap();
-    identity
-        .follow_signer(&rt.ca.intermediate().fingerprint)
-        .await;
-    let renewed = files.load(rt.ca.settings()).unwrap();
-    assert_ne!(
-        renewed.chain_pem, before,
-        "renewed under the new intermediate"
-    );
+    let (signer, signer_rx) = tokio::sync::watch::channel(String::new());
+    let identity = std::sync::Arc::new(identity);
+    let mut keeping = tokio::task::JoinSet::new();
+    keeping.spawn(identity.clone().keep_renewed(
+        idmint::renewal::Schedule::default(),
+        rt.clock,
+        signer_rx,
+        cancel.clone(),
+    ));
+    signer.send_replace(rt.ca.intermediate().fingerprint);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let renewed = loop {
+        let now = files.load(rt.ca.settings()).unwrap();
+        if now.chain_pem != before {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never renewed under the new intermediate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(
         renewed.issuer_sha256.as_deref(),
         Some(rt.ca.intermediate().fingerprint.as_str())
     );
-    identity
-        .follow_signer(&rt.ca.intermediate().fingerprint)
-        .await;
+    signer.send_modify(|s| s.push_str(""));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         std::fs::read_to_string(creds.join("cell.pem")).unwrap(),
-        renewed.chain_pem
+        renewed.chain_pem,
+        "the same intermediate again renews nothing"
     );
     let signer = remote
         .client()

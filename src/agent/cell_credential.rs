@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use super::refresh::{random_draw, retry_delay, Schedule};
 use super::remote::RemoteAuthority;
 use crate::ca::{Principal, Settings};
+use crate::clock::Clock;
 use crate::files::write_atomic;
 use crate::ids::CellId;
+use crate::renewal::{Keeper, Kept, Renewer, Schedule};
 
 /// The cell's certificate and the intermediates after it.
 const CHAIN: &str = "cell.pem";
@@ -248,26 +249,6 @@ impl CellIdentity {
         Ok(renewed.serial_hex)
     }
 
-    /// Renews at once when the CA now signs with another intermediate than the one that
-    /// issued this credential: once that one's root is pruned from the bundle, the server
-    /// would refuse the credential.
-    pub async fn follow_signer(&self, signing_ca_sha256: &str) {
-        let stale = {
-            let current = self.lock();
-            !signing_ca_sha256.is_empty()
-                && current.issuer_sha256.as_deref() != Some(signing_ca_sha256)
-        };
-        if !stale {
-            return;
-        }
-        match self.renew().await {
-            Ok(serial) => tracing::info!(%serial,
-                "the CA signs with a new intermediate; renewed the cell credential under it"),
-            Err(e) => tracing::warn!(error = %e,
-                "cannot renew the cell credential under the CA's new intermediate"),
-        }
-    }
-
     /// Stores the server's new trust bundle and trusts it from the next call on.
     pub fn bundle_changed(&self, roots_pem: &str) -> Result<()> {
         self.dir.store_bundle(roots_pem)?;
@@ -278,51 +259,69 @@ impl CellIdentity {
         Ok(())
     }
 
-    /// Renews on `schedule` until `shutdown`, retrying failures with a growing delay.
-    pub async fn keep_renewed(self: Arc<Self>, schedule: Schedule, shutdown: CancellationToken) {
-        let mut failures = 0;
-        loop {
-            let now = OffsetDateTime::now_utc();
-            // When it was issued: its not-before is back-dated by the clock-skew allowance (or
-            // less, under a younger CA), so add that back, but never past now.
-            let skew = self.settings.clock_skew.duration();
-            let (issued, not_after) = {
-                let c = self.lock();
-                ((c.not_before + skew).min(now), c.not_after)
-            };
-            let at = if failures == 0 {
-                schedule.renew_at(issued, not_after, random_draw())
-            } else {
-                now + retry_delay(failures, now, Some(not_after))
-            };
-            let wait = std::time::Duration::try_from(at - now).unwrap_or_default();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            match self.renew().await {
-                Ok(serial) if self.not_after() <= not_after => {
-                    // Cut to the same end by the intermediate's expiry: renewing again soon
-                    // gains nothing until the CA signs with the next one.
-                    failures += 1;
-                    tracing::info!(%serial, not_after = %self.not_after(),
-                        "renewed the cell credential, but the signing CA expires with it");
-                }
-                Ok(serial) => {
-                    failures = 0;
-                    tracing::info!(%serial, not_after = %self.not_after(), "renewed the cell credential");
-                }
-                Err(e) => {
-                    failures += 1;
-                    if OffsetDateTime::now_utc() >= not_after {
-                        tracing::error!(error = %e, %not_after,
-                            "the cell credential has expired; enroll the cell again");
-                    } else {
-                        tracing::warn!(error = %e, "cannot renew the cell credential; retrying");
-                    }
-                }
-            }
+    /// What the credential in use says of its lifetime.
+    fn term(&self) -> CellTerm {
+        let c = self.lock();
+        CellTerm {
+            serial_hex: String::new(),
+            not_after: c.not_after,
+            issuer_sha256: c.issuer_sha256.clone(),
         }
+    }
+
+    /// Keeps the credential current until `shutdown`: renewed on `schedule`, and at once when
+    /// `signer` (the SHA-256 of the intermediate the CA signs with) is no longer the one that
+    /// issued it, since the server refuses it once that intermediate's root is pruned.
+    pub async fn keep_renewed(
+        self: Arc<Self>,
+        schedule: Schedule,
+        clock: Clock,
+        signer: tokio::sync::watch::Receiver<String>,
+        shutdown: CancellationToken,
+    ) {
+        // When it was issued: its not-before is back-dated by the clock-skew allowance (or
+        // less, under a younger CA), so add that back, but never past now.
+        let issued = (self.lock().not_before + self.settings.clock_skew.duration()).min(clock.now());
+        let current = self.term();
+        Keeper::new(self, "cell credential", schedule, clock)
+            .starting_with(current, issued)
+            .following_signer(signer)
+            .run(shutdown)
+            .await
+    }
+}
+
+/// The part of a cell credential its keeper follows.
+pub struct CellTerm {
+    serial_hex: String,
+    not_after: OffsetDateTime,
+    issuer_sha256: Option<String>,
+}
+
+impl Kept for CellTerm {
+    fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    fn issuer_sha256(&self) -> Option<&str> {
+        self.issuer_sha256.as_deref()
+    }
+
+    fn serial_hex(&self) -> &str {
+        &self.serial_hex
+    }
+}
+
+impl Renewer for Arc<CellIdentity> {
+    type Cert = CellTerm;
+    type Error = anyhow::Error;
+
+    async fn obtain(&self) -> Result<CellTerm> {
+        let serial_hex = self.renew().await?;
+        Ok(CellTerm {
+            serial_hex,
+            ..self.term()
+        })
     }
 }
 

@@ -4,7 +4,6 @@ use zeroize::Zeroizing;
 
 pub mod cell_credential;
 mod metrics;
-pub mod refresh;
 pub mod remote;
 mod workloads;
 

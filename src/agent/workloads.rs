@@ -15,11 +15,12 @@ use zeroize::Zeroizing;
 
 use super::metrics::AgentMetrics;
 use super::obtain_svid;
-use super::refresh::{random_draw, retry_delay, Schedule};
 use crate::api::Authority;
-use crate::ca::{cert_pem, private_key_pem};
+use crate::ca::{cert_pem, private_key_pem, sha256_hex};
+use crate::clock::Clock;
 use crate::ids::{CellId, Guid};
 use crate::placement::{Placement, PlacementUpdate};
+use crate::renewal::{Attempts, Keeper, Kept, Renewer, Schedule};
 use crate::sds::{self, SdsMetrics};
 use crate::spiffe::{IdTemplate, TrustDomain};
 
@@ -35,6 +36,22 @@ pub struct Identity {
     pub serial_hex: String,
     /// Expiry.
     pub not_after: OffsetDateTime,
+    /// SHA-256 (hex) of the intermediate that issued it.
+    pub issuer_sha256: Option<String>,
+}
+
+impl Kept for Identity {
+    fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    fn issuer_sha256(&self) -> Option<&str> {
+        self.issuer_sha256.as_deref()
+    }
+
+    fn serial_hex(&self) -> &str {
+        &self.serial_hex
+    }
 }
 
 /// What `idmint instance list` shows of an instance's certificate.
@@ -91,13 +108,8 @@ pub struct Settings {
     pub instance_dir: Option<PathBuf>,
     /// The cell whose instances are served; `None` serves every instance followed.
     pub cell: Option<CellId>,
-}
-
-/// When the next attempt is due and why the last one failed, if it did.
-#[derive(Clone, Debug, Default)]
-struct Attempts {
-    next: Option<OffsetDateTime>,
-    last_error: Option<String>,
+    /// What renewals are scheduled by.
+    pub clock: Clock,
 }
 
 struct Served {
@@ -118,6 +130,7 @@ pub struct Workloads<A> {
     metrics: Arc<SdsMetrics>,
     renewals: Arc<AgentMetrics>,
     served: Mutex<HashMap<Guid, Served>>,
+    signer: Option<watch::Receiver<String>>,
     shutdown: CancellationToken,
 }
 
@@ -142,8 +155,16 @@ impl<A: Authority + 'static> Workloads<A> {
             metrics,
             renewals: Arc::new(AgentMetrics::default()),
             served: Mutex::new(HashMap::new()),
+            signer: None,
             shutdown,
         }
+    }
+
+    /// Renews every instance's certificate at once when `signer`, the SHA-256 (hex) of the
+    /// intermediate the CA signs with, changes away from the one that issued it.
+    pub fn following_signer(mut self, signer: watch::Receiver<String>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// The SDS counters of this agent.
@@ -199,33 +220,35 @@ impl<A: Authority + 'static> Workloads<A> {
             .render(&self.settings.trust_domain, placement.id_values())?
             .to_string();
         let cancel = self.shutdown.child_token();
-        let (identity_tx, identity_rx) = watch::channel(None);
-        let (attempts_tx, attempts_rx) = watch::channel(Attempts::default());
         let socket = self.socket_path(&placement.instance_guid);
         let listener = sds::bind(&socket)?;
-        let workload = Workload {
-            placement: placement.clone(),
-            spiffe_id,
-            identity: identity_rx,
-            bundle: self.bundle.clone(),
-        };
         let files = self
             .settings
             .instance_dir
             .as_ref()
             .map(|dir| dir.join(placement.instance_guid.as_str()));
-        let keep = tokio::spawn(keep_identity(
-            Keeper {
+        let mut keeper = Keeper::new(
+            InstanceRenewer {
                 authority: self.authority.clone(),
                 placement: placement.clone(),
-                schedule: self.settings.renewal,
-                identity: identity_tx,
-                attempts: attempts_tx,
                 metrics: self.renewals.clone(),
                 files: files.clone(),
             },
-            cancel.clone(),
-        ));
+            format!("instance {}", placement.instance_guid),
+            self.settings.renewal,
+            self.settings.clock,
+        );
+        if let Some(signer) = &self.signer {
+            keeper = keeper.following_signer(signer.clone());
+        }
+        let workload = Workload {
+            placement: placement.clone(),
+            spiffe_id,
+            identity: keeper.certificates(),
+            bundle: self.bundle.clone(),
+        };
+        let attempts_rx = keeper.attempts();
+        let keep = tokio::spawn(keeper.run(cancel.clone()));
         let server = tokio::spawn(sds::serve(
             listener,
             workload.clone(),
@@ -373,104 +396,69 @@ async fn stop(s: Served) {
     }
 }
 
-/// What keeps one instance's certificate fresh.
-struct Keeper<A> {
+/// Where an instance's certificates come from: a key made here, certified by the authority
+/// for the instance's placement, and written to the instance's Diego files when it has them.
+struct InstanceRenewer<A> {
     authority: Arc<A>,
     placement: Placement,
-    schedule: Schedule,
-    identity: watch::Sender<Option<Arc<Identity>>>,
-    attempts: watch::Sender<Attempts>,
     metrics: Arc<AgentMetrics>,
     files: Option<PathBuf>,
 }
 
-/// Obtains the instance's certificate, then renews it on schedule until cancelled. Each
-/// renewal makes a new key here; the key never leaves. The current certificate is served
-/// until its replacement is published, and failures are retried with backoff that shrinks as
-/// the current certificate nears expiry, so a passing outage never lets it lapse.
-async fn keep_identity<A: Authority>(k: Keeper<A>, cancel: CancellationToken) {
-    let instance = &k.placement.instance_guid;
-    let mut failures = 0u32;
-    loop {
-        let attempt = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = obtain_svid(k.authority.as_ref(), k.placement.clone(), None) => r,
+impl<A: Authority + 'static> Renewer for InstanceRenewer<A> {
+    type Cert = Identity;
+    type Error = super::Error;
+
+    async fn obtain(&self) -> Result<Identity, super::Error> {
+        let svid = obtain_svid(self.authority.as_ref(), self.placement.clone(), None).await?;
+        let cert = &svid.cert;
+        let identity = Identity {
+            spiffe_id: cert.spiffe_id.clone(),
+            chain_pem: std::iter::once(&cert.cert_der)
+                .chain(&cert.chain_der)
+                .map(|d| cert_pem(d))
+                .collect(),
+            key_pem: private_key_pem(&svid.key_pkcs8),
+            serial_hex: cert.serial_hex.clone(),
+            not_after: cert.not_after,
+            issuer_sha256: cert.chain_der.first().map(|d| sha256_hex(d)),
         };
-        let now = OffsetDateTime::now_utc();
-        let (next, last_error) = match attempt {
-            Ok(svid) => {
-                failures = 0;
-                let cert = &svid.cert;
-                let chain_pem = std::iter::once(&cert.cert_der)
-                    .chain(&cert.chain_der)
-                    .map(|d| cert_pem(d))
-                    .collect();
-                let identity = Arc::new(Identity {
-                    spiffe_id: cert.spiffe_id.clone(),
-                    chain_pem,
-                    key_pem: private_key_pem(&svid.key_pkcs8),
-                    serial_hex: cert.serial_hex.clone(),
-                    not_after: cert.not_after,
-                });
-                let start = now.max(cert.not_before);
-                let renew_at = k.schedule.renew_at(start, cert.not_after, random_draw());
-                if let Some(dir) = &k.files {
-                    // The files follow the identity served over SDS; failing to write them is
-                    // logged and does not hold the sidecar's certificate back. Two renames and
-                    // their syncs block, so they run off the async workers.
-                    let (to, written) = (dir.clone(), identity.clone());
-                    let wrote =
-                        tokio::task::spawn_blocking(move || write_instance_files(&to, &written))
-                            .await
-                            .unwrap_or_else(|e| Err(anyhow::anyhow!("file writer failed: {e}")));
-                    if let Err(e) = wrote {
-                        tracing::error!(%instance, dir = %dir.display(), error = %e,
-                            "cannot write the instance identity files");
-                    }
-                }
-                let previous = k.identity.send_replace(Some(identity));
-                if let Some(old) = previous {
-                    k.metrics.renewed();
-                    tracing::info!(%instance, old_serial = %old.serial_hex, serial = %cert.serial_hex,
-                        not_after = %cert.not_after, %renew_at, "certificate renewed");
-                }
-                (renew_at, None)
+        if let Some(dir) = &self.files {
+            // The files follow the identity served over SDS; failing to write them is logged
+            // and does not hold the sidecar's certificate back. Two renames and their syncs
+            // block, so they run off the async workers.
+            let (to, key_pem, chain_pem) = (
+                dir.clone(),
+                identity.key_pem.clone(),
+                identity.chain_pem.clone(),
+            );
+            let wrote = tokio::task::spawn_blocking(move || {
+                write_instance_files(&to, &key_pem, &chain_pem)
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("file writer failed: {e}")));
+            if let Err(e) = wrote {
+                tracing::error!(instance = %self.placement.instance_guid, dir = %dir.display(),
+                    error = %e, "cannot write the instance identity files");
             }
-            Err(e) => {
-                failures += 1;
-                k.metrics.failed();
-                let current = k.identity.borrow().as_ref().map(|i| i.not_after);
-                let delay = retry_delay(failures, now, current);
-                tracing::warn!(%instance, error = %e, failures, retry_in = ?delay,
-                    still_valid_until = ?current, "could not obtain a certificate; retrying");
-                (now + delay, Some(e.to_string()))
-            }
-        };
-        k.attempts.send_replace(Attempts {
-            next: Some(next),
-            last_error,
-        });
-        let wait = Duration::try_from(next - now).unwrap_or(Duration::ZERO);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
         }
+        Ok(identity)
+    }
+
+    fn renewed(&self) {
+        self.metrics.renewed();
+    }
+
+    fn failed(&self) {
+        self.metrics.failed();
     }
 }
 
 /// Writes Diego's `instance.crt` (leaf, then chain) and `instance.key` (0600) into `dir`, each
 /// replaced whole by a rename, the key first: a reader that finds a new certificate finds its key.
-fn write_instance_files(dir: &Path, identity: &Identity) -> anyhow::Result<()> {
+fn write_instance_files(dir: &Path, key_pem: &str, chain_pem: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    crate::files::write_atomic(
-        &dir.join("instance.key"),
-        identity.key_pem.as_bytes(),
-        0o600,
-    )?;
-    crate::files::write_atomic(
-        &dir.join("instance.crt"),
-        identity.chain_pem.as_bytes(),
-        0o644,
-    )?;
+    crate::files::write_atomic(&dir.join("instance.key"), key_pem.as_bytes(), 0o600)?;
+    crate::files::write_atomic(&dir.join("instance.crt"), chain_pem.as_bytes(), 0o644)?;
     Ok(())
 }

@@ -105,19 +105,28 @@ pub async fn start(
         remote.clone(),
         credential,
     ));
-    let agent = Arc::new(Workloads::new(
-        Arc::new(remote.clone()),
-        config.agent_settings(),
-        bundle_rx,
-        Arc::new(SdsMetrics::default()),
-        shutdown.clone(),
-    ));
+    // The intermediate the server signs with, as its trust bundle stream says: "" until the
+    // stream's first message.
+    let (signer_tx, signer) = watch::channel(String::new());
+    let settings = config.agent_settings();
+    let clock = settings.clock;
+    let agent = Arc::new(
+        Workloads::new(
+            Arc::new(remote.clone()),
+            settings,
+            bundle_rx,
+            Arc::new(SdsMetrics::default()),
+            shutdown.clone(),
+        )
+        .following_signer(signer.clone()),
+    );
     let tasks = vec![
         tokio::spawn(watch_bundle(
             remote.clone(),
             identity.clone(),
             config.clone(),
             bundle_tx,
+            signer_tx,
             shutdown.clone(),
         )),
         tokio::spawn(
@@ -128,7 +137,7 @@ pub async fn start(
         tokio::spawn(
             identity
                 .clone()
-                .keep_renewed(config.agent.renewal, shutdown.clone()),
+                .keep_renewed(config.agent.renewal, clock, signer, shutdown.clone()),
         ),
     ];
     Ok(Some(Agent {
@@ -146,6 +155,7 @@ async fn watch_bundle(
     identity: Arc<CellIdentity>,
     config: Config,
     tx: watch::Sender<Arc<Bundle>>,
+    signer: watch::Sender<String>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -173,7 +183,11 @@ async fn watch_bundle(
                             break;
                         }
                     };
-                    identity.follow_signer(&b.signing_ca_sha256).await;
+                    signer.send_if_modified(|s| {
+                        let changed = *s != b.signing_ca_sha256;
+                        s.clone_from(&b.signing_ca_sha256);
+                        changed
+                    });
                     if b.roots_pem != tx.borrow().roots_pem {
                         if let Err(e) = identity.bundle_changed(&b.roots_pem) {
                             tracing::error!(error = %e, "cannot store the new trust bundle");

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::server::{bind_admin, start_admin, start_api, start_ca_maintenance, ApiOptions};
@@ -102,7 +101,7 @@ async fn start_local_cell(
         .min(rt.config.ca.intermediate_ttl);
     let cred = rt
         .issuance
-        .enroll(&cell, ttl, OffsetDateTime::now_utc())
+        .enroll(&cell, ttl, rt.clock.now())
         .await
         .context("cannot enroll the local cell")?;
     files.write(&cred, &rt.ca.roots_pem())?;
@@ -128,9 +127,9 @@ async fn start_local_cell(
         loaded,
     ));
     let renewing = identity.clone();
-    let schedule = rt.config.agent.renewal;
+    let (schedule, clock, signer) = (rt.config.agent.renewal, rt.clock, rt.ca.signer());
     rt.spawn("local cell credential", move |token| {
-        renewing.keep_renewed(schedule, token)
+        renewing.keep_renewed(schedule, clock, signer, token)
     });
     Ok(identity)
 }
@@ -159,15 +158,19 @@ async fn start_agent(
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
     let settings = AgentSettings {
         cell: Some(local_cell()),
+        clock: rt.clock,
         ..rt.config.agent_settings()
     };
-    let agent = Arc::new(Workloads::new(
-        Arc::new(local.remote().clone()),
-        settings,
-        bundle_rx,
-        metrics.clone(),
-        rt.shutdown_token(),
-    ));
+    let agent = Arc::new(
+        Workloads::new(
+            Arc::new(local.remote().clone()),
+            settings,
+            bundle_rx,
+            metrics.clone(),
+            rt.shutdown_token(),
+        )
+        .following_signer(ca.signer()),
+    );
     // Sockets of instances registered before this start exist before "ready" is printed.
     let mut placements = rt.registry.watch(Some(local_cell()));
     agent.apply(placements.next().await).await;
@@ -183,7 +186,6 @@ async fn start_agent(
                 _ = token.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
             }
-            local.follow_signer(&ca.intermediate().fingerprint).await;
             let next = bundle_now(&ca);
             if next.roots_pem == bundle_tx.borrow().roots_pem {
                 continue;

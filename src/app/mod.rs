@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::{self, CertificateAuthority, Init};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ledger::{AuditLog, Ledger};
 use crate::server::{IssuanceService, Registry};
@@ -36,6 +36,8 @@ pub struct Runtime {
     pub audit: AuditLog,
     /// Registered instances.
     pub registry: Registry,
+    /// What every schedule here reads the time from.
+    pub clock: Clock,
     store: Store,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -49,7 +51,7 @@ impl Runtime {
             ensure_writable_dir(&config.data_dir)?;
         }
         let store = Store::open(&config.store, create).await?;
-        let ca = ca::load(config.ca.clone(), &store, init, OffsetDateTime::now_utc()).await?;
+        let ca = ca::load(config.ca.clone(), &store, init, Clock::system().now()).await?;
         let registry = Registry::load(store.clone()).await?;
         Ok(Self::with_parts(config, store, Arc::new(ca), registry))
     }
@@ -69,6 +71,7 @@ impl Runtime {
             registry,
             ca,
             config,
+            clock: Clock::system(),
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],

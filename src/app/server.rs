@@ -86,6 +86,8 @@ pub(super) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<Sock
             dns: vec![api.name.clone()],
             ips,
         },
+        rt.config.agent.renewal,
+        rt.clock,
     )
     .await?;
     let service = IdentityApi::new(

@@ -76,6 +76,8 @@ async fn remote_path(
             dns: vec!["localhost".into()],
             ips: vec![IpAddr::from([127, 0, 0, 1])],
         },
+        rt.config.agent.renewal,
+        rt.clock,
     )
     .await?;
 

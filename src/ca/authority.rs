@@ -20,6 +20,7 @@ pub struct CertificateAuthority {
     // sees the roots of one generation labelled with another.
     current: RwLock<(Arc<Signing>, u64)>,
     generation: watch::Sender<u64>,
+    signer: watch::Sender<String>,
 }
 
 /// The trust bundle as published at one generation, read as one value: a bundle is never
@@ -132,10 +133,12 @@ pub fn leaf_validity(
 impl CertificateAuthority {
     pub(super) fn new(settings: Settings, signing: Signing) -> Self {
         // From 1: a sidecar at generation 0 has acknowledged no bundle at all.
+        let signer = watch::Sender::new(signing.chain[0].fingerprint.clone());
         CertificateAuthority {
             settings,
             current: RwLock::new((Arc::new(signing), 1)),
             generation: watch::Sender::new(1),
+            signer,
         }
     }
 
@@ -160,9 +163,15 @@ impl CertificateAuthority {
     /// Replaces what the CA signs with and publishes; watchers see a new generation.
     pub fn replace(&self, signing: Signing) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let signer = signing.chain[0].fingerprint.clone();
         *current = (Arc::new(signing), current.1 + 1);
         // Sent under the lock, so watchers see generations in order.
         self.generation.send_replace(current.1);
+        self.signer.send_if_modified(|s| {
+            let changed = *s != signer;
+            *s = signer;
+            changed
+        });
     }
 
     /// 1 + the number of replacements so far; a bundle built at generation g contains every
@@ -184,6 +193,12 @@ impl CertificateAuthority {
     /// Follows replacements.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Follows the fingerprint (SHA-256, hex) of the intermediate the CA signs with; it
+    /// changes only when that intermediate does.
+    pub fn signer(&self) -> watch::Receiver<String> {
+        self.signer.subscribe()
     }
 
     /// The trust anchors: what relying parties must trust.

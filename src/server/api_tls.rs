@@ -27,36 +27,48 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::IssuanceService;
 use crate::ca::{CertificateAuthority, Credential, Principal, PrincipalError, Settings};
+use crate::clock::Clock;
 use crate::ids::Ttl;
+use crate::renewal::{Keeper, Kept, Renewer, Schedule};
 
-/// How long the server's own certificate lives; it is renewed at half of that.
+/// How long the server's own certificate lives; it is renewed on the agents' schedule.
 const OWN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait before trying again when the server's own certificate cannot be renewed.
-const RETRY: Duration = Duration::from_secs(5);
 
-/// The server's credential and the TLS configuration made from it.
+/// The server's credential, kept current, and the TLS configuration made from it.
 pub struct ApiTls {
     issuance: IssuanceService,
-    who: Principal,
-    own: Credential,
+    keeper: Keeper<OwnCertificate>,
     config: watch::Sender<Arc<ServerConfig>>,
 }
 
 impl ApiTls {
     /// Issues the server's own credential for `who` (a [`Principal::Server`]), recorded in the
-    /// ledger like every other.
-    pub async fn enroll(issuance: IssuanceService, who: Principal) -> anyhow::Result<ApiTls> {
-        let own = issuance
-            .enroll(&who, own_ttl(issuance.ca()), OffsetDateTime::now_utc())
+    /// ledger like every other, and renewed on `schedule` by `clock`.
+    pub async fn enroll(
+        issuance: IssuanceService,
+        who: Principal,
+        schedule: Schedule,
+        clock: Clock,
+    ) -> anyhow::Result<ApiTls> {
+        let own = OwnCertificate {
+            issuance: issuance.clone(),
+            who,
+            clock,
+        };
+        let ca = issuance.ca();
+        let first = own
+            .obtain()
             .await
             .context("cannot issue the server's own certificate")?;
-        let config = server_config(issuance.ca(), &own)?;
+        let config = server_config(ca, &first)?;
+        let keeper = Keeper::new(own, "server API certificate", schedule, clock)
+            .starting_with(first, clock.now())
+            .following_signer(ca.signer());
         Ok(ApiTls {
             issuance,
-            who,
-            own,
+            keeper,
             config: watch::channel(config).0,
         })
     }
@@ -67,49 +79,64 @@ impl ApiTls {
     }
 
     /// Follows the CA until `cancel`: a new trust bundle is trusted for client certificates
-    /// at once, and the server's certificate is renewed when half its life is gone or when
-    /// the CA signs with another intermediate.
-    pub(super) async fn keep_current(mut self, cancel: CancellationToken) {
-        let mut changes = self.issuance.ca().watch();
-        let mut issued_at = OffsetDateTime::now_utc();
-        loop {
-            // A certificate cut short by the intermediate's expiry would be cut the same way
-            // again: it waits for the next intermediate (a CA change) instead.
-            let v = self.own.issued.validity;
-            let renew_at = if v.capped {
-                v.not_after
-            } else {
-                issued_at + (v.not_after - issued_at) / 2
-            };
-            let wait = Duration::try_from(renew_at - OffsetDateTime::now_utc()).unwrap_or_default();
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                changed = changes.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let now = OffsetDateTime::now_utc();
-            let ca = self.issuance.ca();
-            if now >= renew_at
-                || self.own.issued.issuer_fingerprint != ca.intermediate().fingerprint
-            {
-                match self.issuance.enroll(&self.who, own_ttl(ca), now).await {
-                    Ok(own) => (self.own, issued_at) = (own, now),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot renew the server's own certificate; retrying");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(RETRY) => continue,
-                        }
+    /// at once, and the server's certificate is renewed on schedule and whenever the CA signs
+    /// with another intermediate.
+    pub(super) async fn keep_current(self, cancel: CancellationToken) {
+        let mut own = self.keeper.certificates();
+        let mut bundles = self.issuance.ca().watch();
+        let follow = async {
+            loop {
+                tokio::select! {
+                    changed = own.changed() => if changed.is_err() { return },
+                    changed = bundles.changed() => if changed.is_err() { return },
+                }
+                let Some(cred) = own.borrow_and_update().clone() else {
+                    continue;
+                };
+                match server_config(self.issuance.ca(), &cred) {
+                    Ok(config) => {
+                        self.config.send_replace(config);
                     }
+                    Err(e) => tracing::error!(error = %e, "cannot update the server API's TLS"),
                 }
             }
-            match server_config(ca, &self.own) {
-                Ok(config) => {
-                    self.config.send_replace(config);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot update the server API's TLS"),
-            }
+        };
+        tokio::select! {
+            _ = self.keeper.run(cancel.clone()) => {}
+            _ = follow => {}
         }
+    }
+}
+
+/// Where the server's own certificates come from: the CA in this process, recorded in the
+/// ledger.
+struct OwnCertificate {
+    issuance: IssuanceService,
+    who: Principal,
+    clock: Clock,
+}
+
+impl Renewer for OwnCertificate {
+    type Cert = Credential;
+    type Error = crate::api::Error;
+
+    async fn obtain(&self) -> Result<Credential, Self::Error> {
+        let ttl = own_ttl(self.issuance.ca());
+        self.issuance.enroll(&self.who, ttl, self.clock.now()).await
+    }
+}
+
+impl Kept for Credential {
+    fn not_after(&self) -> OffsetDateTime {
+        self.issued.validity.not_after
+    }
+
+    fn issuer_sha256(&self) -> Option<&str> {
+        Some(&self.issued.issuer_fingerprint)
+    }
+
+    fn serial_hex(&self) -> &str {
+        &self.issued.serial_hex
     }
 }
 

@@ -428,14 +428,13 @@ pub async fn serve(
     };
     let incoming = api_tls::incoming(listener, tls.configs(), api.ca.settings().clone());
     let tasks = api.tasks.clone();
-    let keeper = tokio::spawn(tls.keep_current(cancel.clone()));
-    let served = tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW * 4)
         .add_service(IdentityServer::new(api).max_decoding_message_size(MAX_REQUEST))
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled())
-        .await;
-    keeper.abort();
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled());
+    // Both end on `cancel`: the certificate keeper runs beside the server, not detached.
+    let (served, ()) = tokio::join!(serving, tls.keep_current(cancel.clone()));
     // Sign streams end on `cancel` once the requests they read are answered; a ledger commit
     // that hangs must not hold shutdown for ever.
     tasks.close();

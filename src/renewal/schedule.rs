@@ -1,6 +1,6 @@
-//! When an instance's certificate is renewed, and how soon a failed renewal is retried. Pure
-//! functions of the certificate's validity and the current time, so that the schedule can be
-//! tested without waiting for it.
+//! When a certificate is renewed, and how soon a failed renewal is retried. Pure functions of
+//! the certificate's validity and the current time, so that the schedule can be tested without
+//! waiting for it.
 
 use std::time::Duration;
 
@@ -99,9 +99,10 @@ pub const RETRY_MIN: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long to wait after the `failures`-th failure in a row (1 = the first) before trying
-/// again. Doubling from [`RETRY_MIN`], never more than [`RETRY_MAX`], and never more than a
-/// quarter of what is left of the current certificate, so that several attempts still fit
-/// before it expires.
+/// again. Doubling from [`RETRY_MIN`], never more than [`RETRY_MAX`], and, while the current
+/// certificate is still valid, never more than a quarter of what is left of it, so that
+/// several attempts still fit before it expires. Once it has expired there is nothing left to
+/// save and the doubling alone paces the attempts.
 pub fn retry_delay(
     failures: u32,
     now: OffsetDateTime,
@@ -109,9 +110,10 @@ pub fn retry_delay(
 ) -> Duration {
     let doubling = RETRY_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let mut delay = doubling.min(RETRY_MAX);
-    if let Some(not_after) = not_after {
-        let left = Duration::try_from(not_after - now).unwrap_or(Duration::ZERO);
-        delay = delay.min(left / 4);
+    if let Some(left) = not_after.and_then(|t| Duration::try_from(t - now).ok()) {
+        if !left.is_zero() {
+            delay = delay.min(left / 4);
+        }
     }
     delay.max(RETRY_MIN)
 }
@@ -202,8 +204,12 @@ mod tests {
         // 20 s left: never wait more than 5 s, however many failures.
         let not_after = Some(NB + time::Duration::seconds(20));
         assert_eq!(retry_delay(10, NB, not_after), Duration::from_secs(5));
-        // Expired or about to: retry at the floor rather than not at all.
-        assert_eq!(retry_delay(10, NA, not_after), RETRY_MIN);
+        // About to expire: retry at the floor rather than not at all.
+        let almost = NB + time::Duration::milliseconds(19_900);
+        assert_eq!(retry_delay(10, almost, not_after), RETRY_MIN);
+        // Expired: nothing left to save, so the doubling alone paces the attempts.
+        assert_eq!(retry_delay(10, NA, not_after), RETRY_MAX);
+        assert_eq!(retry_delay(2, NA, not_after), RETRY_MIN * 2);
     }
 
     #[test]
