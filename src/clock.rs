@@ -2,15 +2,16 @@
 //! takes a [`Clock`], so that tests can run schedules on tokio's paused time instead of
 //! waiting for them.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 /// Where the current time comes from.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Clock(Source);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 enum Source {
     /// The system's clock.
     #[default]
@@ -20,6 +21,8 @@ enum Source {
         start: OffsetDateTime,
         anchor: tokio::time::Instant,
     },
+    /// What a [`ManualClock`] was set to.
+    Manual(Arc<Mutex<OffsetDateTime>>),
 }
 
 impl Clock {
@@ -41,10 +44,11 @@ impl Clock {
 
     /// The current time.
     pub fn now(&self) -> OffsetDateTime {
-        match self.0 {
+        match &self.0 {
             #[allow(clippy::disallowed_methods)] // the one owner of the system's clock
             Source::System => OffsetDateTime::now_utc(),
-            Source::Tokio { start, anchor } => start + anchor.elapsed(),
+            Source::Tokio { start, anchor } => *start + anchor.elapsed(),
+            Source::Manual(set) => *set.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -53,9 +57,32 @@ impl Clock {
         Duration::try_from(at - self.now()).unwrap_or(Duration::ZERO)
     }
 
-    /// Waits until `at` by this clock.
+    /// Waits until `at` by this clock. (A [`ManualClock`] moved meanwhile does not shorten
+    /// the wait: what waits on one is woken some other way.)
     pub async fn sleep_until(&self, at: OffsetDateTime) {
         tokio::time::sleep(self.until(at)).await
+    }
+}
+
+/// A clock that stands still until it is moved, for tests of parts that also do real I/O (a
+/// database), where tokio's paused time would fire their timeouts early.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<Mutex<OffsetDateTime>>);
+
+impl ManualClock {
+    /// A clock reading `start`.
+    pub fn new(start: OffsetDateTime) -> ManualClock {
+        ManualClock(Arc::new(Mutex::new(start)))
+    }
+
+    /// The [`Clock`] to hand to the parts under test.
+    pub fn clock(&self) -> Clock {
+        Clock(Source::Manual(self.0.clone()))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += by;
     }
 }
 
@@ -76,6 +103,16 @@ mod tests {
         clock.sleep_until(at).await;
         assert_eq!(clock.now(), at);
         assert_eq!(clock.until(start), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_moved() {
+        let start = datetime!(2026-01-01 00:00 UTC);
+        let hand = ManualClock::new(start);
+        let clock = hand.clock();
+        assert_eq!(clock.now(), start);
+        hand.advance(Duration::from_secs(5));
+        assert_eq!(clock.now(), start + Duration::from_secs(5));
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::renewal::schedule::{self, parse_fraction, Schedule};
 use crate::ca::{self, Mode, UpstreamFiles};
 use crate::ids::Ttl;
+use crate::renewal::schedule::{self, parse_fraction, Schedule};
 use crate::spiffe::{IdTemplate, TrustDomain};
 use crate::store;
 

@@ -1,11 +1,13 @@
 //! CA rotation in a running service, without sidecars in the way: an intermediate rotated on
 //! request signs new leaves at once (checked by openssl and webpki) and is what a restart
 //! loads; a new root that a sidecar never acknowledges signs after the maximum wait, and says
-//! so; a retired root leaves the bundle when pruned; every step is in the ledger.
+//! so; a retired root leaves the bundle when pruned; every step is in the ledger. The
+//! schedule runs on a manual clock the test moves: hours pass in no time, while the store
+//! underneath does its real I/O.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use idmint::agent;
@@ -14,12 +16,13 @@ use idmint::app::Runtime;
 use idmint::ca::maintenance::{CaControl, Maintenance};
 use idmint::ca::rotate::Target;
 use idmint::ca::Init;
+use idmint::clock::{Clock, ManualClock};
 use idmint::store::{EntryKind, LedgerFilter};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-async fn runtime(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Runtime {
-    Runtime::start(config_in(dir, overrides), Init::CreateIfMissing)
+async fn runtime(dir: &std::path::Path, overrides: &[(&str, &str)], clock: Clock) -> Runtime {
+    Runtime::start_with_clock(config_in(dir, overrides), Init::CreateIfMissing, clock)
         .await
         .expect("runtime starts")
 }
@@ -31,11 +34,13 @@ fn maintain(rt: &Runtime, fleet: watch::Receiver<Option<u64>>) -> (CaControl, Ca
         rt.store().clone(),
         rt.issuance.ledger().clone(),
         fleet,
+        rt.clock.clone(),
     )
     .unwrap()
     .expect("self-signed mode rotates");
     let cancel = CancellationToken::new();
-    let (control, _task) = m.spawn(cancel.clone());
+    let (control, task) = m.start(cancel.clone());
+    tokio::spawn(task);
     (control, cancel)
 }
 
@@ -68,7 +73,7 @@ fn roots(rt: &Runtime) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn an_intermediate_rotated_on_request_signs_at_once_and_is_what_a_restart_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime(dir.path(), &[]).await;
+    let rt = runtime(dir.path(), &[], Clock::system()).await;
     let (_fleet, fleet_rx) = watch::channel(None);
     let (control, cancel) = maintain(&rt, fleet_rx);
     let before = issue(&rt).await;
@@ -105,7 +110,7 @@ async fn an_intermediate_rotated_on_request_signs_at_once_and_is_what_a_restart_
 
     cancel.cancel();
     rt.shutdown().await;
-    let rt = runtime(dir.path(), &[]).await;
+    let rt = runtime(dir.path(), &[], Clock::system()).await;
     assert_eq!(rt.ca.intermediate().fingerprint, new.fingerprint);
     assert_eq!(issue(&rt).await.chain_der[0], new.der);
     rt.shutdown().await;
@@ -114,13 +119,15 @@ async fn an_intermediate_rotated_on_request_signs_at_once_and_is_what_a_restart_
 #[tokio::test]
 async fn a_root_nobody_acknowledges_signs_after_the_maximum_wait_and_the_old_one_is_pruned() {
     let dir = tempfile::tempdir().unwrap();
+    let time = ManualClock::new(Clock::system().now());
     let rt = runtime(
         dir.path(),
         &[
-            ("ca.root_activation_max_wait", "3s"),
-            ("ca.leaf_ttl", "1s"),
-            ("ca.clock_skew", "1s"),
+            ("ca.root_activation_max_wait", "1h"),
+            ("ca.leaf_ttl", "1h"),
+            ("ca.clock_skew", "30s"),
         ],
+        time.clock(),
     )
     .await;
     // One sidecar that never acknowledges anything.
@@ -138,24 +145,23 @@ async fn a_root_nobody_acknowledges_signs_after_the_maximum_wait_and_the_old_one
     );
     let err = control.rotate(Target::Root).await.unwrap_err();
     assert!(err.contains("under way"), "{err}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    time.advance(Duration::from_secs(59 * 60));
+    control.apply_due().await.unwrap();
     assert_eq!(
         issue(&rt).await.chain_der[0],
         old_leaf.chain_der[0],
-        "still signing under the old root"
+        "still signing under the old root a minute before the maximum wait"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while issue(&rt).await.chain_der[0] == old_leaf.chain_der[0] {
-        assert!(Instant::now() < deadline, "never activated");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    time.advance(Duration::from_secs(61));
+    control.apply_due().await.unwrap();
+    let new_leaf = issue(&rt).await;
+    assert_ne!(new_leaf.chain_der[0], old_leaf.chain_der[0], "activated");
     let events = ca_events(&rt).await;
     assert!(
         events.iter().any(|e| e.contains("after the maximum wait")),
         "{events:?}"
     );
-    let new_leaf = issue(&rt).await;
     let new_root: Vec<Vec<u8>> = rt
         .ca
         .roots()
@@ -164,29 +170,34 @@ async fn a_root_nobody_acknowledges_signs_after_the_maximum_wait_and_the_old_one
         .map(|r| r.der)
         .collect();
     assert_eq!(new_root.len(), 1);
-    let (ok, out) = openssl_verify(
+    let at = Some(rt.clock.now().unix_timestamp());
+    let (ok, out) = openssl_verify_at(
         dir.path(),
         &new_root,
         &new_leaf.chain_der,
         &new_leaf.cert_der,
+        at,
     );
     assert!(ok, "new leaves chain to the new root alone: {out}");
     strict_der::certificate("rotated root", &new_root[0]);
     strict_der::certificate("its intermediate", &new_leaf.chain_der[0]);
-    let (ok, _) = openssl_verify(
+    let (ok, _) = openssl_verify_at(
         dir.path(),
         &new_root,
         &old_leaf.chain_der,
         &old_leaf.cert_der,
+        at,
     );
     assert!(!ok, "old leaves do not");
 
-    // 1 s leaves + 1 s clock-skew allowance, then the old root leaves the bundle.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while rt.ca.roots().len() > 1 {
-        assert!(Instant::now() < deadline, "old root never pruned");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // The old root stays while a leaf under it can still be valid: the last one was issued
+    // just before activation, for an hour, with 30 s of clock-skew allowance.
+    time.advance(Duration::from_secs(3600));
+    control.apply_due().await.unwrap();
+    assert_eq!(rt.ca.roots().len(), 2, "pruned while old leaves were valid");
+    time.advance(Duration::from_secs(31));
+    control.apply_due().await.unwrap();
+    assert_eq!(rt.ca.roots().len(), 1, "old root pruned");
     assert_eq!(rt.ca.roots()[0].der, new_root[0]);
     assert!(ca_events(&rt)
         .await

@@ -85,7 +85,7 @@ async fn start(
             ips: vec![IpAddr::from([127, 0, 0, 1])],
         },
         rt.config.agent.renewal,
-        rt.clock,
+        rt.clock.clone(),
     )
     .await
     .unwrap();
@@ -387,10 +387,12 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
         rt.store().clone(),
         rt.issuance.ledger().clone(),
         tokio::sync::watch::channel(None).1,
+        rt.clock.clone(),
     )
     .unwrap()
     .unwrap();
-    let (control, _task) = m.spawn(cancel.clone());
+    let (control, task) = m.start(cancel.clone());
+    tokio::spawn(task);
     let old_inter = rt.ca.intermediate();
     let [old_root] = rt.ca.roots().try_into().unwrap();
     control.rotate(Target::Root).await.unwrap();
@@ -412,7 +414,7 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
     let mut keeping = tokio::task::JoinSet::new();
     keeping.spawn(identity.clone().keep_renewed(
         idmint::renewal::Schedule::default(),
-        rt.clock,
+        rt.clock.clone(),
         signer_rx,
         cancel.clone(),
     ));

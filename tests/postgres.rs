@@ -180,12 +180,13 @@ async fn one_server_rotates_the_ca_and_the_other_takes_it_up() {
             rt.store().clone(),
             rt.issuance.ledger().clone(),
             fleet_rx.clone(),
+            rt.clock.clone(),
         )
         .unwrap()
         .unwrap();
         let cancel = CancellationToken::new();
-        let (control, task) = m.spawn(cancel.clone());
-        (control, cancel, task)
+        let (control, task) = m.start(cancel.clone());
+        (control, cancel, tokio::spawn(task))
     };
     let (control_a, cancel_a, task_a) = maintain(&a);
     let before = a.ca.intermediate().fingerprint;

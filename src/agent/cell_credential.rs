@@ -281,7 +281,8 @@ impl CellIdentity {
     ) {
         // When it was issued: its not-before is back-dated by the clock-skew allowance (or
         // less, under a younger CA), so add that back, but never past now.
-        let issued = (self.lock().not_before + self.settings.clock_skew.duration()).min(clock.now());
+        let issued =
+            (self.lock().not_before + self.settings.clock_skew.duration()).min(clock.now());
         let current = self.term();
         Keeper::new(self, "cell credential", schedule, clock)
             .starting_with(current, issued)

@@ -236,7 +236,7 @@ impl<A: Authority + 'static> Workloads<A> {
             },
             format!("instance {}", placement.instance_guid),
             self.settings.renewal,
-            self.settings.clock,
+            self.settings.clock.clone(),
         );
         if let Some(signer) = &self.signer {
             keeper = keeper.following_signer(signer.clone());

@@ -109,7 +109,7 @@ pub async fn start(
     // stream's first message.
     let (signer_tx, signer) = watch::channel(String::new());
     let settings = config.agent_settings();
-    let clock = settings.clock;
+    let clock = settings.clock.clone();
     let agent = Arc::new(
         Workloads::new(
             Arc::new(remote.clone()),
@@ -134,11 +134,12 @@ pub async fn start(
                 .clone()
                 .follow(server_placements(remote, cell.clone())),
         ),
-        tokio::spawn(
-            identity
-                .clone()
-                .keep_renewed(config.agent.renewal, clock, signer, shutdown.clone()),
-        ),
+        tokio::spawn(identity.clone().keep_renewed(
+            config.agent.renewal,
+            clock,
+            signer,
+            shutdown.clone(),
+        )),
     ];
     Ok(Some(Agent {
         cell,

@@ -127,7 +127,7 @@ async fn start_local_cell(
         loaded,
     ));
     let renewing = identity.clone();
-    let (schedule, clock, signer) = (rt.config.agent.renewal, rt.clock, rt.ca.signer());
+    let (schedule, clock, signer) = (rt.config.agent.renewal, rt.clock.clone(), rt.ca.signer());
     rt.spawn("local cell credential", move |token| {
         renewing.keep_renewed(schedule, clock, signer, token)
     });
@@ -158,7 +158,7 @@ async fn start_agent(
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
     let settings = AgentSettings {
         cell: Some(local_cell()),
-        clock: rt.clock,
+        clock: rt.clock.clone(),
         ..rt.config.agent_settings()
     };
     let agent = Arc::new(

@@ -46,14 +46,25 @@ pub struct Runtime {
 impl Runtime {
     /// Opens the store and CA (creating them when `init` allows) and starts the ledger writer.
     pub async fn start(config: Config, init: Init) -> Result<Runtime> {
+        Self::start_with_clock(config, init, Clock::system()).await
+    }
+
+    /// [`Runtime::start`], with every schedule and validity reading the time from `clock`.
+    pub async fn start_with_clock(config: Config, init: Init, clock: Clock) -> Result<Runtime> {
         let create = init == Init::CreateIfMissing;
         if create && config.store.url.starts_with("sqlite://") {
             ensure_writable_dir(&config.data_dir)?;
         }
         let store = Store::open(&config.store, create).await?;
-        let ca = ca::load(config.ca.clone(), &store, init, Clock::system().now()).await?;
+        let ca = ca::load(config.ca.clone(), &store, init, clock.now()).await?;
         let registry = Registry::load(store.clone()).await?;
-        Ok(Self::with_parts(config, store, Arc::new(ca), registry))
+        Ok(Self::with_parts(
+            config,
+            store,
+            Arc::new(ca),
+            registry,
+            clock,
+        ))
     }
 
     /// Starts the ledger writer around an already loaded store, CA and registry.
@@ -62,16 +73,17 @@ impl Runtime {
         store: Store,
         ca: Arc<CertificateAuthority>,
         registry: Registry,
+        clock: Clock,
     ) -> Runtime {
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         Runtime {
-            issuance: IssuanceService::new(ca.clone(), ledger, registry.clone()),
+            issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone()),
             audit: AuditLog::new(store.clone()),
             registry,
             ca,
             config,
-            clock: Clock::system(),
+            clock,
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],

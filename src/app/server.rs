@@ -87,7 +87,7 @@ pub(super) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<Sock
             ips,
         },
         rt.config.agent.renewal,
-        rt.clock,
+        rt.clock.clone(),
     )
     .await?;
     let service = IdentityApi::new(
@@ -132,16 +132,25 @@ pub(super) fn start_ca_maintenance(
     let ledger = rt.issuance.ledger().clone();
     if let Mode::Upstream(files) = rt.config.ca.mode.clone() {
         let watch = UpstreamWatch::new(rt.ca.clone(), files, ledger, fleet);
-        rt.spawn("upstream CA files", move |token| watch.run(token));
+        let clock = rt.clock.clone();
+        rt.spawn("upstream CA files", move |token| watch.run(clock, token));
         return Ok(None);
     }
-    let Some(maintenance) = Maintenance::new(rt.ca.clone(), rt.store().clone(), ledger, fleet)?
-    else {
+    let maintenance = Maintenance::new(
+        rt.ca.clone(),
+        rt.store().clone(),
+        ledger,
+        fleet,
+        rt.clock.clone(),
+    )?;
+    let Some(maintenance) = maintenance else {
         return Ok(None);
     };
-    let (control, task) = maintenance.spawn(rt.shutdown_token());
-    rt.spawn("CA maintenance", move |_| async move {
-        let _ = task.await;
+    let mut control = None;
+    rt.spawn("CA maintenance", |token| {
+        let (handle, task) = maintenance.start(token);
+        control = Some(handle);
+        task
     });
-    Ok(Some(control))
+    Ok(control)
 }

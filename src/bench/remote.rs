@@ -77,7 +77,7 @@ async fn remote_path(
             ips: vec![IpAddr::from([127, 0, 0, 1])],
         },
         rt.config.agent.renewal,
-        rt.clock,
+        rt.clock.clone(),
     )
     .await?;
 

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -11,30 +13,50 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::rotate::{CaEvent, Rotator, Target};
 use crate::ca::rotation::{self, FleetAck, Policy, State, Step};
 use crate::ca::{CertificateAuthority, Error, Role};
+use crate::clock::Clock;
 use crate::ledger::Ledger;
 use crate::store::{CaLeader, EntryKind, LedgerRecord, Store};
 
 /// How often the schedule is checked.
 const TICK: Duration = Duration::from_millis(500);
 
-/// A request to rotate now; answered with what happened.
-pub struct RotateRequest {
-    target: Target,
-    reply: oneshot::Sender<Result<Vec<String>, String>>,
+/// What the maintenance task is asked to do now; answered with what happened.
+enum Request {
+    Rotate {
+        target: Target,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
+    },
+    ApplyDue {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
-/// Asks the running maintenance task to rotate; cheap to clone.
+/// Asks the running maintenance task to act now; cheap to clone.
 #[derive(Clone)]
 pub struct CaControl {
-    tx: mpsc::Sender<RotateRequest>,
+    tx: mpsc::Sender<Request>,
 }
 
 impl CaControl {
     /// Rotates `target` now. Returns what happened, or why it could not.
     pub async fn rotate(&self, target: Target) -> Result<Vec<String>, String> {
         let (reply, answer) = oneshot::channel();
+        self.ask(Request::Rotate { target, reply }, answer).await
+    }
+
+    /// Applies every step of the schedule that is due now, without waiting for the next tick.
+    pub async fn apply_due(&self) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Request::ApplyDue { reply }, answer).await
+    }
+
+    async fn ask<T>(
+        &self,
+        request: Request,
+        answer: oneshot::Receiver<Result<T, String>>,
+    ) -> Result<T, String> {
         self.tx
-            .send(RotateRequest { target, reply })
+            .send(request)
             .await
             .map_err(|_| "CA maintenance is not running".to_string())?;
         answer
@@ -57,15 +79,18 @@ pub struct Maintenance {
     fleet: watch::Receiver<Option<u64>>,
     /// The prepared root and the CA generation whose bundle first contained it.
     published: Option<(String, u64)>,
+    clock: Clock,
 }
 
 impl Maintenance {
-    /// Maintenance for `ca`, or `None` in upstream mode (its CA comes from files).
+    /// Maintenance for `ca`, or `None` in upstream mode (its CA comes from files). Its
+    /// schedule reads the time from `clock`.
     pub fn new(
         ca: Arc<CertificateAuthority>,
         store: Store,
         ledger: Ledger,
         fleet: watch::Receiver<Option<u64>>,
+        clock: Clock,
     ) -> Result<Option<Maintenance>, Error> {
         let Some(rotator) = Rotator::new(ca.clone(), store.clone())? else {
             return Ok(None);
@@ -86,17 +111,22 @@ impl Maintenance {
             policy,
             fleet,
             published: None,
+            clock,
         }))
     }
 
-    /// Starts the task; it runs until `cancel`.
-    pub fn spawn(self, cancel: CancellationToken) -> (CaControl, tokio::task::JoinHandle<()>) {
+    /// The handle that asks for rotations, and the task to run (until `cancel`) for whoever
+    /// owns it. Each change of the fleet's acknowledgements, and each tick, applies what is
+    /// due.
+    pub fn start(
+        self,
+        cancel: CancellationToken,
+    ) -> (CaControl, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(self.run(rx, cancel));
-        (CaControl { tx }, task)
+        (CaControl { tx }, self.run(rx, cancel))
     }
 
-    async fn run(mut self, mut requests: mpsc::Receiver<RotateRequest>, cancel: CancellationToken) {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fleet_open = true;
@@ -115,10 +145,14 @@ impl Maintenance {
                         tracing::error!(error = %e, "CA rotation step failed; will retry");
                     }
                 }
-                Some(req) = requests.recv() => {
-                    let answer = self.rotate_now(req.target).await;
-                    let _ = req.reply.send(answer);
-                }
+                Some(request) = requests.recv() => match request {
+                    Request::Rotate { target, reply } => {
+                        let _ = reply.send(self.rotate_now(target).await);
+                    }
+                    Request::ApplyDue { reply } => {
+                        let _ = reply.send(self.catch_up().await.map_err(|e| e.to_string()));
+                    }
+                },
             }
         }
     }
@@ -153,7 +187,7 @@ impl Maintenance {
         }
         // Bounded: each step changes the state it was chosen from.
         for _ in 0..8 {
-            let now = OffsetDateTime::now_utc();
+            let now = self.clock.now();
             let views = self.rotator.views().await?;
             let acks = self.fleet_ack(&views);
             let Some(step) = rotation::next_step(&views, now, &self.policy, acks) else {
@@ -174,7 +208,7 @@ impl Maintenance {
                     .into(),
             );
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let views = self.rotator.views().await.map_err(fail)?;
         if let Some(root) = views
             .iter()

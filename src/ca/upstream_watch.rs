@@ -19,6 +19,7 @@ use crate::ca::rotation::{activation_deadline, prune_time};
 use crate::ca::{
     chains_to, upstream_signing, CaCert, CertificateAuthority, Signing, UpstreamFiles,
 };
+use crate::clock::Clock;
 use crate::ledger::Ledger;
 
 /// How often the files are read.
@@ -73,8 +74,8 @@ impl UpstreamWatch {
         }
     }
 
-    /// Runs until `cancel`.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    /// Runs until `cancel`, reading the time from `clock`.
+    pub async fn run(mut self, clock: Clock, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -82,7 +83,7 @@ impl UpstreamWatch {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            self.step(OffsetDateTime::now_utc()).await;
+            self.step(clock.now()).await;
         }
     }
 

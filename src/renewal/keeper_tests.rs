@@ -137,7 +137,7 @@ impl Running {
 
 fn keeper(lifetime: Duration) -> (Keeper<Arc<FakeCa>>, Arc<FakeCa>) {
     let clock = Clock::following_tokio(START);
-    let ca = FakeCa::new(clock, lifetime);
+    let ca = FakeCa::new(clock.clone(), lifetime);
     let keeper = Keeper::new(ca.clone(), "test certificate", Schedule::default(), clock);
     (keeper, ca)
 }
@@ -158,7 +158,10 @@ async fn certificates_are_obtained_at_once_then_renewed_inside_the_jitter_window
         );
     }
     assert!((17..=26).contains(&asked.len()), "{asked:?}");
-    assert_eq!(k.ca.renewals.load(Ordering::SeqCst) as usize, asked.len() - 1);
+    assert_eq!(
+        k.ca.renewals.load(Ordering::SeqCst) as usize,
+        asked.len() - 1
+    );
     assert_eq!(k.serial(), Some(asked.len().to_string()));
     let attempts = k.attempts.borrow().clone();
     assert_eq!((attempts.failures, attempts.last_error), (0, None));
@@ -187,7 +190,10 @@ async fn an_outage_shorter_than_the_certificate_never_lets_it_lapse() {
     assert_eq!(during.last_error.as_deref(), Some("the CA is down"));
     assert!(during.failures >= 5, "{during:?}");
     // Retries have shrunk to fit what is left: within a quarter of the last 30 s.
-    assert!(during.next.unwrap() <= back + Duration::from_secs(8), "{during:?}");
+    assert!(
+        during.next.unwrap() <= back + Duration::from_secs(8),
+        "{during:?}"
+    );
 
     k.ca.down.store(false, Ordering::SeqCst);
     k.live(Duration::from_secs(10)).await;
@@ -269,7 +275,7 @@ async fn a_new_signing_intermediate_renews_at_once_and_the_same_one_does_not() {
 #[tokio::test(start_paused = true)]
 async fn a_certificate_it_starts_with_is_renewed_on_its_own_schedule() {
     let clock = Clock::following_tokio(START);
-    let ca = FakeCa::new(clock, HOUR);
+    let ca = FakeCa::new(clock.clone(), HOUR);
     // In service for 10 minutes of its hour: renewed between 24 and 36 minutes in.
     let since = START - Duration::from_secs(600);
     let fresh = FakeCert {
@@ -277,7 +283,7 @@ async fn a_certificate_it_starts_with_is_renewed_on_its_own_schedule() {
         not_after: since + HOUR,
         issuer: "intermediate-1".into(),
     };
-    let keeper = Keeper::new(ca.clone(), "loaded", Schedule::default(), clock);
+    let keeper = Keeper::new(ca.clone(), "loaded", Schedule::default(), clock.clone());
     let k = Running::start(keeper.starting_with(fresh, since), ca.clone());
     k.live(Duration::from_secs(13 * 60)).await;
     assert!(k.ca.asked().is_empty(), "{:?}", k.ca.asked());
@@ -319,7 +325,7 @@ async fn a_certificate_cut_short_is_not_renewed_in_a_hot_loop() {
         Capped(ca.clone(), cut_at),
         "capped",
         Schedule::default(),
-        keeper.clock,
+        keeper.clock.clone(),
     );
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();

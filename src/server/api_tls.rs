@@ -55,7 +55,7 @@ impl ApiTls {
         let own = OwnCertificate {
             issuance: issuance.clone(),
             who,
-            clock,
+            clock: clock.clone(),
         };
         let ca = issuance.ca();
         let first = own
@@ -63,8 +63,9 @@ impl ApiTls {
             .await
             .context("cannot issue the server's own certificate")?;
         let config = server_config(ca, &first)?;
+        let since = clock.now();
         let keeper = Keeper::new(own, "server API certificate", schedule, clock)
-            .starting_with(first, clock.now())
+            .starting_with(first, since)
             .following_signer(ca.signer());
         Ok(ApiTls {
             issuance,

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -92,7 +91,7 @@ impl IdentityApi {
             0 => None,
             s => Some(Ttl::from_secs(s.into()).expect("non-zero")),
         };
-        let now = OffsetDateTime::now_utc();
+        let now = self.issuance.clock().now();
         let (who, placement) = match caller {
             // `sign_as` looks the instance up and certifies it as registered; an unregistered
             // one is refused with only its GUID and the cell recorded, so these stand-ins
@@ -330,7 +329,12 @@ impl IdentityRpc for IdentityApi {
         let ttl = Ttl::from_secs(seconds).expect("non-zero");
         let (issued, ledger_seq) = self
             .issuance
-            .certify_principal(&client.principal, &req.csr, ttl, OffsetDateTime::now_utc())
+            .certify_principal(
+                &client.principal,
+                &req.csr,
+                ttl,
+                self.issuance.clock().now(),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RenewedCredential {

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use crate::api::{Authority, Caller, Error, SignRequest, SignedCert};
 use crate::ca::{self, CertificateAuthority, Credential, Issued, Principal};
+use crate::clock::Clock;
 use crate::ids::Ttl;
 use crate::ledger::Ledger;
 use crate::placement::Placement;
@@ -18,17 +19,29 @@ pub struct IssuanceService {
     ca: Arc<CertificateAuthority>,
     ledger: Ledger,
     registry: Registry,
+    clock: Clock,
 }
 
 impl IssuanceService {
-    /// A service signing with `ca`, recording in `ledger`, and placing cells' requests
-    /// against `registry`.
-    pub fn new(ca: Arc<CertificateAuthority>, ledger: Ledger, registry: Registry) -> Self {
+    /// A service signing with `ca`, recording in `ledger`, placing cells' requests against
+    /// `registry`, and reading the time from `clock`.
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        ledger: Ledger,
+        registry: Registry,
+        clock: Clock,
+    ) -> Self {
         IssuanceService {
             ca,
             ledger,
             registry,
+            clock,
         }
+    }
+
+    /// The time certificates are issued at.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The CA in use.
@@ -184,7 +197,7 @@ impl IssuanceService {
 
 impl Authority for IssuanceService {
     async fn sign(&self, req: SignRequest) -> Result<SignedCert, Error> {
-        self.sign_at(req, OffsetDateTime::now_utc()).await
+        self.sign_at(req, self.clock.now()).await
     }
 
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, Error> {

@@ -75,6 +75,18 @@ pub fn openssl_verify(
     intermediates: &[Vec<u8>],
     leaf: &[u8],
 ) -> (bool, String) {
+    openssl_verify_at(dir, roots, intermediates, leaf, None)
+}
+
+/// [`openssl_verify`] at `at` (a Unix time) instead of now: for what was issued on a test's
+/// own clock.
+pub fn openssl_verify_at(
+    dir: &Path,
+    roots: &[Vec<u8>],
+    intermediates: &[Vec<u8>],
+    leaf: &[u8],
+    at: Option<i64>,
+) -> (bool, String) {
     let write = |name: &str, ders: &[Vec<u8>]| -> PathBuf {
         let path = dir.join(name);
         let pem: String = ders.iter().map(|d| cert_pem(d)).collect();
@@ -84,17 +96,19 @@ pub fn openssl_verify(
     let roots = write("verify-roots.pem", roots);
     let inter = write("verify-inter.pem", intermediates);
     let leaf = write("verify-leaf.pem", &[leaf.to_vec()]);
-    openssl(
-        dir,
-        &[
-            "verify",
-            "-CAfile",
-            roots.to_str().unwrap(),
-            "-untrusted",
-            inter.to_str().unwrap(),
-            leaf.to_str().unwrap(),
-        ],
-    )
+    let at = at.map(|t| t.to_string());
+    let mut args = vec!["verify"];
+    if let Some(at) = &at {
+        args.extend(["-attime", at.as_str()]);
+    }
+    args.extend([
+        "-CAfile",
+        roots.to_str().unwrap(),
+        "-untrusted",
+        inter.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
+    openssl(dir, &args)
 }
 
 /// Verifies `leaf` as a TLS client and server certificate with rustls-webpki.
