@@ -1,6 +1,9 @@
 //! The self-signed CA's life on disk: created once, reused on restart, keys sealed at rest, and
 //! every broken start refused with the file named and nothing overwritten.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -5,6 +5,9 @@
 //! schedule runs on a manual clock the test moves: hours pass in no time, while the store
 //! underneath does its real I/O.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

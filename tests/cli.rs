@@ -1,6 +1,9 @@
 //! The `idmint` binary as an operator uses it: `dev` up and down, `issue` to files checked by
 //! openssl, `audit` and `ca show` in both forms, `config check`, and each mistake refused.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -3,6 +3,9 @@
 //! the same bytes, and openssl and x509-parser read it too. Each kind's profile, field by
 //! field, is asserted here; docs/profile.md is written from these assertions.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::IpAddr;

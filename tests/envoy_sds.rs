@@ -2,6 +2,9 @@
 //! certificates and trust bundle from their own sockets and talk mTLS, each accepting only the
 //! other's SPIFFE ID. The bootstraps are the ones in docs/envoy.md.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,9 @@
 //! certificates only for instances placed on them, the orchestrator places instances, and a
 //! client without a credential of this trust domain gets nothing.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::IpAddr;

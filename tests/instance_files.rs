@@ -3,6 +3,9 @@
 //! on deregistration. A plain TLS server and client (openssl) using only those files and the
 //! trust bundle complete a mutually authenticated handshake.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

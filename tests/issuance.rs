@@ -1,6 +1,9 @@
 //! Issuance through the service path, checked by independent verifiers (openssl, webpki,
 //! x509-parser), and every bad input refused with nothing issued.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,9 @@
 //! A database written before CA rotation existed opens with the current schema: its ledger
 //! entries read back unchanged, with the same leaf hashes, and CA events can be appended.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 use idmint::ledger::{leaf_hash, AuditLog};
 use idmint::store::{EntryKind, LedgerFilter, LedgerRecord, Settings, Store};
 use sqlx::Connection;

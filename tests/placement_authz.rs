@@ -2,6 +2,9 @@
 //! on it, and only as registered; every refusal is a ledger denial naming the cell, the
 //! instance and the reason.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,9 @@
 //! The same store on a real PostgreSQL: migrations, CA creation, issuance, and two idmint
 //! processes' worth of runtimes sharing one database without gaps or repeats in the ledger.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::HashSet;

@@ -5,6 +5,9 @@
 //! and the agent signs with the CA directly, as the ledger's store would observe real time.
 //! That each issuance is recorded is `issuance.rs`'s to show.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,6 +2,9 @@
 //! ACK and NACK, pushes only on change, content-derived versions, held requests, refusals,
 //! several names per stream, the delta protocol, fetch, and deregistration.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! own cell credential, serves exactly the instances placed on its cell — over SDS and as
 //! Diego instance files — and keeps serving while the server is down.
 
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -18,6 +18,7 @@ use crate::agent::remote::RemoteAuthority;
 use crate::agent::Workloads;
 use crate::ca::maintenance::CaControl;
 use crate::ca::CertificateAuthority;
+use crate::clock::Clock;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
 use crate::sds::SdsMetrics;
@@ -39,6 +40,8 @@ pub struct AdminState {
     pub sds_metrics: Arc<SdsMetrics>,
     /// Rotates the CA on request (self-signed mode).
     pub ca_control: Option<CaControl>,
+    /// What certificates' time left is counted from.
+    pub clock: Clock,
 }
 
 /// The most ledger entries one request returns.
@@ -73,7 +76,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::new();
     state.sds_metrics.render(&mut text);
-    let now = time::OffsetDateTime::now_utc();
+    let now = state.clock.now();
     if let Some(agent) = &state.agent {
         let left = agent.seconds_to_expiry(now).await;
         agent.renewal_metrics().render(&left, &mut text);

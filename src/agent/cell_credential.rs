@@ -333,7 +333,7 @@ mod tests {
     /// Two credentials for cell-1, as (chain, key) PEM.
     fn two_credentials(s: &Settings) -> [(String, String); 2] {
         let cells = ["cell-1".parse().unwrap()];
-        let now = OffsetDateTime::now_utc();
+        let now = crate::clock::Clock::system().now();
         let make = || {
             let dev = crate::ca::dev_credentials(s, &cells, now).unwrap();
             let (_, pair) = &dev.cells[0];
@@ -402,7 +402,7 @@ mod tests {
             "{err}"
         );
 
-        let dev = crate::ca::dev_credentials(&s, &[], OffsetDateTime::now_utc()).unwrap();
+        let dev = crate::ca::dev_credentials(&s, &[], crate::clock::Clock::system().now()).unwrap();
         std::fs::write(tmp.path().join(CHAIN), &dev.intermediate.cert_pem).unwrap();
         std::fs::write(tmp.path().join(KEY), dev.intermediate.key_pem.as_bytes()).unwrap();
         std::fs::write(tmp.path().join(BUNDLE), &dev.root.cert_pem).unwrap();

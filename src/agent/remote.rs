@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
@@ -32,6 +33,9 @@ struct SignStream {
     requests: mpsc::Sender<pb::SignStreamRequest>,
     waiting: Arc<Mutex<Waiting>>,
     next_id: u64,
+    /// The task handing answers out; aborted when the stream is dropped (replaced after it
+    /// ended, or with the connection).
+    _answers: JoinSet<()>,
 }
 
 /// The callers waiting for answers on a stream, by request id; `None` once the stream has
@@ -170,11 +174,13 @@ impl SignStream {
     fn open(client: IdentityClient<Channel>) -> SignStream {
         let (requests, outgoing) = mpsc::channel(QUEUED_SIGNS);
         let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
-        tokio::spawn(hand_out_answers(client, outgoing, waiting.clone()));
+        let mut answers = JoinSet::new();
+        answers.spawn(hand_out_answers(client, outgoing, waiting.clone()));
         SignStream {
             requests,
             waiting,
             next_id: 0,
+            _answers: answers,
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use time::OffsetDateTime;
 use tokio::sync::{watch, Mutex};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
@@ -117,7 +117,8 @@ struct Served {
     identity: watch::Receiver<Option<Arc<Identity>>>,
     attempts: watch::Receiver<Attempts>,
     cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    /// Its certificate keeper and SDS server; aborted should `Served` be dropped unstopped.
+    tasks: JoinSet<()>,
     socket: PathBuf,
     files: Option<PathBuf>,
 }
@@ -248,8 +249,9 @@ impl<A: Authority + 'static> Workloads<A> {
             bundle: self.bundle.clone(),
         };
         let attempts_rx = keeper.attempts();
-        let keep = tokio::spawn(keeper.run(cancel.clone()));
-        let server = tokio::spawn(sds::serve(
+        let mut tasks = JoinSet::new();
+        tasks.spawn(keeper.run(cancel.clone()));
+        tasks.spawn(sds::serve(
             listener,
             workload.clone(),
             self.metrics.clone(),
@@ -263,7 +265,7 @@ impl<A: Authority + 'static> Workloads<A> {
                 identity: workload.identity.clone(),
                 attempts: attempts_rx,
                 cancel,
-                tasks: vec![keep, server],
+                tasks,
                 socket,
                 files,
             },
@@ -380,15 +382,14 @@ pub fn check_sds_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn stop(s: Served) {
+async fn stop(mut s: Served) {
     s.cancel.cancel();
-    for t in s.tasks {
-        if tokio::time::timeout(Duration::from_secs(5), t)
-            .await
-            .is_err()
-        {
-            tracing::warn!(socket = %s.socket.display(), "SDS task did not stop in time");
-        }
+    let all_ended = async { while s.tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), all_ended)
+        .await
+        .is_err()
+    {
+        tracing::warn!(socket = %s.socket.display(), "SDS task did not stop in time");
     }
     std::fs::remove_file(&s.socket).ok();
     if let Some(files) = &s.files {

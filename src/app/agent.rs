@@ -121,7 +121,7 @@ pub async fn start(
         .following_signer(signer.clone()),
     );
     let tasks = vec![
-        tokio::spawn(watch_bundle(
+        super::spawn_owned(watch_bundle(
             remote.clone(),
             identity.clone(),
             config.clone(),
@@ -129,12 +129,12 @@ pub async fn start(
             signer_tx,
             shutdown.clone(),
         )),
-        tokio::spawn(
+        super::spawn_owned(
             agent
                 .clone()
                 .follow(server_placements(remote, cell.clone())),
         ),
-        tokio::spawn(identity.clone().keep_renewed(
+        super::spawn_owned(identity.clone().keep_renewed(
             config.agent.renewal,
             clock,
             signer,

@@ -66,6 +66,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         agent: Some(agent.clone()),
         sds_metrics: agent.metrics(),
         ca_control,
+        clock: rt.clock.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, state)?;
     Ok(Dev {

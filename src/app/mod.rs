@@ -57,7 +57,7 @@ impl Runtime {
         }
         let store = Store::open(&config.store, create).await?;
         let ca = ca::load(config.ca.clone(), &store, init, clock.now()).await?;
-        let registry = Registry::load(store.clone()).await?;
+        let registry = Registry::load(store.clone(), clock.clone()).await?;
         Ok(Self::with_parts(
             config,
             store,
@@ -77,6 +77,7 @@ impl Runtime {
     ) -> Runtime {
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
+        let writer = spawn_owned(writer);
         Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone()),
             audit: AuditLog::new(store.clone()),
@@ -105,7 +106,7 @@ impl Runtime {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let handle = tokio::spawn(task(self.shutdown.child_token()));
+        let handle = spawn_owned(task(self.shutdown.child_token()));
         self.tasks.push((name, handle));
     }
 
@@ -123,6 +124,16 @@ impl Runtime {
         }
         self.store.close().await;
     }
+}
+
+/// Spawns a task whose handle the caller keeps, cancels and joins: the runtime's tasks, and
+/// those of the roles it starts.
+pub(crate) fn spawn_owned<F>(task: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    #[allow(clippy::disallowed_methods)] // the owners' one way to spawn
+    tokio::spawn(task)
 }
 
 /// Creates `dir` if needed and proves it is writable, so a bad data directory is reported as

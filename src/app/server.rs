@@ -55,6 +55,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         agent: None,
         sds_metrics: Arc::new(SdsMetrics::default()),
         ca_control,
+        clock: rt.clock.clone(),
     };
     let admin = bind_admin(&rt.config).await?;
     let admin_addr = start_admin(&mut rt, admin, state)?;

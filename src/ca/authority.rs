@@ -382,7 +382,7 @@ mod tests {
     #[test]
     fn a_published_bundle_holds_the_roots_of_its_generation_while_rotations_race() {
         let settings = Settings::defaults();
-        let now = OffsetDateTime::now_utc();
+        let now = crate::clock::Clock::system().now();
         let h = new_hierarchy(&settings, "idmint", now).unwrap();
         let extra = new_hierarchy(&settings, "idmint", now).unwrap();
         let root = CaCert::from_der(Role::Root, &h.root_der).unwrap();

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::table;
 use crate::ca::cert_pem;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ids::{Guid, Ttl};
 use crate::ledger::AuditLog;
@@ -49,7 +50,7 @@ fn parse_since(s: &str) -> Result<OffsetDateTime, String> {
     let age: Ttl = s
         .parse()
         .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor an age like 2h"))?;
-    Ok(OffsetDateTime::now_utc() - age.duration())
+    Ok(Clock::system().now() - age.duration())
 }
 
 pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {

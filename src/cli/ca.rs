@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::table;
 use crate::app;
 use crate::ca::{self, CaCert, Init, Mode};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ids::CellId;
 use crate::store::Store;
@@ -72,7 +73,7 @@ pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
             }
             let store = Store::open(&config.store, true).await?;
             let (ca, created) =
-                ca::init_self_signed(config.ca.clone(), &store, OffsetDateTime::now_utc()).await?;
+                ca::init_self_signed(config.ca.clone(), &store, Clock::system().now()).await?;
             let verb = if created {
                 "created"
             } else {
@@ -100,7 +101,7 @@ fn dev_certs(
     cells: &[CellId],
     replace: bool,
 ) -> Result<()> {
-    let set = ca::dev_credentials(&config.ca, cells, OffsetDateTime::now_utc())?;
+    let set = ca::dev_credentials(&config.ca, cells, Clock::system().now())?;
     let pair = |name: &str, p: &ca::PemPair, chain: &str| {
         [
             (format!("{name}.pem"), p.cert_pem.clone() + chain, 0o644),
@@ -152,7 +153,7 @@ struct Shown {
 
 async fn show(config: &Config, json: bool) -> Result<()> {
     let store = Store::open(&config.store, false).await?;
-    let now = OffsetDateTime::now_utc();
+    let now = Clock::system().now();
     let ca = ca::load(config.ca.clone(), &store, Init::MustExist, now).await?;
     let shown = match &config.ca.mode {
         Mode::SelfSigned => stored(config, &store.ca_records().await?)?,

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use time::OffsetDateTime;
 
 use super::table::rfc3339;
 use crate::agent::cell_credential::CredentialDir;
@@ -40,11 +39,7 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let rt = Runtime::start(config, Init::MustExist).await?;
     let result = rt
         .issuance
-        .enroll(
-            &Principal::Cell(cell_id.clone()),
-            ttl,
-            OffsetDateTime::now_utc(),
-        )
+        .enroll(&Principal::Cell(cell_id.clone()), ttl, rt.clock.now())
         .await;
     let bundle = rt.ca.roots_pem();
     rt.shutdown().await;

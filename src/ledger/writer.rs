@@ -1,11 +1,11 @@
 //! Group commit: one task owns ledger writes, taking every append waiting at the moment and
 //! committing them in one transaction, so durability costs one sync per batch.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
@@ -49,13 +49,17 @@ pub struct WriterStats {
 }
 
 impl Ledger {
-    /// Starts the writer task. On `shutdown` it stops taking new records, commits every record
-    /// already queued, and ends; await the handle to know they are durable.
-    pub fn start(store: Store, shutdown: CancellationToken) -> (Ledger, JoinHandle<()>) {
+    /// The ledger, and its writer task for the caller to run. On `shutdown` the writer stops
+    /// taking new records, commits every record already queued, and ends; once it has ended,
+    /// they are durable.
+    pub fn start(
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> (Ledger, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let stats = Arc::new(Counters::default());
-        let task = tokio::spawn(run(store, rx, shutdown, stats.clone()));
-        (Ledger { tx, stats }, task)
+        let writer = run(store, rx, shutdown, stats.clone());
+        (Ledger { tx, stats }, writer)
     }
 
     /// Commits and records so far: their ratio is the mean group-commit size.

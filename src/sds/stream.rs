@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -97,8 +98,10 @@ struct Machine<S> {
     /// Its own receivers, so each change is seen once.
     sources: Sources,
     ended: bool,
-    /// Stops the reader when the response side goes away first (the client left).
-    _reader: tokio_util::sync::DropGuard,
+    /// The reader task, owned by the response side: it ends with the instance's cancellation,
+    /// at the end of the requests, or is aborted when the response side goes away first (the
+    /// client left).
+    _reader: JoinSet<()>,
     _open: OpenStream,
 }
 
@@ -129,9 +132,9 @@ where
     let wake = Arc::new(Notify::new());
     let stop = ctx.cancel.child_token();
 
-    let (r_ctx, r_shared, r_wake, r_stop) =
-        (ctx.clone(), shared.clone(), wake.clone(), stop.clone());
-    tokio::spawn(async move {
+    let (r_ctx, r_shared, r_wake, r_stop) = (ctx.clone(), shared.clone(), wake.clone(), stop);
+    let mut reader = JoinSet::new();
+    reader.spawn(async move {
         loop {
             let outcome = tokio::select! {
                 _ = r_stop.cancelled() => return,
@@ -173,7 +176,7 @@ where
         sources: ctx.sources.clone(),
         ctx,
         ended: false,
-        _reader: stop.drop_guard(),
+        _reader: reader,
         _open: open,
     };
     Box::pin(futures_util::stream::unfold(

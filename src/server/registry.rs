@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use time::OffsetDateTime;
 use tokio::sync::{broadcast, Mutex};
 
+use crate::clock::Clock;
 use crate::ids::{CellId, Guid};
 use crate::placement::{Placement, PlacementUpdate};
 use crate::store::Store;
@@ -46,11 +46,12 @@ pub struct Registry {
     /// it, and a lock that waits for its holder to be scheduled would queue them all.
     placements: Arc<RwLock<BTreeMap<Guid, Placement>>>,
     events: broadcast::Sender<Event>,
+    clock: Clock,
 }
 
 impl Registry {
     /// Loads the stored placements.
-    pub async fn load(store: Store) -> Result<Registry, Error> {
+    pub async fn load(store: Store, clock: Clock) -> Result<Registry, Error> {
         let placements = store
             .placements()
             .await?
@@ -63,6 +64,7 @@ impl Registry {
             changing: Arc::default(),
             placements: Arc::new(RwLock::new(placements)),
             events,
+            clock,
         })
     }
 
@@ -74,7 +76,7 @@ impl Registry {
             Some(_) => return Err(Error::Conflict(p.instance_guid)),
             None => {}
         }
-        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
         self.store.insert_placement(&p, now_ms).await?;
         let mut all = self.write();
         all.insert(p.instance_guid.clone(), p.clone());
