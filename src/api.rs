@@ -5,11 +5,13 @@
 //! it for agents on other machines, without either half changing.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::ids::{CellId, Ttl};
+use crate::ids::{CellId, Guid, Ttl};
 use crate::placement::Placement;
+use crate::{ca, ledger};
 
 /// Who is asking for a certificate, as the server has authenticated it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,18 +56,87 @@ pub struct SignedCert {
 }
 
 /// Why the authority did not issue. The message is for an operator to act on.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// The request itself is wrong (bad CSR, TTL, identity); the refusal was recorded.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(Cause),
     /// The caller may not have this certificate; the denial was recorded.
     #[error("permission denied: {0}")]
-    PermissionDenied(String),
+    PermissionDenied(Denial),
     /// The authority cannot issue right now (storage, expired CA); retry later.
     #[error("unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Cause),
+}
+
+/// What lies under a refusal or an outage: the error itself where it happened in this
+/// process, the server's status where the answer came over the network.
+#[derive(Debug, thiserror::Error, Clone)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The CA refused the request or cannot sign.
+    #[error(transparent)]
+    Ca(Arc<ca::Error>),
+    /// The ledger cannot record the decision, so none was made.
+    #[error("the ledger cannot record it: {0}")]
+    Ledger(Arc<ledger::Error>),
+    /// The task signing with a slow key ended without an answer.
+    #[error("the signing task failed: {0}")]
+    SigningTask(Arc<tokio::task::JoinError>),
+    /// The server answered with this status.
+    #[error("{message} ({code:?})")]
+    Server {
+        /// Its code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// The server's answer does not say what it must: this one is missing or out of range.
+    #[error("the server's answer is unreadable: {0}")]
+    Unreadable(String),
+    /// The stream the request went on ended before its answer came.
+    #[error("the sign stream ended before the answer came")]
+    StreamEnded,
+}
+
+impl From<ca::Error> for Cause {
+    fn from(e: ca::Error) -> Cause {
+        Cause::Ca(Arc::new(e))
+    }
+}
+
+impl From<ledger::Error> for Cause {
+    fn from(e: ledger::Error) -> Cause {
+        Cause::Ledger(Arc::new(e))
+    }
+}
+
+/// Why a cell may not have a certificate.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denial {
+    /// The instance is not registered at all.
+    #[error("cell {cell} asked for instance {instance}, which is not registered")]
+    NotRegistered {
+        /// Who asked.
+        cell: CellId,
+        /// For what.
+        instance: Guid,
+    },
+    /// The instance runs on another cell.
+    #[error("cell {cell} asked for instance {instance}, which is placed on cell {placed_on}")]
+    PlacedElsewhere {
+        /// Who asked.
+        cell: CellId,
+        /// For what.
+        instance: Guid,
+        /// Where the registry places it.
+        placed_on: CellId,
+    },
+    /// The server refused, across the network, in these words.
+    #[error("{0}")]
+    Server(String),
 }
 
 /// What the agent half needs from the server half.

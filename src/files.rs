@@ -2,59 +2,99 @@
 //! written through a temporary file, renamed into place, and the rename synced, so a reader or
 //! a crash never sees half a file.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+/// Why a file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Writing, syncing or renaming into place failed; the old contents stand.
+    #[error("cannot write {}: {io}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        io: io::Error,
+    },
+    /// The directory could not be created or synced.
+    #[error("cannot create or sync directory {}: {io}", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        io: io::Error,
+    },
+    /// The path ends in no file name.
+    #[error("{} names no file", .0.display())]
+    NoFileName(PathBuf),
+    /// No random name for the temporary file could be made.
+    #[error("the system random number generator failed")]
+    NoRandom,
+}
 
 /// Writes `contents` to `path` through a temporary file and a rename, so readers never see a
 /// partial file, and makes the rename durable. `mode` applies to the new file. The temporary
 /// file has a name of its own (never followed if something is already there), so writers of
 /// different files in one directory, or of one file at once, do not collide.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = temporary_beside(path)?;
-    let written = (|| -> Result<()> {
+    let written = (|| -> io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+            .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        std::fs::rename(&tmp, path)
     })();
-    if written.is_err() {
+    if let Err(io) = written {
         let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Write {
+            path: path.to_path_buf(),
+            io,
+        });
     }
-    written?;
     sync_parent(path)
 }
 
 /// Makes renames and removals in `path`'s directory durable: without this a crash can undo a
 /// rename that was already reported done.
-pub fn sync_parent(path: &Path) -> Result<()> {
+pub fn sync_parent(path: &Path) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync directory {}", dir.display()))
+        .map_err(|io| Error::Directory {
+            path: dir.to_path_buf(),
+            io,
+        })
+}
+
+/// Creates `dir` and its parents.
+pub fn create_dir_all(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|io| Error::Directory {
+        path: dir.to_path_buf(),
+        io,
+    })
 }
 
 /// A name for a temporary file in `path`'s directory that no other writer uses.
-fn temporary_beside(path: &Path) -> Result<PathBuf> {
+fn temporary_beside(path: &Path) -> Result<PathBuf, Error> {
     use ring::rand::SecureRandom;
     let mut tag = [0u8; 8];
     ring::rand::SystemRandom::new()
         .fill(&mut tag)
-        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        .map_err(|_| Error::NoRandom)?;
     let name = path
         .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
+        .ok_or_else(|| Error::NoFileName(path.to_path_buf()))?;
     Ok(path.with_file_name(format!(
         ".{}.{:016x}.tmp",
         name.to_string_lossy(),

@@ -76,7 +76,7 @@ async fn start(
     Runtime,
     u16,
     CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
     let rt = Runtime::start(config_in(dir, overrides), Init::CreateIfMissing)
         .await
@@ -109,7 +109,7 @@ async fn start(
 async fn stop(
     rt: Runtime,
     cancel: CancellationToken,
-    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
     cancel.cancel();
     served.await.unwrap().unwrap();
@@ -161,7 +161,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
         .err()
         .expect("refused");
     assert!(
-        matches!(&err, agent::Error::Authority(Error::PermissionDenied(m)) if m.contains("placed on cell cell-2")),
+        matches!(&err, agent::Error::Authority(Error::PermissionDenied(m)) if m.to_string().contains("placed on cell cell-2")),
         "{err:?}"
     );
     let denial = rt

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use idmint::agent;
-use idmint::api::{Authority, Error as ApiError, SignRequest};
+use idmint::api::{Authority, Cause, Error as ApiError, SignRequest};
 use idmint::app::Runtime;
 use idmint::ca::Init;
 use idmint::store::{EntryKind, LedgerFilter, Store};
@@ -300,7 +300,9 @@ async fn bad_csrs_are_refused_with_a_clear_reason_and_recorded_as_denials_only()
             .await
             .expect_err(name);
         match &err {
-            ApiError::Refused(msg) => assert!(msg.contains(expected), "{name}: {msg}"),
+            ApiError::Refused(Cause::Ca(e)) => {
+                assert!(e.to_string().contains(expected), "{name}: {e}")
+            }
             other => panic!("{name}: expected a refusal, got {other:?}"),
         }
     }
@@ -332,7 +334,7 @@ async fn ttl_beyond_the_ca_is_refused_and_ttl_past_its_expiry_is_capped() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ApiError::Refused(m) if m.contains("longer than the issuing CA's whole lifetime")),
+        matches!(&err, ApiError::Refused(Cause::Ca(e)) if e.to_string().contains("longer than the issuing CA's whole lifetime")),
         "{err}"
     );
     assert_eq!(kinds(&rt).await, (0, 1));
@@ -379,7 +381,7 @@ async fn a_template_value_that_is_missing_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ApiError::Refused(m) if m.contains("{org_guid}")),
+        matches!(&err, ApiError::Refused(Cause::Ca(e)) if e.to_string().contains("{org_guid}")),
         "{err}"
     );
     assert_eq!(kinds(&rt).await, (0, 1));

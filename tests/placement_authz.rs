@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use idmint::agent;
-use idmint::api::{Caller, Error, SignRequest};
+use idmint::api::{Caller, Denial, Error, SignRequest};
 use idmint::app::Runtime;
 use idmint::ca::Init;
 use idmint::store::{EntryKind, LedgerFilter};
@@ -39,9 +39,19 @@ async fn a_cell_gets_only_its_own_instances_as_registered() {
         .sign_as(&cell("cell-2"), request(placement()), now)
         .await
         .unwrap_err();
-    let Error::PermissionDenied(why) = &err else {
+    let Error::PermissionDenied(Denial::PlacedElsewhere {
+        cell: asked,
+        instance,
+        placed_on,
+    }) = &err
+    else {
         panic!("{err:?}")
     };
+    assert_eq!(
+        (asked.as_str(), instance.as_str(), placed_on.as_str()),
+        ("cell-2", INSTANCE, "cell-1")
+    );
+    let why = err.to_string();
     assert!(
         why.contains("cell cell-2") && why.contains(INSTANCE) && why.contains("cell cell-1"),
         "{why}"
@@ -56,7 +66,7 @@ async fn a_cell_gets_only_its_own_instances_as_registered() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::PermissionDenied(w) if w.contains("not registered")),
+        matches!(&err, Error::PermissionDenied(Denial::NotRegistered { .. })),
         "{err:?}"
     );
 

@@ -42,9 +42,10 @@ struct Switchable {
 impl Authority for Switchable {
     async fn sign(&self, request: SignRequest) -> Result<SignedCert, api::Error> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(api::Error::Unavailable(
-                "signer switched off by the test".into(),
-            ));
+            return Err(api::Error::Unavailable(api::Cause::Server {
+                code: tonic::Code::Unavailable,
+                message: "signer switched off by the test".into(),
+            }));
         }
         let issued = self
             .ca
@@ -54,7 +55,7 @@ impl Authority for Switchable {
                 request.ttl,
                 self.clock.now(),
             )
-            .map_err(|e| api::Error::Refused(e.to_string()))?;
+            .map_err(|e| api::Error::Refused(e.into()))?;
         Ok(SignedCert {
             spiffe_id: issued.spiffe_id,
             cert_der: issued.cert_der,

@@ -195,7 +195,7 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     // The server goes away: the agents keep what they serve; when it is back, renewals resume.
     server.process.take();
     let before = std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         data1.join("sds").join(format!("{INSTANCE}.sock")).exists(),
         "still served"
@@ -470,7 +470,7 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(agent.try_wait().unwrap().is_none(), "still trying");
     let pid = agent.id().to_string();
     assert!(Command::new("kill")

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::remote::RemoteAuthority;
 use crate::agent::Workloads;
-use crate::ca::maintenance::CaControl;
+use crate::ca::maintenance::{CaControl, ControlError};
 use crate::ca::CertificateAuthority;
 use crate::clock::Clock;
 use crate::ids::Guid;
@@ -147,7 +147,16 @@ async fn rotate_ca(State(state): State<AdminState>, Path(target): Path<String>) 
     };
     match control.rotate(target).await {
         Ok(done) => Json(done).into_response(),
-        Err(why) => (StatusCode::CONFLICT, format!("{why}\n")).into_response(),
+        Err(why) => {
+            let code = match why {
+                ControlError::NotLeader | ControlError::RootRotationUnderWay { .. } => {
+                    StatusCode::CONFLICT
+                }
+                ControlError::NotRunning => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, format!("{why}\n")).into_response()
+        }
     }
 }
 

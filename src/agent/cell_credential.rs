@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, ensure, Context, Result};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -15,9 +14,10 @@ use zeroize::Zeroizing;
 use super::remote::RemoteAuthority;
 use crate::ca::{Principal, Settings};
 use crate::clock::Clock;
-use crate::files::write_atomic;
+use crate::files::{self, write_atomic};
 use crate::ids::CellId;
 use crate::renewal::{Keeper, Kept, Renewer, Schedule};
+use crate::spiffe::TrustDomain;
 
 /// The cell's certificate and the intermediates after it.
 const CHAIN: &str = "cell.pem";
@@ -27,6 +27,52 @@ const KEY: &str = "cell.key";
 const BUNDLE: &str = "bundle.pem";
 /// What a replacement is written as before it takes the place of `CHAIN` and `KEY`.
 const NEXT: &str = "next";
+
+/// Why a cell credential could not be read, stored or renewed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file of the credential cannot be read.
+    #[error("cannot read {} (made by `idmint cell enroll`): {io}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        io: std::io::Error,
+    },
+    /// A half-done replacement cannot be finished.
+    #[error("cannot finish replacing {}: {io}", path.display())]
+    Replace {
+        /// The file being moved into place or dropped.
+        path: PathBuf,
+        /// Why.
+        io: std::io::Error,
+    },
+    /// Enrolling would overwrite a credential.
+    #[error("{} already exists; enroll into an empty directory", .0.display())]
+    Exists(PathBuf),
+    /// Writing a file failed; what was there stands.
+    #[error(transparent)]
+    Write(#[from] files::Error),
+    /// `cell.pem` holds no readable certificate.
+    #[error("cell.pem: {0}")]
+    Unreadable(&'static str),
+    /// `cell.pem` is a certificate, but not of a cell of this trust domain.
+    #[error("cell.pem is not a cell credential of trust domain {0}")]
+    NotACellCredential(TrustDomain),
+    /// The new key or its CSR could not be made.
+    #[error(transparent)]
+    Key(#[from] super::Error),
+    /// The server did not renew the credential.
+    #[error("the server did not renew the cell credential: {0}")]
+    Server(#[from] crate::api::Error),
+    /// The server's credential certifies another key or another cell.
+    #[error("the server's renewed credential is not for this cell's new key")]
+    NotOurs,
+    /// The connection to the server cannot take up the new credential or bundle.
+    #[error("cannot reconnect with the new credential: {0}")]
+    Reconnect(#[from] tonic::transport::Error),
+}
 
 /// A cell credential as read from its directory.
 pub struct CellCredential {
@@ -66,21 +112,17 @@ impl CredentialDir {
 
     /// Creates the directory for a new credential; refuses one that already holds any of its
     /// files, so enrolling never overwrites a credential.
-    pub fn create_empty(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.0)
-            .with_context(|| format!("cannot create {}", self.0.display()))?;
+    pub fn create_empty(&self) -> Result<(), Error> {
+        files::create_dir_all(&self.0)?;
         if let Some(name) = [CHAIN, KEY, BUNDLE].iter().find(|f| self.path(f).exists()) {
-            anyhow::bail!(
-                "{} already exists; enroll into an empty directory",
-                self.path(name).display()
-            );
+            return Err(Error::Exists(self.path(name)));
         }
         Ok(())
     }
 
     /// Writes a newly enrolled credential and the trust bundle: what `idmint cell enroll`
     /// hands a cell.
-    pub fn write(&self, cred: &crate::ca::Credential, roots_pem: &str) -> Result<()> {
+    pub fn write(&self, cred: &crate::ca::Credential, roots_pem: &str) -> Result<(), Error> {
         write_atomic(&self.path(KEY), cred.key_pem().as_bytes(), 0o600)?;
         write_atomic(&self.path(CHAIN), cred.chain_pem().as_bytes(), 0o644)?;
         self.store_bundle(roots_pem)
@@ -88,16 +130,11 @@ impl CredentialDir {
 
     /// Reads the credential, first finishing a replacement a crash interrupted. It must be a
     /// cell credential of `settings`' trust domain.
-    pub fn load(&self, settings: &Settings) -> Result<CellCredential> {
+    pub fn load(&self, settings: &Settings) -> Result<CellCredential, Error> {
         self.finish_replacement()?;
         let read = |name: &str| {
             let path = self.path(name);
-            std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "cannot read {} (made by `idmint cell enroll`)",
-                    path.display()
-                )
-            })
+            std::fs::read_to_string(&path).map_err(|io| Error::Read { path, io })
         };
         let (chain_pem, key_pem, roots_pem) = (read(CHAIN)?, read(KEY)?, read(BUNDLE)?);
         let facts = facts_of(&chain_pem, settings)?;
@@ -114,7 +151,7 @@ impl CredentialDir {
 
     /// Writes both halves of the replacement in full, then moves them into place key first.
     /// [`CredentialDir::finish_replacement`] completes whatever a crash left.
-    fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<()> {
+    fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), Error> {
         write_atomic(&self.next(KEY), key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.next(CHAIN), chain_pem.as_bytes(), 0o644)?;
         self.finish_replacement()
@@ -123,11 +160,12 @@ impl CredentialDir {
     /// A complete next certificate means both halves were written: move what is left of
     /// them into place. A next key alone was never paired with its certificate: drop it,
     /// the current pair is whole.
-    fn finish_replacement(&self) -> Result<()> {
-        let rename = |from: &Path, to: &Path| {
-            std::fs::rename(from, to)
-                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+    fn finish_replacement(&self) -> Result<(), Error> {
+        let failed = |path: &Path| {
+            let path = path.to_path_buf();
+            move |io| Error::Replace { path, io }
         };
+        let rename = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(failed(from));
         let (next_chain, next_key) = (self.next(CHAIN), self.next(KEY));
         if next_chain.exists() {
             if next_key.exists() {
@@ -135,16 +173,19 @@ impl CredentialDir {
             }
             rename(&next_chain, &self.path(CHAIN))?;
         } else if next_key.exists() {
-            std::fs::remove_file(&next_key)
-                .with_context(|| format!("cannot remove {}", next_key.display()))?;
+            std::fs::remove_file(&next_key).map_err(failed(&next_key))?;
         } else {
             return Ok(());
         }
-        crate::files::sync_parent(&self.path(KEY))
+        Ok(files::sync_parent(&self.path(KEY))?)
     }
 
-    fn store_bundle(&self, roots_pem: &str) -> Result<()> {
-        write_atomic(&self.path(BUNDLE), roots_pem.as_bytes(), 0o644)
+    fn store_bundle(&self, roots_pem: &str) -> Result<(), Error> {
+        Ok(write_atomic(
+            &self.path(BUNDLE),
+            roots_pem.as_bytes(),
+            0o644,
+        )?)
     }
 }
 
@@ -158,25 +199,24 @@ struct Facts {
 
 /// What the first certificate of `chain_pem` says (the cell, validity and public key), and
 /// which intermediate after it issued it.
-fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts> {
+fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts, Error> {
     let mut pems = x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes());
     let pem = pems
         .next()
-        .context("cell.pem holds no certificate")?
-        .context("cell.pem is not PEM")?;
+        .ok_or(Error::Unreadable("it holds no certificate"))?
+        .map_err(|_| Error::Unreadable("it is not PEM"))?;
     let issuer_sha256 = pems
         .next()
         .and_then(Result::ok)
         .map(|p| crate::ca::sha256_hex(&p.contents));
-    let (_, cert) = X509Certificate::from_der(&pem.contents).context("cell.pem is unreadable")?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents)
+        .map_err(|_| Error::Unreadable("its certificate is not X.509"))?;
     let Ok(Principal::Cell(cell)) = Principal::of_certificate(&cert, settings) else {
-        bail!(
-            "cell.pem is not a cell credential of trust domain {}",
-            settings.trust_domain
-        );
+        return Err(Error::NotACellCredential(settings.trust_domain.clone()));
     };
     let time = |t: x509_parser::time::ASN1Time| {
-        OffsetDateTime::from_unix_timestamp(t.timestamp()).context("cell.pem: validity")
+        OffsetDateTime::from_unix_timestamp(t.timestamp())
+            .map_err(|_| Error::Unreadable("its validity is out of range"))
     };
     Ok(Facts {
         cell,
@@ -227,17 +267,18 @@ impl CellIdentity {
 
     /// Has the server certify a new key for this cell, stores the pair and uses it from the
     /// next call on. Returns the new serial.
-    pub async fn renew(&self) -> Result<String> {
+    pub async fn renew(&self) -> Result<String, Error> {
         let (key_der, csr) = super::new_key_and_csr()?;
-        let wanted_spki = crate::ca::csr::check(&csr)?.spki_der;
+        let wanted_spki = crate::ca::csr::check(&csr)
+            .map_err(super::Error::from)?
+            .spki_der;
         let renewed = self.remote.renew_credential(csr).await?;
         let facts = facts_of(&renewed.chain_pem, &self.settings)?;
         let mut current = self.lock();
         // Storing a certificate for another key or cell would lock this cell out.
-        ensure!(
-            facts.spki_der == wanted_spki && facts.cell == current.cell,
-            "the server's renewed credential is not for this cell's new key"
-        );
+        if facts.spki_der != wanted_spki || facts.cell != current.cell {
+            return Err(Error::NotOurs);
+        }
         let key_pem = crate::ca::private_key_pem(&key_der);
         self.dir.replace(&renewed.chain_pem, &key_pem)?;
         current.chain_pem = renewed.chain_pem;
@@ -250,7 +291,7 @@ impl CellIdentity {
     }
 
     /// Stores the server's new trust bundle and trusts it from the next call on.
-    pub fn bundle_changed(&self, roots_pem: &str) -> Result<()> {
+    pub fn bundle_changed(&self, roots_pem: &str) -> Result<(), Error> {
         self.dir.store_bundle(roots_pem)?;
         let mut current = self.lock();
         current.roots_pem = roots_pem.to_string();
@@ -315,9 +356,9 @@ impl Kept for CellTerm {
 
 impl Renewer for Arc<CellIdentity> {
     type Cert = CellTerm;
-    type Error = anyhow::Error;
+    type Error = Error;
 
-    async fn obtain(&self) -> Result<CellTerm> {
+    async fn obtain(&self) -> Result<CellTerm, Error> {
         let serial_hex = self.renew().await?;
         Ok(CellTerm {
             serial_hex,

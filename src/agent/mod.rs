@@ -22,6 +22,18 @@ pub enum Error {
     KeyGeneration(#[from] rcgen::Error),
     #[error(transparent)]
     Authority(#[from] api::Error),
+    /// The CSR made here does not read back (a defect, never expected).
+    #[error("the CSR made here is unreadable: {0}")]
+    Csr(#[from] crate::ca::csr::CsrError),
+    /// The instance's SPIFFE ID cannot be written from its placement.
+    #[error(transparent)]
+    Id(#[from] crate::spiffe::TemplateError),
+    /// Its SDS socket cannot be made.
+    #[error(transparent)]
+    Socket(#[from] crate::sds::BindError),
+    /// Its Diego identity files cannot be written.
+    #[error(transparent)]
+    Files(#[from] crate::files::Error),
 }
 
 /// A certificate with the private key that belongs to it.

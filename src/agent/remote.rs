@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::api::{self, Authority, SignRequest, SignedCert};
+use crate::api::{self, Authority, Cause, Denial, SignRequest, SignedCert};
 use crate::proto as pb;
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::sign_stream_result::Outcome;
@@ -257,7 +257,7 @@ fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error>
 
 fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {
     time::OffsetDateTime::from_unix_timestamp(t)
-        .map_err(|_| api::Error::Unavailable(format!("server sent time {t}")))
+        .map_err(|_| api::Error::Unavailable(Cause::Unreadable(format!("time {t}"))))
 }
 
 impl Authority for RemoteAuthority {
@@ -274,7 +274,7 @@ impl Authority for RemoteAuthority {
             .submit(wire)
             .await
             .await
-            .map_err(|_| api::Error::Unavailable("the sign stream stopped".into()))?
+            .map_err(|_| api::Error::Unavailable(Cause::StreamEnded))?
             .map_err(error)?;
         Ok(SignedCert {
             spiffe_id: reply.spiffe_id,
@@ -300,20 +300,26 @@ impl Authority for RemoteAuthority {
             .message()
             .await
             .map_err(error)?
-            .ok_or_else(|| api::Error::Unavailable("the server sent no bundle".into()))?;
+            .ok_or_else(|| api::Error::Unavailable(Cause::Unreadable("no bundle".into())))?;
         rustls_pki_types::CertificateDer::pem_slice_iter(bundle.roots_pem.as_bytes())
             .map(|c| c.map(|c| c.to_vec()))
             .collect::<Result<_, _>>()
-            .map_err(|e| api::Error::Unavailable(format!("unreadable bundle: {e}")))
+            .map_err(|e| api::Error::Unavailable(Cause::Unreadable(format!("the bundle: {e}"))))
     }
 }
 
+/// The server's status as what the agent half understands: the inverse of the server's
+/// conversion in `server::status`.
 fn error(s: tonic::Status) -> api::Error {
+    let cause = || Cause::Server {
+        code: s.code(),
+        message: s.message().to_string(),
+    };
     match s.code() {
         Code::PermissionDenied | Code::Unauthenticated => {
-            api::Error::PermissionDenied(s.message().to_string())
+            api::Error::PermissionDenied(Denial::Server(s.message().to_string()))
         }
-        Code::InvalidArgument | Code::NotFound => api::Error::Refused(s.message().to_string()),
-        _ => api::Error::Unavailable(format!("{}: {}", s.code(), s.message())),
+        Code::InvalidArgument | Code::NotFound => api::Error::Refused(cause()),
+        _ => api::Error::Unavailable(cause()),
     }
 }

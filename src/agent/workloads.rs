@@ -210,7 +210,7 @@ impl<A: Authority + 'static> Workloads<A> {
     }
 
     /// Starts serving `placement`: its socket exists when this returns.
-    pub async fn add(&self, placement: Placement) -> anyhow::Result<()> {
+    pub async fn add(&self, placement: Placement) -> Result<(), super::Error> {
         let mut served = self.served.lock().await;
         if served.contains_key(&placement.instance_guid) {
             return Ok(());
@@ -436,11 +436,15 @@ impl<A: Authority + 'static> Renewer for InstanceRenewer<A> {
             let wrote = tokio::task::spawn_blocking(move || {
                 write_instance_files(&to, &key_pem, &chain_pem)
             })
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("file writer failed: {e}")));
-            if let Err(e) = wrote {
+            .await;
+            let failed = match wrote {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panicked) => Some(panicked.to_string()),
+            };
+            if let Some(error) = failed {
                 tracing::error!(instance = %self.placement.instance_guid, dir = %dir.display(),
-                    error = %e, "cannot write the instance identity files");
+                    %error, "cannot write the instance identity files");
             }
         }
         Ok(identity)
@@ -457,8 +461,12 @@ impl<A: Authority + 'static> Renewer for InstanceRenewer<A> {
 
 /// Writes Diego's `instance.crt` (leaf, then chain) and `instance.key` (0600) into `dir`, each
 /// replaced whole by a rename, the key first: a reader that finds a new certificate finds its key.
-fn write_instance_files(dir: &Path, key_pem: &str, chain_pem: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+fn write_instance_files(
+    dir: &Path,
+    key_pem: &str,
+    chain_pem: &str,
+) -> Result<(), crate::files::Error> {
+    crate::files::create_dir_all(dir)?;
     crate::files::write_atomic(&dir.join("instance.key"), key_pem.as_bytes(), 0o600)?;
     crate::files::write_atomic(&dir.join("instance.crt"), chain_pem.as_bytes(), 0o644)?;
     Ok(())

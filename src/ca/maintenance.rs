@@ -20,14 +20,43 @@ use crate::store::{CaLeader, EntryKind, LedgerRecord, Store};
 /// How often the schedule is checked.
 const TICK: Duration = Duration::from_millis(500);
 
+/// Why a rotation asked for did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The maintenance task is not running (the server is stopping, or never started it).
+    #[error("CA maintenance is not running")]
+    NotRunning,
+    /// Another server sharing the database leads CA maintenance.
+    #[error(
+        "another idmint server runs CA maintenance for this database; \
+         run `idmint ca rotate` against that one"
+    )]
+    NotLeader,
+    /// A new root waits for the sidecars; only one root rotation at a time.
+    #[error(
+        "a root rotation is under way: root {root} signs once every sidecar has acknowledged \
+         it, at the latest at {deadline}"
+    )]
+    RootRotationUnderWay {
+        /// The prepared root.
+        root: String,
+        /// When it signs whether or not every sidecar has it (RFC 3339).
+        deadline: String,
+    },
+    /// The rotation itself failed; nothing was activated.
+    #[error(transparent)]
+    Ca(#[from] Error),
+}
+
 /// What the maintenance task is asked to do now; answered with what happened.
 enum Request {
     Rotate {
         target: Target,
-        reply: oneshot::Sender<Result<Vec<String>, String>>,
+        reply: oneshot::Sender<Result<Vec<String>, ControlError>>,
     },
     ApplyDue {
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
     },
 }
 
@@ -39,13 +68,13 @@ pub struct CaControl {
 
 impl CaControl {
     /// Rotates `target` now. Returns what happened, or why it could not.
-    pub async fn rotate(&self, target: Target) -> Result<Vec<String>, String> {
+    pub async fn rotate(&self, target: Target) -> Result<Vec<String>, ControlError> {
         let (reply, answer) = oneshot::channel();
         self.ask(Request::Rotate { target, reply }, answer).await
     }
 
     /// Applies every step of the schedule that is due now, without waiting for the next tick.
-    pub async fn apply_due(&self) -> Result<(), String> {
+    pub async fn apply_due(&self) -> Result<(), ControlError> {
         let (reply, answer) = oneshot::channel();
         self.ask(Request::ApplyDue { reply }, answer).await
     }
@@ -53,15 +82,13 @@ impl CaControl {
     async fn ask<T>(
         &self,
         request: Request,
-        answer: oneshot::Receiver<Result<T, String>>,
-    ) -> Result<T, String> {
+        answer: oneshot::Receiver<Result<T, ControlError>>,
+    ) -> Result<T, ControlError> {
         self.tx
             .send(request)
             .await
-            .map_err(|_| "CA maintenance is not running".to_string())?;
-        answer
-            .await
-            .map_err(|_| "CA maintenance stopped".to_string())?
+            .map_err(|_| ControlError::NotRunning)?;
+        answer.await.map_err(|_| ControlError::NotRunning)?
     }
 }
 
@@ -150,7 +177,7 @@ impl Maintenance {
                         let _ = reply.send(self.rotate_now(target).await);
                     }
                     Request::ApplyDue { reply } => {
-                        let _ = reply.send(self.catch_up().await.map_err(|e| e.to_string()));
+                        let _ = reply.send(self.catch_up().await.map_err(ControlError::from));
                     }
                 },
             }
@@ -199,51 +226,44 @@ impl Maintenance {
     }
 
     /// Rotates `target` now; the answer, or the refusal, is for the operator who asked.
-    async fn rotate_now(&mut self, target: Target) -> Result<Vec<String>, String> {
-        let fail = |e: Error| e.to_string();
-        if !self.leads().await.map_err(fail)? {
-            return Err(
-                "another idmint server runs CA maintenance for this database; \
-                 run `idmint ca rotate` against that one"
-                    .into(),
-            );
+    async fn rotate_now(&mut self, target: Target) -> Result<Vec<String>, ControlError> {
+        if !self.leads().await? {
+            return Err(ControlError::NotLeader);
         }
         let now = self.clock.now();
-        let views = self.rotator.views().await.map_err(fail)?;
+        let views = self.rotator.views().await?;
         if let Some(root) = views
             .iter()
             .find(|v| v.role == Role::Root && v.state == State::Prepared)
         {
-            return Err(format!(
-                "a root rotation is under way: root {} signs once every sidecar has acknowledged it, at the latest at {}",
-                root.fingerprint,
-                rotation::activation_deadline(root.created_at, self.policy.root_activation_max_wait)
+            let deadline = rotation::activation_deadline(
+                root.created_at,
+                self.policy.root_activation_max_wait,
+            );
+            return Err(ControlError::RootRotationUnderWay {
+                root: root.fingerprint.clone(),
+                deadline: deadline
                     .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
-            ));
+                    .unwrap_or_default(),
+            });
         }
         let first = match target {
             Target::Root => Step::PrepareRoot,
             Target::Intermediate => Step::PrepareIntermediate,
         };
-        let mut said = self.apply(&first, now).await.map_err(fail)?;
+        let mut said = self.apply(&first, now).await?;
         if target == Target::Intermediate {
             let prepared = self
                 .rotator
                 .views()
-                .await
-                .map_err(fail)?
+                .await?
                 .into_iter()
                 .rfind(|v| v.role == Role::Intermediate && v.state == State::Prepared)
-                .ok_or_else(|| {
-                    fail(Error::Inconsistent(
-                        "the new intermediate is missing".into(),
-                    ))
-                })?;
+                .ok_or_else(|| Error::Inconsistent("the new intermediate is missing".into()))?;
             let step = Step::ActivateIntermediate {
                 intermediate: prepared.fingerprint,
             };
-            said.extend(self.apply(&step, now).await.map_err(fail)?);
+            said.extend(self.apply(&step, now).await?);
         }
         Ok(said)
     }

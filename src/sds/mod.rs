@@ -13,7 +13,7 @@ mod stream;
 mod transport;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
@@ -28,23 +28,40 @@ use crate::agent::Workload;
 
 /// Creates the socket at `path` (and its directory, 0700). A stale socket file from an earlier
 /// run is replaced; any other file there is an error.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    use anyhow::Context;
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |io| BindError::Io { path, io }
+    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create SDS socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ok();
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
-        anyhow::ensure!(
-            meta.file_type().is_socket(),
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        );
-        std::fs::remove_file(path)?;
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io_at(path))?;
     }
-    UnixListener::bind(path).with_context(|| format!("cannot create SDS socket {}", path.display()))
+    UnixListener::bind(path).map_err(io_at(path))
+}
+
+/// Why an instance's SDS socket could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// Its directory, an old socket in its place, or the socket itself.
+    #[error("cannot create SDS socket {}: {io}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        io: std::io::Error,
+    },
+    /// Something other than a socket is where the socket goes.
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
 }
 
 /// Serves SDS for `workload` on `listener` until `cancel`; open streams end with it.

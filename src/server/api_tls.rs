@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +35,21 @@ const OWN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the server API's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server's own certificate could not be issued.
+    #[error("cannot issue the server's own certificate: {0}")]
+    Own(#[from] crate::api::Error),
+    /// rustls refused a root, the key or the protocol versions.
+    #[error("cannot configure the server API's TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The client certificate verifier could not be built from the roots.
+    #[error("cannot check client certificates: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
 /// The server's credential, kept current, and the TLS configuration made from it.
 pub struct ApiTls {
     issuance: IssuanceService,
@@ -51,17 +65,14 @@ impl ApiTls {
         who: Principal,
         schedule: Schedule,
         clock: Clock,
-    ) -> anyhow::Result<ApiTls> {
+    ) -> Result<ApiTls, Error> {
         let own = OwnCertificate {
             issuance: issuance.clone(),
             who,
             clock: clock.clone(),
         };
         let ca = issuance.ca();
-        let first = own
-            .obtain()
-            .await
-            .context("cannot issue the server's own certificate")?;
+        let first = own.obtain().await?;
         let config = server_config(ca, &first)?;
         let since = clock.now();
         let keeper = Keeper::new(own, "server API certificate", schedule, clock)
@@ -149,7 +160,7 @@ fn own_ttl(ca: &CertificateAuthority) -> Ttl {
 
 /// TLS 1.2 or 1.3 with HTTP/2, presenting `own`, and requiring a client certificate that
 /// chains to one of the CA's current roots.
-fn server_config(ca: &CertificateAuthority, own: &Credential) -> anyhow::Result<Arc<ServerConfig>> {
+fn server_config(ca: &CertificateAuthority, own: &Credential) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for root in ca.roots() {

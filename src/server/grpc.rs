@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api_tls::{self, ApiTls, Client, Peer};
-use super::registry::{self, Registry};
+use super::registry::Registry;
 use super::IssuanceService;
 use crate::api::{self, Caller};
-use crate::ca::{CertificateAuthority, Principal};
+use crate::ca::{CertificateAuthority, Principal, PrincipalError};
 use crate::ids::{CellId, Guid, Ttl};
 use crate::placement::Placement;
 use crate::proto::identity_server::{Identity as IdentityRpc, IdentityServer};
@@ -61,9 +61,9 @@ impl IdentityApi {
     fn client<T>(req: &Request<T>) -> Result<&Client, Status> {
         req.extensions()
             .get::<Peer>()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?
+            .ok_or_else(|| Status::from(&PrincipalError::NoCertificate))?
             .client()
-            .map_err(|e| Status::permission_denied(e.to_string()))
+            .map_err(Status::from)
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -132,8 +132,7 @@ impl IdentityApi {
                 },
                 now,
             )
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(pb::SignResponse {
             spiffe_id: signed.spiffe_id,
             cert_der: signed.cert_der,
@@ -284,13 +283,7 @@ impl IdentityRpc for IdentityApi {
         let caller = self.caller(&request)?;
         let p = pb::placement_from_wire(request.into_inner()).map_err(Status::invalid_argument)?;
         self.may_place(&caller, &p.cell_id)?;
-        self.registry
-            .register(p.clone())
-            .await
-            .map_err(|e| match e {
-                registry::Error::Conflict(_) => Status::already_exists(e.to_string()),
-                other => Status::unavailable(other.to_string()),
-            })?;
+        self.registry.register(p.clone()).await?;
         Ok(Response::new(pb::placement_to_wire(&p)))
     }
 
@@ -305,11 +298,7 @@ impl IdentityRpc for IdentityApi {
             .get(&instance)
             .ok_or_else(|| Status::not_found(format!("no instance {instance} is registered")))?;
         self.may_place(&caller, &p.cell_id)?;
-        let p = self
-            .registry
-            .deregister(&instance)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let p = self.registry.deregister(&instance).await?;
         Ok(Response::new(pb::placement_to_wire(&p)))
     }
 
@@ -335,8 +324,7 @@ impl IdentityRpc for IdentityApi {
                 ttl,
                 self.issuance.clock().now(),
             )
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(pb::RenewedCredential {
             spiffe_id: issued.spiffe_id,
             cert_der: issued.cert_der,
@@ -401,14 +389,6 @@ fn stream_result(id: u64, outcome: Result<pb::SignResponse, Status>) -> pb::Sign
     }
 }
 
-fn status(e: api::Error) -> Status {
-    match e {
-        api::Error::Refused(m) => Status::invalid_argument(m),
-        api::Error::PermissionDenied(m) => Status::permission_denied(m),
-        api::Error::Unavailable(m) => Status::unavailable(m),
-    }
-}
-
 fn parse<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Status>
 where
     T::Err: std::fmt::Display,
@@ -425,7 +405,7 @@ pub async fn serve(
     api: IdentityApi,
     tls: ApiTls,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), tonic::transport::Error> {
     let api = IdentityApi {
         stopping: cancel.clone(),
         ..api
@@ -451,5 +431,5 @@ pub async fn serve(
             "sign stream tasks still running at shutdown"
         );
     }
-    Ok(served?)
+    served
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::api::{Authority, Caller, Error, SignRequest, SignedCert};
+use crate::api::{Authority, Caller, Cause, Denial, Error, SignRequest, SignedCert};
 use crate::ca::{self, CertificateAuthority, Credential, Issued, Principal};
 use crate::clock::Clock;
 use crate::ids::Ttl;
@@ -67,17 +67,20 @@ impl IssuanceService {
         if let Caller::Cell(cell) = caller {
             let instance = req.placement.instance_guid.clone();
             let registered = self.registry.get(&instance);
-            let refusal = match &registered {
-                None => Some(format!(
-                    "cell {cell} asked for instance {instance}, which is not registered"
-                )),
-                Some(p) if p.cell_id != *cell => Some(format!(
-                    "cell {cell} asked for instance {instance}, which is placed on cell {}",
-                    p.cell_id
-                )),
+            let denial = match &registered {
+                None => Some(Denial::NotRegistered {
+                    cell: cell.clone(),
+                    instance: instance.clone(),
+                }),
+                Some(p) if p.cell_id != *cell => Some(Denial::PlacedElsewhere {
+                    cell: cell.clone(),
+                    instance: instance.clone(),
+                    placed_on: p.cell_id.clone(),
+                }),
                 Some(_) => None,
             };
-            if let Some(reason) = refusal {
+            if let Some(denial) = denial {
+                let reason = denial.to_string();
                 tracing::warn!(%cell, %instance, %reason, "issuance denied");
                 // What the registry says about the instance, never what the cell claimed.
                 let mut record = match &registered {
@@ -91,7 +94,7 @@ impl IssuanceService {
                 };
                 record.cell_id = Some(cell.to_string());
                 self.ledger.append(record).await.map_err(unavailable)?;
-                return Err(Error::PermissionDenied(reason));
+                return Err(Error::PermissionDenied(denial));
             }
             req.placement = registered.expect("checked above");
         }
@@ -138,7 +141,7 @@ impl IssuanceService {
                     ..principal_record(&self.ca, principal, EntryKind::Denied, now)
                 };
                 self.ledger.append(record).await.map_err(unavailable)?;
-                Err(Error::Refused(reason))
+                Err(Error::Refused(e.into()))
             }
             Err(e) => Err(unavailable(e)),
         }
@@ -154,7 +157,7 @@ impl IssuanceService {
             let (ca, placement, csr) = (self.ca.clone(), req.placement.clone(), req.csr.clone());
             tokio::task::spawn_blocking(move || ca.issue(&placement, &csr, req.ttl, now))
                 .await
-                .map_err(|e| Error::Unavailable(format!("the signing task failed: {e}")))?
+                .map_err(|e| Error::Unavailable(Cause::SigningTask(Arc::new(e))))?
         } else {
             self.ca.issue(&req.placement, &req.csr, req.ttl, now)
         };
@@ -185,9 +188,9 @@ impl IssuanceService {
                     .await
                     .map_err(unavailable)?;
                 Err(if e.is_request_error() {
-                    Error::Refused(reason)
+                    Error::Refused(e.into())
                 } else {
-                    Error::Unavailable(reason)
+                    Error::Unavailable(e.into())
                 })
             }
             Err(e) => Err(unavailable(e)),
@@ -205,13 +208,13 @@ impl Authority for IssuanceService {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(e.to_string())
+fn unavailable(e: impl Into<Cause>) -> Error {
+    Error::Unavailable(e.into())
 }
 
 fn request_or_unavailable(e: ca::Error) -> Error {
     if e.is_request_error() {
-        Error::Refused(e.to_string())
+        Error::Refused(e.into())
     } else {
         unavailable(e)
     }

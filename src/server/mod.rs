@@ -5,6 +5,7 @@ pub mod api_tls;
 pub mod grpc;
 mod issuance;
 pub mod registry;
+mod status;
 
 pub use issuance::IssuanceService;
 pub use registry::Registry;
