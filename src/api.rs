@@ -1,8 +1,8 @@
 //! The one interface between the agent half and the server half.
 //!
 //! The agent asks for certificates only through [`Authority`]. In `idmint dev` the server's
-//! [`crate::server::IssuanceService`] implements it in-process; a gRPC client will implement
-//! it for agents on other machines, without either half changing.
+//! [`crate::server::IssuanceService`] implements it in-process, and the agent's gRPC client
+//! for agents on other machines, without either half changing.
 
 use std::future::Future;
 use std::sync::Arc;

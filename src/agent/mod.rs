@@ -7,8 +7,9 @@ mod metrics;
 pub mod remote;
 mod workloads;
 
+pub use crate::sds::{Bundle, Identity, Workload};
 pub use metrics::AgentMetrics;
-pub use workloads::{check_sds_dir, Bundle, CertStatus, Identity, Settings, Workload, Workloads};
+pub use workloads::{check_sds_dir, CertStatus, Settings, Workloads};
 
 use crate::api::{self, Authority, SignRequest, SignedCert};
 use crate::ids::Ttl;

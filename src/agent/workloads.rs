@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use zeroize::Zeroizing;
 
 use super::metrics::AgentMetrics;
 use super::obtain_svid;
@@ -21,24 +20,8 @@ use crate::clock::Clock;
 use crate::ids::{CellId, Guid};
 use crate::placement::{Placement, PlacementUpdate};
 use crate::renewal::{Attempts, Keeper, Kept, Renewer, Schedule};
-use crate::sds::{self, SdsMetrics};
+use crate::sds::{self, Bundle, Identity, SdsMetrics, Workload};
 use crate::spiffe::{IdTemplate, TrustDomain};
-
-/// What an instance's sidecar is given as its own identity.
-pub struct Identity {
-    /// The SPIFFE ID in the certificate.
-    pub spiffe_id: String,
-    /// Leaf first, then intermediates, PEM.
-    pub chain_pem: String,
-    /// The PKCS#8 private key, PEM; wiped on drop.
-    pub key_pem: Zeroizing<String>,
-    /// Serial, hex.
-    pub serial_hex: String,
-    /// Expiry.
-    pub not_after: OffsetDateTime,
-    /// SHA-256 (hex) of the intermediate that issued it.
-    pub issuer_sha256: Option<String>,
-}
 
 impl Kept for Identity {
     fn not_after(&self) -> OffsetDateTime {
@@ -65,31 +48,6 @@ pub struct CertStatus {
     pub next_attempt: Option<OffsetDateTime>,
     /// The last attempt's error, while attempts are failing.
     pub last_error: Option<String>,
-}
-
-/// The roots every sidecar trusts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bundle {
-    /// The trust domain the roots are for.
-    pub trust_domain: TrustDomain,
-    /// The root certificates, PEM, concatenated.
-    pub roots_pem: String,
-    /// The CA generation this content was taken at; a sidecar that acknowledged it has every
-    /// root published up to then.
-    pub generation: u64,
-}
-
-/// One served instance, as its SDS server sees it.
-#[derive(Clone)]
-pub struct Workload {
-    /// Where it runs.
-    pub placement: Placement,
-    /// Its SPIFFE ID (known before its first certificate is).
-    pub spiffe_id: String,
-    /// Its current identity; `None` until the first certificate arrives.
-    pub identity: watch::Receiver<Option<Arc<Identity>>>,
-    /// The trust bundle.
-    pub bundle: watch::Receiver<Arc<Bundle>>,
 }
 
 /// Agent settings.

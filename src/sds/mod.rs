@@ -11,6 +11,7 @@ mod service;
 mod sotw;
 mod stream;
 mod transport;
+mod workload;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,7 @@ pub use acks::{AckSlot, BundleAcks};
 pub use metrics::SdsMetrics;
 pub use names::{classify, Refused, SecretKind};
 pub use secrets::SECRET_TYPE;
-
-use crate::agent::Workload;
+pub use workload::{Bundle, Identity, Workload};
 
 /// Creates the socket at `path` (and its directory, 0700). A stale socket file from an earlier
 /// run is replaced; any other file there is an error.

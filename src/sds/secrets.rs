@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::names::SecretKind;
-use crate::agent::{Bundle, Identity, Workload};
+use super::{Bundle, Identity, Workload};
 use crate::ca::sha256_hex;
 
 /// The type URL of an SDS secret.

@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::metrics::SdsMetrics;
 use super::secrets::{check_type, Sources, SECRET_TYPE};
 use super::stream::{combined_version, Ctx, ResponseStream};
+use super::Workload;
 use super::{delta, sotw};
-use crate::agent::Workload;
 
 /// How long `FetchSecrets` waits for a secret that does not exist yet.
 const FETCH_WAIT: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use tonic::{Status, Streaming};
 use super::metrics::SdsMetrics;
 use super::names::{classify, SecretKind};
 use super::secrets::{content_version, Built, Sources};
-use crate::agent::Workload;
+use super::Workload;
 
 /// A stream's view of its instance.
 pub struct Ctx {

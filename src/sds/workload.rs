@@ -1,0 +1,52 @@
+//! What an instance's SDS server serves: the instance's own identity and the trust bundle,
+//! each published on a `watch` by whoever keeps them (the agent).
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::placement::Placement;
+use crate::spiffe::TrustDomain;
+
+/// What an instance's sidecar is given as its own identity.
+pub struct Identity {
+    /// The SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// Leaf first, then intermediates, PEM.
+    pub chain_pem: String,
+    /// The PKCS#8 private key, PEM; wiped on drop.
+    pub key_pem: Zeroizing<String>,
+    /// Serial, hex.
+    pub serial_hex: String,
+    /// Expiry.
+    pub not_after: OffsetDateTime,
+    /// SHA-256 (hex) of the intermediate that issued it.
+    pub issuer_sha256: Option<String>,
+}
+
+/// The roots every sidecar trusts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    /// The trust domain the roots are for.
+    pub trust_domain: TrustDomain,
+    /// The root certificates, PEM, concatenated.
+    pub roots_pem: String,
+    /// The CA generation this content was taken at; a sidecar that acknowledged it has every
+    /// root published up to then.
+    pub generation: u64,
+}
+
+/// One served instance, as its SDS server sees it.
+#[derive(Clone)]
+pub struct Workload {
+    /// Where it runs.
+    pub placement: Placement,
+    /// Its SPIFFE ID (known before its first certificate is).
+    pub spiffe_id: String,
+    /// Its current identity; `None` until the first certificate arrives.
+    pub identity: watch::Receiver<Option<Arc<Identity>>>,
+    /// The trust bundle.
+    pub bundle: watch::Receiver<Arc<Bundle>>,
+}
