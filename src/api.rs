@@ -55,6 +55,22 @@ pub struct SignedCert {
     pub ledger_seq: i64,
 }
 
+impl SignedCert {
+    /// What the server answers for `issued`, recorded at `ledger_seq`.
+    pub fn recorded(issued: ca::Issued, ledger_seq: i64) -> SignedCert {
+        SignedCert {
+            spiffe_id: issued.spiffe_id,
+            cert_der: issued.cert_der,
+            chain_der: issued.chain_der,
+            serial_hex: issued.serial_hex,
+            not_before: issued.validity.not_before,
+            not_after: issued.validity.not_after,
+            capped: issued.validity.capped,
+            ledger_seq,
+        }
+    }
+}
+
 /// Why the authority did not issue. The message is for an operator to act on.
 #[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]

@@ -56,16 +56,8 @@ impl Authority for Switchable {
                 self.clock.now(),
             )
             .map_err(|e| api::Error::Refused(e.into()))?;
-        Ok(SignedCert {
-            spiffe_id: issued.spiffe_id,
-            cert_der: issued.cert_der,
-            chain_der: issued.chain_der,
-            serial_hex: issued.serial_hex,
-            not_before: issued.validity.not_before,
-            not_after: issued.validity.not_after,
-            capped: issued.validity.capped,
-            ledger_seq: 0,
-        })
+        // Nothing is recorded here: position 0 of the ledger.
+        Ok(SignedCert::recorded(issued, 0))
     }
 
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, api::Error> {

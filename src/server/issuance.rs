@@ -169,16 +169,7 @@ impl IssuanceService {
                     tracing::warn!(serial = %issued.serial_hex, not_after = %issued.validity.not_after,
                         "leaf lifetime capped at the issuing CA's expiry");
                 }
-                Ok(SignedCert {
-                    spiffe_id: issued.spiffe_id,
-                    cert_der: issued.cert_der,
-                    chain_der: issued.chain_der,
-                    serial_hex: issued.serial_hex,
-                    not_before: issued.validity.not_before,
-                    not_after: issued.validity.not_after,
-                    capped: issued.validity.capped,
-                    ledger_seq: seq,
-                })
+                Ok(SignedCert::recorded(issued, seq))
             }
             Err(e) if e.is_request_error() || matches!(e, ca::Error::CaExpired(_)) => {
                 let reason = e.to_string();
