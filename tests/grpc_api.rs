@@ -306,6 +306,11 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
     let key = std::fs::read_to_string(creds.join("cell.key")).unwrap();
     assert_ne!(chain, enrolled.chain);
     assert_ne!(key, enrolled.key);
+    assert_eq!(
+        files.load(rt.ca.settings()).unwrap().serial_hex,
+        serial,
+        "the stored credential is the one the server issued"
+    );
     let mode = std::fs::metadata(creds.join("cell.key"))
         .unwrap()
         .permissions()

@@ -90,6 +90,8 @@ pub struct CellCredential {
     pub not_after: OffsetDateTime,
     /// SHA-256 (hex) of the intermediate that issued it, when the chain includes it.
     pub issuer_sha256: Option<String>,
+    /// Its serial, lowercase hex.
+    pub serial_hex: String,
 }
 
 /// The directory holding a cell credential.
@@ -146,6 +148,7 @@ impl CredentialDir {
             not_before: facts.not_before,
             not_after: facts.not_after,
             issuer_sha256: facts.issuer_sha256,
+            serial_hex: facts.serial_hex,
         })
     }
 
@@ -195,6 +198,7 @@ struct Facts {
     not_after: OffsetDateTime,
     spki_der: Vec<u8>,
     issuer_sha256: Option<String>,
+    serial_hex: String,
 }
 
 /// What the first certificate of `chain_pem` says (the cell, validity and public key), and
@@ -224,6 +228,7 @@ fn facts_of(chain_pem: &str, settings: &Settings) -> Result<Facts, Error> {
         not_after: time(cert.validity().not_after)?,
         spki_der: cert.tbs_certificate.subject_pki.raw.to_vec(),
         issuer_sha256,
+        serial_hex: crate::ca::encode_hex(cert.raw_serial()),
     })
 }
 
@@ -285,6 +290,7 @@ impl CellIdentity {
         current.key_pem = key_pem;
         (current.not_before, current.not_after) = (facts.not_before, facts.not_after);
         current.issuer_sha256 = facts.issuer_sha256;
+        current.serial_hex = facts.serial_hex;
         self.remote
             .reconnect(&current.chain_pem, &current.key_pem, &current.roots_pem)?;
         Ok(renewed.serial_hex)
@@ -304,7 +310,7 @@ impl CellIdentity {
     fn term(&self) -> CellTerm {
         let c = self.lock();
         CellTerm {
-            serial_hex: String::new(),
+            serial_hex: c.serial_hex.clone(),
             not_after: c.not_after,
             issuer_sha256: c.issuer_sha256.clone(),
         }
@@ -359,11 +365,8 @@ impl Renewer for Arc<CellIdentity> {
     type Error = Error;
 
     async fn obtain(&self) -> Result<CellTerm, Error> {
-        let serial_hex = self.renew().await?;
-        Ok(CellTerm {
-            serial_hex,
-            ..self.term()
-        })
+        self.renew().await?;
+        Ok(self.term())
     }
 }
 
