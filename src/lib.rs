@@ -15,6 +15,7 @@ pub mod files;
 pub mod ids;
 pub mod ledger;
 pub mod placement;
+pub mod policy;
 pub mod proto;
 pub mod renewal;
 pub mod sds;

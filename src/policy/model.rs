@@ -1,0 +1,208 @@
+//! The policy model and the policy server's JSON for it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use super::{Error, PolicyError};
+use crate::ids::Guid;
+
+/// The transport a policy opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl FromStr for Protocol {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Protocol, PolicyError> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(PolicyError::Protocol(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Ports `start` to `end`, both included, within 1–65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    start: u16,
+    end: u16,
+}
+
+impl PortRange {
+    /// The range, if it is one.
+    pub fn new(start: i64, end: i64) -> Result<PortRange, PolicyError> {
+        let port = |p: i64| u16::try_from(p).ok().filter(|p| *p != 0);
+        match (port(start), port(end)) {
+            (Some(s), Some(e)) if s <= e => Ok(PortRange { start: s, end: e }),
+            _ => Err(PolicyError::Ports { start, end }),
+        }
+    }
+
+    /// The first port.
+    pub fn start(&self) -> u16 {
+        self.start
+    }
+
+    /// The last port.
+    pub fn end(&self) -> u16 {
+        self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// Instances of app `source` may connect to instances of app `destination` over `protocol`
+/// on `ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Policy {
+    /// The app that opens connections.
+    pub source: Guid,
+    /// The app that accepts them.
+    pub destination: Guid,
+    /// Over what.
+    pub protocol: Protocol,
+    /// On which of the destination's ports.
+    pub ports: PortRange,
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {} {}:{}",
+            self.source, self.destination, self.protocol, self.ports
+        )
+    }
+}
+
+/// The policy server's answer: `{"total_policies": N, "policies": [...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireList {
+    total_policies: usize,
+    policies: Vec<WirePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePolicy {
+    source: WireSource,
+    destination: WireDestination,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireSource {
+    id: String,
+    /// The overlay tag the policy server assigns; not used for mTLS.
+    #[serde(default, rename = "tag")]
+    _tag: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDestination {
+    id: String,
+    #[serde(default, rename = "tag")]
+    _tag: Option<String>,
+    protocol: String,
+    ports: WirePorts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePorts {
+    start: i64,
+    end: i64,
+}
+
+impl WirePolicy {
+    fn parse(self) -> Result<Policy, PolicyError> {
+        let app = |side: &'static str, id: &str| {
+            id.parse::<Guid>()
+                .map_err(|error| PolicyError::App { side, error })
+        };
+        Ok(Policy {
+            source: app("source", &self.source.id)?,
+            destination: app("destination", &self.destination.id)?,
+            protocol: self.destination.protocol.parse()?,
+            ports: PortRange::new(self.destination.ports.start, self.destination.ports.end)?,
+        })
+    }
+}
+
+/// Reads the policy server's answer to `GET /networking/v1/internal/policies`: every policy
+/// must be whole and valid, or none is taken. The same policy listed twice counts once.
+pub fn parse_policy_server_answer(json: &[u8]) -> Result<BTreeSet<Policy>, Error> {
+    let list: WireList =
+        serde_json::from_slice(json).map_err(|e| Error::Malformed(e.to_string()))?;
+    if list.total_policies != list.policies.len() {
+        return Err(Error::Count {
+            said: list.total_policies,
+            held: list.policies.len(),
+        });
+    }
+    list.policies
+        .into_iter()
+        .enumerate()
+        .map(|(index, p)| p.parse().map_err(|why| Error::Policy { index, why }))
+        .collect()
+}
+
+/// For each destination app, the source apps that may reach it: what its sidecar accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowSets(HashMap<Guid, BTreeSet<Guid>>);
+
+impl AllowSets {
+    /// The allow sets `policies` make. Protocol and ports do not narrow them: mTLS cannot see
+    /// either.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> AllowSets {
+        let mut sets: HashMap<Guid, BTreeSet<Guid>> = HashMap::new();
+        for p in policies {
+            sets.entry(p.destination.clone())
+                .or_default()
+                .insert(p.source.clone());
+        }
+        AllowSets(sets)
+    }
+
+    /// The apps that may reach `destination`; empty when none may.
+    pub fn sources(&self, destination: &Guid) -> impl Iterator<Item = &Guid> {
+        self.0.get(destination).into_iter().flatten()
+    }
+
+    /// How many destination apps have at least one allowed source.
+    pub fn destinations(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;
