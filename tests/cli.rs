@@ -593,18 +593,19 @@ fn instances_register_list_deregister_and_survive_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let dev = Dev::start(&data);
-    let register = |extra: &[&str]| {
+    let register_as = |instance: &str, app: &str, extra: &[&str]| {
         let mut args = vec![
             "instance",
             "register",
             "--instance-guid",
-            INSTANCE,
+            instance,
             "--app-guid",
-            APP,
+            app,
         ];
         args.extend_from_slice(extra);
         dev.cli(&data, &args)
     };
+    let register = |extra: &[&str]| register_as(INSTANCE, APP, extra);
     let full = [
         "--space-guid",
         SPACE,
@@ -641,55 +642,21 @@ fn instances_register_list_deregister_and_survive_a_restart() {
         Some(2),
         "--app-guid twice is a usage error"
     );
-    let conflict = dev.cli(
-        &data,
-        &[
-            "instance",
-            "register",
-            "--instance-guid",
-            INSTANCE,
-            "--app-guid",
-            SPACE,
-            "--space-guid",
-            SPACE,
-            "--org-guid",
-            ORG,
-        ],
-    );
+    let conflict = register_as(INSTANCE, SPACE, &["--space-guid", SPACE, "--org-guid", ORG]);
     assert!(!conflict.status.success());
     assert!(
         text(&conflict).contains("already registered"),
         "{}",
         text(&conflict)
     );
-    let no_org = dev.cli(
-        &data,
-        &[
-            "instance",
-            "register",
-            "--instance-guid",
-            ORG,
-            "--app-guid",
-            APP,
-        ],
-    );
+    let no_org = register_as(ORG, APP, &[]);
     assert!(!no_org.status.success());
     assert!(
         text(&no_org).contains("org_guid"),
         "the template needs it: {}",
         text(&no_org)
     );
-    let bad_guid = dev.cli(
-        &data,
-        &[
-            "instance",
-            "register",
-            "--instance-guid",
-            "x",
-            "--app-guid",
-            APP,
-        ],
-    );
+    let bad_guid = register_as("x", APP, &[]);
     assert_eq!(bad_guid.status.code(), Some(2));
     let bad_ip = register(&["--space-guid", SPACE, "--org-guid", ORG, "--ip", "10.0.0"]);
     assert_eq!(bad_ip.status.code(), Some(2));
@@ -697,21 +664,7 @@ fn instances_register_list_deregister_and_survive_a_restart() {
     // An instance whose socket cannot be made is not left registered.
     let blocked = data.join("sds").join(format!("{ORG}.sock"));
     std::fs::write(&blocked, "in the way").unwrap();
-    let unservable = dev.cli(
-        &data,
-        &[
-            "instance",
-            "register",
-            "--instance-guid",
-            ORG,
-            "--app-guid",
-            APP,
-            "--space-guid",
-            SPACE,
-            "--org-guid",
-            ORG,
-        ],
-    );
+    let unservable = register_as(ORG, APP, &["--space-guid", SPACE, "--org-guid", ORG]);
     assert!(!unservable.status.success());
     assert!(
         text(&unservable).contains("is not a socket"),

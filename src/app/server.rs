@@ -68,7 +68,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
 
 /// Serves the server API with a certificate for `api.name` (and the listening address when it
 /// is a specific one). Returns where it listens.
-pub(super) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<SocketAddr> {
+pub(crate) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<SocketAddr> {
     let listen = api.listen;
     let ips = if listen.ip().is_unspecified() {
         Vec::new()
@@ -147,11 +147,7 @@ pub(super) fn start_ca_maintenance(
     let Some(maintenance) = maintenance else {
         return Ok(None);
     };
-    let mut control = None;
-    rt.spawn("CA maintenance", |token| {
-        let (handle, task) = maintenance.start(token);
-        control = Some(handle);
-        task
-    });
-    Ok(control)
+    let (control, task) = maintenance.start(rt.shutdown_token());
+    rt.spawn("CA maintenance", move |_| task);
+    Ok(Some(control))
 }

@@ -2,13 +2,12 @@
 //! server with its ledger durable on SQLite, all in one process so the run is one measurement.
 //! Reported beside the same raw ceiling as `bench issue`.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     bench_placement, bench_runtime, ceiling, fresh_bench_dir, next, prepare, process_cpu_seconds,
@@ -16,10 +15,9 @@ use super::{
 };
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::api::{Authority, SignRequest};
+use crate::app::server::{start_api, ApiOptions};
 use crate::ca::Principal;
 use crate::config::Config;
-use crate::server::api_tls::ApiTls;
-use crate::server::grpc::{self, IdentityApi};
 
 /// Agents (cells), each with its own credential and connection.
 const AGENTS: usize = 2;
@@ -67,31 +65,17 @@ async fn remote_path(
     concurrency: usize,
     dir: &std::path::Path,
 ) -> Result<(f64, f64)> {
-    let rt = bench_runtime(config, dir).await?;
+    let mut rt = bench_runtime(config, dir).await?;
     let now = OffsetDateTime::now_utc();
     let ttl = "24h".parse()?;
-    let tls = ApiTls::enroll(
-        rt.issuance.clone(),
-        Principal::Server {
-            dns: vec!["localhost".into()],
-            ips: vec![IpAddr::from([127, 0, 0, 1])],
-        },
-        rt.config.agent.renewal,
-        rt.clock.clone(),
-    )
-    .await?;
-
+    // The server API as `idmint server` starts it, on a free loopback port.
+    let api = ApiOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        name: "localhost".into(),
+        cells_register_own: false,
+    };
+    let port = start_api(&mut rt, &api).await?.port();
     let roots = rt.ca.roots_pem();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let cancel = CancellationToken::new();
-    let api = IdentityApi::new(
-        rt.issuance.clone(),
-        rt.registry.clone(),
-        rt.ca.clone(),
-        false,
-    );
-    let served = tokio::spawn(grpc::serve(listener, api, tls, cancel.clone()));
 
     println!("registering {INSTANCES} instances on {AGENTS} cells (not timed)…");
     let mut agents = Vec::new();
@@ -152,8 +136,6 @@ async fn remote_path(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu_start;
-    cancel.cancel();
-    served.await??;
     let recorded = rt.audit.entry_count().await? - recorded_before;
     rt.shutdown().await;
     anyhow::ensure!(

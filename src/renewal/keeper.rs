@@ -113,8 +113,9 @@ impl<R: Renewer> Keeper<R> {
             (Some(cert), Some(since)) => self.renewal_point(since, cert.not_after()),
             _ => self.clock.now(),
         };
+        // Published here, then after each attempt: a wake-up that changes nothing says nothing.
+        self.attempts.send_modify(|a| a.next = Some(next));
         loop {
-            self.attempts.send_modify(|a| a.next = Some(next));
             let signer = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.clock.sleep_until(next) => None,
