@@ -56,6 +56,7 @@ pub const KEYS: &[&str] = &[
     "agent.instance_dir",
     "agent.renew_at",
     "agent.renew_jitter",
+    "policy.default_mode",
 ];
 
 /// Environment variables that are read elsewhere, not settings.
@@ -85,6 +86,14 @@ struct Raw {
     server: RawServer,
     #[serde(default)]
     agent: RawAgent,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    default_mode: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -166,6 +175,13 @@ pub struct AgentSettings {
     pub renewal: Schedule,
 }
 
+/// Container-to-container policy settings.
+#[derive(Clone, Debug)]
+pub struct PolicySettings {
+    /// The foundation's enforcement mode until an operator sets one.
+    pub default_mode: crate::policy::Mode,
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -181,6 +197,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// The agent half.
     pub agent: AgentSettings,
+    /// Container-to-container policies.
+    pub policy: PolicySettings,
     /// The config file read, if any.
     pub file: Option<PathBuf>,
 }
@@ -322,6 +340,12 @@ impl Config {
         agent.insert("renew_at".into(), pct(self.agent.renewal.point()));
         agent.insert("renew_jitter".into(), pct(self.agent.renewal.jitter()));
         root.insert("agent".into(), toml::Value::Table(agent));
+        let mut policy = toml::Table::new();
+        policy.insert(
+            "default_mode".into(),
+            text(self.policy.default_mode.as_str()),
+        );
+        root.insert("policy".into(), toml::Value::Table(policy));
         toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -504,6 +528,14 @@ fn validate(raw: Raw) -> Result<Config, Error> {
     })?;
     let sds_dir = raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds"));
     crate::agent::check_sds_dir(&sds_dir).map_err(|e| invalid("agent.sds_dir", e))?;
+    // Today's behaviour until an operator moves the foundation, a space or an app to policies.
+    let default_mode = raw
+        .policy
+        .default_mode
+        .as_deref()
+        .unwrap_or("trust-domain")
+        .parse()
+        .map_err(|e| invalid("policy.default_mode", e))?;
     Ok(Config {
         ca: ca::Settings {
             trust_domain,
@@ -531,6 +563,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
                 .unwrap_or_else(|| data_dir.join("instances")),
             renewal,
         },
+        policy: PolicySettings { default_mode },
         data_dir,
         file: None,
     })

@@ -82,6 +82,73 @@ pub fn placement_update_from_wire(
     }
 }
 
+/// An allow list as sent to agents.
+pub fn allow_list_to_wire(app: &crate::ids::Guid, list: &crate::policy::AllowList) -> AllowList {
+    use crate::policy::Mode;
+    AllowList {
+        app_guid: app.to_string(),
+        mode: match list.mode {
+            Mode::TrustDomain => EnforcementMode::TrustDomain,
+            Mode::Policy => EnforcementMode::Policy,
+        } as i32,
+        allowed_spiffe_ids: list.sources.iter().cloned().collect(),
+    }
+}
+
+/// An allow list as an agent takes it: every ID must be a SPIFFE ID, the mode a known one.
+pub fn allow_list_from_wire(
+    l: AllowList,
+) -> Result<(crate::ids::Guid, crate::policy::AllowList), String> {
+    use crate::policy::Mode;
+    let app = parse_field("app_guid", &l.app_guid)?;
+    let mode = match EnforcementMode::try_from(l.mode) {
+        Ok(EnforcementMode::TrustDomain) => Mode::TrustDomain,
+        Ok(EnforcementMode::Policy) => Mode::Policy,
+        _ => return Err(format!("mode: {} is not an enforcement mode", l.mode)),
+    };
+    let sources = l
+        .allowed_spiffe_ids
+        .into_iter()
+        .map(|id| parse_field::<crate::spiffe::SpiffeId>("allowed_spiffe_ids", &id).map(|_| id))
+        .collect::<Result<_, _>>()?;
+    Ok((app, crate::policy::AllowList { mode, sources }))
+}
+
+/// An allow-list update as sent to agents.
+pub fn allow_update_to_wire(u: &crate::policy::AllowUpdate) -> AllowListUpdate {
+    use crate::policy::AllowUpdate as U;
+    use allow_list_update::Update;
+    AllowListUpdate {
+        update: Some(match u {
+            U::Snapshot(all) => Update::Snapshot(AllowLists {
+                lists: all.iter().map(|(a, l)| allow_list_to_wire(a, l)).collect(),
+            }),
+            U::Set(app, list) => Update::Set(allow_list_to_wire(app, list)),
+            U::Gone(app) => Update::GoneAppGuid(app.to_string()),
+        }),
+    }
+}
+
+/// An allow-list update as an agent takes it.
+pub fn allow_update_from_wire(u: AllowListUpdate) -> Result<crate::policy::AllowUpdate, String> {
+    use crate::policy::AllowUpdate as U;
+    use allow_list_update::Update;
+    match u.update {
+        Some(Update::Snapshot(all)) => Ok(U::Snapshot(
+            all.lists
+                .into_iter()
+                .map(allow_list_from_wire)
+                .collect::<Result<_, _>>()?,
+        )),
+        Some(Update::Set(l)) => {
+            let (app, list) = allow_list_from_wire(l)?;
+            Ok(U::Set(app, list))
+        }
+        Some(Update::GoneAppGuid(app)) => Ok(U::Gone(parse_field("gone_app_guid", &app)?)),
+        None => Err("an allow-list update without an update".into()),
+    }
+}
+
 /// A required field, parsed; the error names the field.
 pub fn parse_field<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, String>
 where

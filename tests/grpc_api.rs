@@ -98,6 +98,7 @@ async fn start(
     let api = IdentityApi::new(
         rt.issuance.clone(),
         rt.registry.clone(),
+        rt.policies.clone(),
         rt.ca.clone(),
         false,
     );

@@ -2,6 +2,7 @@
 //! over the ledger.
 
 pub mod instances;
+pub mod policies;
 
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use crate::clock::Clock;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
 use crate::sds::SdsMetrics;
-use crate::server::Registry;
+use crate::server::{Policies, Registry};
 use crate::store::LedgerFilter;
 
 /// What the handlers read.
@@ -34,6 +35,8 @@ pub struct AdminState {
     pub audit: AuditLog,
     /// Registered instances.
     pub registry: Registry,
+    /// Container-to-container policies and enforcement modes.
+    pub policies: Policies,
     /// The in-process agent, when this process serves SDS.
     pub agent: Option<Arc<Workloads<RemoteAuthority>>>,
     /// SDS counters.
@@ -60,6 +63,12 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/instances/{guid}", delete(instances::deregister))
         .route("/v1/ca/rotate/{target}", post(rotate_ca))
+        .route("/v1/policies", get(policies::list).post(policies::add))
+        .route("/v1/policies/delete", post(policies::remove))
+        .route(
+            "/v1/policy-modes",
+            get(policies::modes).put(policies::set_mode),
+        )
         .with_state(state)
 }
 
@@ -82,6 +91,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         agent.renewal_metrics().render(&left, &mut text);
     }
     ca_expiry(&state.ca, now, &mut text);
+    policy_counts(&state.policies, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -158,6 +168,17 @@ async fn rotate_ca(State(state): State<AdminState>, Path(target): Path<String>) 
             (code, format!("{why}\n")).into_response()
         }
     }
+}
+
+/// How many policies are in force.
+fn policy_counts(policies: &Policies, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP idmint_policies_in_force Container-to-container policies in force."
+    );
+    let _ = writeln!(out, "# TYPE idmint_policies_in_force gauge");
+    let _ = writeln!(out, "idmint_policies_in_force {}", policies.count());
 }
 
 /// Seconds until the signing intermediate and the soonest-expiring root in the bundle expire.

@@ -2,12 +2,14 @@
 
 use zeroize::Zeroizing;
 
+pub mod allow_lists;
 pub mod cell_credential;
 mod metrics;
 pub mod remote;
 mod workloads;
 
 pub use crate::sds::{Bundle, Identity, Workload};
+pub use allow_lists::AllowLists;
 pub use metrics::AgentMetrics;
 pub use workloads::{check_sds_dir, CertStatus, Settings, Workloads};
 

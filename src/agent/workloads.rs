@@ -89,6 +89,7 @@ pub struct Workloads<A> {
     metrics: Arc<SdsMetrics>,
     renewals: Arc<AgentMetrics>,
     served: Mutex<HashMap<Guid, Served>>,
+    allow_lists: Arc<super::AllowLists>,
     signer: Option<watch::Receiver<String>>,
     shutdown: CancellationToken,
 }
@@ -114,6 +115,7 @@ impl<A: Authority + 'static> Workloads<A> {
             metrics,
             renewals: Arc::new(AgentMetrics::default()),
             served: Mutex::new(HashMap::new()),
+            allow_lists: Arc::default(),
             signer: None,
             shutdown,
         }
@@ -129,6 +131,11 @@ impl<A: Authority + 'static> Workloads<A> {
     /// The SDS counters of this agent.
     pub fn metrics(&self) -> Arc<SdsMetrics> {
         self.metrics.clone()
+    }
+
+    /// The allow lists of the apps served here, which the server's allow-list stream fills.
+    pub fn allow_lists(&self) -> Arc<super::AllowLists> {
+        self.allow_lists.clone()
     }
 
     /// The renewal counters of this agent.
@@ -205,6 +212,7 @@ impl<A: Authority + 'static> Workloads<A> {
             spiffe_id,
             identity: keeper.certificates(),
             bundle: self.bundle.clone(),
+            allowed: self.allow_lists.of(&placement.app_guid),
         };
         let attempts_rx = keeper.attempts();
         let mut tasks = JoinSet::new();

@@ -20,6 +20,7 @@ use crate::agent::{Bundle, Workloads};
 use crate::config::Config;
 use crate::ids::CellId;
 use crate::placement::PlacementUpdate;
+use crate::policy::AllowUpdate;
 use crate::proto;
 use crate::sds::SdsMetrics;
 
@@ -129,6 +130,11 @@ pub async fn start(
             signer_tx,
             shutdown.clone(),
         )),
+        super::spawn_owned({
+            let (lists, stop) = (agent.allow_lists(), shutdown.clone());
+            let updates = server_allow_lists(remote.clone(), cell.clone());
+            async move { lists.follow(updates, stop).await }
+        }),
         super::spawn_owned(
             agent
                 .clone()
@@ -218,37 +224,73 @@ fn server_placements(
     remote: RemoteAuthority,
     cell: CellId,
 ) -> impl futures_util::Stream<Item = PlacementUpdate> {
-    type Open = Option<tonic::Streaming<proto::PlacementUpdate>>;
+    followed(
+        "this cell's placements",
+        move || {
+            let (remote, cell_id) = (remote.clone(), cell.to_string());
+            async move {
+                let request = proto::WatchPlacementsRequest { cell_id };
+                remote.client().watch_placements(request).await
+            }
+        },
+        proto::placement_update_from_wire,
+    )
+}
+
+/// The allow lists of the apps on `cell` from the server, followed as the placements are.
+fn server_allow_lists(
+    remote: RemoteAuthority,
+    cell: CellId,
+) -> impl futures_util::Stream<Item = AllowUpdate> {
+    followed(
+        "this cell's allow lists",
+        move || {
+            let (remote, cell_id) = (remote.clone(), cell.to_string());
+            async move {
+                let request = proto::WatchAllowListsRequest { cell_id };
+                remote.client().watch_allow_lists(request).await
+            }
+        },
+        proto::allow_update_from_wire,
+    )
+}
+
+/// A server stream whose every (re)opening starts with a snapshot, as one endless sequence:
+/// opened again `FOLLOW_EVERY` after it fails, breaks, ends or sends what cannot be read.
+fn followed<W, T, F, Fut>(
+    what: &'static str,
+    open: F,
+    read: fn(W) -> Result<T, String>,
+) -> impl futures_util::Stream<Item = T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<W>>, tonic::Status>>,
+{
     futures_util::stream::unfold(
-        (remote, cell, None as Open),
-        |(remote, cell, mut open)| async move {
+        (open, None::<tonic::Streaming<W>>),
+        move |(open, mut stream)| async move {
             loop {
-                let stream = match open.as_mut() {
-                    Some(stream) => stream,
-                    None => {
-                        let request = proto::WatchPlacementsRequest {
-                            cell_id: cell.to_string(),
-                        };
-                        match remote.client().watch_placements(request).await {
-                            Ok(stream) => open.insert(stream.into_inner()),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot watch this cell's placements; serving what is served");
-                                tokio::time::sleep(FOLLOW_EVERY).await;
-                                continue;
-                            }
+                let s = match stream.as_mut() {
+                    Some(s) => s,
+                    None => match open().await {
+                        Ok(s) => stream.insert(s.into_inner()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot watch {what}; serving what is served");
+                            tokio::time::sleep(FOLLOW_EVERY).await;
+                            continue;
                         }
-                    }
-                };
-                let failure = match stream.message().await {
-                    Ok(Some(update)) => match proto::placement_update_from_wire(update) {
-                        Ok(update) => return Some((update, (remote, cell, open))),
-                        Err(e) => format!("an unreadable placement update: {e}"),
                     },
-                    Ok(None) => "the server ended the placement stream".to_string(),
-                    Err(e) => format!("the placement stream broke: {e}"),
                 };
-                tracing::warn!(%failure, "following this cell's placements again from a snapshot");
-                open = None;
+                let failure = match s.message().await {
+                    Ok(Some(update)) => match read(update) {
+                        Ok(update) => return Some((update, (open, stream))),
+                        Err(e) => format!("an unreadable update: {e}"),
+                    },
+                    Ok(None) => "the server ended the stream".to_string(),
+                    Err(e) => format!("the stream broke: {e}"),
+                };
+                tracing::warn!(%failure, "following {what} again from a snapshot");
+                stream = None;
                 tokio::time::sleep(FOLLOW_EVERY).await;
             }
         },

@@ -20,6 +20,7 @@ use crate::ca::{Init, Principal};
 use crate::config::Config;
 use crate::ids::{CellId, Ttl};
 use crate::sds::SdsMetrics;
+use crate::server::allow_watch::AllowWatch;
 
 /// How long the local cell's credential lives, in seconds (less under intermediates configured
 /// to live less); it renews half-way.
@@ -63,6 +64,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         ca: rt.ca.clone(),
         audit: rt.audit.clone(),
         registry: rt.registry.clone(),
+        policies: rt.policies.clone(),
         agent: Some(agent.clone()),
         sds_metrics: agent.metrics(),
         ca_control,
@@ -180,6 +182,15 @@ async fn start_agent(
     });
     let follower = agent.clone();
     rt.spawn("agent", move |_| follower.follow(updates));
+    let mut allowed = AllowWatch::new(rt.policies.clone(), rt.registry.watch(Some(local_cell())));
+    let lists = agent.allow_lists();
+    lists.apply(allowed.next().await);
+    let updates = futures_util::stream::unfold(allowed, |mut watch| async move {
+        Some((watch.next().await, watch))
+    });
+    rt.spawn("allow lists", move |token| async move {
+        lists.follow(updates, token).await
+    });
     rt.spawn("trust bundle", move |token| async move {
         let mut changes = ca.watch();
         loop {

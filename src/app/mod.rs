@@ -18,7 +18,7 @@ use crate::ca::{self, CertificateAuthority, Init};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ledger::{AuditLog, Ledger};
-use crate::server::{IssuanceService, Registry};
+use crate::server::{IssuanceService, Policies, Registry};
 use crate::store::Store;
 
 /// How long shutdown waits for tasks (the ledger writer's last batch) before giving up.
@@ -36,6 +36,8 @@ pub struct Runtime {
     pub audit: AuditLog,
     /// Registered instances.
     pub registry: Registry,
+    /// Container-to-container policies and enforcement modes.
+    pub policies: Policies,
     /// What every schedule here reads the time from.
     pub clock: Clock,
     store: Store,
@@ -58,37 +60,48 @@ impl Runtime {
         let store = Store::open(&config.store, create).await?;
         let ca = ca::load(config.ca.clone(), &store, init, clock.now()).await?;
         let registry = Registry::load(store.clone(), clock.clone()).await?;
-        Ok(Self::with_parts(
-            config,
-            store,
-            Arc::new(ca),
-            registry,
-            clock,
-        ))
-    }
-
-    /// Starts the ledger writer around an already loaded store, CA and registry.
-    pub fn with_parts(
-        config: Config,
-        store: Store,
-        ca: Arc<CertificateAuthority>,
-        registry: Registry,
-        clock: Clock,
-    ) -> Runtime {
+        let ca = Arc::new(ca);
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         let writer = spawn_owned(writer);
-        Runtime {
+        let policies = Policies::load(
+            store.clone(),
+            ledger.clone(),
+            clock.clone(),
+            crate::server::policies::Settings {
+                trust_domain: config.ca.trust_domain.clone(),
+                template: config.ca.id_template.clone(),
+                default_mode: config.policy.default_mode,
+            },
+        )
+        .await;
+        let mut rt = Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone()),
             audit: AuditLog::new(store.clone()),
             registry,
+            policies: match policies {
+                Ok(p) => p,
+                Err(e) => {
+                    shutdown.cancel();
+                    let _ = writer.await;
+                    return Err(e.into());
+                }
+            },
             ca,
             config,
             clock,
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],
-        }
+        };
+        // The apps placed before this start are known before any allow list is asked for.
+        let mut placements = rt.registry.watch(None);
+        rt.policies.learn(placements.next().await);
+        let policies = rt.policies.clone();
+        rt.spawn("policy placements", move |token| {
+            policies.follow_placements(placements, token)
+        });
+        Ok(rt)
     }
 
     /// The store, for parts that keep state of their own (CA rotation).

@@ -52,6 +52,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         ca: rt.ca.clone(),
         audit: rt.audit.clone(),
         registry: rt.registry.clone(),
+        policies: rt.policies.clone(),
         agent: None,
         sds_metrics: Arc::new(SdsMetrics::default()),
         ca_control,
@@ -94,6 +95,7 @@ pub(crate) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<Sock
     let service = IdentityApi::new(
         rt.issuance.clone(),
         rt.registry.clone(),
+        rt.policies.clone(),
         rt.ca.clone(),
         api.cells_register_own,
     );

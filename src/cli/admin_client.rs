@@ -20,10 +20,17 @@ pub async fn request(
         )
     })?;
     let body = body.unwrap_or("");
+    // Who is asking, for the ledger's record of what they change; stated, not proven.
+    let user: String = std::env::var("USER")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+         Content-Type: application/json\r\nContent-Length: {}\r\n{}: {user}\r\n\r\n",
+        body.len(),
+        crate::admin::policies::USER_HEADER,
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;

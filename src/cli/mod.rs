@@ -9,6 +9,7 @@ mod cell;
 mod dev;
 mod instance;
 mod issue;
+mod policy;
 mod server;
 mod table;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Register, list and deregister app instances on the running service.
     #[command(subcommand)]
     Instance(instance::InstanceCommand),
+    /// Container-to-container policies and enforcement modes on the running service.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Validate the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -140,6 +144,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cell(cmd) => cell::run(cmd, config).await,
         Command::Audit(cmd) => audit::run(cmd, config).await,
         Command::Instance(cmd) => instance::run(cmd, config).await,
+        Command::Policy(cmd) => policy::run(cmd, config).await,
         Command::Config(ConfigCommand::Check) => {
             match &config.file {
                 Some(f) => println!("# config OK (file {}, environment, flags)", f.display()),

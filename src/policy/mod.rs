@@ -4,9 +4,16 @@
 //! it as a source for that destination, whatever the protocol and ports; both are kept and
 //! shown all the same.
 
+mod allow;
+mod mode;
 mod model;
 
-pub use model::{parse_policy_server_answer, AllowSets, Policy, PortRange, Protocol};
+pub use allow::{AllowList, AllowUpdate};
+pub use mode::{Mode, Modes, Scope};
+pub use model::{
+    parse_policy_list, parse_policy_server_answer, policy_list_json, AllowSets, Policy, PortRange,
+    Protocol,
+};
 
 use crate::ids;
 

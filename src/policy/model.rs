@@ -1,6 +1,6 @@
 //! The policy model and the policy server's JSON for it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -175,31 +175,123 @@ pub fn parse_policy_server_answer(json: &[u8]) -> Result<BTreeSet<Policy>, Error
         .collect()
 }
 
-/// For each destination app, the source apps that may reach it: what its sidecar accepts.
+/// A list of policies as CF's external API takes it (`{"policies": [...]}`, no count): what
+/// `POST /v1/policies` reads. Every policy must be valid, or none is taken.
+pub fn parse_policy_list(json: &[u8]) -> Result<BTreeSet<Policy>, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct List {
+        policies: Vec<WirePolicy>,
+    }
+    let list: List = serde_json::from_slice(json).map_err(|e| Error::Malformed(e.to_string()))?;
+    list.policies
+        .into_iter()
+        .enumerate()
+        .map(|(index, p)| p.parse().map_err(|why| Error::Policy { index, why }))
+        .collect()
+}
+
+/// `policies` in the policy server's format, `{"total_policies": N, "policies": [...]}`.
+pub fn policy_list_json<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = policies
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "source": {"id": p.source.as_str()},
+                "destination": {
+                    "id": p.destination.as_str(),
+                    "protocol": p.protocol.to_string(),
+                    "ports": {"start": p.ports.start(), "end": p.ports.end()},
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({"total_policies": list.len(), "policies": list})
+}
+
+/// For each destination app, the source apps that may reach it: what its sidecar accepts. Kept
+/// up to date one policy at a time, since several policies (other ports, other protocol) may
+/// allow the same pair of apps and the pair stays allowed until the last of them goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AllowSets(HashMap<Guid, BTreeSet<Guid>>);
+pub struct AllowSets {
+    /// Destination → source → how many policies allow that pair.
+    by_destination: HashMap<Guid, BTreeMap<Guid, usize>>,
+    /// Source → the destinations it may reach.
+    by_source: HashMap<Guid, BTreeSet<Guid>>,
+}
 
 impl AllowSets {
     /// The allow sets `policies` make. Protocol and ports do not narrow them: mTLS cannot see
     /// either.
     pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> AllowSets {
-        let mut sets: HashMap<Guid, BTreeSet<Guid>> = HashMap::new();
+        let mut sets = AllowSets::default();
         for p in policies {
-            sets.entry(p.destination.clone())
-                .or_default()
-                .insert(p.source.clone());
+            sets.add(p);
         }
-        AllowSets(sets)
+        sets
+    }
+
+    /// Counts one more policy. Returns whether its destination gained a source.
+    pub fn add(&mut self, p: &Policy) -> bool {
+        let count = self
+            .by_destination
+            .entry(p.destination.clone())
+            .or_default()
+            .entry(p.source.clone())
+            .or_default();
+        *count += 1;
+        if *count > 1 {
+            return false;
+        }
+        self.by_source
+            .entry(p.source.clone())
+            .or_default()
+            .insert(p.destination.clone());
+        true
+    }
+
+    /// Counts one policy fewer (one that was added). Returns whether its destination lost a
+    /// source.
+    pub fn remove(&mut self, p: &Policy) -> bool {
+        let Some(sources) = self.by_destination.get_mut(&p.destination) else {
+            return false;
+        };
+        let Some(count) = sources.get_mut(&p.source) else {
+            return false;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return false;
+        }
+        sources.remove(&p.source);
+        if sources.is_empty() {
+            self.by_destination.remove(&p.destination);
+        }
+        if let Some(destinations) = self.by_source.get_mut(&p.source) {
+            destinations.remove(&p.destination);
+            if destinations.is_empty() {
+                self.by_source.remove(&p.source);
+            }
+        }
+        true
     }
 
     /// The apps that may reach `destination`; empty when none may.
     pub fn sources(&self, destination: &Guid) -> impl Iterator<Item = &Guid> {
-        self.0.get(destination).into_iter().flatten()
+        self.by_destination
+            .get(destination)
+            .into_iter()
+            .flat_map(|s| s.keys())
+    }
+
+    /// The apps `source` may reach.
+    pub fn destinations_of(&self, source: &Guid) -> impl Iterator<Item = &Guid> {
+        self.by_source.get(source).into_iter().flatten()
     }
 
     /// How many destination apps have at least one allowed source.
     pub fn destinations(&self) -> usize {
-        self.0.len()
+        self.by_destination.len()
     }
 }
 

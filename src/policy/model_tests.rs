@@ -140,3 +140,49 @@ fn allow_sets_name_every_source_of_a_destination_whatever_the_ports() {
     assert_eq!(to_c, [&guid(B)]);
     assert_eq!(sets.sources(&guid(A)).count(), 0, "nobody may reach A");
 }
+
+#[test]
+fn a_pair_stays_allowed_until_its_last_policy_goes() {
+    let on = |port| Policy {
+        source: guid(A),
+        destination: guid(B),
+        protocol: Protocol::Tcp,
+        ports: PortRange::new(port, port).unwrap(),
+    };
+    let mut sets = AllowSets::default();
+    assert!(sets.add(&on(8080)), "B gains A");
+    assert!(!sets.add(&on(9090)), "A already allowed");
+    assert_eq!(
+        sets.destinations_of(&guid(A)).collect::<Vec<_>>(),
+        [&guid(B)]
+    );
+    assert!(!sets.remove(&on(8080)), "9090 still allows A");
+    assert_eq!(sets.sources(&guid(B)).count(), 1);
+    assert!(sets.remove(&on(9090)), "B loses A");
+    assert!(!sets.remove(&on(9090)), "nothing left to remove");
+    assert_eq!(sets, AllowSets::default(), "nothing left behind");
+}
+
+#[test]
+fn a_list_written_reads_back_as_the_same_policies() {
+    let json = answer(&[
+        policy_json(A, B, "tcp", 8080, 8090),
+        policy_json(C, B, "udp", 53, 53),
+    ]);
+    let policies = parse_policy_server_answer(json.as_bytes()).unwrap();
+    let written = policy_list_json(&policies).to_string();
+    assert_eq!(
+        parse_policy_server_answer(written.as_bytes()),
+        Ok(policies.clone())
+    );
+    // The external form has no count; a count there is an unknown field.
+    let external = format!(
+        r#"{{"policies": [{}]}}"#,
+        policy_json(A, B, "tcp", 8080, 8090)
+    );
+    assert_eq!(parse_policy_list(external.as_bytes()).unwrap().len(), 1);
+    assert!(matches!(
+        parse_policy_list(written.as_bytes()),
+        Err(Error::Malformed(_))
+    ));
+}

@@ -12,13 +12,15 @@ use super::names::SecretKind;
 struct ByKind {
     tls_certificate: AtomicU64,
     validation_context: AtomicU64,
+    c2c_validation_context: AtomicU64,
 }
 
 impl ByKind {
     fn get(&self, kind: SecretKind) -> &AtomicU64 {
         match kind {
             SecretKind::Certificate => &self.tls_certificate,
-            _ => &self.validation_context,
+            SecretKind::C2cValidation => &self.c2c_validation_context,
+            SecretKind::Roots | SecretKind::SpiffeValidator => &self.validation_context,
         }
     }
 }
@@ -110,7 +112,11 @@ impl SdsMetrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
-            for kind in [SecretKind::Certificate, SecretKind::Roots] {
+            for kind in [
+                SecretKind::Certificate,
+                SecretKind::Roots,
+                SecretKind::C2cValidation,
+            ] {
                 let _ = writeln!(
                     out,
                     "{name}{{kind=\"{}\"}} {}",

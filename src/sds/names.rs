@@ -11,6 +11,9 @@ pub enum SecretKind {
     Roots,
     /// A validation context using Envoy's SPIFFE certificate validator.
     SpiffeValidator,
+    /// A provider's validation context: our roots, and only the SPIFFE IDs of the apps its
+    /// app's policies allow (or any of the trust domain, in `trust-domain` mode).
+    C2cValidation,
 }
 
 impl SecretKind {
@@ -19,6 +22,7 @@ impl SecretKind {
         match self {
             SecretKind::Certificate => "tls_certificate",
             SecretKind::Roots | SecretKind::SpiffeValidator => "validation_context",
+            SecretKind::C2cValidation => "c2c_validation_context",
         }
     }
 }
@@ -35,8 +39,9 @@ impl fmt::Display for Refused {
         write!(
             f,
             "secret {:?} is not this instance's; it may ask for its own certificate (default, its \
-             SPIFFE ID, id-cert-and-key, c2c-cert-and-key) and the trust bundle (ROOTCA, the trust \
-             domain's ID, id-validation-context, ALL)",
+             SPIFFE ID, id-cert-and-key, c2c-cert-and-key), the trust bundle (ROOTCA, the trust \
+             domain's ID, id-validation-context, ALL) and what its app accepts as a provider \
+             (c2c-validation-context)",
             self.name
         )
     }
@@ -50,6 +55,7 @@ pub fn classify(name: &str, own_id: &str, td_id: &str) -> Result<SecretKind, Ref
         "default" | "id-cert-and-key" | "c2c-cert-and-key" => Ok(SecretKind::Certificate),
         "ROOTCA" | "id-validation-context" => Ok(SecretKind::Roots),
         "ALL" => Ok(SecretKind::SpiffeValidator),
+        "c2c-validation-context" => Ok(SecretKind::C2cValidation),
         n if n == own_id => Ok(SecretKind::Certificate),
         n if n == td_id => Ok(SecretKind::Roots),
         _ => Err(Refused {
@@ -74,6 +80,10 @@ mod tests {
             assert_eq!(classify(n, OWN, TD), Ok(SecretKind::Roots), "{n}");
         }
         assert_eq!(classify("ALL", OWN, TD), Ok(SecretKind::SpiffeValidator));
+        assert_eq!(
+            classify("c2c-validation-context", OWN, TD),
+            Ok(SecretKind::C2cValidation)
+        );
     }
 
     #[test]

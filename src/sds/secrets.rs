@@ -6,9 +6,11 @@ use envoy_types::pb::envoy::config::core::v3::{
     data_source::Specifier, DataSource, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    secret, spiffe_cert_validator_config, CertificateValidationContext, Secret,
-    SpiffeCertValidatorConfig, TlsCertificate,
+    secret, spiffe_cert_validator_config, subject_alt_name_matcher::SanType,
+    CertificateValidationContext, Secret, SpiffeCertValidatorConfig, SubjectAltNameMatcher,
+    TlsCertificate,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::watch;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use super::names::SecretKind;
 use super::{Bundle, Identity, Workload};
 use crate::ca::sha256_hex;
+use crate::policy::{AllowList, Mode};
 
 /// The type URL of an SDS secret.
 pub const SECRET_TYPE: &str =
@@ -52,6 +55,7 @@ pub struct Built {
 pub struct Sources {
     identity: watch::Receiver<Option<Arc<Identity>>>,
     bundle: watch::Receiver<Arc<Bundle>>,
+    allowed: watch::Receiver<Option<Arc<AllowList>>>,
 }
 
 impl Sources {
@@ -60,6 +64,7 @@ impl Sources {
         Sources {
             identity: w.identity.clone(),
             bundle: w.bundle.clone(),
+            allowed: w.allowed.clone(),
         }
     }
 
@@ -72,6 +77,10 @@ impl Sources {
             }
             SecretKind::Roots => roots(name, &self.bundle.borrow()),
             SecretKind::SpiffeValidator => spiffe_validator(name, &self.bundle.borrow()),
+            SecretKind::C2cValidation => {
+                let allowed = self.allowed.borrow().clone()?;
+                c2c_validation(name, &self.bundle.borrow(), &allowed)
+            }
         };
         let bytes = secret.encode_to_vec();
         Some(Built {
@@ -83,12 +92,13 @@ impl Sources {
         })
     }
 
-    /// Resolves when the identity or the bundle changes. Never resolves once both senders
-    /// are gone (the stream then ends through its cancellation instead).
+    /// Resolves when the identity, the bundle or the app's allow list changes. Never resolves
+    /// once every sender is gone (the stream then ends through its cancellation instead).
     pub async fn changed(&mut self) {
         tokio::select! {
             Ok(()) = self.identity.changed() => {}
             Ok(()) = self.bundle.changed() => {}
+            Ok(()) = self.allowed.changed() => {}
             else => std::future::pending().await,
         }
     }
@@ -118,6 +128,49 @@ fn roots(name: &str, bundle: &Bundle) -> Secret {
         r#type: Some(secret::Type::ValidationContext(
             CertificateValidationContext {
                 trusted_ca: inline(&bundle.roots_pem),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// What a SPIFFE ID in a URI SAN can never be: the path of a SPIFFE ID is ASCII letters,
+/// digits, '.', '-' and '_', and a URI SAN is an IA5String (ASCII). An exact matcher on this
+/// matches no certificate, which is how "nobody" is said: Envoy takes an empty matcher list
+/// to mean "any SAN".
+pub const MATCHES_NO_ONE: &str = "spiffe://\u{2205}/no app may reach this one";
+
+/// A provider's validation context: our roots, and the SPIFFE IDs its app accepts.
+fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
+    let uri = |pattern: MatchPattern| SubjectAltNameMatcher {
+        san_type: SanType::Uri as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(pattern),
+            ignore_case: false,
+        }),
+        ..Default::default()
+    };
+    let matchers = match allowed.mode {
+        // Any workload of the trust domain: its IDs all start so.
+        Mode::TrustDomain => vec![uri(MatchPattern::Prefix(format!(
+            "spiffe://{}/",
+            bundle.trust_domain
+        )))],
+        Mode::Policy if allowed.sources.is_empty() => {
+            vec![uri(MatchPattern::Exact(MATCHES_NO_ONE.to_string()))]
+        }
+        Mode::Policy => allowed
+            .sources
+            .iter()
+            .map(|id| uri(MatchPattern::Exact(id.clone())))
+            .collect(),
+    };
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: inline(&bundle.roots_pem),
+                match_typed_subject_alt_names: matchers,
                 ..Default::default()
             },
         )),

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::placement::Placement;
+use crate::policy::AllowList;
 use crate::spiffe::TrustDomain;
 
 /// What an instance's sidecar is given as its own identity.
@@ -49,4 +50,6 @@ pub struct Workload {
     pub identity: watch::Receiver<Option<Arc<Identity>>>,
     /// The trust bundle.
     pub bundle: watch::Receiver<Arc<Bundle>>,
+    /// Whom the instance's app accepts as a provider; `None` until the server has said.
+    pub allowed: watch::Receiver<Option<Arc<AllowList>>>,
 }

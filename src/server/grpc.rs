@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::allow_watch::AllowWatch;
 use super::api_tls::{self, ApiTls, Client, Peer};
 use super::registry::Registry;
-use super::IssuanceService;
+use super::{IssuanceService, Policies};
 use crate::api::{self, Caller};
 use crate::ca::{CertificateAuthority, Principal, PrincipalError};
 use crate::ids::{CellId, Guid, Ttl};
@@ -29,6 +30,7 @@ use crate::proto::{self as pb, MAX_REQUEST, MAX_STREAM_IN_FLIGHT, WINDOW};
 pub struct IdentityApi {
     issuance: IssuanceService,
     registry: Registry,
+    policies: Policies,
     ca: Arc<CertificateAuthority>,
     /// Whether a cell may register and deregister instances on itself.
     cells_register_own: bool,
@@ -44,12 +46,14 @@ impl IdentityApi {
     pub fn new(
         issuance: IssuanceService,
         registry: Registry,
+        policies: Policies,
         ca: Arc<CertificateAuthority>,
         cells_register_own: bool,
     ) -> Self {
         IdentityApi {
             issuance,
             registry,
+            policies,
             ca,
             cells_register_own,
             stopping: CancellationToken::new(),
@@ -209,6 +213,7 @@ impl IdentityApi {
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
 type PlacementStream = Pin<Box<dyn Stream<Item = Result<pb::PlacementUpdate, Status>> + Send>>;
+type AllowListStream = Pin<Box<dyn Stream<Item = Result<pb::AllowListUpdate, Status>> + Send>>;
 type SignResultStream = Pin<Box<dyn Stream<Item = Result<pb::SignStreamResult, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -354,6 +359,28 @@ impl IdentityRpc for IdentityApi {
                     u = watch.next() => u,
                 };
                 Some((Ok(pb::placement_update_to_wire(&update)), (watch, stopping)))
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchAllowListsStream = AllowListStream;
+
+    async fn watch_allow_lists(
+        &self,
+        request: Request<pb::WatchAllowListsRequest>,
+    ) -> Result<Response<AllowListStream>, Status> {
+        let caller = self.caller(&request)?;
+        let only = self.cell_scope(&caller, &request.into_inner().cell_id)?;
+        let watch = AllowWatch::new(self.policies.clone(), self.registry.watch(only));
+        let stopping = self.stopping.clone();
+        // Ends when the server stops, so shutdown does not wait for agents to hang up.
+        let stream =
+            futures_util::stream::unfold((watch, stopping), |(mut watch, stopping)| async move {
+                let update = tokio::select! {
+                    _ = stopping.cancelled() => return None,
+                    u = watch.next() => u,
+                };
+                Some((Ok(pb::allow_update_to_wire(&update)), (watch, stopping)))
             });
         Ok(Response::new(Box::pin(stream)))
     }

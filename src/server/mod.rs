@@ -1,11 +1,14 @@
 //! The server half: turns sign requests into certificates, recording every decision in the
 //! ledger before answering.
 
+pub mod allow_watch;
 pub mod api_tls;
 pub mod grpc;
 mod issuance;
+pub mod policies;
 pub mod registry;
 mod status;
 
 pub use issuance::IssuanceService;
+pub use policies::Policies;
 pub use registry::Registry;

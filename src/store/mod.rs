@@ -6,6 +6,7 @@
 mod ca_queries;
 mod ledger_queries;
 mod placement_queries;
+mod policy_queries;
 mod postgres;
 mod records;
 mod sqlite;

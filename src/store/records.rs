@@ -12,6 +12,8 @@ pub enum EntryKind {
     Denied,
     /// A CA certificate was created, activated, retired or left the trust bundle.
     Ca,
+    /// A container-to-container policy was added or removed, or an enforcement mode switched.
+    Policy,
 }
 
 impl EntryKind {
@@ -21,6 +23,7 @@ impl EntryKind {
             EntryKind::Issued => "issued",
             EntryKind::Denied => "denied",
             EntryKind::Ca => "ca",
+            EntryKind::Policy => "policy",
         }
     }
 
@@ -29,6 +32,7 @@ impl EntryKind {
             "issued" => Some(EntryKind::Issued),
             "denied" => Some(EntryKind::Denied),
             "ca" => Some(EntryKind::Ca),
+            "policy" => Some(EntryKind::Policy),
             _ => None,
         }
     }

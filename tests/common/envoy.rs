@@ -120,15 +120,18 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until a sidecar has both its certificate and the roots from idmint.
+/// Waits until a sidecar has its certificate and its validation context (the roots for a
+/// consumer, `c2c-validation-context` for a provider) from idmint.
 pub fn wait_for_secrets(sidecar: &Sidecar, who: &str) {
     wait_until(&format!("{who}'s secrets"), Duration::from_secs(30), || {
         stat(sidecar, "sds.default.update_success") >= 1
-            && stat(sidecar, "sds.ROOTCA.update_success") >= 1
+            && (stat(sidecar, "sds.ROOTCA.update_success") >= 1
+                || stat(sidecar, "sds.c2c-validation-context.update_success") >= 1)
     });
 }
 
-/// App B's provider sidecar (delta protocol, accepting only `id_a`) in front of `backend`, and
+/// App B's provider sidecar (delta protocol, accepting what idmint's `c2c-validation-context`
+/// says) in front of `backend`, and
 /// app A's consumer sidecar (state of the world, accepting only `id_b`) calling it and keeping each connection for
 /// `max_connection_duration`; returns once both have their secrets.
 pub fn start_pair(

@@ -2,6 +2,7 @@
 //! independent verifier, and a throwaway PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod dev;
 pub mod envoy;
 pub mod strict_der;
 
@@ -283,13 +284,21 @@ pub fn free_port() -> u16 {
 
 /// GET `path` on 127.0.0.1:`port`; (status, body), or None when the connection fails.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, "")
+}
+
+/// One HTTP/1.1 request with `body` to 127.0.0.1:`port`; (status, body), or None when the
+/// connection fails.
+pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut raw = String::new();

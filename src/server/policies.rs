@@ -1,0 +1,398 @@
+//! The container-to-container policies in force and the enforcement modes, as the server keeps
+//! them: changed by operators, each change stored and recorded in the ledger before it is in
+//! force, and announced per destination app so that only the cells serving that app hear of it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::{broadcast, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::PlacementWatch;
+use crate::clock::Clock;
+use crate::ids::Guid;
+use crate::ledger::Ledger;
+use crate::placement::{Placement, PlacementUpdate};
+use crate::policy::{AllowList, AllowSets, Mode, Modes, Policy, Scope};
+use crate::spiffe::{IdTemplate, IdValues, TrustDomain};
+use crate::store::{EntryKind, LedgerRecord, Store};
+
+/// Why a change was not made. Nothing of it is in force.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed.
+    #[error("policy store: {0}")]
+    Store(#[from] crate::store::Error),
+    /// The ledger could not record the change, so it was undone.
+    #[error("the change could not be recorded, so it was not made: {0}")]
+    Ledger(#[from] crate::ledger::Error),
+}
+
+/// Which destination apps' allow lists may have changed.
+#[derive(Clone, Debug)]
+pub enum Changed {
+    /// These.
+    Apps(Arc<[Guid]>),
+    /// Any (a space's or the foundation's mode).
+    All,
+}
+
+/// The space and org an app was placed in: what its SPIFFE ID and its space's mode need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AppScope {
+    space: Option<Guid>,
+    org: Option<Guid>,
+}
+
+struct State {
+    policies: BTreeSet<Policy>,
+    allow: AllowSets,
+    modes: Modes,
+    /// Every app placed since the server started (the stored placements included), kept after
+    /// its instances leave: its certificates outlive its placements.
+    apps: HashMap<Guid, AppScope>,
+}
+
+/// The policies and modes. Cheap to clone; clones share one state.
+#[derive(Clone)]
+pub struct Policies {
+    store: Store,
+    ledger: Ledger,
+    clock: Clock,
+    trust_domain: TrustDomain,
+    template: IdTemplate,
+    /// Held by a change from its store write to its announcement, so changes happen one at a
+    /// time and in the ledger's order.
+    changing: Arc<Mutex<()>>,
+    state: Arc<RwLock<State>>,
+    changes: broadcast::Sender<Changed>,
+}
+
+/// What the server needs to name apps and to start from.
+pub struct Settings {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// How app SPIFFE IDs are written.
+    pub template: IdTemplate,
+    /// The foundation's mode until one is set.
+    pub default_mode: Mode,
+}
+
+impl Policies {
+    /// Loads the stored policies and modes.
+    pub async fn load(
+        store: Store,
+        ledger: Ledger,
+        clock: Clock,
+        settings: Settings,
+    ) -> Result<Policies, Error> {
+        let policies: BTreeSet<Policy> = store.policies().await?.into_iter().collect();
+        let mut modes = Modes::new(settings.default_mode);
+        for (scope, mode) in store.enforcement_modes().await? {
+            modes.set(scope, Some(mode));
+        }
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Policies {
+            store,
+            ledger,
+            clock,
+            trust_domain: settings.trust_domain,
+            template: settings.template,
+            changing: Arc::default(),
+            state: Arc::new(RwLock::new(State {
+                allow: AllowSets::of(&policies),
+                policies,
+                modes,
+                apps: HashMap::new(),
+            })),
+            changes,
+        })
+    }
+
+    /// Adds `policies` on behalf of `by`; those in force already are left as they are. Each is
+    /// stored and recorded before it is in force. Returns those that were new.
+    pub async fn add(&self, policies: &BTreeSet<Policy>, by: &str) -> Result<Vec<Policy>, Error> {
+        self.change(policies, by, Change::Add).await
+    }
+
+    /// Removes `policies` on behalf of `by`; those not in force are ignored. Returns those that
+    /// were in force.
+    pub async fn remove(
+        &self,
+        policies: &BTreeSet<Policy>,
+        by: &str,
+    ) -> Result<Vec<Policy>, Error> {
+        self.change(policies, by, Change::Remove).await
+    }
+
+    async fn change(
+        &self,
+        policies: &BTreeSet<Policy>,
+        by: &str,
+        change: Change,
+    ) -> Result<Vec<Policy>, Error> {
+        let _changing = self.changing.lock().await;
+        let todo: Vec<Policy> = {
+            let state = self.read();
+            let adding = matches!(change, Change::Add);
+            policies
+                .iter()
+                .filter(|p| state.policies.contains(p) != adding)
+                .cloned()
+                .collect()
+        };
+        let mut done = Vec::with_capacity(todo.len());
+        let mut failed = None;
+        for p in todo {
+            // Each one in force as soon as it is stored and recorded, so that what is in force,
+            // the store and the ledger agree whatever fails part way.
+            match self.store_and_record(&p, by, change).await {
+                Ok(()) => done.push(p),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let touched: Vec<Guid> = {
+            let mut state = self.write();
+            let mut touched = BTreeSet::new();
+            for p in &done {
+                let changed = match change {
+                    Change::Add => {
+                        state.policies.insert(p.clone());
+                        state.allow.add(p)
+                    }
+                    Change::Remove => {
+                        state.policies.remove(p);
+                        state.allow.remove(p)
+                    }
+                };
+                if changed {
+                    touched.insert(p.destination.clone());
+                }
+            }
+            touched.into_iter().collect()
+        };
+        if !touched.is_empty() {
+            let _ = self.changes.send(Changed::Apps(touched.into()));
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    async fn store_and_record(&self, p: &Policy, by: &str, change: Change) -> Result<(), Error> {
+        let now = self.clock.now();
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let (verb, undo) = match change {
+            Change::Add => {
+                self.store.insert_policy(p, now_ms).await?;
+                ("added", Change::Remove)
+            }
+            Change::Remove => {
+                self.store.delete_policy(p).await?;
+                ("removed", Change::Add)
+            }
+        };
+        let record = LedgerRecord {
+            app_guid: Some(p.destination.to_string()),
+            reason: Some(format!(
+                "policy {verb}: app {} may reach app {} ({} ports {}); from idmint's store, by {by}",
+                p.source, p.destination, p.protocol, p.ports
+            )),
+            ..LedgerRecord::bare(EntryKind::Policy, now)
+        };
+        if let Err(e) = self.ledger.append(record).await {
+            let undone = match undo {
+                Change::Remove => self.store.delete_policy(p).await.map(|_| ()),
+                Change::Add => self.store.insert_policy(p, now_ms).await.map(|_| ()),
+            };
+            if let Err(u) = undone {
+                tracing::error!(policy = %p, error = %u, "cannot undo an unrecorded policy change in the store; it takes effect at the next start");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Sets the mode of `scope` (`None`: clears it, so the wider one applies) on behalf of `by`.
+    /// Returns whether anything changed.
+    pub async fn set_mode(
+        &self,
+        scope: Scope,
+        mode: Option<Mode>,
+        by: &str,
+    ) -> Result<bool, Error> {
+        let _changing = self.changing.lock().await;
+        let mut after = self.read().modes.clone();
+        if !after.set(scope.clone(), mode) {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        self.store
+            .set_enforcement_mode(&scope, mode, now_ms)
+            .await?;
+        let what = match mode {
+            Some(m) => format!("set to {m}"),
+            None => format!(
+                "cleared (the wider setting applies; the foundation's default is {})",
+                after.configured()
+            ),
+        };
+        let record = LedgerRecord {
+            app_guid: match &scope {
+                Scope::App(g) => Some(g.to_string()),
+                _ => None,
+            },
+            space_guid: match &scope {
+                Scope::Space(g) => Some(g.to_string()),
+                _ => None,
+            },
+            reason: Some(format!("enforcement mode of {scope} {what}, by {by}")),
+            ..LedgerRecord::bare(EntryKind::Policy, now)
+        };
+        if let Err(e) = self.ledger.append(record).await {
+            let before = self
+                .read()
+                .modes
+                .iter()
+                .find(|(s, _)| **s == scope)
+                .map(|(_, m)| m);
+            if let Err(u) = self
+                .store
+                .set_enforcement_mode(&scope, before, now_ms)
+                .await
+            {
+                tracing::error!(%scope, error = %u, "cannot undo an unrecorded mode change in the store; it takes effect at the next start");
+            }
+            return Err(e.into());
+        }
+        self.write().modes = after;
+        let changed = match scope {
+            Scope::App(g) => Changed::Apps(vec![g].into()),
+            Scope::Space(_) | Scope::Foundation => Changed::All,
+        };
+        let _ = self.changes.send(changed);
+        Ok(true)
+    }
+
+    /// What the sidecars of `app` accept now.
+    pub fn allow_list(&self, app: &Guid, space: Option<&Guid>) -> AllowList {
+        let state = self.read();
+        let space = space.or_else(|| state.apps.get(app).and_then(|a| a.space.as_ref()));
+        let mode = state.modes.of(app, space);
+        let sources = state
+            .allow
+            .sources(app)
+            .filter_map(|source| self.spiffe_id(source, state.apps.get(source)))
+            .collect();
+        AllowList { mode, sources }
+    }
+
+    /// The SPIFFE ID of `app`, if it can be written: with the template's default of org and
+    /// space in it, only once the app has been placed somewhere (it has no certificate before).
+    fn spiffe_id(&self, app: &Guid, scope: Option<&AppScope>) -> Option<String> {
+        let values = IdValues {
+            org_guid: scope.and_then(|s| s.org.as_ref()).map(Guid::as_str),
+            space_guid: scope.and_then(|s| s.space.as_ref()).map(Guid::as_str),
+            app_guid: app.as_str(),
+        };
+        let id = self.template.render(&self.trust_domain, values).ok()?;
+        Some(id.to_string())
+    }
+
+    /// Every policy in force, in order; only those naming `app` (either side) when given.
+    pub fn list(&self, app: Option<&Guid>) -> Vec<Policy> {
+        let state = self.read();
+        state
+            .policies
+            .iter()
+            .filter(|p| app.is_none_or(|a| p.source == *a || p.destination == *a))
+            .cloned()
+            .collect()
+    }
+
+    /// How many policies are in force.
+    pub fn count(&self) -> usize {
+        self.read().policies.len()
+    }
+
+    /// The modes set, and the foundation's default.
+    pub fn modes(&self) -> Modes {
+        self.read().modes.clone()
+    }
+
+    /// Follows every cell's placements for what the allow lists need of them: a source app's
+    /// org and space (its SPIFFE ID) and a destination app's space (its mode). Runs until
+    /// `stop`.
+    pub async fn follow_placements(self, mut placements: PlacementWatch, stop: CancellationToken) {
+        loop {
+            let update = tokio::select! {
+                _ = stop.cancelled() => return,
+                u = placements.next() => u,
+            };
+            self.learn(update);
+        }
+    }
+
+    /// Takes in one placement update; see [`Policies::follow_placements`].
+    pub fn learn(&self, update: PlacementUpdate) {
+        let changed = match update {
+            PlacementUpdate::Snapshot(all) => {
+                let mut state = self.write();
+                for p in &all {
+                    state.apps.insert(p.app_guid.clone(), scope_of(p));
+                }
+                Some(Changed::All)
+            }
+            PlacementUpdate::Registered(p) => {
+                let mut state = self.write();
+                let scope = scope_of(&p);
+                if state.apps.get(&p.app_guid) == Some(&scope) {
+                    None
+                } else {
+                    state.apps.insert(p.app_guid.clone(), scope);
+                    // The apps it may reach now know its ID; its own mode may follow its space.
+                    let mut apps: Vec<Guid> =
+                        state.allow.destinations_of(&p.app_guid).cloned().collect();
+                    apps.push(p.app_guid.clone());
+                    Some(Changed::Apps(apps.into()))
+                }
+            }
+            PlacementUpdate::Deregistered(_) => None,
+        };
+        if let Some(c) = changed {
+            let _ = self.changes.send(c);
+        }
+    }
+
+    /// A receiver of every change announced from now on.
+    pub fn changes(&self) -> broadcast::Receiver<Changed> {
+        self.changes.subscribe()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("never poisoned")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().expect("never poisoned")
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Add,
+    Remove,
+}
+
+fn scope_of(p: &Placement) -> AppScope {
+    AppScope {
+        space: p.space_guid.clone(),
+        org: p.org_guid.clone(),
+    }
+}
