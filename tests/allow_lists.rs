@@ -137,7 +137,7 @@ async fn policies_and_modes_survive_a_restart(overrides: &[(&str, &str)]) {
         .filter(|e| e.record.kind == idmint::store::EntryKind::Policy)
         .count();
     assert_eq!(
-        recorded, 5,
+        recorded, 6,
         "two added, one removed, three mode changes, all recorded"
     );
     rt.shutdown().await;
