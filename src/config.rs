@@ -57,6 +57,14 @@ pub const KEYS: &[&str] = &[
     "agent.renew_at",
     "agent.renew_jitter",
     "policy.default_mode",
+    "policy.source",
+    "policy.server.url",
+    "policy.server.ca_file",
+    "policy.server.cert_file",
+    "policy.server.key_file",
+    "policy.server.poll_every",
+    "policy.server.timeout",
+    "policy.server.max_answer_bytes",
 ];
 
 /// Environment variables that are read elsewhere, not settings.
@@ -94,6 +102,21 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     default_mode: Option<String>,
+    source: Option<String>,
+    #[serde(default)]
+    server: RawPolicyServer,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyServer {
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    poll_every: Option<String>,
+    timeout: Option<String>,
+    max_answer_bytes: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -180,6 +203,38 @@ pub struct AgentSettings {
 pub struct PolicySettings {
     /// The foundation's enforcement mode until an operator sets one.
     pub default_mode: crate::policy::Mode,
+    /// CF's policy server, when the policies in force come from it (`policy.source =
+    /// "policy-server"`); `None`: from idmint's own store.
+    pub server: Option<PolicyServerSettings>,
+}
+
+impl PolicySettings {
+    /// Where the policies in force come from.
+    pub fn origin(&self) -> crate::policy::Origin {
+        match self.server {
+            Some(_) => crate::policy::Origin::PolicyServer,
+            None => crate::policy::Origin::Store,
+        }
+    }
+}
+
+/// How CF's policy server is polled.
+#[derive(Clone, Debug)]
+pub struct PolicyServerSettings {
+    /// `https://host:port` of its internal API.
+    pub url: String,
+    /// The CA its certificate chains to, PEM.
+    pub ca_file: PathBuf,
+    /// idmint's client certificate (and intermediates), PEM.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM.
+    pub key_file: PathBuf,
+    /// How often it is asked (moved at random by up to a tenth either way).
+    pub poll_every: std::time::Duration,
+    /// The longest one poll may take, answer included.
+    pub timeout: std::time::Duration,
+    /// The largest answer taken, in bytes.
+    pub max_answer_bytes: usize,
 }
 
 /// The effective configuration.
@@ -345,6 +400,27 @@ impl Config {
             "default_mode".into(),
             text(self.policy.default_mode.as_str()),
         );
+        policy.insert("source".into(), text(self.policy.origin().as_str()));
+        if let Some(ps) = &self.policy.server {
+            let mut server = toml::Table::new();
+            server.insert("url".into(), text(&ps.url));
+            server.insert("ca_file".into(), path(&ps.ca_file));
+            server.insert("cert_file".into(), path(&ps.cert_file));
+            server.insert("key_file".into(), path(&ps.key_file));
+            server.insert(
+                "poll_every".into(),
+                text(&format!("{}ms", ps.poll_every.as_millis())),
+            );
+            server.insert(
+                "timeout".into(),
+                text(&format!("{}ms", ps.timeout.as_millis())),
+            );
+            server.insert(
+                "max_answer_bytes".into(),
+                toml::Value::Integer(ps.max_answer_bytes as i64),
+            );
+            policy.insert("server".into(), toml::Value::Table(server));
+        }
         root.insert("policy".into(), toml::Value::Table(policy));
         toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -536,6 +612,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         .unwrap_or("trust-domain")
         .parse()
         .map_err(|e| invalid("policy.default_mode", e))?;
+    let policy_server = policy_server(raw.policy.source.as_deref(), raw.policy.server)?;
     Ok(Config {
         ca: ca::Settings {
             trust_domain,
@@ -563,10 +640,109 @@ fn validate(raw: Raw) -> Result<Config, Error> {
                 .unwrap_or_else(|| data_dir.join("instances")),
             renewal,
         },
-        policy: PolicySettings { default_mode },
+        policy: PolicySettings {
+            default_mode,
+            server: policy_server,
+        },
         data_dir,
         file: None,
     })
+}
+
+/// A positive duration of milliseconds, seconds or minutes: `100ms`, `5s`, `1m`.
+fn short_duration(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<std::time::Duration, Error> {
+    let text = value.as_deref().unwrap_or(default);
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().unwrap_or(0);
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        _ => None,
+    };
+    match millis {
+        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(invalid(
+            key,
+            format!("{text:?} is not a positive duration like \"500ms\", \"5s\" or \"1m\""),
+        )),
+    }
+}
+
+/// The policy server's settings when `policy.source` is `policy-server`; none may be given
+/// otherwise, so a half-done switch is an error rather than silently ignored.
+fn policy_server(
+    source: Option<&str>,
+    raw: RawPolicyServer,
+) -> Result<Option<PolicyServerSettings>, Error> {
+    let origin: crate::policy::Origin = source
+        .unwrap_or("store")
+        .parse()
+        .map_err(|e| invalid("policy.source", e))?;
+    let any_given = raw.url.is_some()
+        || raw.ca_file.is_some()
+        || raw.cert_file.is_some()
+        || raw.key_file.is_some()
+        || raw.poll_every.is_some()
+        || raw.timeout.is_some()
+        || raw.max_answer_bytes.is_some();
+    if origin == crate::policy::Origin::Store {
+        if any_given {
+            return Err(invalid(
+                "policy.server",
+                "policy server settings are given but policy.source is \"store\"; set policy.source = \"policy-server\"",
+            ));
+        }
+        return Ok(None);
+    }
+    let need = |v: Option<PathBuf>, key: &'static str| {
+        v.ok_or_else(|| invalid(key, "required when policy.source = \"policy-server\""))
+    };
+    let url = raw.url.ok_or_else(|| {
+        invalid(
+            "policy.server.url",
+            "required when policy.source = \"policy-server\"",
+        )
+    })?;
+    let url = url.trim_end_matches('/').to_string();
+    let authority = url.strip_prefix("https://").unwrap_or("");
+    if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+        return Err(invalid(
+            "policy.server.url",
+            format!("{url:?} is not https://HOST:PORT (the internal API is mutual TLS only)"),
+        ));
+    }
+    let poll_every = short_duration("policy.server.poll_every", raw.poll_every, "5s")?;
+    let timeout = short_duration("policy.server.timeout", raw.timeout, "10s")?;
+    let max_answer_bytes = match raw.max_answer_bytes {
+        None => 64 << 20,
+        Some(toml::Value::Integer(n)) if n > 0 => n as usize,
+        Some(toml::Value::String(s)) if s.parse::<usize>().is_ok_and(|n| n > 0) => {
+            s.parse().expect("checked")
+        }
+        Some(other) => {
+            return Err(invalid(
+                "policy.server.max_answer_bytes",
+                format!("{other} is not a positive number of bytes"),
+            ))
+        }
+    };
+    Ok(Some(PolicyServerSettings {
+        url,
+        ca_file: need(raw.ca_file, "policy.server.ca_file")?,
+        cert_file: need(raw.cert_file, "policy.server.cert_file")?,
+        key_file: need(raw.key_file, "policy.server.key_file")?,
+        poll_every,
+        timeout,
+        max_answer_bytes,
+    }))
 }
 
 #[cfg(test)]
@@ -700,5 +876,84 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("postgres://idmint:***@db:5432/idmint"));
+    }
+
+    fn with(overrides: &[(&str, &str)]) -> Result<Config, Error> {
+        let sources = Sources {
+            file: None,
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Config::load_with_env(&sources, Vec::new())
+    }
+
+    #[test]
+    fn the_policy_server_is_all_or_nothing_and_its_mistakes_name_the_key() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.policy.origin(), crate::policy::Origin::Store);
+        assert_eq!(c.policy.default_mode, crate::policy::Mode::TrustDomain);
+        let full = [
+            ("policy.source", "policy-server"),
+            (
+                "policy.server.url",
+                "https://policy-server.service.cf.internal:4003/",
+            ),
+            ("policy.server.ca_file", "ca.pem"),
+            ("policy.server.cert_file", "c.pem"),
+            ("policy.server.key_file", "c.key"),
+        ];
+        let c = with(&full).unwrap();
+        let ps = c.policy.server.as_ref().unwrap();
+        assert_eq!(ps.url, "https://policy-server.service.cf.internal:4003");
+        assert_eq!(ps.poll_every, std::time::Duration::from_secs(5));
+        assert_eq!(ps.timeout, std::time::Duration::from_secs(10));
+        assert_eq!(ps.max_answer_bytes, 64 << 20);
+        // What is printed reads back the same.
+        let printed = c.to_redacted_toml();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("idmint.toml");
+        std::fs::write(&file, &printed).unwrap();
+        let again = Config::load_with_env(
+            &Sources {
+                file: Some(file),
+                overrides: Vec::new(),
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(again.policy.server.unwrap().url, ps.url);
+
+        let key_of = |overrides: &[(&str, &str)]| match with(overrides) {
+            Err(Error::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key_of(&[("policy.source", "cf")]), "policy.source");
+        assert_eq!(
+            key_of(&[("policy.default_mode", "strict")]),
+            "policy.default_mode"
+        );
+        assert_eq!(
+            key_of(&[("policy.server.url", "https://x:1")]),
+            "policy.server",
+            "server settings while the source is the store"
+        );
+        assert_eq!(key_of(&full[..4]), "policy.server.key_file");
+        let mut plain = full;
+        plain[1] = ("policy.server.url", "http://x:4003");
+        assert_eq!(key_of(&plain), "policy.server.url");
+        let mut no_port = full;
+        no_port[1] = ("policy.server.url", "https://x");
+        assert_eq!(key_of(&no_port), "policy.server.url");
+        for bad in ["0s", "5", "1h", "-1s", "fast"] {
+            let mut o = full.to_vec();
+            o.push(("policy.server.poll_every", bad));
+            assert_eq!(key_of(&o), "policy.server.poll_every", "{bad}");
+        }
+        let mut o = full.to_vec();
+        o.push(("policy.server.poll_every", "250ms"));
+        o.push(("policy.server.max_answer_bytes", "0"));
+        assert_eq!(key_of(&o), "policy.server.max_answer_bytes");
     }
 }

@@ -363,3 +363,84 @@ fn bad_policies_and_modes_are_refused_and_change_nothing() {
     let out = ok(&idmint, &["policy", "list", "--app", &c_id]);
     assert!(out.contains(&c_id), "{out}");
 }
+
+/// A policy server answer allowing each `(source, destination)` app pair, as CF writes it.
+fn policy_server_answer(pairs: &[(u8, u8)]) -> String {
+    let list: Vec<String> = pairs
+        .iter()
+        .map(|(s, d)| {
+            format!(
+                r#"{{"source":{{"id":"{}","tag":"0001"}},"destination":{{"id":"{}","tag":"0002","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}"#,
+                app(*s),
+                app(*d)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"total_policies":{},"policies":[{}]}}"#,
+        list.len(),
+        list.join(",")
+    )
+}
+
+#[test]
+fn policies_from_the_policy_server_reach_the_provider_too() {
+    use common::policy_server::{self, Answer};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (stand_in, files) = policy_server::start(dir, false);
+    stand_in.answer(Answer::Json(policy_server_answer(&[(1, 2)])));
+    let url = format!("policy.server.url={}", stand_in.url());
+    let ca = format!("policy.server.ca_file={}", files.ca.display());
+    let cert = format!("policy.server.cert_file={}", files.cert.display());
+    let key = format!("policy.server.key_file={}", files.key.display());
+    let idmint = Idmint::start_with(
+        dir,
+        &[
+            "policy.default_mode=policy",
+            "policy.source=policy-server",
+            &url,
+            &ca,
+            &cert,
+            &key,
+            "policy.server.poll_every=200ms",
+        ],
+    );
+    let (sock_a, sock_b, sock_c) = (idmint.register(1), idmint.register(2), idmint.register(3));
+    let backend = start_backend();
+    let provider = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "GRPC",
+            peer: "",
+            upstream: backend,
+            cert_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    wait_for_secrets(&provider, "provider B");
+    let a = consumer(dir, "consumer-a", &sock_a, &provider);
+    let c = consumer(dir, "consumer-c", &sock_c, &provider);
+    let mut took = vec![expect("A→B from the policy server", &a, true, &c, false)];
+
+    stand_in.answer(Answer::Json(policy_server_answer(&[(3, 2)])));
+    took.push(expect("C→B from the policy server", &a, false, &c, true));
+
+    // A broken answer keeps the last good set.
+    stand_in.answer(Answer::Json("{\"total_policies\": 1".into()));
+    let failures = "idmint_policy_server_poll_failures_total{kind=\"malformed\"}";
+    wait_until("a malformed answer", Duration::from_secs(10), || {
+        idmint.metric(failures) > 0
+    });
+    expect("the last good set", &a, false, &c, true);
+
+    stand_in.answer(Answer::Json(policy_server_answer(&[])));
+    took.push(expect("no policy for B", &a, false, &c, false));
+    // With polls every 200 ms, give or take a tenth: each change is in force a poll later.
+    eprintln!("policy server changes in force after: {took:?}");
+    assert_eq!(idmint.metric("idmint_policies_in_force"), 0);
+    assert!(idmint.metric("idmint_policy_server_good_polls_total") >= 3);
+}

@@ -1,13 +1,16 @@
--- Container-to-container policies kept by idmint itself (`idmint policy add`), for foundations
--- without CF's policy server. Protocol and ports are kept as given, though mTLS cannot see them.
+-- Container-to-container policies: those kept by idmint itself (`idmint policy add`, origin
+-- 'store') and the last good set read from CF's policy server (origin 'policy-server'), kept so a
+-- restart starts from it and records only what changed since. `policy.source` says which is in
+-- force. Protocol and ports are kept as given, though mTLS cannot see them.
 CREATE TABLE policies (
+    origin           TEXT    NOT NULL CHECK (origin IN ('store', 'policy-server')),
     source_app       TEXT    NOT NULL,
     destination_app  TEXT    NOT NULL,
     protocol         TEXT    NOT NULL CHECK (protocol IN ('tcp', 'udp')),
     port_start       INTEGER NOT NULL CHECK (port_start BETWEEN 1 AND 65535),
     port_end         INTEGER NOT NULL CHECK (port_end BETWEEN port_start AND 65535),
     added_at_ms      BIGINT  NOT NULL,
-    PRIMARY KEY (destination_app, source_app, protocol, port_start, port_end)
+    PRIMARY KEY (origin, destination_app, source_app, protocol, port_start, port_end)
 );
 
 -- Enforcement modes set by operators: for the whole foundation (scope_id ''), a space or an app.

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::ids::Guid;
 use crate::ledger::AuditLog;
 use crate::sds::SdsMetrics;
+use crate::server::policy_server::PollMetrics;
 use crate::server::{Policies, Registry};
 use crate::store::LedgerFilter;
 
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub registry: Registry,
     /// Container-to-container policies and enforcement modes.
     pub policies: Policies,
+    /// How polling CF's policy server goes, when the policies come from it.
+    pub policy_polls: Option<Arc<PollMetrics>>,
     /// The in-process agent, when this process serves SDS.
     pub agent: Option<Arc<Workloads<RemoteAuthority>>>,
     /// SDS counters.
@@ -92,6 +95,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
     ca_expiry(&state.ca, now, &mut text);
     policy_counts(&state.policies, &mut text);
+    if let Some(polls) = &state.policy_polls {
+        polls.render(now, &mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

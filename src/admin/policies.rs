@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::AdminState;
 use crate::ids::Guid;
 use crate::policy::{parse_policy_list, policy_list_json, Mode, Scope};
+use crate::server::policies;
 
 /// The header the CLI names its user in. The admin API does not authenticate callers yet, so
 /// the ledger says the name was stated, not proven.
@@ -89,6 +90,9 @@ async fn change(state: AdminState, headers: HeaderMap, body: Bytes, adding: bool
             unchanged: policies.len() - done.len(),
         })
         .into_response(),
+        Err(e @ policies::Error::NotHere { .. }) => {
+            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }

@@ -65,6 +65,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         audit: rt.audit.clone(),
         registry: rt.registry.clone(),
         policies: rt.policies.clone(),
+        policy_polls: rt.policy_polls.clone(),
         agent: Some(agent.clone()),
         sds_metrics: agent.metrics(),
         ca_control,

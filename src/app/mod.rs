@@ -18,6 +18,7 @@ use crate::ca::{self, CertificateAuthority, Init};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ledger::{AuditLog, Ledger};
+use crate::server::policy_server::{PolicyServerClient, PollMetrics, Poller};
 use crate::server::{IssuanceService, Policies, Registry};
 use crate::store::Store;
 
@@ -38,6 +39,8 @@ pub struct Runtime {
     pub registry: Registry,
     /// Container-to-container policies and enforcement modes.
     pub policies: Policies,
+    /// How polling CF's policy server goes, when the policies come from it.
+    pub policy_polls: Option<Arc<PollMetrics>>,
     /// What every schedule here reads the time from.
     pub clock: Clock,
     store: Store,
@@ -72,21 +75,31 @@ impl Runtime {
                 trust_domain: config.ca.trust_domain.clone(),
                 template: config.ca.id_template.clone(),
                 default_mode: config.policy.default_mode,
+                origin: config.policy.origin(),
             },
         )
         .await;
+        let client = config
+            .policy
+            .server
+            .clone()
+            .map(PolicyServerClient::new)
+            .transpose();
+        let (policies, client) = match (policies, client) {
+            (Ok(p), Ok(c)) => (p, c),
+            (policies, client) => {
+                shutdown.cancel();
+                let _ = writer.await;
+                policies?;
+                return Err(client.err().expect("one of the two failed").into());
+            }
+        };
         let mut rt = Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone()),
             audit: AuditLog::new(store.clone()),
             registry,
-            policies: match policies {
-                Ok(p) => p,
-                Err(e) => {
-                    shutdown.cancel();
-                    let _ = writer.await;
-                    return Err(e.into());
-                }
-            },
+            policies,
+            policy_polls: None,
             ca,
             config,
             clock,
@@ -101,6 +114,16 @@ impl Runtime {
         rt.spawn("policy placements", move |token| {
             policies.follow_placements(placements, token)
         });
+        if let Some(client) = client {
+            let poller = Poller::new(
+                client,
+                rt.policies.clone(),
+                rt.registry.clone(),
+                rt.clock.clone(),
+            );
+            rt.policy_polls = Some(poller.metrics());
+            rt.spawn("policy server", move |token| poller.run(token));
+        }
         Ok(rt)
     }
 

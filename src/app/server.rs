@@ -53,6 +53,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         audit: rt.audit.clone(),
         registry: rt.registry.clone(),
         policies: rt.policies.clone(),
+        policy_polls: rt.policy_polls.clone(),
         agent: None,
         sds_metrics: Arc::new(SdsMetrics::default()),
         ca_control,

@@ -11,8 +11,8 @@ mod model;
 pub use allow::{AllowList, AllowUpdate};
 pub use mode::{Mode, Modes, Scope};
 pub use model::{
-    parse_policy_list, parse_policy_server_answer, policy_list_json, AllowSets, Policy, PortRange,
-    Protocol,
+    parse_policy_list, parse_policy_server_answer, policy_list_json, AllowSets, Origin, Policy,
+    PortRange, Protocol,
 };
 
 use crate::ids;

@@ -77,6 +77,46 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// Where policies come from: `policy.source` says which is in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// idmint's own store, changed with `idmint policy add|remove`.
+    Store,
+    /// Cloud Foundry's policy server, polled.
+    PolicyServer,
+}
+
+impl Origin {
+    /// The name the config and the store use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Store => "store",
+            Origin::PolicyServer => "policy-server",
+        }
+    }
+
+    /// How the ledger names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Store => "idmint's store",
+            Origin::PolicyServer => "CF's policy server",
+        }
+    }
+}
+
+impl FromStr for Origin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Origin, String> {
+        match s {
+            "store" => Ok(Origin::Store),
+            "policy-server" => Ok(Origin::PolicyServer),
+            other => Err(format!(
+                "{other:?} is neither \"store\" nor \"policy-server\""
+            )),
+        }
+    }
+}
+
 /// Instances of app `source` may connect to instances of app `destination` over `protocol`
 /// on `ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,6 +6,7 @@ pub mod api_tls;
 pub mod grpc;
 mod issuance;
 pub mod policies;
+pub mod policy_server;
 pub mod registry;
 mod status;
 

@@ -1,5 +1,5 @@
 //! The container-to-container policies in force and the enforcement modes, as the server keeps
-//! them: changed by operators, each change stored and recorded in the ledger before it is in
+//! them: changed by operators or polled from CF's policy server, each change stored and recorded in the ledger before it is in
 //! force, and announced per destination app so that only the cells serving that app hear of it.
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::ids::Guid;
 use crate::ledger::Ledger;
 use crate::placement::{Placement, PlacementUpdate};
-use crate::policy::{AllowList, AllowSets, Mode, Modes, Policy, Scope};
+use crate::policy::{AllowList, AllowSets, Mode, Modes, Origin, Policy, Scope};
 use crate::spiffe::{IdTemplate, IdValues, TrustDomain};
 use crate::store::{EntryKind, LedgerRecord, Store};
 
@@ -27,6 +27,12 @@ pub enum Error {
     /// The ledger could not record the change, so it was undone.
     #[error("the change could not be recorded, so it was not made: {0}")]
     Ledger(#[from] crate::ledger::Error),
+    /// Policies here come from elsewhere (`policy.source`).
+    #[error("policies here come from {} (policy.source = \"{}\"); change them there", in_force.describe(), in_force.as_str())]
+    NotHere {
+        /// Where they come from.
+        in_force: Origin,
+    },
 }
 
 /// Which destination apps' allow lists may have changed.
@@ -60,6 +66,7 @@ pub struct Policies {
     store: Store,
     ledger: Ledger,
     clock: Clock,
+    origin: Origin,
     trust_domain: TrustDomain,
     template: IdTemplate,
     /// Held by a change from its store write to its announcement, so changes happen one at a
@@ -77,6 +84,8 @@ pub struct Settings {
     pub template: IdTemplate,
     /// The foundation's mode until one is set.
     pub default_mode: Mode,
+    /// Where the policies in force come from.
+    pub origin: Origin,
 }
 
 impl Policies {
@@ -87,7 +96,8 @@ impl Policies {
         clock: Clock,
         settings: Settings,
     ) -> Result<Policies, Error> {
-        let policies: BTreeSet<Policy> = store.policies().await?.into_iter().collect();
+        let policies: BTreeSet<Policy> =
+            store.policies(settings.origin).await?.into_iter().collect();
         let mut modes = Modes::new(settings.default_mode);
         for (scope, mode) in store.enforcement_modes().await? {
             modes.set(scope, Some(mode));
@@ -97,6 +107,7 @@ impl Policies {
             store,
             ledger,
             clock,
+            origin: settings.origin,
             trust_domain: settings.trust_domain,
             template: settings.template,
             changing: Arc::default(),
@@ -110,64 +121,142 @@ impl Policies {
         })
     }
 
-    /// Adds `policies` on behalf of `by`; those in force already are left as they are. Each is
-    /// stored and recorded before it is in force. Returns those that were new.
+    /// Adds `policies` to idmint's store on behalf of `by`; those in force already are left as
+    /// they are. Returns those that were new.
     pub async fn add(&self, policies: &BTreeSet<Policy>, by: &str) -> Result<Vec<Policy>, Error> {
-        self.change(policies, by, Change::Add).await
+        self.only_from(Origin::Store)?;
+        let _changing = self.changing.lock().await;
+        let new: Vec<Policy> = {
+            let state = self.read();
+            policies
+                .iter()
+                .filter(|p| !state.policies.contains(p))
+                .cloned()
+                .collect()
+        };
+        self.apply(new, Vec::new(), &format!("by {by}")).await
     }
 
-    /// Removes `policies` on behalf of `by`; those not in force are ignored. Returns those that
-    /// were in force.
+    /// Removes `policies` from idmint's store on behalf of `by`; those not in force are
+    /// ignored. Returns those that were in force.
     pub async fn remove(
         &self,
         policies: &BTreeSet<Policy>,
         by: &str,
     ) -> Result<Vec<Policy>, Error> {
-        self.change(policies, by, Change::Remove).await
-    }
-
-    async fn change(
-        &self,
-        policies: &BTreeSet<Policy>,
-        by: &str,
-        change: Change,
-    ) -> Result<Vec<Policy>, Error> {
+        self.only_from(Origin::Store)?;
         let _changing = self.changing.lock().await;
-        let todo: Vec<Policy> = {
+        let gone: Vec<Policy> = {
             let state = self.read();
-            let adding = matches!(change, Change::Add);
             policies
                 .iter()
-                .filter(|p| state.policies.contains(p) != adding)
+                .filter(|p| state.policies.contains(p))
                 .cloned()
                 .collect()
         };
-        let mut done = Vec::with_capacity(todo.len());
+        self.apply(Vec::new(), gone, &format!("by {by}")).await
+    }
+
+    /// Makes `policies`, a whole answer of CF's policy server, the set in force. Returns how
+    /// many were added and removed.
+    pub async fn replace(&self, policies: BTreeSet<Policy>) -> Result<(usize, usize), Error> {
+        self.only_from(Origin::PolicyServer)?;
+        let _changing = self.changing.lock().await;
+        let (added, removed): (Vec<Policy>, Vec<Policy>) = {
+            let state = self.read();
+            (
+                policies.difference(&state.policies).cloned().collect(),
+                state.policies.difference(&policies).cloned().collect(),
+            )
+        };
+        let changed = self.apply(added, removed, "polled").await?;
+        let added = changed.iter().filter(|p| policies.contains(p)).count();
+        Ok((added, changed.len() - added))
+    }
+
+    fn only_from(&self, origin: Origin) -> Result<(), Error> {
+        if self.origin == origin {
+            return Ok(());
+        }
+        Err(Error::NotHere {
+            in_force: self.origin,
+        })
+    }
+
+    /// Stores, records and puts in force `added` and `removed` (which the caller, holding
+    /// `changing`, knows to be new and in force). A change whose ledger record fails is undone
+    /// in the store and not put in force, so the ledger, the store and what is in force agree.
+    /// Returns the changes made.
+    async fn apply(
+        &self,
+        added: Vec<Policy>,
+        removed: Vec<Policy>,
+        how: &str,
+    ) -> Result<Vec<Policy>, Error> {
+        if added.is_empty() && removed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now();
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        self.store
+            .change_policies(self.origin, &added, &removed, now_ms)
+            .await?;
+        let from = self.origin.describe();
+        // The store's policies are added and removed; the policy server's come into force and
+        // go out of it (as the apps they name are placed and leave, too).
+        let (on, off) = match self.origin {
+            Origin::Store => ("added", "removed"),
+            Origin::PolicyServer => ("in force", "out of force"),
+        };
+        let record = |p: &Policy, verb: &str| LedgerRecord {
+            app_guid: Some(p.destination.to_string()),
+            reason: Some(format!(
+                "policy {verb}: app {} may reach app {} ({} ports {}); from {from}, {how}",
+                p.source, p.destination, p.protocol, p.ports
+            )),
+            ..LedgerRecord::bare(EntryKind::Policy, now)
+        };
+        let appends = added
+            .iter()
+            .map(|p| (true, p, record(p, on)))
+            .chain(removed.iter().map(|p| (false, p, record(p, off))))
+            .map(|(adding, p, r)| async move { (adding, p, self.ledger.append(r).await) });
+        let outcomes = futures_util::future::join_all(appends).await;
         let mut failed = None;
-        for p in todo {
-            // Each one in force as soon as it is stored and recorded, so that what is in force,
-            // the store and the ledger agree whatever fails part way.
-            match self.store_and_record(&p, by, change).await {
-                Ok(()) => done.push(p),
+        let (mut undo_add, mut undo_remove, mut done) = (Vec::new(), Vec::new(), Vec::new());
+        for (adding, p, outcome) in outcomes {
+            match outcome {
+                Ok(_) => done.push((adding, p.clone())),
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    failed.get_or_insert(e);
+                    // Undone as recorded: an unrecorded addition is removed again.
+                    if adding {
+                        undo_remove.push(p.clone());
+                    } else {
+                        undo_add.push(p.clone());
+                    }
                 }
+            }
+        }
+        if failed.is_some() {
+            if let Err(e) = self
+                .store
+                .change_policies(self.origin, &undo_add, &undo_remove, now_ms)
+                .await
+            {
+                tracing::error!(error = %e, "cannot undo unrecorded policy changes in the store; they take effect at the next start");
             }
         }
         let touched: Vec<Guid> = {
             let mut state = self.write();
             let mut touched = BTreeSet::new();
-            for p in &done {
-                let changed = match change {
-                    Change::Add => {
-                        state.policies.insert(p.clone());
-                        state.allow.add(p)
-                    }
-                    Change::Remove => {
-                        state.policies.remove(p);
-                        state.allow.remove(p)
-                    }
+            for (adding, p) in &done {
+                let changed = if *adding {
+                    state.policies.insert(p.clone());
+                    state.allow.add(p)
+                } else {
+                    state.policies.remove(p);
+                    state.allow.remove(p)
                 };
                 if changed {
                     touched.insert(p.destination.clone());
@@ -179,43 +268,9 @@ impl Policies {
             let _ = self.changes.send(Changed::Apps(touched.into()));
         }
         match failed {
-            Some(e) => Err(e),
-            None => Ok(done),
+            Some(e) => Err(e.into()),
+            None => Ok(done.into_iter().map(|(_, p)| p).collect()),
         }
-    }
-
-    async fn store_and_record(&self, p: &Policy, by: &str, change: Change) -> Result<(), Error> {
-        let now = self.clock.now();
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        let (verb, undo) = match change {
-            Change::Add => {
-                self.store.insert_policy(p, now_ms).await?;
-                ("added", Change::Remove)
-            }
-            Change::Remove => {
-                self.store.delete_policy(p).await?;
-                ("removed", Change::Add)
-            }
-        };
-        let record = LedgerRecord {
-            app_guid: Some(p.destination.to_string()),
-            reason: Some(format!(
-                "policy {verb}: app {} may reach app {} ({} ports {}); from idmint's store, by {by}",
-                p.source, p.destination, p.protocol, p.ports
-            )),
-            ..LedgerRecord::bare(EntryKind::Policy, now)
-        };
-        if let Err(e) = self.ledger.append(record).await {
-            let undone = match undo {
-                Change::Remove => self.store.delete_policy(p).await.map(|_| ()),
-                Change::Add => self.store.insert_policy(p, now_ms).await.map(|_| ()),
-            };
-            if let Err(u) = undone {
-                tracing::error!(policy = %p, error = %u, "cannot undo an unrecorded policy change in the store; it takes effect at the next start");
-            }
-            return Err(e.into());
-        }
-        Ok(())
     }
 
     /// Sets the mode of `scope` (`None`: clears it, so the wider one applies) on behalf of `by`.
@@ -382,12 +437,6 @@ impl Policies {
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().expect("never poisoned")
     }
-}
-
-#[derive(Clone, Copy)]
-enum Change {
-    Add,
-    Remove,
 }
 
 fn scope_of(p: &Placement) -> AppScope {

@@ -103,6 +103,11 @@ impl Registry {
         self.read().get(instance).cloned()
     }
 
+    /// The apps with at least one instance placed.
+    pub fn apps(&self) -> std::collections::BTreeSet<Guid> {
+        self.read().values().map(|p| p.app_guid.clone()).collect()
+    }
+
     /// Every placement now, and a receiver of every change after it: taken under one lock so no
     /// change falls between the two.
     pub fn snapshot(&self) -> (Vec<Placement>, broadcast::Receiver<Event>) {

@@ -2,15 +2,37 @@
 
 use sqlx::Row;
 
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::Any;
+
 use super::{Error, Store};
-use crate::policy::{Mode, Policy, PortRange, Scope};
+use crate::policy::{Mode, Origin, Policy, PortRange, Scope};
+
+/// Policies per statement: five parameters each stays well under the limits of both databases
+/// (SQLite 32,766 parameters, PostgreSQL 65,535).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+fn bind_policy<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    p: &Policy,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(p.source.to_string())
+        .bind(p.destination.to_string())
+        .bind(p.protocol.to_string())
+        .bind(i64::from(p.ports.start()))
+        .bind(i64::from(p.ports.end()))
+}
 
 impl Store {
-    /// Every policy kept here.
-    pub async fn policies(&self) -> Result<Vec<Policy>, Error> {
+    /// Every policy of `origin`.
+    pub async fn policies(&self, origin: Origin) -> Result<Vec<Policy>, Error> {
         let rows = sqlx::query(
-            "SELECT source_app, destination_app, protocol, port_start, port_end FROM policies",
+            "SELECT source_app, destination_app, protocol, port_start, port_end FROM policies \
+             WHERE origin = $1",
         )
+        .bind(origin.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -30,37 +52,67 @@ impl Store {
             .collect()
     }
 
-    /// Adds `p`. Returns false, changing nothing, when it is kept already.
-    pub async fn insert_policy(&self, p: &Policy, now_ms: i64) -> Result<bool, Error> {
-        let done = sqlx::query(
-            "INSERT INTO policies (source_app, destination_app, protocol, port_start, port_end, \
-             added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(p.source.as_str())
-        .bind(p.destination.as_str())
-        .bind(p.protocol.to_string())
-        .bind(i64::from(p.ports.start()))
-        .bind(i64::from(p.ports.end()))
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// Removes `p`. Returns whether it was kept.
-    pub async fn delete_policy(&self, p: &Policy) -> Result<bool, Error> {
-        let done = sqlx::query(
-            "DELETE FROM policies WHERE source_app = $1 AND destination_app = $2 \
-             AND protocol = $3 AND port_start = $4 AND port_end = $5",
-        )
-        .bind(p.source.as_str())
-        .bind(p.destination.as_str())
-        .bind(p.protocol.to_string())
-        .bind(i64::from(p.ports.start()))
-        .bind(i64::from(p.ports.end()))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    /// Adds `added` to and removes `removed` from the policies of `origin`, all or nothing.
+    /// The caller knows which are new and which are kept: adding one kept already fails.
+    pub async fn change_policies(
+        &self,
+        origin: Origin,
+        added: &[Policy],
+        removed: &[Policy],
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in removed.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from("DELETE FROM policies WHERE origin = $1 AND (");
+            for i in 0..chunk.len() {
+                let n = 2 + i * 5;
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!(
+                    "(source_app = ${} AND destination_app = ${} AND protocol = ${} \
+                     AND port_start = ${} AND port_end = ${})",
+                    n,
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4
+                ));
+            }
+            sql.push(')');
+            let mut query = sqlx::query(&sql).bind(origin.as_str());
+            for p in chunk {
+                query = bind_policy(query, p);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in added.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO policies (origin, source_app, destination_app, protocol, port_start, \
+                 port_end, added_at_ms) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let n = 3 + i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "($1, ${}, ${}, ${}, ${}, ${}, $2)",
+                    n,
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4
+                ));
+            }
+            let mut query = sqlx::query(&sql).bind(origin.as_str()).bind(now_ms);
+            for p in chunk {
+                query = bind_policy(query, p);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Every enforcement mode an operator set.

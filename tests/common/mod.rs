@@ -4,6 +4,7 @@
 
 pub mod dev;
 pub mod envoy;
+pub mod policy_server;
 pub mod strict_der;
 
 use std::path::{Path, PathBuf};
