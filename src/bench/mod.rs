@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod issue;
+pub mod policy;
 pub mod remote;
 pub mod renew;
 pub mod sds;
@@ -183,28 +184,34 @@ fn next<T>(queue: &Queue<T>) -> Option<T> {
 /// The placement of sample `i`: ten instances per app, GUIDs scattered as real v4 GUIDs are, so
 /// the ledger's per-app index sees the random inserts production gives it.
 fn bench_placement(i: usize, cell: &CellId) -> Placement {
-    let guid = |kind: u64, n: usize| {
-        let h = scatter(kind << 40 | n as u64);
-        format!(
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            h >> 32,
-            (h >> 16) & 0xffff,
-            h & 0xfff,
-            kind,
-            n
-        )
-        .parse()
-        .expect("well-formed GUID")
-    };
-    let app = i / 10;
+    placement_of(i, i / 10, cell)
+}
+
+/// Instance `i` of app `app` on `cell`: ten apps to a space, a hundred to an org.
+fn placement_of(i: usize, app: usize, cell: &CellId) -> Placement {
     Placement {
-        instance_guid: guid(1, i),
-        app_guid: guid(2, app),
-        space_guid: Some(guid(3, app / 10)),
-        org_guid: Some(guid(4, app / 100)),
+        instance_guid: bench_guid(1, i),
+        app_guid: bench_guid(2, app),
+        space_guid: Some(bench_guid(3, app / 10)),
+        org_guid: Some(bench_guid(4, app / 100)),
         cell_id: cell.clone(),
         container_ip: Some(std::net::IpAddr::from([10, 255, (i >> 8) as u8, i as u8])),
     }
+}
+
+/// The `n`-th GUID of a kind (1 instance, 2 app, 3 space, 4 org), scattered as v4 GUIDs are.
+fn bench_guid(kind: u64, n: usize) -> crate::ids::Guid {
+    let h = scatter(kind << 40 | n as u64);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        kind,
+        n
+    )
+    .parse()
+    .expect("well-formed GUID")
 }
 
 /// A bijective 64-bit mix (SplitMix64's finaliser): distinct inputs give distinct outputs.

@@ -232,7 +232,7 @@ async fn expect_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 /// Resident set size of this process, from /proc (Linux).
-fn rss_bytes() -> Result<u64> {
+pub(super) fn rss_bytes() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: u64 = status
         .lines()

@@ -29,6 +29,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
     },
+    /// One agent's provider sidecars under 100,000 c2c policies: loading them, and one change
+    /// reaching exactly the sidecars it concerns.
+    Policy {
+        /// How many instances on the agent.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+        /// How many apps they belong to (about 50 sources each, one with 150).
+        #[arg(long, default_value_t = 2_000)]
+        apps: usize,
+        /// How many policy changes to time (half additions, half removals).
+        #[arg(long, default_value_t = 40)]
+        changes: usize,
+    },
+    /// The agent memory probe of `bench policy`, run as a child process.
+    #[command(hide = true)]
+    PolicyMemory {
+        /// A cell's allow lists, as the server sends them.
+        #[arg(long)]
+        wire: std::path::PathBuf,
+    },
+    /// The simulated provider sidecars of `bench policy`, run as a child process.
+    #[command(hide = true)]
+    PolicySidecars {
+        /// A file listing their sockets, one per line.
+        #[arg(long)]
+        sockets: std::path::PathBuf,
+    },
     /// N instances with short-lived certificates renewing continuously on one agent.
     Renew {
         /// How many instances.
@@ -66,6 +93,13 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             remote: true,
         } => bench::remote::run(config, count, concurrency).await,
         BenchCommand::Sds { instances } => bench::sds::run(config, instances).await,
+        BenchCommand::Policy {
+            instances,
+            apps,
+            changes,
+        } => bench::policy::run(config, instances, apps, changes).await,
+        BenchCommand::PolicyMemory { wire } => bench::policy::memory_probe(&wire),
+        BenchCommand::PolicySidecars { sockets } => bench::policy::sidecars(&sockets).await,
         BenchCommand::Renew {
             instances,
             ttl,

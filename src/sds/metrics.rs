@@ -16,6 +16,12 @@ struct ByKind {
 }
 
 impl ByKind {
+    fn total(&self) -> u64 {
+        self.tls_certificate.load(Ordering::Relaxed)
+            + self.validation_context.load(Ordering::Relaxed)
+            + self.c2c_validation_context.load(Ordering::Relaxed)
+    }
+
     fn get(&self, kind: SecretKind) -> &AtomicU64 {
         match kind {
             SecretKind::Certificate => &self.tls_certificate,
@@ -68,14 +74,12 @@ impl SdsMetrics {
 
     /// Secrets pushed, of every kind, so far.
     pub fn pushes_total(&self) -> u64 {
-        self.pushes.tls_certificate.load(Ordering::Relaxed)
-            + self.pushes.validation_context.load(Ordering::Relaxed)
+        self.pushes.total()
     }
 
     /// ACKs of every kind so far.
     pub fn acks_total(&self) -> u64 {
-        self.acks.tls_certificate.load(Ordering::Relaxed)
-            + self.acks.validation_context.load(Ordering::Relaxed)
+        self.acks.total()
     }
 
     /// The counters in the Prometheus text format.

@@ -162,13 +162,7 @@ impl Policies {
     pub async fn replace(&self, policies: BTreeSet<Policy>) -> Result<(usize, usize), Error> {
         self.only_from(Origin::PolicyServer)?;
         let _changing = self.changing.lock().await;
-        let (added, removed): (Vec<Policy>, Vec<Policy>) = {
-            let state = self.read();
-            (
-                policies.difference(&state.policies).cloned().collect(),
-                state.policies.difference(&policies).cloned().collect(),
-            )
-        };
+        let (added, removed) = difference(&self.read().policies, &policies);
         let changed = self.apply(added, removed, "polled").await?;
         let added = changed.iter().filter(|p| policies.contains(p)).count();
         Ok((added, changed.len() - added))
@@ -439,9 +433,63 @@ impl Policies {
     }
 }
 
+/// What `new` adds to `old`, and what it no longer has: one walk over both sorted sets.
+fn difference(old: &BTreeSet<Policy>, new: &BTreeSet<Policy>) -> (Vec<Policy>, Vec<Policy>) {
+    use std::cmp::Ordering;
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => return (added, removed),
+            (Some(_), None) => removed.extend(o.by_ref().cloned()),
+            (None, Some(_)) => added.extend(n.by_ref().cloned()),
+            (Some(a), Some(b)) => match a.cmp(b) {
+                Ordering::Less => removed.extend(o.next().cloned()),
+                Ordering::Greater => added.extend(n.next().cloned()),
+                Ordering::Equal => {
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+}
+
 fn scope_of(p: &Placement) -> AppScope {
     AppScope {
         space: p.space_guid.clone(),
         org: p.org_guid.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{PortRange, Protocol};
+
+    fn p(source: u8, port: i64) -> Policy {
+        let g = |n: u8| {
+            format!("{n:08x}-0000-4000-8000-000000000000")
+                .parse()
+                .unwrap()
+        };
+        Policy {
+            source: g(source),
+            destination: g(0),
+            protocol: Protocol::Tcp,
+            ports: PortRange::new(port, port).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_difference_names_what_came_and_what_went() {
+        let old: BTreeSet<Policy> = [p(1, 80), p(2, 80), p(3, 80), p(3, 81)].into();
+        let new: BTreeSet<Policy> = [p(0, 80), p(2, 80), p(3, 81), p(4, 80)].into();
+        let (added, removed) = difference(&old, &new);
+        assert_eq!(added, vec![p(0, 80), p(4, 80)]);
+        assert_eq!(removed, vec![p(1, 80), p(3, 80)]);
+        assert_eq!(difference(&new, &new), (vec![], vec![]));
+        assert_eq!(difference(&BTreeSet::new(), &new).0.len(), 4);
+        assert_eq!(difference(&old, &BTreeSet::new()).1.len(), 4);
     }
 }
