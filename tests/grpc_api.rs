@@ -661,6 +661,18 @@ async fn next_update(
     proto::placement_update_from_wire(update).unwrap()
 }
 
+/// The next update of an allow-list stream, within a few seconds.
+async fn next_allow(
+    stream: &mut tonic::Streaming<proto::AllowListUpdate>,
+) -> idmint::policy::AllowUpdate {
+    let update = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("an update in time")
+        .unwrap()
+        .expect("the stream is open");
+    proto::allow_update_from_wire(update).unwrap()
+}
+
 async fn place(orchestrator: &RemoteAuthority, p: idmint::placement::Placement) {
     orchestrator
         .client()
@@ -732,6 +744,80 @@ async fn watch_placements_sends_a_cells_own_snapshot_then_each_change_and_ends_w
     assert_eq!(guids, [OTHER, THIRD, FOURTH]);
 
     // Stopping the server ends the streams rather than waiting for the watchers.
+    stop(rt, cancel, served).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends with the server");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn watch_allow_lists_sends_a_cells_own_apps_lists_then_each_change_that_concerns_them() {
+    use idmint::policy::{AllowList, AllowUpdate, Mode, Policy, PortRange, Protocol, Scope};
+    const APP_B: &str = "b0b0b0b0-0000-4000-8000-000000000009";
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, port, cancel, served) = start(dir.path(), &[("policy.default_mode", "policy")]).await;
+    let orchestrator = client_as(&rt, port, Principal::Orchestrator).await;
+    place(&orchestrator, on_cell(INSTANCE, "cell-1")).await;
+    let mut b = on_cell(OTHER, "cell-2");
+    b.app_guid = APP_B.parse().unwrap();
+    place(&orchestrator, b).await;
+    let policy = |source: &str, destination: &str| Policy {
+        source: source.parse().unwrap(),
+        destination: destination.parse().unwrap(),
+        protocol: Protocol::Tcp,
+        ports: PortRange::new(8080, 8080).unwrap(),
+    };
+    // A cell naming another cell still gets only its own apps' lists.
+    let cell1 = client_as(&rt, port, Principal::Cell("cell-1".parse().unwrap())).await;
+    let mut stream = cell1
+        .client()
+        .watch_allow_lists(proto::WatchAllowListsRequest {
+            cell_id: "cell-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let nobody = AllowList {
+        mode: Mode::Policy,
+        sources: Default::default(),
+    };
+    assert_eq!(
+        next_allow(&mut stream).await,
+        AllowUpdate::Snapshot(vec![(APP.parse().unwrap(), nobody)])
+    );
+    // B→A concerns cell-1; A→B and B's mode only cell-2, so cell-1 hears of the first alone.
+    rt.policies
+        .add(&[policy(APP, APP_B)].into(), "a test")
+        .await
+        .unwrap();
+    rt.policies
+        .set_mode(
+            Scope::App(APP_B.parse().unwrap()),
+            Some(Mode::TrustDomain),
+            "a test",
+        )
+        .await
+        .unwrap();
+    rt.policies
+        .add(&[policy(APP_B, APP)].into(), "a test")
+        .await
+        .unwrap();
+    let b_id = format!("spiffe://cf.internal/org/{ORG}/space/{SPACE}/app/{APP_B}");
+    assert_eq!(
+        next_allow(&mut stream).await,
+        AllowUpdate::Set(
+            APP.parse().unwrap(),
+            AllowList {
+                mode: Mode::Policy,
+                sources: [b_id].into(),
+            }
+        )
+    );
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "nothing else for cell-1: {quiet:?}");
+
+    // Stopping the server ends the stream rather than waiting for the watcher.
     stop(rt, cancel, served).await;
     let ended = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
         .await

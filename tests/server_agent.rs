@@ -380,6 +380,9 @@ fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
     };
     server.register(INSTANCE, APP, "cell-1");
     server.register(ON_CELL_2, APP_B, "cell-2");
+    // B admits A alone, from the lists cell-2's agent follows over the server API.
+    server.cli(&["policy", "add", "--source", APP, "--destination", APP_B]);
+    server.cli(&["policy", "mode", "set", "policy"]);
     let (_agent1, data1) = server.agent("cell-1");
     let (_agent2, data2) = server.agent("cell-2");
     let socket = |data: &Path, instance: &str| {
@@ -420,6 +423,12 @@ fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
     );
     std::thread::sleep(Duration::from_secs(2));
     requests.finish(200);
+
+    // Without A→B, B's sidecar refuses A's new connections (the consumer opens one a second).
+    server.cli(&["policy", "remove", "--source", APP, "--destination", APP_B]);
+    wait_until("B to refuse A", Duration::from_secs(10), || {
+        !matches!(http_get(consumer.listen, "/refused"), Some((200, _)))
+    });
 }
 
 #[test]
