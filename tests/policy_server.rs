@@ -295,3 +295,46 @@ async fn missing_or_unusable_client_files_stop_the_start_with_the_setting_named(
         .unwrap();
     assert!(format!("{e:#}").contains("not a PEM private key"), "{e:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_server_of_another_make_is_read_the_same() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (client, server) = policy_server::write_files(dir.path());
+    let answer_file = dir.path().join("answer.json");
+    std::fs::write(&answer_file, answer(&[(1, 2), (3, 2)])).unwrap();
+    let mut python = envoy::Running(
+        std::process::Command::new("python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy_server.py"))
+            .args([&server.cert, &server.key, &server.client_ca, &answer_file])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "python3 must be installed: its http.server is the policy server of another make",
+            ),
+    );
+    let mut lines = std::io::BufReader::new(python.0.stdout.take().unwrap()).lines();
+    let port = lines.next().unwrap().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            log.lock().unwrap().push(line);
+        }
+    });
+    let rt = runtime(dir.path(), &format!("https://127.0.0.1:{port}"), &client).await;
+    place(&rt, 2).await;
+    let want: BTreeSet<Policy> = [policy(1, 2), policy(3, 2)].into();
+    wait_for("the policies from Python's server", || {
+        rt.policies.list(None).into_iter().collect::<BTreeSet<_>>() == want
+    })
+    .await;
+    let first = seen.lock().unwrap().first().cloned().unwrap();
+    assert_eq!(
+        first,
+        format!("/networking/v1/internal/policies?id={} idmint", g(2)),
+        "the path asked, and the client certificate Python's ssl saw"
+    );
+    rt.shutdown().await;
+}

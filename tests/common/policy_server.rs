@@ -86,18 +86,45 @@ fn leaf(ca: &Ca, name: &str) -> (String, Vec<u8>, Vec<u8>) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
     params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
         .subject_alt_names
         .push(SanType::IpAddress([127, 0, 0, 1].into()));
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), cert.der().to_vec(), key.serialize_der())
 }
 
-/// Writes the client's files into `dir`, and starts a stand-in that requires that client
-/// certificate. With `wrong_server_cert`, the stand-in presents a certificate from a CA the
-/// client does not trust.
-pub fn start(dir: &Path, wrong_server_cert: bool) -> (StandIn, ClientFiles) {
+/// The files a policy server of another make is started with: its certificate and key, and
+/// the CA its clients' certificates must chain to.
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// Writes the client's files and a server's into `dir`, both from one new CA.
+pub fn write_files(dir: &Path) -> (ClientFiles, ServerFiles) {
     let trusted = ca("policy server test CA");
-    let (client_pem, _, client_key) = leaf(&trusted, "idmint");
+    let (client, _) = client_files(dir, &trusted);
+    let (server_pem, _, server_key) = leaf(&trusted, "localhost");
+    let server = ServerFiles {
+        cert: dir.join("policy-server.pem"),
+        key: dir.join("policy-server.key"),
+        client_ca: client.ca.clone(),
+    };
+    std::fs::write(&server.cert, server_pem).unwrap();
+    std::fs::write(
+        &server.key,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", server_key)),
+    )
+    .unwrap();
+    (client, server)
+}
+
+/// The client's files, from `trusted`.
+fn client_files(dir: &Path, trusted: &Ca) -> (ClientFiles, ()) {
+    let (client_pem, _, client_key) = leaf(trusted, "idmint");
     let files = ClientFiles {
         ca: dir.join("policy-server-ca.pem"),
         cert: dir.join("policy-client.pem"),
@@ -107,6 +134,15 @@ pub fn start(dir: &Path, wrong_server_cert: bool) -> (StandIn, ClientFiles) {
     std::fs::write(&files.cert, client_pem).unwrap();
     let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", client_key));
     std::fs::write(&files.key, key_pem).unwrap();
+    (files, ())
+}
+
+/// Writes the client's files into `dir`, and starts a stand-in that requires that client
+/// certificate. With `wrong_server_cert`, the stand-in presents a certificate from a CA the
+/// client does not trust.
+pub fn start(dir: &Path, wrong_server_cert: bool) -> (StandIn, ClientFiles) {
+    let trusted = ca("policy server test CA");
+    let (files, ()) = client_files(dir, &trusted);
 
     let other = ca("some other CA");
     let (_, server_der, server_key) = leaf(
