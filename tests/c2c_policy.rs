@@ -35,6 +35,26 @@ fn consumer(dir: &std::path::Path, name: &str, socket: &str, provider: &Sidecar)
     sidecar
 }
 
+/// App B's provider sidecar in front of `backend`, on the SDS protocol `api`, once it has its
+/// secrets.
+fn provider(dir: &std::path::Path, socket: &str, api: &str, backend: u16) -> Sidecar {
+    let sidecar = start_envoy(
+        dir,
+        "provider-b",
+        EnvoyConfig {
+            role: "provider",
+            socket,
+            api,
+            peer: "",
+            upstream: backend,
+            cert_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    wait_for_secrets(&sidecar, "provider B");
+    sidecar
+}
+
 fn admitted(consumer: &Sidecar) -> bool {
     matches!(http_get(consumer.listen, "/c2c"), Some((200, _)))
 }
@@ -73,20 +93,7 @@ fn the_provider_admits_exactly_the_apps_its_policies_allow() {
     let idmint = Idmint::start(dir);
     let (sock_a, sock_b, sock_c) = (idmint.register(1), idmint.register(2), idmint.register(3));
     let backend = start_backend();
-    let provider = start_envoy(
-        dir,
-        "provider-b",
-        EnvoyConfig {
-            role: "provider",
-            socket: &sock_b,
-            api: "DELTA_GRPC",
-            peer: "",
-            upstream: backend,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    wait_for_secrets(&provider, "provider B");
+    let provider = provider(dir, &sock_b, "DELTA_GRPC", backend);
     let a = consumer(dir, "consumer-a", &sock_a, &provider);
     let c = consumer(dir, "consumer-c", &sock_c, &provider);
     let pushes = || stat(&provider, "sds.c2c-validation-context.update_success");
@@ -364,23 +371,10 @@ fn bad_policies_and_modes_are_refused_and_change_nothing() {
     assert!(out.contains(&c_id), "{out}");
 }
 
-/// A policy server answer allowing each `(source, destination)` app pair, as CF writes it.
+/// A policy server answer allowing each `(source, destination)` pair of the numbered apps.
 fn policy_server_answer(pairs: &[(u8, u8)]) -> String {
-    let list: Vec<String> = pairs
-        .iter()
-        .map(|(s, d)| {
-            format!(
-                r#"{{"source":{{"id":"{}","tag":"0001"}},"destination":{{"id":"{}","tag":"0002","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}"#,
-                app(*s),
-                app(*d)
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"total_policies":{},"policies":[{}]}}"#,
-        list.len(),
-        list.join(",")
-    )
+    let pairs: Vec<(String, String)> = pairs.iter().map(|(s, d)| (app(*s), app(*d))).collect();
+    common::policy_server::answer_json(&pairs)
 }
 
 #[test]
@@ -408,20 +402,7 @@ fn policies_from_the_policy_server_reach_the_provider_too() {
     );
     let (sock_a, sock_b, sock_c) = (idmint.register(1), idmint.register(2), idmint.register(3));
     let backend = start_backend();
-    let provider = start_envoy(
-        dir,
-        "provider-b",
-        EnvoyConfig {
-            role: "provider",
-            socket: &sock_b,
-            api: "GRPC",
-            peer: "",
-            upstream: backend,
-            cert_name: None,
-            max_connection_duration: "600s",
-        },
-    );
-    wait_for_secrets(&provider, "provider B");
+    let provider = provider(dir, &sock_b, "GRPC", backend);
     let a = consumer(dir, "consumer-a", &sock_a, &provider);
     let c = consumer(dir, "consumer-c", &sock_c, &provider);
     let mut took = vec![expect("A→B from the policy server", &a, true, &c, false)];

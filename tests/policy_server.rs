@@ -34,22 +34,12 @@ fn policy(source: u8, destination: u8) -> Policy {
     }
 }
 
-fn answer(policies: &[(u8, u8)]) -> String {
-    let list: Vec<String> = policies
+fn answer(pairs: &[(u8, u8)]) -> String {
+    let pairs: Vec<(String, String)> = pairs
         .iter()
-        .map(|(s, d)| {
-            format!(
-                r#"{{"source":{{"id":"{}","tag":"0001"}},"destination":{{"id":"{}","tag":"0002","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}"#,
-                g(*s),
-                g(*d)
-            )
-        })
+        .map(|(s, d)| (g(*s).to_string(), g(*d).to_string()))
         .collect();
-    format!(
-        r#"{{"total_policies":{},"policies":[{}]}}"#,
-        list.len(),
-        list.join(",")
-    )
+    policy_server::answer_json(&pairs)
 }
 
 async fn runtime(dir: &std::path::Path, url: &str, files: &ClientFiles) -> Runtime {

@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::sds::{ack, open_stream};
 use super::{
     bench_guid, bench_runtime, fresh_bench_dir, placement_of, process_cpu_seconds, raise_fd_limit,
 };
@@ -26,7 +25,7 @@ use crate::policy::{
     Protocol,
 };
 use crate::proto;
-use crate::sds::{client, SdsMetrics, SECRET_TYPE};
+use crate::sds::{client, SdsMetrics};
 use crate::server::allow_watch::AllowWatch;
 use crate::server::policies::{Policies, Settings as PolicySettings};
 
@@ -638,9 +637,12 @@ impl Sidecars {
             );
             tasks.spawn(async move {
                 let permit = gate.acquire_owned().await.expect("open");
-                let opened = open(&socket).await;
+                let opened = match client::connect(&socket).await {
+                    Ok(c) => open_stream(c, C2C).await,
+                    Err(e) => Err(e.into()),
+                };
                 drop(permit);
-                let (tx, mut rx) = match opened {
+                let (tx, mut rx, _) = match opened {
                     Ok(s) => {
                         let _ = ready.send(Ok(())).await;
                         s
@@ -652,7 +654,7 @@ impl Sidecars {
                 };
                 while let Ok(Some(resp)) = rx.message().await {
                     let size = resp.encoded_len() as u64;
-                    if tx.send(ack(&resp)).await.is_err() {
+                    if tx.send(ack(C2C, &resp)).await.is_err() {
                         return;
                     }
                     last.lock().expect("never poisoned")[i] = Some(Instant::now());
@@ -703,39 +705,5 @@ impl Sidecars {
             .iter()
             .map(|&i| last[i].map(|at| at - t0).unwrap_or_default())
             .collect())
-    }
-}
-
-/// Opens a `c2c-validation-context` stream on `socket`, takes its first push and ACKs it.
-async fn open(
-    socket: &std::path::Path,
-) -> Result<(
-    mpsc::Sender<DiscoveryRequest>,
-    tonic::Streaming<DiscoveryResponse>,
-)> {
-    let mut c = client::connect(socket).await?;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DiscoveryRequest {
-        resource_names: vec![C2C.to_string()],
-        type_url: SECRET_TYPE.to_string(),
-        ..Default::default()
-    })
-    .await?;
-    let mut stream = c
-        .stream_secrets(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let first = stream.message().await?.context("stream ended")?;
-    tx.send(ack(&first)).await?;
-    Ok((tx, stream))
-}
-
-fn ack(resp: &DiscoveryResponse) -> DiscoveryRequest {
-    DiscoveryRequest {
-        version_info: resp.version_info.clone(),
-        resource_names: vec![C2C.to_string()],
-        type_url: SECRET_TYPE.to_string(),
-        response_nonce: resp.nonce.clone(),
-        ..Default::default()
     }
 }

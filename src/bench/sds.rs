@@ -343,7 +343,7 @@ struct Sidecar {
 type SdsClient = envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient<tonic::transport::Channel>;
 
 /// Opens a stream for `name`, waits for its first response and ACKs it.
-async fn open_stream(
+pub(super) async fn open_stream(
     mut c: SdsClient,
     name: &str,
 ) -> Result<(
@@ -367,7 +367,7 @@ async fn open_stream(
     Ok((tx, stream, resp.version_info))
 }
 
-fn ack(name: &str, resp: &DiscoveryResponse) -> DiscoveryRequest {
+pub(super) fn ack(name: &str, resp: &DiscoveryResponse) -> DiscoveryRequest {
     DiscoveryRequest {
         version_info: resp.version_info.clone(),
         resource_names: vec![name.to_string()],

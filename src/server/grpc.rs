@@ -193,6 +193,16 @@ impl IdentityApi {
         }
     }
 
+    /// `updates` as a response stream that ends when the server stops, so that shutdown does
+    /// not wait for agents to hang up.
+    fn until_stopped<T: Send + 'static>(
+        &self,
+        updates: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+        use futures_util::StreamExt;
+        Box::pin(updates.take_until(self.stopping.clone().cancelled_owned()))
+    }
+
     /// Whether `caller` may change `cell`'s placements.
     fn may_place(&self, caller: &Principal, cell: &CellId) -> Result<(), Status> {
         match caller {
@@ -349,18 +359,11 @@ impl IdentityRpc for IdentityApi {
     ) -> Result<Response<PlacementStream>, Status> {
         let caller = self.caller(&request)?;
         let only = self.cell_scope(&caller, &request.into_inner().cell_id)?;
-        let watch = self.registry.watch(only);
-        let stopping = self.stopping.clone();
-        // Ends when the server stops, so shutdown does not wait for agents to hang up.
-        let stream =
-            futures_util::stream::unfold((watch, stopping), |(mut watch, stopping)| async move {
-                let update = tokio::select! {
-                    _ = stopping.cancelled() => return None,
-                    u = watch.next() => u,
-                };
-                Some((Ok(pb::placement_update_to_wire(&update)), (watch, stopping)))
-            });
-        Ok(Response::new(Box::pin(stream)))
+        let updates = futures_util::stream::unfold(self.registry.watch(only), |mut w| async {
+            let update = w.next().await;
+            Some((Ok(pb::placement_update_to_wire(&update)), w))
+        });
+        Ok(Response::new(self.until_stopped(updates)))
     }
 
     type WatchAllowListsStream = AllowListStream;
@@ -372,17 +375,11 @@ impl IdentityRpc for IdentityApi {
         let caller = self.caller(&request)?;
         let only = self.cell_scope(&caller, &request.into_inner().cell_id)?;
         let watch = AllowWatch::new(self.policies.clone(), self.registry.watch(only));
-        let stopping = self.stopping.clone();
-        // Ends when the server stops, so shutdown does not wait for agents to hang up.
-        let stream =
-            futures_util::stream::unfold((watch, stopping), |(mut watch, stopping)| async move {
-                let update = tokio::select! {
-                    _ = stopping.cancelled() => return None,
-                    u = watch.next() => u,
-                };
-                Some((Ok(pb::allow_update_to_wire(&update)), (watch, stopping)))
-            });
-        Ok(Response::new(Box::pin(stream)))
+        let updates = futures_util::stream::unfold(watch, |mut w| async {
+            let update = w.next().await;
+            Some((Ok(pb::allow_update_to_wire(&update)), w))
+        });
+        Ok(Response::new(self.until_stopped(updates)))
     }
 
     async fn list_placements(

@@ -10,6 +10,24 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore};
 
+/// A policy server answer allowing each `(source, destination)` app pair on tcp 8080, written
+/// as CF writes it (with the overlay tags idmint does not use).
+pub fn answer_json(pairs: &[(String, String)]) -> String {
+    let list: Vec<String> = pairs
+        .iter()
+        .map(|(s, d)| {
+            format!(
+                r#"{{"source":{{"id":"{s}","tag":"0001"}},"destination":{{"id":"{d}","tag":"0002","protocol":"tcp","ports":{{"start":8080,"end":8080}}}}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"total_policies":{},"policies":[{}]}}"#,
+        list.len(),
+        list.join(",")
+    )
+}
+
 /// How the stand-in answers.
 #[derive(Clone, Debug)]
 pub enum Answer {
