@@ -328,3 +328,40 @@ async fn a_policy_server_of_another_make_is_read_the_same() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_apps_are_asked_about_in_requests_of_at_most_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand_in, files) = policy_server::start(dir.path(), false);
+    stand_in.answer(Answer::Json(answer(&[(1, 2)])));
+    let rt = runtime(dir.path(), &stand_in.url(), &files).await;
+    for n in 0..501u32 {
+        rt.registry
+            .register(Placement {
+                instance_guid: format!("{n:08x}-1111-4000-8000-000000000000")
+                    .parse()
+                    .unwrap(),
+                app_guid: format!("{n:08x}-2222-4000-8000-000000000000")
+                    .parse()
+                    .unwrap(),
+                space_guid: None,
+                org_guid: None,
+                cell_id: "cell-1".parse().unwrap(),
+                container_ip: None,
+            })
+            .await
+            .unwrap();
+    }
+    let ids = |r: &str| {
+        r.split_once("id=")
+            .map_or(0, |(_, ids)| ids.split(',').count())
+    };
+    wait_for("one poll asking about all 501 apps", || {
+        let seen = stand_in.requests.lock().unwrap();
+        seen.windows(2)
+            .any(|w| ids(&w[0]) == 500 && ids(&w[1]) == 1)
+    })
+    .await;
+    assert_eq!(rt.policies.list(None), vec![policy(1, 2)]);
+    rt.shutdown().await;
+}

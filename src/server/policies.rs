@@ -1,6 +1,7 @@
 //! The container-to-container policies in force and the enforcement modes, as the server keeps
-//! them: changed by operators or polled from CF's policy server, each change stored and recorded in the ledger before it is in
-//! force, and announced per destination app so that only the cells serving that app hear of it.
+//! them: changed by operators or polled from CF's policy server, each change stored and
+//! recorded in the ledger before it is in force, and announced per destination app so that only
+//! the cells serving that app hear of it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -92,6 +92,9 @@ const FAILURE_KINDS: &[&str] = &[
     "not_applied",
 ];
 
+/// App GUIDs per request: 500 make a request line of about 19 KB.
+pub const IDS_PER_REQUEST: usize = 500;
+
 /// A client of the policy server's internal API.
 pub struct PolicyServerClient {
     settings: PolicyServerSettings,
@@ -177,15 +180,24 @@ impl PolicyServerClient {
         })
     }
 
-    /// The policies naming any of `apps`, whole and valid, within the configured time and size.
+    /// The policies naming any of `apps`, whole and valid, within the configured time (for all
+    /// of them) and size (for each answer). Asked [`IDS_PER_REQUEST`] apps at a time, so that
+    /// the request line stays well within what HTTP servers take.
     pub async fn fetch(&self, apps: &[Guid]) -> Result<BTreeSet<Policy>, PollError> {
         let limit = self.settings.timeout;
-        tokio::time::timeout(limit, self.fetch_unbounded(apps))
+        let all = async {
+            let mut all = BTreeSet::new();
+            for chunk in apps.chunks(IDS_PER_REQUEST) {
+                all.append(&mut self.fetch_one(chunk).await?);
+            }
+            Ok(all)
+        };
+        tokio::time::timeout(limit, all)
             .await
             .map_err(|_| PollError::Timeout(limit))?
     }
 
-    async fn fetch_unbounded(&self, apps: &[Guid]) -> Result<BTreeSet<Policy>, PollError> {
+    async fn fetch_one(&self, apps: &[Guid]) -> Result<BTreeSet<Policy>, PollError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(PollError::Unreachable)?;
