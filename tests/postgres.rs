@@ -290,3 +290,98 @@ async fn a_writer_cancelled_inside_its_transaction_leaves_no_transaction_open() 
     store.close().await;
     drop_pg_database(&url).await;
 }
+
+#[tokio::test]
+async fn four_writers_racing_for_sequence_numbers_never_fail_and_keep_the_ledger_dense() {
+    use idmint::ledger::Ledger;
+    use idmint::store::{LedgerRecord, Settings, Store};
+    let url = fresh_pg_database("racing").await;
+    let store = Store::open(&Settings { url: url.clone() }, true)
+        .await
+        .unwrap();
+    const WRITERS: usize = 4;
+    const EACH: usize = 400;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        // Each its own writer with its own connection, as separate servers have.
+        let (ledger, writer) = Ledger::start(store.clone(), stop.child_token());
+        let writer = tokio::spawn(writer);
+        tasks.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            // One at a time: every append is a batch of one, racing the other writers.
+            for i in 0..EACH {
+                let record = LedgerRecord {
+                    reason: Some(format!("writer {w} record {i}")),
+                    ..LedgerRecord::bare(EntryKind::Denied, time::OffsetDateTime::UNIX_EPOCH)
+                };
+                if let Err(e) = ledger.append(record).await {
+                    failed.push(e.to_string());
+                }
+            }
+            drop(ledger);
+            (failed, writer)
+        }));
+    }
+    for t in tasks {
+        let (failed, writer) = t.await.unwrap();
+        assert!(failed.is_empty(), "appends failed: {failed:?}");
+        writer.await.unwrap();
+    }
+    let entries = store
+        .ledger_entries(&LedgerFilter {
+            limit: Some(10 * (WRITERS * EACH) as i64),
+            ..LedgerFilter::default()
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..(WRITERS * EACH) as i64).collect::<Vec<_>>());
+    store.close().await;
+    drop_pg_database(&url).await;
+}
+
+#[test]
+fn a_server_on_postgresql_starts_in_a_new_data_directory_and_logs_no_notices() {
+    use std::io::BufRead;
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(fresh_pg_database("fresh_dir"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("not-yet");
+    let start = |log: &str| {
+        let log_path = tmp.path().join(log);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_idmint"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--set", &format!("store.url={url}")])
+            .args(["--set", &format!("admin.listen=127.0.0.1:{}", free_port())])
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let ready = std::io::BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("ready"));
+        let _ = child.kill();
+        let _ = child.wait();
+        (ready, std::fs::read_to_string(log_path).unwrap())
+    };
+    let (ready, log) = start("first.log");
+    assert!(ready, "the first start fails: {log}");
+    assert!(
+        data.join("kek").exists(),
+        "the key-encryption key is in the new directory"
+    );
+    let (ready, log) = start("second.log");
+    assert!(ready, "the second start fails: {log}");
+    assert!(
+        !log.contains("already exists"),
+        "PostgreSQL's notices are logged: {log}"
+    );
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(drop_pg_database(&url));
+}

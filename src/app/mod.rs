@@ -57,7 +57,9 @@ impl Runtime {
     /// [`Runtime::start`], with every schedule and validity reading the time from `clock`.
     pub async fn start_with_clock(config: Config, init: Init, clock: Clock) -> Result<Runtime> {
         let create = init == Init::CreateIfMissing;
-        if create && config.store.url.starts_with("sqlite://") {
+        // The data directory holds the key-encryption key and the trust bundle whatever the
+        // database, not only SQLite's file.
+        if create {
             ensure_writable_dir(&config.data_dir)?;
         }
         let store = Store::open(&config.store, create).await?;

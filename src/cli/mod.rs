@@ -108,7 +108,13 @@ pub fn main() -> ExitCode {
         "warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDMINT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        // PostgreSQL's notices (a migration table that exists already, at every start) are
+        // not news.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "{default_level},sqlx::postgres::notice=warn"
+            ))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

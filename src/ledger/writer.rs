@@ -157,29 +157,39 @@ async fn run(
 
 /// Writes one batch at the next sequence numbers. The next number is remembered between
 /// batches and re-read only when another writer (a second process on the same database) has
-/// taken it, so a batch is normally a single statement.
+/// taken it, so a batch is normally a single statement. After two such losses the batch is
+/// written under the writers' lock, which only a writer not taking it can beat, and each time
+/// one does it has committed: the batch waits its turn and never fails for it.
 async fn append(
     appender: &mut LedgerAppender,
     next_seq: &mut Option<i64>,
     records: &[LedgerRecord],
 ) -> Result<i64, crate::store::Error> {
-    const ATTEMPTS: usize = 5;
-    for _ in 0..ATTEMPTS {
-        let first = match *next_seq {
-            Some(n) => n,
-            None => appender.next_seq().await?,
+    const OPTIMISTIC_ATTEMPTS: usize = 2;
+    let mut lost = 0;
+    loop {
+        let outcome = if lost < OPTIMISTIC_ATTEMPTS {
+            let first = match *next_seq {
+                Some(n) => n,
+                None => appender.next_seq().await?,
+            };
+            appender.insert_at(first, records).await.map(|()| first)
+        } else {
+            appender.insert_locked(records).await
         };
-        match appender.insert_at(first, records).await {
-            Ok(()) => {
+        match outcome {
+            Ok(first) => {
                 *next_seq = Some(first + records.len() as i64);
                 return Ok(first);
             }
-            Err(crate::store::Error::SeqTaken) => *next_seq = None,
+            Err(crate::store::Error::SeqTaken) => {
+                *next_seq = None;
+                lost += 1;
+            }
             Err(e) => {
                 *next_seq = None;
                 return Err(e);
             }
         }
     }
-    Err(crate::store::Error::SeqTaken)
 }

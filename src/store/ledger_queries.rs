@@ -61,28 +61,7 @@ impl LedgerAppender {
             return Ok(());
         }
         let sql = insert_sql(records.len(), self.store.backend);
-        let mut q = sqlx::query(&sql);
-        for (i, r) in records.iter().enumerate() {
-            q = q
-                .bind(first + i as i64)
-                .bind(r.kind.as_str())
-                .bind(r.recorded_at_ms)
-                .bind(&r.serial)
-                .bind(&r.spiffe_id)
-                .bind(&r.instance_guid)
-                .bind(&r.app_guid)
-                .bind(&r.space_guid)
-                .bind(&r.org_guid)
-                .bind(&r.cell_id)
-                .bind(&r.container_ip)
-                .bind(r.not_before)
-                .bind(r.not_after)
-                .bind(&r.public_key_sha256)
-                .bind(&r.issuer_fingerprint)
-                .bind(&r.cert_der)
-                .bind(&r.reason)
-                .bind(&r.leaf_hash);
-        }
+        let q = bind_records(sqlx::query(&sql), first, records);
         let conn = self.conn().await?;
         let result = match q.execute(&mut *conn).await {
             Ok(_) => Ok(()),
@@ -111,6 +90,51 @@ impl LedgerAppender {
                 tracing::warn!(error = %e, "closing the ledger's connection failed");
             }
         }
+    }
+
+    /// Inserts `records` at the next sequence numbers while holding the writers' lock (SQLite's
+    /// write lock, PostgreSQL's advisory lock of every idmint writer), so no other writer can
+    /// take them: the way out when [`LedgerAppender::insert_at`] keeps losing the race. One
+    /// transaction of four round trips. Returns the first number.
+    pub async fn insert_locked(&mut self, records: &[LedgerRecord]) -> Result<i64, Error> {
+        use sqlx::Connection;
+        let backend = self.store.backend;
+        let sql = insert_sql(records.len(), backend);
+        let conn = self.conn().await?;
+        let result = async {
+            let mut tx = match backend {
+                Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => {
+                    let mut tx = conn.begin().await?;
+                    sqlx::query(super::postgres::WRITERS_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx
+                }
+            };
+            let first = next_seq(&mut tx).await?;
+            let inserted = bind_records(sqlx::query(&sql), first, records)
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Ok(_) => {
+                    tx.commit().await?;
+                    Ok(first)
+                }
+                // A writer that does not take the lock got there first (see `insert_at`).
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    tx.rollback().await?;
+                    if next_seq(conn).await? > first {
+                        Err(Error::SeqTaken)
+                    } else {
+                        Err(Error::Query(sqlx::Error::Database(db)))
+                    }
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
+        self.forget_on_error(result)
     }
 
     /// Drops the connection after a failure other than a taken sequence number, so a
@@ -172,6 +196,36 @@ impl Store {
 
 /// A multi-row INSERT. SQLite gets anonymous `?` placeholders: with numbered ones, SQLite
 /// looks each name up by scanning a list, which makes binding a large statement quadratic.
+/// Binds `records`, numbered from `first`, to an INSERT made by [`insert_sql`].
+fn bind_records<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    first: i64,
+    records: &'q [LedgerRecord],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for (i, r) in records.iter().enumerate() {
+        q = q
+            .bind(first + i as i64)
+            .bind(r.kind.as_str())
+            .bind(r.recorded_at_ms)
+            .bind(&r.serial)
+            .bind(&r.spiffe_id)
+            .bind(&r.instance_guid)
+            .bind(&r.app_guid)
+            .bind(&r.space_guid)
+            .bind(&r.org_guid)
+            .bind(&r.cell_id)
+            .bind(&r.container_ip)
+            .bind(r.not_before)
+            .bind(r.not_after)
+            .bind(&r.public_key_sha256)
+            .bind(&r.issuer_fingerprint)
+            .bind(&r.cert_der)
+            .bind(&r.reason)
+            .bind(&r.leaf_hash);
+    }
+    q
+}
+
 fn insert_sql(rows: usize, backend: Backend) -> String {
     let per_row = COLUMN_COUNT + 1;
     let mut sql = format!("INSERT INTO ledger_entries (seq, {COLUMNS}) VALUES ");

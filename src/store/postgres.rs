@@ -8,11 +8,13 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations
 
 /// Serialises writers (ledger sequencing, CA initialisation) across every server on the
 /// database with a transaction-scoped advisory lock.
+/// Takes the lock every idmint writer's transaction holds ("idmint" in ASCII as the key),
+/// released with the transaction.
+pub(super) const WRITERS_LOCK: &str = "SELECT pg_advisory_xact_lock(115301217461876)";
+
 pub(super) async fn begin_exclusive(pool: &AnyPool) -> Result<Transaction<'static, Any>, Error> {
     let mut tx = pool.begin().await?;
-    // "idmint" in ASCII: one lock key for all idmint writers.
-    tx.execute("SELECT pg_advisory_xact_lock(115301217461876)")
-        .await?;
+    tx.execute(WRITERS_LOCK).await?;
     Ok(tx)
 }
 
