@@ -112,12 +112,13 @@ impl Server {
         ]);
     }
 
-    fn agent(&self, cell: &str) -> (Running, PathBuf) {
+    fn agent(&self, cell: &str) -> (Running, PathBuf, u16) {
         self.agent_enrolled_for(cell, "24h")
     }
 
     /// An agent for `cell`, with a cell credential that lives `ttl`.
-    fn agent_enrolled_for(&self, cell: &str, ttl: &str) -> (Running, PathBuf) {
+    /// Also returns where the agent's admin HTTP listens.
+    fn agent_enrolled_for(&self, cell: &str, ttl: &str) -> (Running, PathBuf, u16) {
         let creds = self.dir.join(format!("{cell}-credential"));
         self.cli(&[
             "cell",
@@ -130,6 +131,9 @@ impl Server {
         ]);
         let data = self.dir.join(format!("agent-{cell}"));
         let mut cmd = idmint(&data);
+        // Each agent its own admin port: they share this machine with each other and the server.
+        let admin = free_port();
+        cmd.args(["--set", &format!("admin.listen=127.0.0.1:{admin}")]);
         cmd.args([
             "agent",
             "--server",
@@ -137,7 +141,11 @@ impl Server {
         ])
         .arg("--credential-dir")
         .arg(&creds);
-        (start(cmd, self.dir.join(format!("agent-{cell}.log"))), data)
+        (
+            start(cmd, self.dir.join(format!("agent-{cell}.log"))),
+            data,
+            admin,
+        )
     }
 }
 
@@ -157,8 +165,8 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     };
     server.register(INSTANCE, APP, "cell-1");
     server.register(ON_CELL_2, APP, "cell-2");
-    let (_agent1, data1) = server.agent("cell-1");
-    let (_agent2, data2) = server.agent("cell-2");
+    let (_agent1, data1, admin1) = server.agent("cell-1");
+    let (_agent2, data2, _) = server.agent("cell-2");
 
     // Each agent serves its own instance, and only that one.
     let files = |data: &Path, instance: &str| data.join("instances").join(instance);
@@ -191,6 +199,14 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     assert!(ledger.iter().any(|e| e["kind"] == "issued"
         && e["cell_id"] == "cell-1"
         && e["instance_guid"] == INSTANCE));
+    // The agent is ready, and its metrics count what it serves.
+    wait_until("cell-1's agent ready", Duration::from_secs(10), || {
+        matches!(http_get(admin1, "/healthz"), Some((200, _)))
+    });
+    let metrics = http_get(admin1, "/metrics").unwrap().1;
+    assert!(metrics.contains("idmint_agent_ready 1"), "{metrics}");
+    assert!(metrics.contains("idmint_sds_streams_open"), "{metrics}");
+    assert!(metrics.contains("idmint_agent_renewals_total"), "{metrics}");
 
     // The server goes away: the agents keep what they serve; when it is back, renewals resume.
     server.process.take();
@@ -222,7 +238,7 @@ fn an_agent_renews_its_cell_credential_and_reconnects_with_it_after_the_first_on
         dir: dir.to_path_buf(),
     };
     let enrolled = Instant::now();
-    let (_agent, data) = server.agent_enrolled_for("cell-1", "6s");
+    let (_agent, data, _) = server.agent_enrolled_for("cell-1", "6s");
     let creds = dir.join("cell-1-credential");
     let read = |name: &str| std::fs::read_to_string(creds.join(name)).unwrap();
     let first = read("cell.pem");
@@ -286,7 +302,7 @@ fn dev_serves_its_local_cell_through_the_server_api_and_lets_another_cells_agent
         dir: dir.to_path_buf(),
     };
     server.register(INSTANCE, APP, "local");
-    let (_agent, data2) = server.agent("cell-2");
+    let (_agent, data2, _) = server.agent("cell-2");
 
     // Cells register their own instances by default in dev, and only their own.
     let creds = dir.join("cell-2-credential");
@@ -383,8 +399,8 @@ fn an_envoy_pair_on_two_cells_keeps_talking_through_a_server_restart() {
     // B admits A alone, from the lists cell-2's agent follows over the server API.
     server.cli(&["policy", "add", "--source", APP, "--destination", APP_B]);
     server.cli(&["policy", "mode", "set", "policy"]);
-    let (_agent1, data1) = server.agent("cell-1");
-    let (_agent2, data2) = server.agent("cell-2");
+    let (_agent1, data1, _) = server.agent("cell-1");
+    let (_agent2, data2, _) = server.agent("cell-2");
     let socket = |data: &Path, instance: &str| {
         data.join("sds")
             .join(format!("{instance}.sock"))
@@ -467,7 +483,9 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         creds.to_str().unwrap(),
     ]);
     drop(server);
+    let agent_admin = free_port();
     let mut agent = idmint(&dir.join("agent"))
+        .args(["--set", &format!("admin.listen=127.0.0.1:{agent_admin}")])
         .args([
             "agent",
             "--server",
@@ -481,6 +499,17 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert!(agent.try_wait().unwrap().is_none(), "still trying");
+    // Its health says what it waits for, and its metrics answer.
+    let health = http_get(agent_admin, "/healthz");
+    assert!(
+        matches!(&health, Some((503, body)) if body.contains("a connection to the server")),
+        "{health:?}"
+    );
+    let metrics = http_get(agent_admin, "/metrics");
+    assert!(
+        matches!(&metrics, Some((200, body)) if body.contains("idmint_agent_ready 0")),
+        "{metrics:?}"
+    );
     let pid = agent.id().to_string();
     assert!(Command::new("kill")
         .args(["-INT", &pid])

@@ -1,6 +1,7 @@
 //! Admin HTTP: health, metrics, the trust bundle, instance registration, and the audit API
 //! over the ledger.
 
+pub mod agent;
 pub mod instances;
 pub mod policies;
 

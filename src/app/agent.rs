@@ -8,12 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::agent::AgentHealth;
 use crate::agent::cell_credential::{CellIdentity, CredentialDir};
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::agent::{Bundle, Workloads};
@@ -71,6 +74,22 @@ pub async fn start(
     let dir = CredentialDir::new(&opts.credential_dir);
     let credential = dir.load(&config.ca)?;
     let cell = credential.cell.clone();
+    // Health and metrics answer from here on, "not ready" while the server is away.
+    let listen = config.admin.listen;
+    let admin = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} for the agent's admin HTTP (set admin.listen)")
+        })?;
+    let health = Arc::new(AgentHealth::default());
+    health.credential.store(true, Ordering::Relaxed);
+    let shutdown = CancellationToken::new();
+    let admin_task = super::spawn_owned(crate::admin::agent::serve(
+        admin,
+        health.clone(),
+        crate::clock::Clock::system(),
+        shutdown.clone(),
+    ));
     let remote = loop {
         let attempt = RemoteAuthority::connect(RemoteSettings {
             endpoint: opts.server.clone(),
@@ -80,7 +99,11 @@ pub async fn start(
             roots_pem: &credential.roots_pem,
         });
         let outcome = tokio::select! {
-            _ = &mut stop => return Ok(None),
+            _ = &mut stop => {
+                shutdown.cancel();
+                let _ = admin_task.await;
+                return Ok(None);
+            }
             r = attempt => r,
         };
         match outcome {
@@ -88,13 +111,16 @@ pub async fn start(
             Err(e) => {
                 tracing::warn!(server = %opts.server, error = ?e, "cannot reach the server; retrying");
                 tokio::select! {
-                    _ = &mut stop => return Ok(None),
+                    _ = &mut stop => {
+                        shutdown.cancel();
+                        let _ = admin_task.await;
+                        return Ok(None);
+                    }
                     _ = tokio::time::sleep(FOLLOW_EVERY) => {}
                 }
             }
         }
     };
-    let shutdown = CancellationToken::new();
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: config.ca.trust_domain.clone(),
         roots_pem: credential.roots_pem.clone(),
@@ -121,13 +147,15 @@ pub async fn start(
         )
         .following_signer(signer.clone()),
     );
+    let _ = health.workloads.set(agent.clone());
     let tasks = vec![
+        admin_task,
         super::spawn_owned(watch_bundle(
             remote.clone(),
             identity.clone(),
             config.clone(),
-            bundle_tx,
-            signer_tx,
+            (bundle_tx, signer_tx),
+            health,
             shutdown.clone(),
         )),
         super::spawn_owned({
@@ -161,8 +189,8 @@ async fn watch_bundle(
     remote: RemoteAuthority,
     identity: Arc<CellIdentity>,
     config: Config,
-    tx: watch::Sender<Arc<Bundle>>,
-    signer: watch::Sender<String>,
+    (tx, signer): (watch::Sender<Arc<Bundle>>, watch::Sender<String>),
+    health: Arc<AgentHealth>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -174,13 +202,17 @@ async fn watch_bundle(
             Err(e) => tracing::warn!(error = %e, "cannot open the server's trust bundle stream"),
             Ok(stream) => {
                 let mut stream = stream.into_inner();
+                health.connected.store(true, Ordering::Relaxed);
                 loop {
                     let msg = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         m = stream.message() => m,
                     };
                     let b = match msg {
-                        Ok(Some(b)) => b,
+                        Ok(Some(b)) => {
+                            health.bundle.store(true, Ordering::Relaxed);
+                            b
+                        }
                         Ok(None) => {
                             tracing::warn!("the server ended the trust bundle stream");
                             break;
@@ -208,6 +240,7 @@ async fn watch_bundle(
                 }
             }
         }
+        health.connected.store(false, Ordering::Relaxed);
         tracing::warn!("the current trust bundle stays until the stream is open again");
         tokio::select! {
             _ = shutdown.cancelled() => return,

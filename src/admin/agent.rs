@@ -1,0 +1,100 @@
+//! The admin HTTP of `idmint agent`, on its own `admin.listen`: `/healthz` (ready once the agent
+//! has its credential, the server's trust bundle and a connection to the server) and
+//! `/metrics` (its SDS and renewal counters).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::remote::RemoteAuthority;
+use crate::agent::Workloads;
+use crate::clock::Clock;
+
+/// What the agent's health and metrics are read from; filled in as the agent starts.
+#[derive(Default)]
+pub struct AgentHealth {
+    /// Its cell credential is loaded.
+    pub credential: AtomicBool,
+    /// The server's trust bundle stream has delivered the bundle.
+    pub bundle: AtomicBool,
+    /// The trust bundle stream to the server is open now.
+    pub connected: AtomicBool,
+    /// The served instances, once the agent runs.
+    pub workloads: OnceLock<Arc<Workloads<RemoteAuthority>>>,
+}
+
+impl AgentHealth {
+    /// What keeps the agent from being ready; empty when it is.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.credential.load(Ordering::Relaxed) {
+            missing.push("its cell credential");
+        }
+        if !self.connected.load(Ordering::Relaxed) {
+            missing.push("a connection to the server");
+        }
+        if !self.bundle.load(Ordering::Relaxed) {
+            missing.push("the server's trust bundle");
+        }
+        missing
+    }
+}
+
+#[derive(Clone)]
+struct AgentAdmin {
+    health: Arc<AgentHealth>,
+    clock: Clock,
+}
+
+/// Serves the agent's admin routes on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<AgentHealth>,
+    clock: Clock,
+    stop: CancellationToken,
+) {
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(AgentAdmin { health, clock });
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the agent's admin HTTP server failed");
+    }
+}
+
+async fn healthz(State(admin): State<AgentAdmin>) -> Response {
+    let missing = admin.health.missing();
+    if missing.is_empty() {
+        return "ok\n".into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: waiting for {}\n", missing.join(", ")),
+    )
+        .into_response()
+}
+
+async fn metrics(State(admin): State<AgentAdmin>) -> Response {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let ready = admin.health.missing().is_empty();
+    let _ = writeln!(text, "# HELP idmint_agent_ready Whether the agent has its credential, the trust bundle and a connection to the server.");
+    let _ = writeln!(text, "# TYPE idmint_agent_ready gauge");
+    let _ = writeln!(text, "idmint_agent_ready {}", u8::from(ready));
+    if let Some(agent) = admin.health.workloads.get() {
+        agent.metrics().render(&mut text);
+        let left = agent.seconds_to_expiry(admin.clock.now()).await;
+        agent.renewal_metrics().render(&left, &mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
