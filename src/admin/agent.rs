@@ -1,6 +1,6 @@
 //! The admin HTTP of `idmint agent`, on its own `admin.listen`: `/healthz` (ready once the agent
-//! has its credential, the server's trust bundle and a connection to the server) and
-//! `/metrics` (its SDS and renewal counters).
+//! has the server's trust bundle and a connection to the server; it starts only once the cell
+//! credential is loaded) and `/metrics` (its SDS and renewal counters).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -20,8 +20,6 @@ use crate::clock::Clock;
 /// What the agent's health and metrics are read from; filled in as the agent starts.
 #[derive(Default)]
 pub struct AgentHealth {
-    /// Its cell credential is loaded.
-    pub credential: AtomicBool,
     /// The server's trust bundle stream has delivered the bundle.
     pub bundle: AtomicBool,
     /// The trust bundle stream to the server is open now.
@@ -34,9 +32,6 @@ impl AgentHealth {
     /// What keeps the agent from being ready; empty when it is.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
-        if !self.credential.load(Ordering::Relaxed) {
-            missing.push("its cell credential");
-        }
         if !self.connected.load(Ordering::Relaxed) {
             missing.push("a connection to the server");
         }
@@ -92,9 +87,7 @@ async fn metrics(State(admin): State<AgentAdmin>) -> Response {
     let _ = writeln!(text, "# TYPE idmint_agent_ready gauge");
     let _ = writeln!(text, "idmint_agent_ready {}", u8::from(ready));
     if let Some(agent) = admin.health.workloads.get() {
-        agent.metrics().render(&mut text);
-        let left = agent.seconds_to_expiry(admin.clock.now()).await;
-        agent.renewal_metrics().render(&left, &mut text);
+        agent.render_metrics(admin.clock.now(), &mut text).await;
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -88,11 +88,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::new();
-    state.sds_metrics.render(&mut text);
     let now = state.clock.now();
-    if let Some(agent) = &state.agent {
-        let left = agent.seconds_to_expiry(now).await;
-        agent.renewal_metrics().render(&left, &mut text);
+    match &state.agent {
+        Some(agent) => agent.render_metrics(now, &mut text).await,
+        None => state.sds_metrics.render(&mut text),
     }
     ca_expiry(&state.ca, now, &mut text);
     policy_counts(&state.policies, &mut text);

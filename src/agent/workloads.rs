@@ -169,6 +169,14 @@ impl<A: Authority + 'static> Workloads<A> {
             .collect()
     }
 
+    /// This agent's SDS and renewal counters, with the time left on each certificate at `now`,
+    /// in the Prometheus text format.
+    pub async fn render_metrics(&self, now: OffsetDateTime, out: &mut String) {
+        self.metrics.render(out);
+        let left = self.seconds_to_expiry(now).await;
+        self.renewals.render(&left, out);
+    }
+
     /// The socket path an instance's sidecar connects to.
     pub fn socket_path(&self, instance: &Guid) -> PathBuf {
         socket_path(&self.settings.sds_dir, instance)

@@ -69,7 +69,7 @@ impl Agent {
 pub async fn start(
     config: Config,
     opts: &AgentOptions,
-    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+    stop: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Agent>> {
     let dir = CredentialDir::new(&opts.credential_dir);
     let credential = dir.load(&config.ca)?;
@@ -82,7 +82,6 @@ pub async fn start(
             format!("cannot listen on {listen} for the agent's admin HTTP (set admin.listen)")
         })?;
     let health = Arc::new(AgentHealth::default());
-    health.credential.store(true, Ordering::Relaxed);
     let shutdown = CancellationToken::new();
     let admin_task = super::spawn_owned(crate::admin::agent::serve(
         admin,
@@ -90,36 +89,10 @@ pub async fn start(
         crate::clock::Clock::system(),
         shutdown.clone(),
     ));
-    let remote = loop {
-        let attempt = RemoteAuthority::connect(RemoteSettings {
-            endpoint: opts.server.clone(),
-            server_name: &opts.server_name,
-            cert_chain_pem: &credential.chain_pem,
-            key_pem: &credential.key_pem,
-            roots_pem: &credential.roots_pem,
-        });
-        let outcome = tokio::select! {
-            _ = &mut stop => {
-                shutdown.cancel();
-                let _ = admin_task.await;
-                return Ok(None);
-            }
-            r = attempt => r,
-        };
-        match outcome {
-            Ok(r) => break r,
-            Err(e) => {
-                tracing::warn!(server = %opts.server, error = ?e, "cannot reach the server; retrying");
-                tokio::select! {
-                    _ = &mut stop => {
-                        shutdown.cancel();
-                        let _ = admin_task.await;
-                        return Ok(None);
-                    }
-                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-                }
-            }
-        }
+    let Some(remote) = connect(opts, &credential, stop).await else {
+        shutdown.cancel();
+        let _ = admin_task.await;
+        return Ok(None);
     };
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: config.ca.trust_domain.clone(),
@@ -181,6 +154,38 @@ pub async fn start(
         shutdown,
         tasks,
     }))
+}
+
+/// Connects to the server with the cell credential, retrying every [`FOLLOW_EVERY`] until it
+/// answers; `None` if `stop` resolves first.
+async fn connect(
+    opts: &AgentOptions,
+    credential: &crate::agent::cell_credential::CellCredential,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<RemoteAuthority> {
+    loop {
+        let attempt = RemoteAuthority::connect(RemoteSettings {
+            endpoint: opts.server.clone(),
+            server_name: &opts.server_name,
+            cert_chain_pem: &credential.chain_pem,
+            key_pem: &credential.key_pem,
+            roots_pem: &credential.roots_pem,
+        });
+        let outcome = tokio::select! {
+            _ = &mut stop => return None,
+            r = attempt => r,
+        };
+        match outcome {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                tracing::warn!(server = %opts.server, error = ?e, "cannot reach the server; retrying");
+                tokio::select! {
+                    _ = &mut stop => return None,
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Keeps the agent's trust bundle the server's, for its sidecars and for its own connection

@@ -66,14 +66,7 @@ impl LedgerAppender {
         let result = match q.execute(&mut *conn).await {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                // A unique violation is either a taken sequence number (another writer) or,
-                // with odds of 2^-80 per pair issued in the same millisecond, a repeated
-                // serial. Only the first moves MAX(seq).
-                if next_seq(conn).await? > first {
-                    Err(Error::SeqTaken)
-                } else {
-                    Err(Error::Query(sqlx::Error::Database(db)))
-                }
+                Err(taken_or_repeated(conn, first, db).await)
             }
             Err(e) => Err(e.into()),
         };
@@ -124,11 +117,7 @@ impl LedgerAppender {
                 // A writer that does not take the lock got there first (see `insert_at`).
                 Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                     tx.rollback().await?;
-                    if next_seq(conn).await? > first {
-                        Err(Error::SeqTaken)
-                    } else {
-                        Err(Error::Query(sqlx::Error::Database(db)))
-                    }
+                    Err(taken_or_repeated(conn, first, db).await)
                 }
                 Err(e) => Err(e.into()),
             }
@@ -144,6 +133,21 @@ impl LedgerAppender {
             self.conn = None;
         }
         result
+    }
+}
+
+/// What a unique violation inserting from `first` was: a taken sequence number (another writer)
+/// or, with odds of 2^-80 per pair issued in the same millisecond, a repeated serial. Only the
+/// first moves MAX(seq).
+async fn taken_or_repeated(
+    conn: &mut AnyConnection,
+    first: i64,
+    violation: Box<dyn sqlx::error::DatabaseError>,
+) -> Error {
+    match next_seq(conn).await {
+        Ok(next) if next > first => Error::SeqTaken,
+        Ok(_) => Error::Query(sqlx::Error::Database(violation)),
+        Err(e) => e,
     }
 }
 
