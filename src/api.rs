@@ -114,6 +114,9 @@ pub enum Cause {
     /// The stream the request went on ended before its answer came.
     #[error("the sign stream ended before the answer came")]
     StreamEnded,
+    /// The placement registry could not be read.
+    #[error("the placement registry cannot be read: {0}")]
+    Registry(String),
 }
 
 impl From<ca::Error> for Cause {

@@ -18,6 +18,7 @@ use crate::ca::{self, CertificateAuthority, Init};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ledger::{AuditLog, Ledger};
+use crate::server::change_feed::ChangeFollower;
 use crate::server::policy_server::{PolicyServerClient, PollMetrics, Poller};
 use crate::server::{IssuanceService, Policies, Registry};
 use crate::store::Store;
@@ -64,6 +65,9 @@ impl Runtime {
         }
         let store = Store::open(&config.store, create).await?;
         let ca = ca::load(config.ca.clone(), &store, init, clock.now()).await?;
+        // Read before the state it counts: a change made meanwhile by another server is taken
+        // up again, which changes nothing.
+        let last_change = store.last_change().await?;
         let registry = Registry::load(store.clone(), clock.clone()).await?;
         let ca = Arc::new(ca);
         let shutdown = CancellationToken::new();
@@ -116,6 +120,16 @@ impl Runtime {
         rt.spawn("policy placements", move |token| {
             policies.follow_placements(placements, token)
         });
+        if rt.store.is_shared() {
+            let follower = ChangeFollower::new(
+                rt.store.clone(),
+                rt.registry.clone(),
+                rt.policies.clone(),
+                rt.clock.clone(),
+                last_change,
+            );
+            rt.spawn("change feed", move |token| follower.run(token));
+        }
         if let Some(client) = client {
             let poller = Poller::new(
                 client,

@@ -111,7 +111,12 @@ impl IdentityApi {
                     container_ip: None,
                 },
             ),
-            Principal::Admin(_) => match self.registry.get(&instance) {
+            Principal::Admin(_) => match self
+                .registry
+                .find(&instance)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+            {
                 Some(p) => (Caller::Operator, p),
                 None => {
                     return Err(Status::not_found(format!(

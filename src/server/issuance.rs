@@ -66,7 +66,11 @@ impl IssuanceService {
     ) -> Result<SignedCert, Error> {
         if let Caller::Cell(cell) = caller {
             let instance = req.placement.instance_guid.clone();
-            let registered = self.registry.get(&instance);
+            let registered = self
+                .registry
+                .find(&instance)
+                .await
+                .map_err(|e| Error::Unavailable(Cause::Registry(e.to_string())))?;
             let denial = match &registered {
                 None => Some(Denial::NotRegistered {
                     cell: cell.clone(),

@@ -330,6 +330,50 @@ impl Policies {
         Ok(true)
     }
 
+    /// Takes up the policies and modes as stored by another server sharing the database (it
+    /// recorded them): what is in force here becomes what the store says, announced as a
+    /// change made here would be.
+    pub async fn take_up(&self) -> Result<(), Error> {
+        let _changing = self.changing.lock().await;
+        let stored: BTreeSet<Policy> = self
+            .store
+            .policies(self.origin)
+            .await?
+            .into_iter()
+            .collect();
+        let mut modes = Modes::new(self.read().modes.configured());
+        for (scope, mode) in self.store.enforcement_modes().await? {
+            modes.set(scope, Some(mode));
+        }
+        let changed = {
+            let mut state = self.write();
+            let (added, removed) = difference(&state.policies, &stored);
+            let mut touched = BTreeSet::new();
+            for p in added {
+                if state.allow.add(&p) {
+                    touched.insert(p.destination.clone());
+                }
+                state.policies.insert(p);
+            }
+            for p in removed {
+                if state.allow.remove(&p) {
+                    touched.insert(p.destination.clone());
+                }
+                state.policies.remove(&p);
+            }
+            if state.modes != modes {
+                state.modes = modes;
+                Some(Changed::All)
+            } else {
+                (!touched.is_empty()).then(|| Changed::Apps(touched.into_iter().collect()))
+            }
+        };
+        if let Some(c) = changed {
+            let _ = self.changes.send(c);
+        }
+        Ok(())
+    }
+
     /// What the sidecars of `app` accept now.
     pub fn allow_list(&self, app: &Guid, space: Option<&Guid>) -> AllowList {
         let state = self.read();

@@ -76,26 +76,114 @@ impl Registry {
             Some(_) => return Err(Error::Conflict(p.instance_guid)),
             None => {}
         }
-        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-        self.store.insert_placement(&p, now_ms).await?;
-        let mut all = self.write();
-        all.insert(p.instance_guid.clone(), p.clone());
-        // Nobody listening is fine: a subscriber starts from `snapshot`.
-        let _ = self.events.send(Event::Registered(p));
+        if !self.store.insert_placement(&p, self.now_ms()).await? {
+            // Registered through another server a moment ago: take that up and judge by it.
+            let stored = self.store.placement(p.instance_guid.as_str()).await?;
+            self.apply(&p.instance_guid, stored.clone());
+            return match stored {
+                Some(existing) if existing == p => Ok(false),
+                _ => Err(Error::Conflict(p.instance_guid)),
+            };
+        }
+        self.apply(&p.instance_guid, Some(p.clone()));
         Ok(true)
     }
 
     /// Deregisters an instance and returns what it was.
     pub async fn deregister(&self, instance: &Guid) -> Result<Placement, Error> {
         let _changing = self.changing.lock().await;
-        if self.get(instance).is_none() {
+        // Registered through another server, perhaps, and not heard of yet.
+        let known = match self.get(instance) {
+            Some(p) => Some(p),
+            None if self.store.is_shared() => self.store.placement(instance.as_str()).await?,
+            None => None,
+        };
+        let Some(p) = known else {
+            return Err(Error::Unknown(instance.clone()));
+        };
+        if !self
+            .store
+            .delete_placement(instance.as_str(), self.now_ms())
+            .await?
+        {
+            self.apply(instance, None);
             return Err(Error::Unknown(instance.clone()));
         }
-        self.store.delete_placement(instance.as_str()).await?;
-        let mut all = self.write();
-        let p = all.remove(instance).expect("checked above");
-        let _ = self.events.send(Event::Deregistered(p.clone()));
+        self.apply(instance, None);
         Ok(p)
+    }
+
+    /// Takes up what the store now says of `instances`, changed by another server.
+    pub async fn take_up(&self, instances: &[Guid]) -> Result<(), Error> {
+        let _changing = self.changing.lock().await;
+        for instance in instances {
+            let stored = self.store.placement(instance.as_str()).await?;
+            self.apply(instance, stored);
+        }
+        Ok(())
+    }
+
+    /// Takes up every stored placement, for a server that fell further behind than the change
+    /// feed reaches.
+    pub async fn reload(&self) -> Result<(), Error> {
+        let _changing = self.changing.lock().await;
+        let stored: BTreeMap<Guid, Placement> = self
+            .store
+            .placements()
+            .await?
+            .into_iter()
+            .map(|p| (p.instance_guid.clone(), p))
+            .collect();
+        let gone: Vec<Guid> = self
+            .read()
+            .keys()
+            .filter(|g| !stored.contains_key(*g))
+            .cloned()
+            .collect();
+        for instance in gone {
+            self.apply(&instance, None);
+        }
+        for (instance, p) in stored {
+            self.apply(&instance, Some(p));
+        }
+        Ok(())
+    }
+
+    /// Where `instance` is placed: what this server knows, or, on a database that servers
+    /// share, what the store says of an instance this one has not heard of yet.
+    pub async fn find(&self, instance: &Guid) -> Result<Option<Placement>, Error> {
+        if let Some(p) = self.get(instance) {
+            return Ok(Some(p));
+        }
+        if !self.store.is_shared() {
+            return Ok(None);
+        }
+        let _changing = self.changing.lock().await;
+        let stored = self.store.placement(instance.as_str()).await?;
+        self.apply(instance, stored.clone());
+        Ok(stored)
+    }
+
+    /// Makes `instance` placed as `now` says (unplaced with `None`), announcing what changed.
+    /// The caller holds `changing`.
+    fn apply(&self, instance: &Guid, now: Option<Placement>) {
+        let mut all = self.write();
+        let before = all.get(instance);
+        if before == now.as_ref() {
+            return;
+        }
+        // Nobody listening is fine: a subscriber starts from `snapshot`.
+        if let Some(old) = all.remove(instance) {
+            let _ = self.events.send(Event::Deregistered(old));
+        }
+        if let Some(p) = now {
+            all.insert(instance.clone(), p.clone());
+            let _ = self.events.send(Event::Registered(p));
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
     }
 
     /// Where `instance` is placed, if it is registered.

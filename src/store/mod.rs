@@ -4,6 +4,7 @@
 //! (connecting, locking, migrations) lives in `sqlite.rs` and `postgres.rs`.
 
 mod ca_queries;
+mod change_queries;
 mod ledger_queries;
 mod placement_queries;
 mod policy_queries;
@@ -17,6 +18,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool};
 
 pub use ca_queries::{CaChange, CaLeader};
+pub use change_queries::{Change, ChangeListener, Heard, Topic};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 
@@ -40,6 +42,8 @@ pub enum Error {
     SeqTaken,
     #[error("database holds an unreadable value in {0}")]
     BadValue(&'static str),
+    #[error("this database belongs to one process; there are no other servers' changes to follow")]
+    NotShared,
 }
 
 /// Where the store lives.
@@ -69,6 +73,8 @@ pub(crate) enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL's URL, for the connection that listens for other servers' changes.
+    url: Option<std::sync::Arc<str>>,
 }
 
 impl Store {
@@ -101,7 +107,11 @@ impl Store {
             .connect(&connect_url)
             .await
             .map_err(|e| classify_open_error(backend, url, e))?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            url: (backend == Backend::Postgres).then(|| connect_url.as_str().into()),
+        };
         store.migrate(url).await?;
         Ok(store)
     }

@@ -6,7 +6,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::Any;
 
-use super::{Backend, Error, Store};
+use super::{Backend, Error, Store, Topic};
 use crate::policy::{Mode, Origin, Policy, PortRange, Scope};
 
 /// Policies per statement: five parameters each stays well under the limits of both databases
@@ -63,7 +63,7 @@ impl Store {
     }
 
     /// Adds `added` to and removes `removed` from the policies of `origin`, all or nothing.
-    /// The caller knows which are new and which are kept: adding one kept already fails.
+    /// Adding one stored already (by another server polling the same policy server) keeps it.
     pub async fn change_policies(
         &self,
         origin: Origin,
@@ -71,7 +71,7 @@ impl Store {
         removed: &[Policy],
         now_ms: i64,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         for chunk in removed.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from("DELETE FROM policies WHERE origin = $1 AND (");
             for i in 0..chunk.len() {
@@ -115,11 +115,16 @@ impl Store {
                     n + 4
                 ));
             }
+            sql.push_str(" ON CONFLICT DO NOTHING");
             let mut query = sqlx::query(&sql).bind(origin.as_str()).bind(now_ms);
             for p in chunk {
                 query = bind_policy(query, p);
             }
             query.execute(&mut *tx).await?;
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            self.record_change(&mut tx, Topic::Policy, "", now_ms)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -161,7 +166,11 @@ impl Store {
                 .bind(scope.kind())
                 .bind(scope.id()),
         };
-        query.execute(&self.pool).await?;
+        let mut tx = self.begin_change().await?;
+        query.execute(&mut *tx).await?;
+        self.record_change(&mut tx, Topic::Policy, "", now_ms)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

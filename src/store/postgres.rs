@@ -12,6 +12,10 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations
 /// released with the transaction.
 pub(super) const WRITERS_LOCK: &str = "SELECT pg_advisory_xact_lock(115301217461876)";
 
+/// Takes the lock under which changes to placements and policies are numbered ("idmint-c" in ASCII),
+/// released with the transaction.
+pub(super) const CHANGES_LOCK: &str = "SELECT pg_advisory_xact_lock(7594315171245600099)";
+
 pub(super) async fn begin_exclusive(pool: &AnyPool) -> Result<Transaction<'static, Any>, Error> {
     let mut tx = pool.begin().await?;
     tx.execute(WRITERS_LOCK).await?;
