@@ -41,7 +41,7 @@ async fn credential(rt: &Runtime, who: Principal) -> Pem {
 
 async fn connect(port: u16, pem: &Pem, roots: &str) -> Result<RemoteAuthority, String> {
     RemoteAuthority::connect(RemoteSettings {
-        endpoint: format!("https://127.0.0.1:{port}"),
+        endpoints: vec![format!("https://127.0.0.1:{port}")],
         server_name: "localhost",
         cert_chain_pem: &pem.chain,
         key_pem: &pem.key,

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::process;
 use common::*;
 use idmint::api::{Caller, SignRequest};
 use idmint::app::Runtime;
@@ -205,4 +206,231 @@ async fn terminate_backends(url: &str) -> i64 {
     .await
     .unwrap()
     .get("n")
+}
+
+/// Servers as separate processes on one fresh database, and agents that know them all.
+struct Foundation {
+    dir: tempfile::TempDir,
+    url: String,
+    kek: String,
+    servers: Vec<Option<process::Running>>,
+    api: Vec<u16>,
+    admin: Vec<u16>,
+}
+
+impl Foundation {
+    fn new(tag: &str, n: usize) -> Foundation {
+        let url = block_on(fresh_pg_database(tag));
+        let dir = tempfile::tempdir().unwrap();
+        let kek = dir.path().join("kek");
+        std::fs::write(&kek, "5e".repeat(32)).unwrap();
+        let mut f = Foundation {
+            kek: kek.display().to_string(),
+            dir,
+            url,
+            servers: (0..n).map(|_| None).collect(),
+            api: (0..n).map(|_| free_port()).collect(),
+            admin: (0..n).map(|_| free_port()).collect(),
+        };
+        for i in 0..n {
+            f.start(i);
+        }
+        f
+    }
+
+    /// idmint with server `i`'s settings.
+    fn idmint(&self, i: usize) -> std::process::Command {
+        let mut cmd = process::idmint(&self.dir.path().join(format!("server-{i}")));
+        for setting in [
+            format!("store.url={}", self.url),
+            format!("ca.kek_file={}", self.kek),
+            format!("admin.listen=127.0.0.1:{}", self.admin[i]),
+            "ca.leaf_ttl=30s".to_string(),
+        ] {
+            cmd.args(["--set", &setting]);
+        }
+        cmd
+    }
+
+    fn start(&mut self, i: usize) {
+        let mut cmd = self.idmint(i);
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.api[i])]);
+        let log = self.dir.path().join(format!("server-{i}.log"));
+        self.servers[i] = Some(process::start(cmd, log));
+    }
+
+    /// kill -9.
+    fn kill(&mut self, i: usize) {
+        self.servers[i].take().expect("running");
+    }
+
+    fn cli(&self, i: usize, args: &[&str]) -> String {
+        process::ok(self.idmint(i).args(args))
+    }
+
+    fn register(&self, via: usize, instance: &str, cell: &str) {
+        self.cli(
+            via,
+            &[
+                "instance",
+                "register",
+                "--instance-guid",
+                instance,
+                "--app-guid",
+                APP,
+                "--space-guid",
+                SPACE,
+                "--org-guid",
+                ORG,
+                "--cell-id",
+                cell,
+            ],
+        );
+    }
+
+    /// An agent for `cell` given every server; its data directory and admin port.
+    fn agent(&self, cell: &str) -> (process::Running, std::path::PathBuf, u16) {
+        let creds = self.dir.path().join(format!("{cell}-credential"));
+        let out = creds.to_str().unwrap();
+        self.cli(0, &["cell", "enroll", cell, "--out-dir", out]);
+        let data = self.dir.path().join(format!("agent-{cell}"));
+        let admin = free_port();
+        let mut cmd = process::idmint(&data);
+        cmd.args(["--set", &format!("admin.listen=127.0.0.1:{admin}")])
+            .arg("agent")
+            .arg("--credential-dir")
+            .arg(&creds);
+        for port in &self.api {
+            cmd.args(["--server", &format!("https://127.0.0.1:{port}")]);
+        }
+        let log = self.dir.path().join(format!("agent-{cell}.log"));
+        (process::start(cmd, log), data, admin)
+    }
+
+    /// Which server the agent with admin port `admin` uses now.
+    fn server_of(&self, admin: u16) -> usize {
+        let metrics = http_get(admin, "/metrics").expect("agent metrics").1;
+        let port: u16 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("idmint_agent_server_info{endpoint=\"https://127.0.0.1:"))
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no server in {metrics}"));
+        self.api.iter().position(|p| *p == port).unwrap()
+    }
+
+    /// The ledger as a live server `i` lists it.
+    fn ledger(&self, i: usize) -> Vec<serde_json::Value> {
+        let out = self.cli(i, &["audit", "list", "--json", "--limit", "100000"]);
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+impl Drop for Foundation {
+    fn drop(&mut self) {
+        self.servers.clear();
+        block_on(drop_pg_database(&self.url));
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Runtime::new().unwrap().block_on(f)
+}
+
+fn instance_serial(agent_data: &std::path::Path, instance: &str) -> Option<String> {
+    let crt = agent_data
+        .join("instances")
+        .join(instance)
+        .join("instance.crt");
+    let pem = std::fs::read(crt).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.raw_serial_as_string().replace(':', ""))
+}
+
+/// Asserts the ledger has no gaps and holds every serial in `held`.
+fn assert_dense_and_holding(ledger: &[serde_json::Value], held: &[String]) {
+    let mut seqs: Vec<i64> = ledger.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, (0..seqs.len() as i64).collect::<Vec<_>>(), "dense");
+    for serial in held {
+        assert!(
+            ledger
+                .iter()
+                .any(|e| e["serial"].as_str() == Some(serial.as_str())),
+            "certificate {serial} is not in the ledger"
+        );
+    }
+}
+
+const SECOND: &str = "1a1a1a1a-0000-4000-8000-000000000201";
+const THIRD: &str = "1a1a1a1a-0000-4000-8000-000000000202";
+
+#[test]
+fn an_agent_leaves_a_killed_server_for_another_and_is_served_there() {
+    let mut f = Foundation::new("failover", 3);
+    f.register(1, INSTANCE, "cell-1");
+    let (_agent, data, admin) = f.agent("cell-1");
+    process::wait_until("the first certificate", Duration::from_secs(20), || {
+        instance_serial(&data, INSTANCE).is_some()
+    });
+
+    // Twice: the server in use is killed, and an instance registered through a live one is
+    // served from another.
+    let mut held = vec![instance_serial(&data, INSTANCE).unwrap()];
+    for (round, instance) in [SECOND, THIRD].into_iter().enumerate() {
+        let used = f.server_of(admin);
+        f.kill(used);
+        let killed = Instant::now();
+        let live = (0..3).find(|i| f.servers[*i].is_some()).unwrap();
+        f.register(live, instance, "cell-1");
+        process::wait_until(
+            "a certificate after the kill",
+            Duration::from_secs(15),
+            || instance_serial(&data, instance).is_some(),
+        );
+        println!(
+            "round {round}: served by another server {:?} after the kill",
+            killed.elapsed()
+        );
+        let now = f.server_of(admin);
+        assert_ne!(now, used, "moved on");
+        assert!(f.servers[now].is_some(), "to a live server");
+        held.push(instance_serial(&data, instance).unwrap());
+    }
+    let metrics = http_get(admin, "/metrics").unwrap().1;
+    assert!(
+        !metrics.contains("idmint_agent_server_switches_total 0"),
+        "{metrics}"
+    );
+    let live = (0..3).find(|i| f.servers[*i].is_some()).unwrap();
+    assert_dense_and_holding(&f.ledger(live), &held);
+}
+
+#[test]
+fn the_ca_maintenance_lead_moves_when_its_server_is_killed() {
+    let mut f = Foundation::new("lead", 2);
+    let rotate = |f: &Foundation, i: usize| {
+        f.idmint(i)
+            .args(["ca", "rotate", "intermediate"])
+            .output()
+            .unwrap()
+    };
+    // Exactly one leads (the other says who to ask).
+    let answers: Vec<_> = (0..2).map(|i| rotate(&f, i)).collect();
+    let leader = answers
+        .iter()
+        .position(|o| o.status.success())
+        .expect("one server leads");
+    let other = 1 - leader;
+    let refused = String::from_utf8_lossy(&answers[other].stderr).to_string();
+    assert!(refused.contains("another idmint server"), "{refused}");
+
+    f.kill(leader);
+    let killed = Instant::now();
+    process::wait_until("the other server to lead", Duration::from_secs(10), || {
+        rotate(&f, other).status.success()
+    });
+    println!("the lead moved {:?} after the kill", killed.elapsed());
+    assert_dense_and_holding(&f.ledger(other), &[]);
 }

@@ -7,70 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::envoy::{start_backend, start_pair, traffic};
+use common::process::{idmint, ok, start, wait_until, Running};
 use common::*;
-
-/// A child process killed when the test ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn idmint(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idmint"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("IDMINT_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.arg("--data-dir").arg(data);
-    cmd
-}
-
-/// Starts `cmd` and waits for its "ready" line.
-fn start(mut cmd: Command, log: PathBuf) -> Running {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("prints ready").unwrap();
-        if line.starts_with("ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Running(child)
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 struct Server {
     process: Option<Running>,
@@ -311,7 +254,7 @@ fn dev_serves_its_local_cell_through_the_server_api_and_lets_another_cells_agent
     runtime.block_on(async {
         let cell2 = idmint::agent::remote::RemoteAuthority::connect(
             idmint::agent::remote::RemoteSettings {
-                endpoint: format!("https://127.0.0.1:{api_port}"),
+                endpoints: vec![format!("https://127.0.0.1:{api_port}")],
                 server_name: "localhost",
                 cert_chain_pem: &read("cell.pem"),
                 key_pem: &read("cell.key"),
@@ -465,7 +408,24 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         "{err}"
     );
 
-    // A credential, but no server yet: it keeps trying, and Ctrl-C ends it cleanly.
+    // A server address that is not one.
+    for bad in [
+        "127.0.0.1:8471",
+        "http://127.0.0.1:8471",
+        "https://127.0.0.1",
+    ] {
+        let out = idmint(&dir.join("agent"))
+            .args(["agent", "--server", bad, "--credential-dir"])
+            .arg(dir.join("nowhere"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not an https://host:port address"), "{err}");
+    }
+
+    // A credential, but no server yet: it keeps trying every server it was given, says why
+    // each failed, and Ctrl-C ends it cleanly.
     let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
     let server = Server {
         process: Some(Server::start(dir, api_port, &admin, "1h")),
@@ -483,7 +443,8 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         creds.to_str().unwrap(),
     ]);
     drop(server);
-    let agent_admin = free_port();
+    let (agent_admin, second) = (free_port(), free_port());
+    let log = dir.join("agent.log");
     let mut agent = idmint(&dir.join("agent"))
         .args(["--set", &format!("admin.listen=127.0.0.1:{agent_admin}")])
         .args([
@@ -491,14 +452,24 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
             "--server",
             &format!("https://127.0.0.1:{api_port}"),
         ])
+        .args(["--server", &format!("https://127.0.0.1:{second}")])
         .arg("--credential-dir")
         .arg(&creds)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert!(agent.try_wait().unwrap().is_none(), "still trying");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("cannot reach any idmint server"), "{said}");
+    for port in [api_port, second] {
+        assert!(
+            said.contains(&format!("https://127.0.0.1:{port}: ")),
+            "{said}"
+        );
+    }
+    assert!(said.contains("refused"), "each server's reason: {said}");
     // Its health says what it waits for, and its metrics answer.
     let health = http_get(agent_admin, "/healthz");
     assert!(

@@ -26,6 +26,8 @@ pub struct AgentHealth {
     pub connected: AtomicBool,
     /// The served instances, once the agent runs.
     pub workloads: OnceLock<Arc<Workloads<RemoteAuthority>>>,
+    /// The connection to the servers, once made.
+    pub remote: OnceLock<RemoteAuthority>,
 }
 
 impl AgentHealth {
@@ -86,6 +88,33 @@ async fn metrics(State(admin): State<AgentAdmin>) -> Response {
     let _ = writeln!(text, "# HELP idmint_agent_ready Whether the agent has its credential, the trust bundle and a connection to the server.");
     let _ = writeln!(text, "# TYPE idmint_agent_ready gauge");
     let _ = writeln!(text, "idmint_agent_ready {}", u8::from(ready));
+    let connected = admin.health.connected.load(Ordering::Relaxed);
+    let _ = writeln!(text, "# HELP idmint_agent_server_connected Whether the agent's stream to an idmint server is open.");
+    let _ = writeln!(text, "# TYPE idmint_agent_server_connected gauge");
+    let _ = writeln!(
+        text,
+        "idmint_agent_server_connected {}",
+        u8::from(connected)
+    );
+    if let Some(remote) = admin.health.remote.get() {
+        let _ = writeln!(text, "# HELP idmint_agent_server_switches_total How often the agent moved to another idmint server.");
+        let _ = writeln!(text, "# TYPE idmint_agent_server_switches_total counter");
+        let _ = writeln!(
+            text,
+            "idmint_agent_server_switches_total {}",
+            remote.switches()
+        );
+        let _ = writeln!(
+            text,
+            "# HELP idmint_agent_server_info The idmint server the agent uses now."
+        );
+        let _ = writeln!(text, "# TYPE idmint_agent_server_info gauge");
+        let _ = writeln!(
+            text,
+            "idmint_agent_server_info{{endpoint=\"{}\"}} 1",
+            remote.server()
+        );
+    }
     if let Some(agent) = admin.health.workloads.get() {
         agent.render_metrics(admin.clock.now(), &mut text).await;
     }

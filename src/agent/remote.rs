@@ -3,6 +3,7 @@
 //! from it which instances the agent may have certificates for.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,15 +18,49 @@ use crate::proto as pb;
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::sign_stream_result::Outcome;
 
-/// A connection to an idmint server. Clones share it, and see a changed credential or trust
-/// bundle (see [`RemoteAuthority::reconnect`]) from their next call on. Sign requests go out
-/// on one `SignStream` call, opened when first needed and again after it ends.
+/// A connection to one of the idmint servers an agent knows. Clones share it, and see a
+/// changed credential or trust bundle (see [`RemoteAuthority::reconnect`]) from their next call
+/// on. Sign requests go out on one `SignStream` call, opened when first needed and again after
+/// it ends. When the server in use fails, [`RemoteAuthority::fail_over`] moves every clone to
+/// the next one; a sign request whose server went away is sent again to the next.
 #[derive(Clone)]
 pub struct RemoteAuthority {
-    endpoint: Arc<str>,
+    servers: Arc<[String]>,
     server_name: Arc<str>,
-    client: Arc<RwLock<IdentityClient<Channel>>>,
+    tls: Arc<RwLock<TlsPem>>,
+    current: Arc<RwLock<Current>>,
     signs: Arc<Mutex<Option<SignStream>>>,
+    switches: Arc<AtomicU64>,
+}
+
+/// What this agent presents and trusts, PEM.
+struct TlsPem {
+    cert_chain_pem: String,
+    key_pem: String,
+    roots_pem: String,
+}
+
+/// The server in use.
+struct Current {
+    /// Its index in `servers`.
+    at: usize,
+    client: IdentityClient<Channel>,
+}
+
+/// Which server a call went to, so that only its failure moves the agent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerTurn(u64);
+
+/// Why no server took the agent's connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// A server address is not one.
+    #[error("server address {0:?} is not an https://host:port address")]
+    BadAddress(String),
+    /// None of the servers answered, or accepted this agent; why, for each.
+    #[error("cannot reach any idmint server: {}", .0.join("; "))]
+    Unreachable(Vec<String>),
 }
 
 /// One open `SignStream`: where requests go, and who waits for which answer.
@@ -46,11 +81,11 @@ type Waiting = Option<HashMap<u64, oneshot::Sender<Result<pb::SignResponse, Stat
 /// wait their turn, so a slow server holds back the agent instead of growing a queue.
 const QUEUED_SIGNS: usize = 1024;
 
-/// What an agent needs to reach the server.
+/// What an agent needs to reach the servers.
 pub struct RemoteSettings<'a> {
-    /// `https://host:port`.
-    pub endpoint: String,
-    /// The name the server's certificate must carry (a DNS name or IP address).
+    /// The servers' API endpoints, `https://host:port` each (several, for failover).
+    pub endpoints: Vec<String>,
+    /// The name every server's certificate must carry (a DNS name or IP address).
     pub server_name: &'a str,
     /// This agent's certificate and the intermediates after it, PEM.
     pub cert_chain_pem: &'a str,
@@ -71,18 +106,50 @@ pub struct Renewed {
 }
 
 impl RemoteAuthority {
-    /// Connects and completes the TLS handshake: a server that does not accept this agent's
-    /// credential is an error here.
-    pub async fn connect(
-        s: RemoteSettings<'_>,
-    ) -> Result<RemoteAuthority, tonic::transport::Error> {
-        let channel = endpoint(&s)?.connect().await?;
-        Ok(RemoteAuthority {
-            endpoint: s.endpoint.into(),
-            server_name: s.server_name.into(),
-            client: Arc::new(RwLock::new(IdentityClient::new(channel))),
-            signs: Arc::default(),
-        })
+    /// Connects to one of the servers, completing the TLS handshake: a server that does not
+    /// accept this agent's credential is tried no further. Agents start at different servers
+    /// (by their credential), so a fleet spreads over them.
+    pub async fn connect(s: RemoteSettings<'_>) -> Result<RemoteAuthority, ConnectError> {
+        let tls = TlsPem {
+            cert_chain_pem: s.cert_chain_pem.to_string(),
+            key_pem: s.key_pem.to_string(),
+            roots_pem: s.roots_pem.to_string(),
+        };
+        let n = s.endpoints.len();
+        if n == 0 {
+            return Err(ConnectError::Unreachable(vec![
+                "no server is configured".into()
+            ]));
+        }
+        if let Some(bad) = s.endpoints.iter().find(|url| !is_server_address(url)) {
+            return Err(ConnectError::BadAddress(bad.clone()));
+        }
+        let first = spread(s.cert_chain_pem, n);
+        let mut failures = Vec::new();
+        for at in (0..n).map(|i| (first + i) % n) {
+            let url = &s.endpoints[at];
+            let connected = match endpoint(url, s.server_name, &tls) {
+                Ok(e) => e.connect().await,
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok(channel) => {
+                    return Ok(RemoteAuthority {
+                        servers: s.endpoints.clone().into(),
+                        server_name: s.server_name.into(),
+                        tls: Arc::new(RwLock::new(tls)),
+                        current: Arc::new(RwLock::new(Current {
+                            at,
+                            client: IdentityClient::new(channel),
+                        })),
+                        signs: Arc::default(),
+                        switches: Arc::default(),
+                    })
+                }
+                Err(e) => failures.push(format!("{url}: {}", describe(&e))),
+            }
+        }
+        Err(ConnectError::Unreachable(failures))
     }
 
     /// From the next call on, connects with this credential and trusts these roots. Calls
@@ -93,24 +160,81 @@ impl RemoteAuthority {
         key_pem: &str,
         roots_pem: &str,
     ) -> Result<(), tonic::transport::Error> {
-        let channel = endpoint(&RemoteSettings {
-            endpoint: self.endpoint.to_string(),
-            server_name: &self.server_name,
-            cert_chain_pem,
-            key_pem,
-            roots_pem,
-        })?
-        .connect_lazy();
-        *self.client.write().expect("never poisoned") = IdentityClient::new(channel);
+        *self.tls.write().expect("never poisoned") = TlsPem {
+            cert_chain_pem: cert_chain_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            roots_pem: roots_pem.to_string(),
+        };
+        let at = self.current.read().expect("never poisoned").at;
+        self.use_server(at)
+    }
+
+    /// Which server calls go to now; pass it to [`RemoteAuthority::fail_over`] when a call
+    /// made there fails for want of a server.
+    pub fn turn(&self) -> ServerTurn {
+        ServerTurn(self.switches.load(Ordering::SeqCst))
+    }
+
+    /// Moves to the next server after the one of `turn` failed; a no-op when another caller
+    /// moved on already, so one failure moves the agent once.
+    pub fn fail_over(&self, turn: ServerTurn) {
+        let mut current = self.current.write().expect("never poisoned");
+        if self.switches.load(Ordering::SeqCst) != turn.0 {
+            return;
+        }
+        let from = current.at;
+        let to = (from + 1) % self.servers.len();
+        match self.channel(to) {
+            Ok(channel) => {
+                *current = Current {
+                    at: to,
+                    client: IdentityClient::new(channel),
+                };
+                self.switches.fetch_add(1, Ordering::SeqCst);
+                drop(current);
+                *self.signs.lock().expect("never poisoned") = None;
+                if to != from {
+                    tracing::warn!(from = %self.servers[from], to = %self.servers[to], "moving to another idmint server");
+                }
+            }
+            Err(e) => {
+                tracing::error!(server = %self.servers[to], error = %e, "cannot set up a connection")
+            }
+        }
+    }
+
+    /// How often the agent moved to another server.
+    pub fn switches(&self) -> u64 {
+        self.switches.load(Ordering::SeqCst)
+    }
+
+    /// The endpoint calls go to now.
+    pub fn server(&self) -> String {
+        let at = self.current.read().expect("never poisoned").at;
+        self.servers[at].clone()
+    }
+
+    fn use_server(&self, at: usize) -> Result<(), tonic::transport::Error> {
+        let channel = self.channel(at)?;
+        *self.current.write().expect("never poisoned") = Current {
+            at,
+            client: IdentityClient::new(channel),
+        };
         // The next sign request opens a stream on the new connection; this one finishes the
         // requests it carries and ends.
         *self.signs.lock().expect("never poisoned") = None;
         Ok(())
     }
 
+    /// A connection to server `at`, made when first used.
+    fn channel(&self, at: usize) -> Result<Channel, tonic::transport::Error> {
+        let tls = self.tls.read().expect("never poisoned");
+        Ok(endpoint(&self.servers[at], &self.server_name, &tls)?.connect_lazy())
+    }
+
     /// The server's API, for calls beyond the [`Authority`] interface.
     pub fn client(&self) -> IdentityClient<Channel> {
-        self.client.read().expect("never poisoned").clone()
+        self.current.read().expect("never poisoned").client.clone()
     }
 
     /// Has the server certify the key in `csr` as this agent's next credential.
@@ -239,12 +363,16 @@ fn signed_or_refused(outcome: Option<Outcome>) -> Result<pb::SignResponse, Statu
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error> {
+fn endpoint(
+    url: &str,
+    server_name: &str,
+    pem: &TlsPem,
+) -> Result<Endpoint, tonic::transport::Error> {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(s.roots_pem))
-        .identity(Identity::from_pem(s.cert_chain_pem, s.key_pem))
-        .domain_name(s.server_name);
-    Ok(Channel::from_shared(s.endpoint.clone())
+        .ca_certificate(Certificate::from_pem(&pem.roots_pem))
+        .identity(Identity::from_pem(&pem.cert_chain_pem, &pem.key_pem))
+        .domain_name(server_name);
+    Ok(Channel::from_shared(url.to_string())
         .expect("an https:// endpoint")
         .tls_config(tls)?
         .initial_stream_window_size(pb::WINDOW)
@@ -253,6 +381,36 @@ fn endpoint(s: &RemoteSettings<'_>) -> Result<Endpoint, tonic::transport::Error>
         // closing the connection is noticed by a missed ping, not by a renewal that hangs.
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT))
+}
+
+/// Whether `url` is `https://host:port` (a path of `/` at most), as a server address must be.
+pub fn is_server_address(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    uri.scheme_str() == Some("https")
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.port_u16().is_some()
+        && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+}
+
+/// Where an agent starts among `n` servers: a hash of its credential, so cells spread.
+fn spread(cert_chain_pem: &str, n: usize) -> usize {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert_chain_pem.as_bytes());
+    let head = u64::from_be_bytes(digest.as_ref()[..8].try_into().expect("8 bytes"));
+    (head % n as u64) as usize
+}
+
+/// A transport error with its causes, which name what went wrong (refused, TLS, DNS).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {
@@ -270,12 +428,25 @@ impl Authority for RemoteAuthority {
                 .map(|t| t.duration().as_secs().min(u32::MAX.into()) as u32)
                 .unwrap_or(0),
         };
-        let reply = self
-            .submit(wire)
-            .await
-            .await
-            .map_err(|_| api::Error::Unavailable(Cause::StreamEnded))?
-            .map_err(error)?;
+        // A request whose server went away goes to the next one (a second certificate may
+        // come of it; both are in the ledger). Every server is tried, the one in use twice.
+        let tries = self.servers.len() + 1;
+        let mut tried = 0;
+        let reply = loop {
+            tried += 1;
+            let turn = self.turn();
+            let failure = match self.submit(wire.clone()).await.await {
+                Ok(Ok(reply)) => break reply,
+                Ok(Err(status)) if !server_gone(&status) => return Err(error(status)),
+                Ok(Err(status)) => error(status),
+                Err(_) => api::Error::Unavailable(Cause::StreamEnded),
+            };
+            if tried >= tries {
+                return Err(failure);
+            }
+            tracing::debug!(error = %failure, "a sign request failed for want of a server; trying the next");
+            self.fail_over(turn);
+        };
         Ok(SignedCert {
             spiffe_id: reply.spiffe_id,
             cert_der: reply.cert_der,
@@ -306,6 +477,14 @@ impl Authority for RemoteAuthority {
             .collect::<Result<_, _>>()
             .map_err(|e| api::Error::Unavailable(Cause::Unreadable(format!("the bundle: {e}"))))
     }
+}
+
+/// Whether a call failed because its server is gone or cannot serve now, so another may.
+fn server_gone(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
 }
 
 /// The server's status as what the agent half understands: the inverse of the server's

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::agent::AgentHealth;
 use crate::agent::cell_credential::{CellIdentity, CredentialDir};
-use crate::agent::remote::{RemoteAuthority, RemoteSettings};
+use crate::agent::remote::{
+    is_server_address, ConnectError, RemoteAuthority, RemoteSettings, ServerTurn,
+};
 use crate::agent::{Bundle, Workloads};
 use crate::config::Config;
 use crate::ids::CellId;
@@ -27,8 +29,13 @@ use crate::policy::AllowUpdate;
 use crate::proto;
 use crate::sds::SdsMetrics;
 
-/// How soon a lost placement or bundle stream is opened again.
+/// How soon a placement or bundle stream that could not be opened is tried again (on the
+/// next server).
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
+/// How soon a stream that broke is opened again, on the next server: at once, nearly, so a
+/// failed server is left within moments.
+const AFTER_BREAK: Duration = Duration::from_millis(100);
 
 /// How long shutdown waits for each of the agent's tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -36,8 +43,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Where the agent finds its server and its credential.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// The server API, `https://host:port`.
-    pub server: String,
+    /// The servers' API, `https://host:port` each; a host name with several addresses stands
+    /// for a server at each.
+    pub servers: Vec<String>,
     /// The name the server's certificate carries.
     pub server_name: String,
     /// Where `idmint cell enroll` wrote this cell's credential.
@@ -71,6 +79,9 @@ pub async fn start(
     opts: &AgentOptions,
     stop: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Agent>> {
+    if let Some(bad) = opts.servers.iter().find(|url| !is_server_address(url)) {
+        return Err(ConnectError::BadAddress(bad.clone()).into());
+    }
     let dir = CredentialDir::new(&opts.credential_dir);
     let credential = dir.load(&config.ca)?;
     let cell = credential.cell.clone();
@@ -89,11 +100,15 @@ pub async fn start(
         crate::clock::Clock::system(),
         shutdown.clone(),
     ));
-    let Some(remote) = connect(opts, &credential, stop).await else {
-        shutdown.cancel();
-        let _ = admin_task.await;
-        return Ok(None);
+    let remote = match connect(opts, &credential, stop).await {
+        Ok(Some(remote)) => remote,
+        done => {
+            shutdown.cancel();
+            let _ = admin_task.await;
+            return done.map(|_| None);
+        }
     };
+    let _ = health.remote.set(remote.clone());
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: config.ca.trust_domain.clone(),
         roots_pem: credential.roots_pem.clone(),
@@ -156,36 +171,81 @@ pub async fn start(
     }))
 }
 
-/// Connects to the server with the cell credential, retrying every [`FOLLOW_EVERY`] until it
-/// answers; `None` if `stop` resolves first.
+/// Connects to one of the servers with the cell credential, trying them all every
+/// [`FOLLOW_EVERY`] until one answers; `None` if `stop` resolves first. An address that is not
+/// one is an error at once.
 async fn connect(
     opts: &AgentOptions,
     credential: &crate::agent::cell_credential::CellCredential,
     mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<RemoteAuthority> {
+) -> Result<Option<RemoteAuthority>> {
+    let mut logged = String::new();
     loop {
-        let attempt = RemoteAuthority::connect(RemoteSettings {
-            endpoint: opts.server.clone(),
-            server_name: &opts.server_name,
-            cert_chain_pem: &credential.chain_pem,
-            key_pem: &credential.key_pem,
-            roots_pem: &credential.roots_pem,
-        });
+        let attempt = async {
+            RemoteAuthority::connect(RemoteSettings {
+                endpoints: resolve(&opts.servers).await,
+                server_name: &opts.server_name,
+                cert_chain_pem: &credential.chain_pem,
+                key_pem: &credential.key_pem,
+                roots_pem: &credential.roots_pem,
+            })
+            .await
+        };
         let outcome = tokio::select! {
-            _ = &mut stop => return None,
+            _ = &mut stop => return Ok(None),
             r = attempt => r,
         };
         match outcome {
-            Ok(r) => return Some(r),
+            Ok(r) => return Ok(Some(r)),
+            Err(e @ ConnectError::BadAddress(_)) => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(server = %opts.server, error = ?e, "cannot reach the server; retrying");
+                // Said once per change, not every round: an agent may wait long for a server.
+                let said = e.to_string();
+                if said != logged {
+                    tracing::warn!(error = %said, "serving nothing new until a server answers; retrying every {FOLLOW_EVERY:?}");
+                    logged = said;
+                }
                 tokio::select! {
-                    _ = &mut stop => return None,
+                    _ = &mut stop => return Ok(None),
                     _ = tokio::time::sleep(FOLLOW_EVERY) => {}
                 }
             }
         }
     }
+}
+
+/// The servers' endpoints with every host name replaced by the addresses it resolves to, so
+/// one DNS name can stand for several servers; a name that does not resolve stays, and fails
+/// as it is tried.
+async fn resolve(servers: &[String]) -> Vec<String> {
+    let mut endpoints = Vec::new();
+    for url in servers {
+        let host_port = url.parse::<http::Uri>().ok().and_then(|u| {
+            let host = u.host()?.trim_matches(['[', ']']).to_string();
+            Some((host, u.port_u16()?))
+        });
+        let Some((host, port)) = host_port.filter(|(h, _)| h.parse::<std::net::IpAddr>().is_err())
+        else {
+            endpoints.push(url.clone());
+            continue;
+        };
+        match tokio::net::lookup_host(format!("{host}:{port}")).await {
+            Ok(addrs) => {
+                let before = endpoints.len();
+                for addr in addrs {
+                    let url = format!("https://{addr}");
+                    if !endpoints.contains(&url) {
+                        endpoints.push(url);
+                    }
+                }
+                if endpoints.len() == before {
+                    endpoints.push(url.clone());
+                }
+            }
+            Err(_) => endpoints.push(url.clone()),
+        }
+    }
+    endpoints
 }
 
 /// Keeps the agent's trust bundle the server's, for its sidecars and for its own connection
@@ -199,12 +259,16 @@ async fn watch_bundle(
     shutdown: CancellationToken,
 ) {
     loop {
+        let turn = remote.turn();
         let stream = remote
             .client()
             .watch_bundle(proto::WatchBundleRequest {})
             .await;
-        match stream {
-            Err(e) => tracing::warn!(error = %e, "cannot open the server's trust bundle stream"),
+        let pause = match stream {
+            Err(e) => {
+                tracing::warn!(server = %remote.server(), error = %e, "cannot open the server's trust bundle stream");
+                FOLLOW_EVERY
+            }
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 health.connected.store(true, Ordering::Relaxed);
@@ -243,20 +307,22 @@ async fn watch_bundle(
                         }));
                     }
                 }
+                AFTER_BREAK
             }
-        }
+        };
         health.connected.store(false, Ordering::Relaxed);
         tracing::warn!("the current trust bundle stays until the stream is open again");
+        remote.fail_over(turn);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
 
 /// The placements of `cell` from the server, as one endless sequence of updates: every
 /// (re)connected stream starts with a snapshot that replaces what the agent held, so a lost
-/// connection misses nothing. While the server cannot be reached, nothing arrives and what is
+/// connection misses nothing. While no server can be reached, nothing arrives and what is
 /// served stays as it is.
 fn server_placements(
     remote: RemoteAuthority,
@@ -264,12 +330,12 @@ fn server_placements(
 ) -> impl futures_util::Stream<Item = PlacementUpdate> {
     followed(
         "this cell's placements",
-        move || {
-            let (remote, cell_id) = (remote.clone(), cell.to_string());
-            async move {
-                let request = proto::WatchPlacementsRequest { cell_id };
-                remote.client().watch_placements(request).await
-            }
+        remote,
+        move |remote| {
+            let request = proto::WatchPlacementsRequest {
+                cell_id: cell.to_string(),
+            };
+            async move { remote.client().watch_placements(request).await }
         },
         proto::placement_update_from_wire,
     )
@@ -282,54 +348,68 @@ fn server_allow_lists(
 ) -> impl futures_util::Stream<Item = AllowUpdate> {
     followed(
         "this cell's allow lists",
-        move || {
-            let (remote, cell_id) = (remote.clone(), cell.to_string());
-            async move {
-                let request = proto::WatchAllowListsRequest { cell_id };
-                remote.client().watch_allow_lists(request).await
-            }
+        remote,
+        move |remote| {
+            let request = proto::WatchAllowListsRequest {
+                cell_id: cell.to_string(),
+            };
+            async move { remote.client().watch_allow_lists(request).await }
         },
         proto::allow_update_from_wire,
     )
 }
 
-/// A server stream whose every (re)opening starts with a snapshot, as one endless sequence:
-/// opened again `FOLLOW_EVERY` after it fails, breaks, ends or sends what cannot be read.
+/// A server stream whose every (re)opening starts with a snapshot, as one endless sequence.
+/// When it fails, breaks, ends or sends what cannot be read, the agent moves to the next
+/// server and opens it there: [`AFTER_BREAK`] after a break, [`FOLLOW_EVERY`] after a failed
+/// opening.
 fn followed<W, T, F, Fut>(
     what: &'static str,
+    remote: RemoteAuthority,
     open: F,
     read: fn(W) -> Result<T, String>,
 ) -> impl futures_util::Stream<Item = T>
 where
-    F: Fn() -> Fut,
+    F: Fn(RemoteAuthority) -> Fut,
     Fut: Future<Output = Result<tonic::Response<tonic::Streaming<W>>, tonic::Status>>,
 {
     futures_util::stream::unfold(
-        (open, None::<tonic::Streaming<W>>),
-        move |(open, mut stream)| async move {
-            loop {
-                let s = match stream.as_mut() {
-                    Some(s) => s,
-                    None => match open().await {
-                        Ok(s) => stream.insert(s.into_inner()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot watch {what}; serving what is served");
-                            tokio::time::sleep(FOLLOW_EVERY).await;
-                            continue;
+        (open, None::<(tonic::Streaming<W>, ServerTurn)>),
+        move |(open, mut stream)| {
+            let remote = remote.clone();
+            async move {
+                loop {
+                    let (s, turn) = match stream.as_mut() {
+                        Some((s, turn)) => (s, *turn),
+                        None => {
+                            let turn = remote.turn();
+                            match open(remote.clone()).await {
+                                Ok(s) => {
+                                    let (s, _) = stream.insert((s.into_inner(), turn));
+                                    (s, turn)
+                                }
+                                Err(e) => {
+                                    tracing::warn!(server = %remote.server(), error = %e, "cannot watch {what}; serving what is served");
+                                    remote.fail_over(turn);
+                                    tokio::time::sleep(FOLLOW_EVERY).await;
+                                    continue;
+                                }
+                            }
                         }
-                    },
-                };
-                let failure = match s.message().await {
-                    Ok(Some(update)) => match read(update) {
-                        Ok(update) => return Some((update, (open, stream))),
-                        Err(e) => format!("an unreadable update: {e}"),
-                    },
-                    Ok(None) => "the server ended the stream".to_string(),
-                    Err(e) => format!("the stream broke: {e}"),
-                };
-                tracing::warn!(%failure, "following {what} again from a snapshot");
-                stream = None;
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                    };
+                    let failure = match s.message().await {
+                        Ok(Some(update)) => match read(update) {
+                            Ok(update) => return Some((update, (open, stream))),
+                            Err(e) => format!("an unreadable update: {e}"),
+                        },
+                        Ok(None) => "the server ended the stream".to_string(),
+                        Err(e) => format!("the stream broke: {e}"),
+                    };
+                    tracing::warn!(%failure, "following {what} again from a snapshot");
+                    stream = None;
+                    remote.fail_over(turn);
+                    tokio::time::sleep(AFTER_BREAK).await;
+                }
             }
         },
     )

@@ -116,7 +116,10 @@ async fn start_local_cell(
         api_addr.ip()
     };
     let remote = RemoteAuthority::connect(RemoteSettings {
-        endpoint: format!("https://{}", SocketAddr::new(host, api_addr.port())),
+        endpoints: vec![format!(
+            "https://{}",
+            SocketAddr::new(host, api_addr.port())
+        )],
         server_name: "localhost",
         cert_chain_pem: &loaded.chain_pem,
         key_pem: &loaded.key_pem,

@@ -84,7 +84,7 @@ async fn remote_path(
         let cred = rt.issuance.enroll(&Principal::Cell(cell), ttl, now).await?;
         agents.push(
             RemoteAuthority::connect(RemoteSettings {
-                endpoint: format!("https://127.0.0.1:{port}"),
+                endpoints: vec![format!("https://127.0.0.1:{port}")],
                 server_name: "localhost",
                 cert_chain_pem: &cred.chain_pem(),
                 key_pem: &cred.key_pem(),

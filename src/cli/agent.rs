@@ -11,10 +11,16 @@ use crate::config::Config;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The server API, `https://host:port`.
-    #[arg(long, default_value = "https://127.0.0.1:8471")]
-    server: String,
-    /// The name the server's certificate carries.
+    /// A server's API, `https://host:port`. Repeat it for several servers; a host name with
+    /// several addresses stands for a server at each. The agent spreads over them and moves
+    /// to the next when its server fails.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        default_value = "https://127.0.0.1:8471"
+    )]
+    servers: Vec<String>,
+    /// The name every server's certificate carries.
     #[arg(long, default_value = "localhost")]
     server_name: String,
     /// Where `idmint cell enroll` wrote this cell's cell.pem, cell.key and bundle.pem.
@@ -26,7 +32,7 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     let stop = stop_signal()?;
     tokio::pin!(stop);
     let opts = AgentOptions {
-        server: args.server,
+        servers: args.servers,
         server_name: args.server_name,
         credential_dir: args.credential_dir,
     };
@@ -37,7 +43,11 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
     let Some(agent) = app::agent::start(config, &opts, stop.as_mut()).await? else {
         return Ok(());
     };
-    println!("idmint agent: cell {}, server {}", agent.cell, opts.server);
+    println!(
+        "idmint agent: cell {}, servers {}",
+        agent.cell,
+        opts.servers.join(" ")
+    );
     println!(
         "  cell credential     {} (until {})",
         opts.credential_dir.display(),

@@ -5,6 +5,7 @@
 pub mod dev;
 pub mod envoy;
 pub mod policy_server;
+pub mod process;
 pub mod strict_der;
 
 use std::path::{Path, PathBuf};
