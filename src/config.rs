@@ -52,10 +52,12 @@ pub const KEYS: &[&str] = &[
     "admin.listen",
     "server.listen",
     "server.cells_register_own",
+    "server.agent_ack_grace",
     "agent.sds_dir",
     "agent.instance_dir",
     "agent.renew_at",
     "agent.renew_jitter",
+    "agent.ack_report_every",
     "policy.default_mode",
     "policy.source",
     "policy.server.url",
@@ -124,6 +126,7 @@ struct RawPolicyServer {
 struct RawServer {
     listen: Option<String>,
     cells_register_own: Option<toml::Value>,
+    agent_ack_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +136,7 @@ struct RawAgent {
     instance_dir: Option<PathBuf>,
     renew_at: Option<toml::Value>,
     renew_jitter: Option<toml::Value>,
+    ack_report_every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -185,6 +189,9 @@ pub struct ServerSettings {
     /// Whether a cell may register and deregister instances on itself; unset, each command
     /// has its own default (on in `idmint dev`, off in `idmint server`).
     pub cells_register_own: Option<bool>,
+    /// How long an agent's last report of its sidecars' trust bundles counts: an agent silent
+    /// longer (gone, or cut off) no longer holds back a new root.
+    pub agent_ack_grace: std::time::Duration,
 }
 
 /// Agent settings.
@@ -196,6 +203,9 @@ pub struct AgentSettings {
     pub instance_dir: PathBuf,
     /// When in their lifetime certificates are renewed.
     pub renewal: Schedule,
+    /// How often `idmint agent` tells the server which trust bundles its sidecars hold when
+    /// nothing changed: well inside the servers' `server.agent_ack_grace`.
+    pub ack_report_every: std::time::Duration,
 }
 
 /// Container-to-container policy settings.
@@ -388,12 +398,20 @@ impl Config {
         if let Some(own) = self.server.cells_register_own {
             server.insert("cells_register_own".into(), toml::Value::Boolean(own));
         }
+        server.insert(
+            "agent_ack_grace".into(),
+            text(&format!("{}ms", self.server.agent_ack_grace.as_millis())),
+        );
         root.insert("server".into(), toml::Value::Table(server));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
         agent.insert("instance_dir".into(), path(&self.agent.instance_dir));
         agent.insert("renew_at".into(), pct(self.agent.renewal.point()));
         agent.insert("renew_jitter".into(), pct(self.agent.renewal.jitter()));
+        agent.insert(
+            "ack_report_every".into(),
+            text(&format!("{}ms", self.agent.ack_report_every.as_millis())),
+        );
         root.insert("agent".into(), toml::Value::Table(agent));
         let mut policy = toml::Table::new();
         policy.insert(
@@ -613,6 +631,10 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         .parse()
         .map_err(|e| invalid("policy.default_mode", e))?;
     let policy_server = policy_server(raw.policy.source.as_deref(), raw.policy.server)?;
+    let agent_ack_grace =
+        short_duration("server.agent_ack_grace", raw.server.agent_ack_grace, "2m")?;
+    let ack_report_every =
+        short_duration("agent.ack_report_every", raw.agent.ack_report_every, "30s")?;
     Ok(Config {
         ca: ca::Settings {
             trust_domain,
@@ -631,6 +653,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         server: ServerSettings {
             listen: api_listen,
             cells_register_own,
+            agent_ack_grace,
         },
         agent: AgentSettings {
             sds_dir,
@@ -639,6 +662,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
                 .instance_dir
                 .unwrap_or_else(|| data_dir.join("instances")),
             renewal,
+            ack_report_every,
         },
         policy: PolicySettings {
             default_mode,

@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::process;
 use common::*;
+use common::{laggard, process};
 use idmint::api::{Caller, SignRequest};
 use idmint::app::Runtime;
 use idmint::ca::Init;
@@ -213,6 +213,8 @@ struct Foundation {
     dir: tempfile::TempDir,
     url: String,
     kek: String,
+    /// Settings every server gets.
+    settings: Vec<String>,
     servers: Vec<Option<process::Running>>,
     api: Vec<u16>,
     admin: Vec<u16>,
@@ -220,12 +222,17 @@ struct Foundation {
 
 impl Foundation {
     fn new(tag: &str, n: usize) -> Foundation {
+        Self::with(tag, n, &[])
+    }
+
+    fn with(tag: &str, n: usize, settings: &[&str]) -> Foundation {
         let url = block_on(fresh_pg_database(tag));
         let dir = tempfile::tempdir().unwrap();
         let kek = dir.path().join("kek");
         std::fs::write(&kek, "5e".repeat(32)).unwrap();
         let mut f = Foundation {
             kek: kek.display().to_string(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             dir,
             url,
             servers: (0..n).map(|_| None).collect(),
@@ -246,8 +253,11 @@ impl Foundation {
             format!("ca.kek_file={}", self.kek),
             format!("admin.listen=127.0.0.1:{}", self.admin[i]),
             "ca.leaf_ttl=30s".to_string(),
-        ] {
-            cmd.args(["--set", &setting]);
+        ]
+        .iter()
+        .chain(&self.settings)
+        {
+            cmd.args(["--set", setting]);
         }
         cmd
     }
@@ -290,18 +300,30 @@ impl Foundation {
 
     /// An agent for `cell` given every server; its data directory and admin port.
     fn agent(&self, cell: &str) -> (process::Running, std::path::PathBuf, u16) {
+        let all: Vec<usize> = (0..self.api.len()).collect();
+        self.agent_on(cell, &all, &[])
+    }
+
+    /// An agent for `cell` given `servers`, with `settings`.
+    fn agent_on(
+        &self,
+        cell: &str,
+        servers: &[usize],
+        settings: &[&str],
+    ) -> (process::Running, std::path::PathBuf, u16) {
         let creds = self.dir.path().join(format!("{cell}-credential"));
         let out = creds.to_str().unwrap();
         self.cli(0, &["cell", "enroll", cell, "--out-dir", out]);
         let data = self.dir.path().join(format!("agent-{cell}"));
         let admin = free_port();
         let mut cmd = process::idmint(&data);
-        cmd.args(["--set", &format!("admin.listen=127.0.0.1:{admin}")])
-            .arg("agent")
-            .arg("--credential-dir")
-            .arg(&creds);
-        for port in &self.api {
-            cmd.args(["--server", &format!("https://127.0.0.1:{port}")]);
+        cmd.args(["--set", &format!("admin.listen=127.0.0.1:{admin}")]);
+        for setting in settings {
+            cmd.args(["--set", setting]);
+        }
+        cmd.arg("agent").arg("--credential-dir").arg(&creds);
+        for i in servers {
+            cmd.args(["--server", &format!("https://127.0.0.1:{}", self.api[*i])]);
         }
         let log = self.dir.path().join(format!("agent-{cell}.log"));
         (process::start(cmd, log), data, admin)
@@ -433,4 +455,118 @@ fn the_ca_maintenance_lead_moves_when_its_server_is_killed() {
     });
     println!("the lead moved {:?} after the kill", killed.elapsed());
     assert_dense_and_holding(&f.ledger(other), &[]);
+}
+
+impl Foundation {
+    /// The fingerprints of the CA certificates in `role` and `state`, as the store says.
+    fn cas(&self, role: &str, state: &str) -> Vec<String> {
+        let shown: serde_json::Value =
+            serde_json::from_str(&self.cli(0, &["ca", "show", "--json"])).unwrap();
+        shown["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["role"] == role && c["state"] == state)
+            .map(|c| c["sha256_fingerprint"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Rotates the root through whichever server leads.
+    fn rotate_root(&self) {
+        let led = (0..self.api.len()).any(|i| {
+            self.idmint(i)
+                .args(["ca", "rotate", "root"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        });
+        assert!(led, "no server rotated the root");
+    }
+}
+
+fn socket(agent_data: &std::path::Path, instance: &str) -> String {
+    let sock = agent_data.join("sds").join(format!("{instance}.sock"));
+    sock.display().to_string()
+}
+
+const ON_CELL_2: &str = "2b2b2b2b-0000-4000-8000-000000000005";
+
+#[test]
+fn a_new_root_waits_for_the_sidecars_of_every_cell_whichever_server_their_agent_uses() {
+    // A new root may wait an hour: only the sidecars' acknowledgements can activate it
+    // sooner. An agent silent for 3 s no longer counts; live agents report every second.
+    let f = Foundation::with(
+        "acks",
+        2,
+        &[
+            "ca.root_activation_max_wait=1h",
+            "server.agent_ack_grace=3s",
+        ],
+    );
+    f.register(0, INSTANCE, "cell-1");
+    f.register(1, ON_CELL_2, "cell-2");
+    let every_second = ["agent.ack_report_every=1s"];
+    let (_agent1, data1, _) = f.agent_on("cell-1", &[0], &every_second);
+    let (agent2, data2, _) = f.agent_on("cell-2", &[1], &every_second);
+    process::wait_until("both cells' certificates", Duration::from_secs(20), || {
+        instance_serial(&data1, INSTANCE).is_some() && instance_serial(&data2, ON_CELL_2).is_some()
+    });
+    let mut sidecar1 = laggard::Laggard::open(&socket(&data1, INSTANCE));
+    let mut sidecar2 = laggard::Laggard::open(&socket(&data2, ON_CELL_2));
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Cell 1's sidecar takes the new root, cell 2's does not yet: it waits.
+    let old_root = f.cas("root", "active");
+    f.rotate_root();
+    for sidecar in [&mut sidecar1, &mut sidecar2] {
+        let pushed = sidecar.next_bundle();
+        assert_eq!(
+            pushed.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "new root pushed"
+        );
+    }
+    sidecar1.ack_last();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        f.cas("root", "active"),
+        old_root,
+        "waits for cell 2's sidecar"
+    );
+    sidecar2.ack_last();
+    let took = process::wait_until("the new root to sign", Duration::from_secs(15), || {
+        f.cas("root", "active") != old_root
+    });
+    println!("the new root signed {took:?} after the last sidecar acknowledged it");
+    let reasons: Vec<String> = f
+        .ledger(0)
+        .into_iter()
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("root activated") && r.contains("every connected sidecar")),
+        "activated by acknowledgement: {reasons:?}"
+    );
+
+    // Again, and cell 2's agent dies before its sidecar takes the root: once its last
+    // report is older than the grace, it no longer holds the root back.
+    let second_old = f.cas("root", "active");
+    f.rotate_root();
+    sidecar1.next_bundle();
+    sidecar1.ack_last();
+    sidecar2.next_bundle();
+    drop(agent2);
+    let took = process::wait_until(
+        "the root to sign without the dead agent",
+        Duration::from_secs(20),
+        || f.cas("root", "active") != second_old,
+    );
+    println!("signed {took:?} after the silent agent was killed");
+    let logs: String = (0..2)
+        .map(|i| std::fs::read_to_string(f.dir.path().join(format!("server-{i}.log"))).unwrap())
+        .collect();
+    assert!(logs.contains("stopped reporting"), "the silence is logged");
 }

@@ -3,6 +3,7 @@
 use zeroize::Zeroizing;
 
 pub mod allow_lists;
+pub mod bundle_report;
 pub mod cell_credential;
 mod metrics;
 pub mod remote;

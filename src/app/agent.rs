@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::agent::AgentHealth;
+use crate::agent::bundle_report::report_bundle_acks;
 use crate::agent::cell_credential::{CellIdentity, CredentialDir};
 use crate::agent::remote::{
     is_server_address, ConnectError, RemoteAuthority, RemoteSettings, ServerTurn,
@@ -112,7 +113,9 @@ pub async fn start(
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
         trust_domain: config.ca.trust_domain.clone(),
         roots_pem: credential.roots_pem.clone(),
-        generation: 0,
+        // This agent's own count, whichever server the bundle came from: its sidecars'
+        // acknowledgements and its reports of them are by it.
+        generation: 1,
     }));
     let identity = Arc::new(CellIdentity::new(
         dir,
@@ -125,12 +128,13 @@ pub async fn start(
     let (signer_tx, signer) = watch::channel(String::new());
     let settings = config.agent_settings();
     let clock = settings.clock.clone();
+    let sds_metrics = Arc::new(SdsMetrics::default());
     let agent = Arc::new(
         Workloads::new(
             Arc::new(remote.clone()),
             settings,
-            bundle_rx,
-            Arc::new(SdsMetrics::default()),
+            bundle_rx.clone(),
+            sds_metrics.clone(),
             shutdown.clone(),
         )
         .following_signer(signer.clone()),
@@ -154,8 +158,15 @@ pub async fn start(
         super::spawn_owned(
             agent
                 .clone()
-                .follow(server_placements(remote, cell.clone())),
+                .follow(server_placements(remote.clone(), cell.clone())),
         ),
+        super::spawn_owned(report_bundle_acks(
+            remote.clone(),
+            sds_metrics.bundle_acks().clone(),
+            bundle_rx,
+            config.agent.ack_report_every,
+            shutdown.clone(),
+        )),
         super::spawn_owned(identity.clone().keep_renewed(
             config.agent.renewal,
             clock,
@@ -300,10 +311,11 @@ async fn watch_bundle(
                         if let Err(e) = identity.bundle_changed(&b.roots_pem) {
                             tracing::error!(error = %e, "cannot store the new trust bundle");
                         }
+                        let generation = tx.borrow().generation + 1;
                         tx.send_replace(Arc::new(Bundle {
                             trust_domain: config.ca.trust_domain.clone(),
                             roots_pem: b.roots_pem,
-                            generation: b.generation,
+                            generation,
                         }));
                     }
                 }

@@ -54,7 +54,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         name: "localhost".into(),
         cells_register_own: rt.config.server.cells_register_own.unwrap_or(true),
     };
-    let api_addr = start_api(&mut rt, &api).await?;
+    let api_addr = start_api(&mut rt, &api, None).await?;
     let local_cell_dir = rt.config.data_dir.join("local-cell");
     let local = start_local_cell(&mut rt, &local_cell_dir, api_addr).await?;
     let agent = start_agent(&mut rt, bundle_path.clone(), local).await;

@@ -16,6 +16,7 @@ use crate::ca::{Init, Mode, Principal};
 use crate::config::Config;
 use crate::sds::SdsMetrics;
 use crate::server::api_tls::ApiTls;
+use crate::server::fleet::FleetReports;
 use crate::server::grpc::{self, IdentityApi};
 
 /// How the server API is offered.
@@ -42,11 +43,15 @@ pub struct Server {
 /// Starts the server role: store, CA, ledger, the server API, CA maintenance and admin HTTP.
 pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
-    let api_addr = start_api(&mut rt, &api).await?;
-    // Agents do not report their sidecars' acknowledgements to the server yet, so the fleet
-    // stays at "nothing acknowledged" and a new root signs after
-    // `ca.root_activation_max_wait`. The value outlives its sender.
-    let (_, fleet) = watch::channel(Some(0));
+    // The sidecars' acknowledgements, as every server's agents report them.
+    let reports = FleetReports::new(rt.store().clone(), rt.clock.clone());
+    let api_addr = start_api(&mut rt, &api, Some(reports.clone())).await?;
+    let (fleet, follow) = reports.follow(
+        rt.ca.clone(),
+        rt.config.server.agent_ack_grace,
+        rt.shutdown_token(),
+    );
+    rt.spawn("sidecar acknowledgements", move |_| follow);
     let ca_control = start_ca_maintenance(&mut rt, fleet)?;
     let state = AdminState {
         ca: rt.ca.clone(),
@@ -70,7 +75,11 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
 
 /// Serves the server API with a certificate for `api.name` (and the listening address when it
 /// is a specific one). Returns where it listens.
-pub(crate) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<SocketAddr> {
+pub(crate) async fn start_api(
+    rt: &mut Runtime,
+    api: &ApiOptions,
+    fleet: Option<FleetReports>,
+) -> Result<SocketAddr> {
     let listen = api.listen;
     let ips = if listen.ip().is_unspecified() {
         Vec::new()
@@ -100,6 +109,10 @@ pub(crate) async fn start_api(rt: &mut Runtime, api: &ApiOptions) -> Result<Sock
         rt.ca.clone(),
         api.cells_register_own,
     );
+    let service = match fleet {
+        Some(fleet) => service.with_fleet_reports(fleet),
+        None => service,
+    };
     rt.spawn("server API", move |token| async move {
         if let Err(e) = grpc::serve(listener, service, tls, token).await {
             tracing::error!(error = %e, "server API failed");

@@ -74,7 +74,7 @@ async fn remote_path(
         name: "localhost".into(),
         cells_register_own: false,
     };
-    let port = start_api(&mut rt, &api).await?.port();
+    let port = start_api(&mut rt, &api, None).await?.port();
     let roots = rt.ca.roots_pem();
 
     println!("registering {INSTANCES} instances on {AGENTS} cells (not timed)…");

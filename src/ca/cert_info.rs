@@ -125,3 +125,13 @@ fn unix(secs: i64) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::from_unix_timestamp(secs)
         .map_err(|_| Error::Inconsistent("CA certificate validity out of range".into()))
 }
+
+/// The SHA-256 fingerprints (lowercase hex) of the certificates in `pem`; what is not a
+/// certificate is passed over.
+pub fn pem_fingerprints(pem: &str) -> std::collections::BTreeSet<String> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|der| sha256_hex(&der))
+        .collect()
+}

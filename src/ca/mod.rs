@@ -27,7 +27,9 @@ pub use authority::{
     leaf_validity, CertificateAuthority, Credential, Issued, PublishedBundle, Signing, Validity,
 };
 pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
-pub use cert_info::{cert_pem, pem_encode, private_key_pem, sha256_hex, CaCert, Role};
+pub use cert_info::{
+    cert_pem, pem_encode, pem_fingerprints, private_key_pem, sha256_hex, CaCert, Role,
+};
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
 pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZATION};
 pub use kek::{decode_hex, encode_hex, Kek};

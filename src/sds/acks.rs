@@ -14,6 +14,8 @@ use super::names::SecretKind;
 pub struct BundleAcks {
     inner: Mutex<Inner>,
     lowest: watch::Sender<Option<u64>>,
+    /// Counts every change of any stream's acknowledgement.
+    changes: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +35,7 @@ impl Default for BundleAcks {
         BundleAcks {
             inner: Mutex::new(Inner::default()),
             lowest: watch::Sender::new(None),
+            changes: watch::Sender::new(0),
         }
     }
 }
@@ -54,6 +57,7 @@ impl BundleAcks {
         i.streams.insert(id, 0);
         *i.at.entry(0).or_default() += 1;
         self.publish(&mut i);
+        self.changes.send_modify(|n| *n += 1);
         AckSlot {
             board: self.clone(),
             id,
@@ -81,6 +85,17 @@ impl BundleAcks {
     /// no such stream.
     pub fn lowest(&self) -> watch::Receiver<Option<u64>> {
         self.lowest.subscribe()
+    }
+
+    /// How many open bundle streams have acknowledged each generation (0: none yet), lowest
+    /// first.
+    pub fn held(&self) -> Vec<(u64, usize)> {
+        self.lock().at.iter().map(|(g, n)| (*g, *n)).collect()
+    }
+
+    /// Wakes on every change of what the streams acknowledged.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Tells the board which bundle generation is current, for [`BundleAcks::seconds_behind`].
@@ -134,6 +149,7 @@ impl BundleAcks {
             *i.at.entry(g).or_default() += 1;
         }
         self.publish(&mut i);
+        self.changes.send_modify(|n| *n += 1);
     }
 }
 

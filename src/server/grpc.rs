@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::allow_watch::AllowWatch;
 use super::api_tls::{self, ApiTls, Client, Peer};
+use super::fleet::{FleetReports, ReportError};
 use super::registry::Registry;
 use super::{IssuanceService, Policies};
 use crate::api::{self, Caller};
@@ -34,6 +35,9 @@ pub struct IdentityApi {
     ca: Arc<CertificateAuthority>,
     /// Whether a cell may register and deregister instances on itself.
     cells_register_own: bool,
+    /// Where cells' reports of their sidecars' bundles go; `None` where only the sidecars of
+    /// this process count (`idmint dev`).
+    fleet: Option<FleetReports>,
     /// Cancelled when the server stops: sign streams take no more requests and end, so
     /// that shutdown does not wait for agents to close them.
     stopping: CancellationToken,
@@ -56,9 +60,16 @@ impl IdentityApi {
             policies,
             ca,
             cells_register_own,
+            fleet: None,
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// Keeps the cells' reports of their sidecars' trust bundles in `fleet`.
+    pub fn with_fleet_reports(mut self, fleet: FleetReports) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Who is calling, from the client certificate the TLS layer verified.
@@ -385,6 +396,32 @@ impl IdentityRpc for IdentityApi {
             Some((Ok(pb::allow_update_to_wire(&update)), w))
         });
         Ok(Response::new(self.until_stopped(updates)))
+    }
+
+    async fn report_bundle_acks(
+        &self,
+        request: Request<pb::BundleAckReport>,
+    ) -> Result<Response<pb::BundleAckReceipt>, Status> {
+        let Principal::Cell(cell) = self.caller(&request)? else {
+            return Err(Status::permission_denied(
+                "only cells report their sidecars' trust bundles",
+            ));
+        };
+        let Some(fleet) = &self.fleet else {
+            // `idmint dev` counts the sidecars it serves itself.
+            return Ok(Response::new(pb::BundleAckReceipt {}));
+        };
+        let held = request
+            .into_inner()
+            .held
+            .into_iter()
+            .map(|h| (h.root_sha256, h.sidecars))
+            .collect();
+        match fleet.record(&cell, held).await {
+            Ok(()) => Ok(Response::new(pb::BundleAckReceipt {})),
+            Err(ReportError::Invalid(why)) => Err(Status::invalid_argument(why)),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn list_placements(

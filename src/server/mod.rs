@@ -4,6 +4,7 @@
 pub mod allow_watch;
 pub mod api_tls;
 pub mod change_feed;
+pub mod fleet;
 pub mod grpc;
 mod issuance;
 pub mod policies;

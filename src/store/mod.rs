@@ -3,6 +3,7 @@
 //! Both backends share one set of queries through sqlx's `Any` driver; what differs
 //! (connecting, locking, migrations) lives in `sqlite.rs` and `postgres.rs`.
 
+mod ack_queries;
 mod ca_queries;
 mod change_queries;
 mod ledger_queries;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool};
 
+pub use ack_queries::HeldBundle;
 pub use ca_queries::{CaChange, CaLeader};
 pub use change_queries::{Change, ChangeListener, Heard, Topic};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};

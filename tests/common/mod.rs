@@ -4,6 +4,7 @@
 
 pub mod dev;
 pub mod envoy;
+pub mod laggard;
 pub mod policy_server;
 pub mod process;
 pub mod strict_der;
