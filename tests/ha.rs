@@ -279,6 +279,10 @@ impl Foundation {
     }
 
     fn register(&self, via: usize, instance: &str, cell: &str) {
+        self.register_app(via, instance, APP, cell);
+    }
+
+    fn register_app(&self, via: usize, instance: &str, app: &str, cell: &str) {
         self.cli(
             via,
             &[
@@ -287,7 +291,7 @@ impl Foundation {
                 "--instance-guid",
                 instance,
                 "--app-guid",
-                APP,
+                app,
                 "--space-guid",
                 SPACE,
                 "--org-guid",
@@ -471,17 +475,19 @@ impl Foundation {
             .collect()
     }
 
-    /// Rotates the root through whichever server leads.
-    fn rotate_root(&self) {
-        let led = (0..self.api.len()).any(|i| {
-            self.idmint(i)
-                .args(["ca", "rotate", "root"])
-                .output()
-                .unwrap()
-                .status
-                .success()
-        });
-        assert!(led, "no server rotated the root");
+    /// Rotates the root through whichever live server leads; returns which.
+    fn rotate_root(&self) -> usize {
+        (0..self.api.len())
+            .filter(|i| self.servers[*i].is_some())
+            .find(|i| {
+                self.idmint(*i)
+                    .args(["ca", "rotate", "root"])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            })
+            .expect("a server rotated the root")
     }
 }
 
@@ -569,4 +575,206 @@ fn a_new_root_waits_for_the_sidecars_of_every_cell_whichever_server_their_agent_
         .map(|i| std::fs::read_to_string(f.dir.path().join(format!("server-{i}.log"))).unwrap())
         .collect();
     assert!(logs.contains("stopped reporting"), "the silence is logged");
+}
+
+/// Cuts `url`'s database off: no new connections, and every open one terminated.
+async fn database_down(url: &str, down: bool) {
+    use sqlx::Connection;
+    let name = url.rsplit('/').next().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {}",
+        !down
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    if down {
+        terminate_backends(url).await;
+    }
+}
+
+#[test]
+fn while_postgresql_is_away_servers_refuse_issuance_serve_the_rest_and_recover_by_themselves() {
+    let f = Foundation::with("outage", 2, &["ca.leaf_ttl=12s"]);
+    f.register(0, INSTANCE, "cell-1");
+    let (_agent, data, admin) = f.agent("cell-1");
+    process::wait_until("the first certificate", Duration::from_secs(20), || {
+        instance_serial(&data, INSTANCE).is_some()
+    });
+    let creds = f.dir.path().join("cell-1-credential");
+    let read = |name: &str| std::fs::read_to_string(creds.join(name)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cell = rt
+        .block_on(idmint::agent::remote::RemoteAuthority::connect(
+            idmint::agent::remote::RemoteSettings {
+                endpoints: vec![format!("https://127.0.0.1:{}", f.api[0])],
+                server_name: "localhost",
+                cert_chain_pem: &read("cell.pem"),
+                key_pem: &read("cell.key"),
+                roots_pem: &read("bundle.pem"),
+            },
+        ))
+        .unwrap();
+    let sign = || {
+        rt.block_on(idmint::agent::obtain_svid(&cell, placement(), None))
+            .map(|s| s.cert.serial_hex)
+    };
+    let before = sign().expect("issues while the database is up");
+
+    rt.block_on(database_down(&f.url, true));
+    let down = Instant::now();
+    // Issuance is refused as unavailable, never answered with an unrecorded certificate.
+    let err = sign().expect_err("nothing is issued without the ledger");
+    assert!(
+        matches!(
+            err,
+            idmint::agent::Error::Authority(idmint::api::Error::Unavailable(_))
+        ),
+        "refused as unavailable: {err}"
+    );
+    println!(
+        "a sign request was refused {:?} into the outage",
+        down.elapsed()
+    );
+    // What needs no write is still served: the trust bundle, and the agent's certificate.
+    for port in &f.admin {
+        let bundle = http_get(*port, "/v1/bundle.pem");
+        assert!(
+            matches!(&bundle, Some((200, b)) if b.contains("BEGIN CERTIFICATE")),
+            "{bundle:?}"
+        );
+    }
+    let held = instance_serial(&data, INSTANCE).unwrap();
+    assert!(data.join("sds").join(format!("{INSTANCE}.sock")).exists());
+
+    std::thread::sleep(Duration::from_secs(5));
+    rt.block_on(database_down(&f.url, false));
+    let back = Instant::now();
+    let mut after = None;
+    process::wait_until(
+        "issuance to resume by itself",
+        Duration::from_secs(30),
+        || {
+            after = sign().ok();
+            after.is_some()
+        },
+    );
+    println!(
+        "issuance resumed {:?} after the database came back",
+        back.elapsed()
+    );
+    // The agent renews again (12 s certificates renew within ~8 s).
+    process::wait_until("the agent to renew", Duration::from_secs(30), || {
+        instance_serial(&data, INSTANCE).is_some_and(|s| s != held)
+    });
+    let metrics = http_get(admin, "/metrics").unwrap().1;
+    assert!(metrics.contains("idmint_agent_ready 1"), "{metrics}");
+    let ledger = f.ledger(0);
+    let now_held = instance_serial(&data, INSTANCE).unwrap();
+    assert_dense_and_holding(&ledger, &[before, after.unwrap(), now_held]);
+}
+
+const APP_B: &str = "b0b0b0b0-0000-4000-8000-00000000000b";
+
+fn app_id(app: &str) -> String {
+    format!("spiffe://cf.internal/org/{ORG}/space/{SPACE}/app/{app}")
+}
+
+fn crt(agent_data: &std::path::Path, instance: &str) -> String {
+    let path = agent_data
+        .join("instances")
+        .join(instance)
+        .join("instance.crt");
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn an_envoy_pair_loses_no_request_while_servers_are_killed_and_postgresql_is_cut_off() {
+    use common::envoy::{start_backend, start_pair, traffic};
+    // 10 s certificates renew every 4–6 s, so every step below sees renewals; a new root may
+    // wait an hour, so only the sidecars' acknowledgements activate it.
+    let mut f = Foundation::with(
+        "chaos",
+        3,
+        &["ca.leaf_ttl=10s", "ca.root_activation_max_wait=1h"],
+    );
+    f.register_app(0, INSTANCE, APP, "cell-1");
+    f.register_app(1, ON_CELL_2, APP_B, "cell-2");
+    let (_agent1, data1, _) = f.agent("cell-1");
+    let (_agent2, data2, _) = f.agent("cell-2");
+    let (sock_a, sock_b) = (socket(&data1, INSTANCE), socket(&data2, ON_CELL_2));
+    process::wait_until("both sockets", Duration::from_secs(20), || {
+        std::path::Path::new(&sock_a).exists() && std::path::Path::new(&sock_b).exists()
+    });
+    let backend = start_backend();
+    let (_provider, consumer) = start_pair(
+        f.dir.path(),
+        (&sock_a, &app_id(APP)),
+        (&sock_b, &app_id(APP_B)),
+        backend,
+        "1s",
+    );
+    process::wait_until("the first request through", Duration::from_secs(20), || {
+        matches!(http_get(consumer.listen, "/warmup"), Some((200, _)))
+    });
+    let requests = traffic(consumer.listen);
+    let renewed_after = |f: &Foundation, what: &str| {
+        let (a, b) = (crt(&data1, INSTANCE), crt(&data2, ON_CELL_2));
+        let took = process::wait_until(what, Duration::from_secs(30), || {
+            crt(&data1, INSTANCE) != a && crt(&data2, ON_CELL_2) != b
+        });
+        println!("{what}: both cells renewed within {took:?}");
+        assert!(f.servers.iter().any(Option::is_some));
+    };
+
+    // A root rotation starts, and its leader is killed before the sidecars have the root.
+    let old_root = f.cas("root", "active");
+    let leader = f.rotate_root();
+    f.kill(leader);
+    let new_root = {
+        let mut active = Vec::new();
+        process::wait_until(
+            "the rotation to complete under a new leader",
+            Duration::from_secs(30),
+            || {
+                active = f.cas("root", "active");
+                active != old_root
+            },
+        );
+        active
+    };
+    renewed_after(&f, "after the CA leader was killed");
+
+    // A second server dies.
+    let second = (0..3).find(|i| f.servers[*i].is_some()).unwrap();
+    f.kill(second);
+    renewed_after(&f, "after a second server was killed");
+
+    // Every connection to PostgreSQL is cut, and none is allowed for 3 s.
+    block_on(database_down(&f.url, true));
+    std::thread::sleep(Duration::from_secs(3));
+    block_on(database_down(&f.url, false));
+    renewed_after(&f, "after PostgreSQL was cut off");
+
+    let t = requests.finish(300);
+    println!("{} requests, none failed", t.sent);
+    let live = (0..3).find(|i| f.servers[*i].is_some()).unwrap();
+    let ledger = f.ledger(live);
+    let held = [
+        instance_serial(&data1, INSTANCE).unwrap(),
+        instance_serial(&data2, ON_CELL_2).unwrap(),
+    ];
+    assert_dense_and_holding(&ledger, &held);
+    // The rotation completed once: one activation of the new root.
+    let activations = ledger
+        .iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("root activated"))
+                && e["issuer_fingerprint"].as_str() == Some(new_root[0].as_str())
+        })
+        .count();
+    assert_eq!(activations, 1, "the new root was activated once");
 }

@@ -24,6 +24,9 @@ pub use change_queries::{Change, ChangeListener, Heard, Topic};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 
+/// How long a query waits for a connection.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -98,6 +101,9 @@ impl Store {
         probe(backend, url, &connect_url).await?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // A database that is away fails a request in moments rather than holding it:
+            // issuance is refused as unavailable and the caller retries.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
