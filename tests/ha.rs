@@ -778,3 +778,95 @@ fn an_envoy_pair_loses_no_request_while_servers_are_killed_and_postgresql_is_cut
         .count();
     assert_eq!(activations, 1, "the new root was activated once");
 }
+
+/// A stand-in for a PostgreSQL server that asks for a password and refuses every one, as a
+/// real server does for a wrong password. Returns its port.
+fn refusing_postgres() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = (|| -> std::io::Result<()> {
+                let mut len = [0u8; 4];
+                loop {
+                    // The start-up message, after an optional TLS request refused with 'N'.
+                    conn.read_exact(&mut len)?;
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    conn.read_exact(&mut body)?;
+                    if body[..4] == 80877103u32.to_be_bytes() {
+                        conn.write_all(b"N")?;
+                        continue;
+                    }
+                    break;
+                }
+                // Cleartext password, please.
+                conn.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])?;
+                let mut tag = [0u8; 1];
+                conn.read_exact(&mut tag)?;
+                conn.read_exact(&mut len)?;
+                let mut password = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                conn.read_exact(&mut password)?;
+                let mut fields = Vec::new();
+                for (code, text) in [
+                    (b'S', "FATAL"),
+                    (b'V', "FATAL"),
+                    (b'C', "28P01"),
+                    (b'M', "password authentication failed for user \"idmint\""),
+                ] {
+                    fields.push(code);
+                    fields.extend_from_slice(text.as_bytes());
+                    fields.push(0);
+                }
+                fields.push(0);
+                let mut error = vec![b'E'];
+                error.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                error.extend_from_slice(&fields);
+                conn.write_all(&error)
+            })();
+        }
+    });
+    port
+}
+
+#[test]
+fn a_wrong_password_or_another_key_encryption_key_stops_a_server_with_the_reason() {
+    // A wrong password: refused, said, and the password is not printed.
+    let dir = tempfile::tempdir().unwrap();
+    let port = refusing_postgres();
+    let out = process::idmint(&dir.path().join("data"))
+        .args([
+            "--set",
+            &format!("store.url=postgres://idmint:s3cret-pw@127.0.0.1:{port}/idmint"),
+        ])
+        .args(["--set", &format!("admin.listen=127.0.0.1:{}", free_port())])
+        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(
+        !err.contains("s3cret-pw"),
+        "the password is never printed: {err}"
+    );
+
+    // Two servers on one database with different key-encryption keys: the second refuses.
+    let f = Foundation::new("kek", 1);
+    let other_kek = f.dir.path().join("other-kek");
+    std::fs::write(&other_kek, "6f".repeat(32)).unwrap();
+    let out = process::idmint(&f.dir.path().join("second"))
+        .args(["--set", &format!("store.url={}", f.url)])
+        .args(["--set", &format!("ca.kek_file={}", other_kek.display())])
+        .args(["--set", &format!("admin.listen=127.0.0.1:{}", free_port())])
+        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("sealed with another key") && err.contains("same ca.kek_file"),
+        "{err}"
+    );
+}

@@ -57,7 +57,11 @@ pub enum Error {
     KekUnreadable(PathBuf, String),
     #[error("key-encryption key file {0} must hold exactly 64 hexadecimal digits (32 bytes)")]
     KekMalformed(PathBuf),
-    #[error("key-encryption key in {0} does not decrypt the stored CA keys (wrong key file?)")]
+    #[error(
+        "key-encryption key in {0} does not decrypt the stored CA keys: they were sealed with \
+         another key (every server sharing a database needs the same ca.kek_file); nothing \
+         was changed"
+    )]
     KekWrong(PathBuf),
     #[error(
         "no CA has been initialised in this store; start `idmint dev` or run `idmint ca init`"

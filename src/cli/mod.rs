@@ -81,6 +81,25 @@ fn parse_override(s: &str) -> Result<(String, String), String> {
     Sources::parse_override(s).map_err(|e| e.to_string())
 }
 
+/// Every `--set` on the command line, in order, wherever it stands: clap keeps only those after
+/// the subcommand when a global option is given on both sides of it, and an operator's
+/// `idmint --set a=1 server --set b=2` means both. Clap has checked each already.
+fn every_set(args: impl IntoIterator<Item = String>) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--" => break,
+            "--set" => args.next(),
+            other => other.strip_prefix("--set=").map(str::to_string),
+        };
+        if let Some(pair) = value.and_then(|v| parse_override(&v).ok()) {
+            found.push(pair);
+        }
+    }
+    found
+}
+
 impl Cli {
     fn config(&self) -> Result<Config> {
         let mut overrides = Vec::new();
@@ -98,7 +117,12 @@ impl Cli {
 
 /// Parses the command line, runs the command, and maps failure to exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.overrides = every_set(
+        std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
     let default_level = if matches!(
         cli.command,
         Command::Dev | Command::Server(_) | Command::Agent(_)
@@ -160,5 +184,40 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(cmd) => bench::run(cmd, config).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_set_counts_on_both_sides_of_the_subcommand_in_order() {
+        let args = [
+            "--set",
+            "ca.leaf_ttl=1h",
+            "server",
+            "--set=admin.listen=127.0.0.1:1",
+            "--listen",
+            "x",
+            "--set",
+            "ca.leaf_ttl=2h",
+            "--",
+            "--set",
+            "data_dir=y",
+        ];
+        let found = every_set(args.iter().map(|s| s.to_string()));
+        let pairs: Vec<(&str, &str)> = found
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("ca.leaf_ttl", "1h"),
+                ("admin.listen", "127.0.0.1:1"),
+                ("ca.leaf_ttl", "2h")
+            ]
+        );
     }
 }
