@@ -451,6 +451,11 @@ fn the_ca_maintenance_lead_moves_when_its_server_is_killed() {
     let other = 1 - leader;
     let refused = String::from_utf8_lossy(&answers[other].stderr).to_string();
     assert!(refused.contains("another idmint server"), "{refused}");
+    let leads = |i: usize| {
+        let metrics = http_get(f.admin[i], "/metrics").unwrap().1;
+        metrics.contains("idmint_ca_leader 1")
+    };
+    assert!(leads(leader) && !leads(other), "the metrics say who leads");
 
     f.kill(leader);
     let killed = Instant::now();
@@ -458,6 +463,7 @@ fn the_ca_maintenance_lead_moves_when_its_server_is_killed() {
         rotate(&f, other).status.success()
     });
     println!("the lead moved {:?} after the kill", killed.elapsed());
+    assert!(leads(other));
     assert_dense_and_holding(&f.ledger(other), &[]);
 }
 

@@ -22,7 +22,7 @@ use crate::ca::maintenance::{CaControl, ControlError};
 use crate::ca::CertificateAuthority;
 use crate::clock::Clock;
 use crate::ids::Guid;
-use crate::ledger::AuditLog;
+use crate::ledger::{AuditLog, Ledger};
 use crate::sds::SdsMetrics;
 use crate::server::policy_server::PollMetrics;
 use crate::server::{Policies, Registry};
@@ -49,6 +49,8 @@ pub struct AdminState {
     pub ca_control: Option<CaControl>,
     /// What certificates' time left is counted from.
     pub clock: Clock,
+    /// The ledger's writer, for its counters.
+    pub ledger: Ledger,
 }
 
 /// The most ledger entries one request returns.
@@ -94,11 +96,41 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         None => state.sds_metrics.render(&mut text),
     }
     ca_expiry(&state.ca, now, &mut text);
+    server_metrics(&state, &mut text);
     policy_counts(&state.policies, &mut text);
     if let Some(polls) = &state.policy_polls {
         polls.render(now, &mut text);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The ledger's commits and failures, and whether this process leads CA maintenance.
+fn server_metrics(state: &AdminState, out: &mut String) {
+    use std::fmt::Write;
+    let stats = state.ledger.stats();
+    for (name, kind, help, value) in [
+        (
+            "idmint_ledger_records_total",
+            "counter",
+            "Ledger records committed by this process.",
+            stats.records,
+        ),
+        (
+            "idmint_ledger_write_failures_total",
+            "counter",
+            "Ledger records whose commit failed, so their requests were refused.",
+            stats.failed_records,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(control) = &state.ca_control {
+        let _ = writeln!(out, "# HELP idmint_ca_leader Whether this process runs CA maintenance (rotation) for its database.");
+        let _ = writeln!(out, "# TYPE idmint_ca_leader gauge");
+        let _ = writeln!(out, "idmint_ca_leader {}", u8::from(control.leads()));
+    }
 }
 
 async fn bundle(State(state): State<AdminState>) -> Response {

@@ -28,7 +28,7 @@ use crate::ids::CellId;
 use crate::placement::PlacementUpdate;
 use crate::policy::AllowUpdate;
 use crate::proto;
-use crate::sds::SdsMetrics;
+use crate::sds::{BundleAcks, SdsMetrics};
 
 /// How soon a placement or bundle stream that could not be opened is tried again (on the
 /// next server).
@@ -147,7 +147,7 @@ pub async fn start(
             identity.clone(),
             config.clone(),
             (bundle_tx, signer_tx),
-            health,
+            (health, sds_metrics.bundle_acks().clone()),
             shutdown.clone(),
         )),
         super::spawn_owned({
@@ -266,9 +266,10 @@ async fn watch_bundle(
     identity: Arc<CellIdentity>,
     config: Config,
     (tx, signer): (watch::Sender<Arc<Bundle>>, watch::Sender<String>),
-    health: Arc<AgentHealth>,
+    (health, acks): (Arc<AgentHealth>, Arc<BundleAcks>),
     shutdown: CancellationToken,
 ) {
+    acks.set_current(tx.borrow().generation);
     loop {
         let turn = remote.turn();
         let stream = remote
@@ -312,6 +313,7 @@ async fn watch_bundle(
                             tracing::error!(error = %e, "cannot store the new trust bundle");
                         }
                         let generation = tx.borrow().generation + 1;
+                        acks.set_current(generation);
                         tx.send_replace(Arc::new(Bundle {
                             trust_domain: config.ca.trust_domain.clone(),
                             roots_pem: b.roots_pem,

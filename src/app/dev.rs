@@ -70,6 +70,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         sds_metrics: agent.metrics(),
         ca_control,
         clock: rt.clock.clone(),
+        ledger: rt.issuance.ledger().clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, state)?;
     Ok(Dev {

@@ -63,6 +63,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         sds_metrics: Arc::new(SdsMetrics::default()),
         ca_control,
         clock: rt.clock.clone(),
+        ledger: rt.issuance.ledger().clone(),
     };
     let admin = bind_admin(&rt.config).await?;
     let admin_addr = start_admin(&mut rt, admin, state)?;

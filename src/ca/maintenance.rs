@@ -1,6 +1,7 @@
 //! The task that rotates the self-signed CA on schedule and on request, records every CA
 //! event in the ledger, and holds a new root back until the sidecars have it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,9 +65,15 @@ enum Request {
 #[derive(Clone)]
 pub struct CaControl {
     tx: mpsc::Sender<Request>,
+    leads: Arc<AtomicBool>,
 }
 
 impl CaControl {
+    /// Whether this process runs CA maintenance for its database now.
+    pub fn leads(&self) -> bool {
+        self.leads.load(Ordering::Relaxed)
+    }
+
     /// Rotates `target` now. Returns what happened, or why it could not.
     pub async fn rotate(&self, target: Target) -> Result<Vec<String>, ControlError> {
         let (reply, answer) = oneshot::channel();
@@ -98,6 +105,8 @@ pub struct Maintenance {
     store: Store,
     /// Held while this process runs CA maintenance for its database.
     leader: Option<CaLeader>,
+    /// Whether `leader` is held, for the metrics.
+    leads: Arc<AtomicBool>,
     ca: Arc<CertificateAuthority>,
     ledger: Ledger,
     policy: Policy,
@@ -133,6 +142,7 @@ impl Maintenance {
             rotator,
             store,
             leader: None,
+            leads: Arc::default(),
             ca,
             ledger,
             policy,
@@ -150,7 +160,8 @@ impl Maintenance {
         cancel: CancellationToken,
     ) -> (CaControl, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(4);
-        (CaControl { tx }, self.run(rx, cancel))
+        let leads = self.leads.clone();
+        (CaControl { tx, leads }, self.run(rx, cancel))
     }
 
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, cancel: CancellationToken) {
@@ -194,7 +205,9 @@ impl Maintenance {
             tracing::warn!("lost the CA maintenance lead (database connection broken)");
             self.leader = None;
         }
+        self.leads.store(false, Ordering::Relaxed);
         self.leader = self.store.try_lead_ca().await?;
+        self.leads.store(self.leader.is_some(), Ordering::Relaxed);
         if self.leader.is_some() {
             tracing::info!("this server runs CA maintenance for its database");
             // Start from what is stored: another server may have rotated before.

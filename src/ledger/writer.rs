@@ -37,6 +37,7 @@ pub struct Ledger {
 struct Counters {
     commits: AtomicU64,
     records: AtomicU64,
+    failed_records: AtomicU64,
 }
 
 /// What the writer has committed since it started.
@@ -46,6 +47,8 @@ pub struct WriterStats {
     pub commits: u64,
     /// Records committed in them.
     pub records: u64,
+    /// Records whose batch failed (their callers were refused).
+    pub failed_records: u64,
 }
 
 impl Ledger {
@@ -67,6 +70,7 @@ impl Ledger {
         WriterStats {
             commits: self.stats.commits.load(Ordering::Relaxed),
             records: self.stats.records.load(Ordering::Relaxed),
+            failed_records: self.stats.failed_records.load(Ordering::Relaxed),
         }
     }
 
@@ -139,6 +143,9 @@ async fn run(
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
+                stats
+                    .failed_records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 tracing::error!(error = %e, records = records.len(), "ledger batch failed; callers told")
             }
         }
