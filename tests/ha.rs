@@ -451,8 +451,9 @@ fn the_ca_maintenance_lead_moves_when_its_server_is_killed() {
     let other = 1 - leader;
     let refused = String::from_utf8_lossy(&answers[other].stderr).to_string();
     assert!(refused.contains("another idmint server"), "{refused}");
+    let admin = f.admin.clone();
     let leads = |i: usize| {
-        let metrics = http_get(f.admin[i], "/metrics").unwrap().1;
+        let metrics = http_get(admin[i], "/metrics").unwrap().1;
         metrics.contains("idmint_ca_leader 1")
     };
     assert!(leads(leader) && !leads(other), "the metrics say who leads");
