@@ -5,6 +5,7 @@
 // run is over.
 #![allow(clippy::disallowed_methods)]
 
+pub mod failover;
 pub mod issue;
 pub mod policy;
 pub mod remote;
@@ -142,14 +143,105 @@ fn fresh_bench_dir() -> Result<std::path::PathBuf> {
 }
 
 /// A fresh runtime in `dir`: SQLite there, a new self-signed CA, whatever `config` said.
-async fn bench_runtime(mut config: Config, dir: &std::path::Path) -> Result<Runtime> {
-    config.data_dir = dir.to_path_buf();
-    config.store = store::Settings {
+async fn bench_runtime(config: Config, dir: &std::path::Path) -> Result<Runtime> {
+    let store = store::Settings {
         url: format!("sqlite://{}", dir.join("idmint.db").display()),
     };
+    bench_runtime_on(config, dir, &dir.join("kek"), store, Init::CreateIfMissing).await
+}
+
+/// A runtime with its state in `dir` on `store`, its CA keys sealed with `kek`: a new
+/// self-signed CA with `Init::CreateIfMissing`, the one in the store with `Init::MustExist`.
+async fn bench_runtime_on(
+    mut config: Config,
+    dir: &std::path::Path,
+    kek: &std::path::Path,
+    store: store::Settings,
+    init: Init,
+) -> Result<Runtime> {
+    config.data_dir = dir.to_path_buf();
+    config.store = store;
     config.ca.mode = Mode::SelfSigned;
-    config.ca.kek_file = dir.join("kek");
-    Runtime::start(config, Init::CreateIfMissing).await
+    config.ca.kek_file = kek.to_path_buf();
+    Runtime::start(config, init).await
+}
+
+/// Where `bench issue` keeps the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// A fresh SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server of `--postgres-url`, dropped afterwards.
+    Postgres,
+}
+
+/// The store of one run: its settings, and the database to drop afterwards (PostgreSQL).
+struct BenchStore {
+    settings: store::Settings,
+    made: Option<(String, String)>,
+}
+
+impl BenchStore {
+    /// A fresh store of `kind` (SQLite in `dir`, or a new database on `postgres`).
+    async fn fresh(kind: StoreKind, dir: &std::path::Path, postgres: &str) -> Result<BenchStore> {
+        use sqlx::Connection;
+        match kind {
+            StoreKind::Sqlite => Ok(BenchStore {
+                settings: store::Settings {
+                    url: format!("sqlite://{}", dir.join("idmint.db").display()),
+                },
+                made: None,
+            }),
+            StoreKind::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(postgres).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot reach PostgreSQL at {} (set --postgres-url): {e}",
+                        store::redact_url(postgres)
+                    )
+                })?;
+                let name = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("idmint-bench")
+                    .replace('-', "_");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await?;
+                let base = postgres.rsplit_once('/').map_or(postgres, |(b, _)| b);
+                Ok(BenchStore {
+                    settings: store::Settings {
+                        url: format!("{base}/{name}"),
+                    },
+                    made: Some((postgres.to_string(), name)),
+                })
+            }
+        }
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.made.is_some()
+    }
+
+    /// What the table says of it.
+    fn describe(&self) -> &'static str {
+        match self.made {
+            None => "SQLite ledger (WAL, synchronous=FULL)",
+            Some(_) => "PostgreSQL ledger (local server, fsync on)",
+        }
+    }
+
+    /// Drops the database made for the run.
+    async fn drop(self) {
+        use sqlx::Connection;
+        let Some((admin, name)) = self.made else {
+            return;
+        };
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
 }
 
 /// User + system CPU time of this process so far, from /proc (Linux).

@@ -18,10 +18,30 @@ pub enum BenchCommand {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
-        /// Through the server API over mutual TLS, from two agents' cell credentials, instead
+        /// Through the server API over mutual TLS, from four agents' cell credentials, instead
         /// of in-process.
         #[arg(long)]
         remote: bool,
+        /// Where the ledger is durable: a fresh SQLite file, or a fresh database on the
+        /// PostgreSQL of --postgres-url (dropped afterwards).
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: bench::StoreKind,
+        /// The PostgreSQL server for --store postgres (a user that may create databases).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+        /// With --remote: how many servers share the store (several need --store postgres).
+        #[arg(long, default_value_t = 1)]
+        servers: usize,
+    },
+    /// Kill (SIGKILL) the server an agent uses, again and again, and time until its next
+    /// certificate: two servers on a fresh PostgreSQL database.
+    Failover {
+        /// How many kills.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// The PostgreSQL server (a user that may create databases).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
     },
     /// Serve K instances' SDS streams from one agent and push a trust bundle change to all.
     Sds {
@@ -86,12 +106,25 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             count,
             concurrency,
             remote: false,
-        } => bench::issue::run(config, count, concurrency).await,
+            store,
+            postgres_url,
+            servers,
+        } => {
+            anyhow::ensure!(servers == 1, "--servers is for --remote");
+            bench::issue::run(config, count, concurrency, store, &postgres_url).await
+        }
         BenchCommand::Issue {
             count,
             concurrency,
             remote: true,
-        } => bench::remote::run(config, count, concurrency).await,
+            store,
+            postgres_url,
+            servers,
+        } => bench::remote::run(config, count, concurrency, store, &postgres_url, servers).await,
+        BenchCommand::Failover {
+            kills,
+            postgres_url,
+        } => bench::failover::run(config, kills, &postgres_url).await,
         BenchCommand::Sds { instances } => bench::sds::run(config, instances).await,
         BenchCommand::Policy {
             instances,
