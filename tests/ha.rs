@@ -19,13 +19,23 @@ use idmint::policy::{Mode, Policy, PortRange, Protocol, Scope};
 
 /// Two runtimes on one fresh database, sharing the operator's key-encryption key.
 async fn two_servers(tag: &str) -> (String, Runtime, Runtime, [tempfile::TempDir; 2]) {
+    two_servers_with(tag, &[]).await
+}
+
+/// [`two_servers`] with more settings.
+async fn two_servers_with(
+    tag: &str,
+    settings: &[(&str, &str)],
+) -> (String, Runtime, Runtime, [tempfile::TempDir; 2]) {
     let url = fresh_pg_database(tag).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let kek = dirs[0].path().join("shared-kek");
     std::fs::write(&kek, "5e".repeat(32)).unwrap();
     let kek = kek.display().to_string();
     let start = |dir: &std::path::Path, init| {
-        let config = config_in(dir, &[("store.url", url.as_str()), ("ca.kek_file", &kek)]);
+        let mut all = vec![("store.url", url.as_str()), ("ca.kek_file", kek.as_str())];
+        all.extend_from_slice(settings);
+        let config = config_in(dir, &all);
         async move {
             Runtime::start(config, init)
                 .await
@@ -876,4 +886,58 @@ fn a_wrong_password_or_another_key_encryption_key_stops_a_server_with_the_reason
         err.contains("sealed with another key") && err.contains("same ca.kek_file"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn one_server_polls_the_policy_server_and_every_server_enforces_what_it_stored() {
+    use common::policy_server::{self, answer_json, Answer};
+    let dir = tempfile::tempdir().unwrap();
+    let (stand_in, files) = policy_server::start(dir.path(), false);
+    let url = stand_in.url();
+    let settings = [
+        ("policy.source", "policy-server"),
+        ("policy.server.url", url.as_str()),
+        ("policy.server.ca_file", files.ca.to_str().unwrap()),
+        ("policy.server.cert_file", files.cert.to_str().unwrap()),
+        ("policy.server.key_file", files.key.to_str().unwrap()),
+        ("policy.server.poll_every", "100ms"),
+    ];
+    let (db, a, b, _dirs) = two_servers_with("polls", &settings).await;
+    let mut source = placed(5);
+    source.app_guid = OTHER_APP.parse().unwrap();
+    a.registry.register(placed(6)).await.unwrap();
+    b.registry.register(source).await.unwrap();
+    stand_in.answer(Answer::Json(answer_json(&[(
+        OTHER_APP.to_string(),
+        APP.to_string(),
+    )])));
+    let expected = vec![policy(OTHER_APP)];
+    within("both servers enforce it", Duration::from_secs(5), || {
+        a.policies.list(None) == expected && b.policies.list(None) == expected
+    })
+    .await;
+    // Exactly one of them polls, and the change is recorded once.
+    let polling = |rt: &Runtime| {
+        let mut text = String::new();
+        rt.policy_polls
+            .as_ref()
+            .unwrap()
+            .render(time::OffsetDateTime::now_utc(), &mut text);
+        text.contains("idmint_policy_server_polling 1")
+    };
+    assert!(polling(&a) != polling(&b), "one server polls");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = a
+        .audit
+        .list(&idmint::store::LedgerFilter::default())
+        .await
+        .unwrap();
+    let recorded = entries
+        .iter()
+        .filter(|e| e.record.kind == idmint::store::EntryKind::Policy)
+        .count();
+    assert_eq!(recorded, 1, "the policy came into force once: {entries:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+    drop_pg_database(&db).await;
 }

@@ -135,6 +135,7 @@ impl Runtime {
                 client,
                 rt.policies.clone(),
                 rt.registry.clone(),
+                rt.store.clone(),
                 rt.clock.clone(),
             );
             rt.policy_polls = Some(poller.metrics());

@@ -16,7 +16,7 @@ use crate::ca::rotation::{self, FleetAck, Policy, State, Step};
 use crate::ca::{CertificateAuthority, Error, Role};
 use crate::clock::Clock;
 use crate::ledger::Ledger;
-use crate::store::{CaLeader, EntryKind, LedgerRecord, Store};
+use crate::store::{EntryKind, Lead, Leader, LedgerRecord, Store};
 
 /// How often the schedule is checked.
 const TICK: Duration = Duration::from_millis(500);
@@ -104,7 +104,7 @@ pub struct Maintenance {
     rotator: Rotator,
     store: Store,
     /// Held while this process runs CA maintenance for its database.
-    leader: Option<CaLeader>,
+    leader: Option<Leader>,
     /// Whether `leader` is held, for the metrics.
     leads: Arc<AtomicBool>,
     ca: Arc<CertificateAuthority>,
@@ -206,7 +206,7 @@ impl Maintenance {
             self.leader = None;
         }
         self.leads.store(false, Ordering::Relaxed);
-        self.leader = self.store.try_lead_ca().await?;
+        self.leader = self.store.try_lead(Lead::CaMaintenance).await?;
         self.leads.store(self.leader.is_some(), Ordering::Relaxed);
         if self.leader.is_some() {
             tracing::info!("this server runs CA maintenance for its database");

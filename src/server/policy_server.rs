@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::PolicyServerSettings;
 use crate::ids::Guid;
 use crate::policy::{self, parse_policy_server_answer, Policy};
+use crate::store::{Lead, Leader, Store};
 
 /// Why the client cannot be set up: idmint does not start.
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +262,8 @@ pub struct PollMetrics {
     good: Mutex<(u64, Option<OffsetDateTime>)>,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     started: OffsetDateTime,
+    /// Whether this server polls (one server sharing a database does).
+    polling: std::sync::atomic::AtomicBool,
 }
 
 impl PollMetrics {
@@ -269,6 +272,7 @@ impl PollMetrics {
             good: Mutex::new((0, None)),
             failures: Mutex::new(BTreeMap::new()),
             started,
+            polling: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -289,6 +293,10 @@ impl PollMetrics {
 
     /// The Prometheus text of these counters at `now`.
     pub fn render(&self, now: OffsetDateTime, out: &mut String) {
+        let polling = self.polling.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP idmint_policy_server_polling Whether this server polls CF's policy server (one of the servers sharing a database does; the others take up what it stores, and their poll counters stand still).");
+        let _ = writeln!(out, "# TYPE idmint_policy_server_polling gauge");
+        let _ = writeln!(out, "idmint_policy_server_polling {}", u8::from(polling));
         let (good, last) = *self.good.lock().expect("never poisoned");
         let age = (now - last.unwrap_or(self.started))
             .as_seconds_f64()
@@ -326,17 +334,19 @@ pub struct Poller {
     client: PolicyServerClient,
     policies: Policies,
     registry: Registry,
+    store: Store,
     clock: Clock,
     metrics: Arc<PollMetrics>,
 }
 
 impl Poller {
     /// A poller putting what `client` fetches in force in `policies`, asking about the apps
-    /// `registry` has placed.
+    /// `registry` has placed; it polls while it holds the polling role in `store`.
     pub fn new(
         client: PolicyServerClient,
         policies: Policies,
         registry: Registry,
+        store: Store,
         clock: Clock,
     ) -> Poller {
         let metrics = Arc::new(PollMetrics::new(clock.now()));
@@ -344,6 +354,7 @@ impl Poller {
             client,
             policies,
             registry,
+            store,
             clock,
             metrics,
         }
@@ -359,7 +370,15 @@ impl Poller {
     pub async fn run(self, stop: CancellationToken) {
         // The failure kind polls are failing with; `None` while they succeed.
         let mut failing: Option<&'static str> = None;
+        let mut leader = None;
         loop {
+            if !self.leads(&mut leader).await {
+                // Another server polls; the change feed brings what it stores.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.client.settings.poll_every) => continue,
+                }
+            }
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return,
                 o = self.poll_once() => o,
@@ -394,6 +413,36 @@ impl Poller {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Whether this server polls now: it takes the role when no other server sharing the
+    /// database has it, and notices when it lost it.
+    async fn leads(&self, leader: &mut Option<Leader>) -> bool {
+        if let Some(held) = leader {
+            if held.still_leads().await {
+                return true;
+            }
+            tracing::warn!("lost the policy server polling role (database connection broken)");
+            *leader = None;
+        }
+        *leader = match self.store.try_lead(Lead::PolicyPolls).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask for the policy server polling role");
+                None
+            }
+        };
+        let leads = leader.is_some();
+        let was = self
+            .metrics
+            .polling
+            .swap(leads, std::sync::atomic::Ordering::Relaxed);
+        if leads && !was {
+            tracing::info!(
+                "this server polls CF's policy server for the servers sharing its database"
+            );
+        }
+        leads
     }
 
     /// One poll: `None` when no app is placed (nothing to ask about), else what changed.

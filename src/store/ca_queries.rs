@@ -19,40 +19,7 @@ pub struct CaChange {
     pub pruned_at: Option<i64>,
 }
 
-/// The right to run CA maintenance. On PostgreSQL, where several servers share one
-/// database, it is an advisory lock held by a connection of its own, so exactly one server
-/// rotates; it is lost if that connection breaks. On SQLite one process owns the database
-/// and always leads.
-pub struct CaLeader {
-    conn: Option<sqlx::AnyConnection>,
-}
-
-impl CaLeader {
-    /// Whether this process still leads. A lost connection gives up the lock (PostgreSQL
-    /// releases it with the session) and says so.
-    pub async fn still_leads(&mut self) -> bool {
-        use sqlx::Connection;
-        match &mut self.conn {
-            None => true,
-            Some(conn) => conn.ping().await.is_ok(),
-        }
-    }
-}
-
 impl Store {
-    /// Becomes the CA maintenance leader if no other server is; `None` when another is.
-    pub async fn try_lead_ca(&self) -> Result<Option<CaLeader>, Error> {
-        if self.backend == super::Backend::Sqlite {
-            return Ok(Some(CaLeader { conn: None }));
-        }
-        let mut conn = self.pool.acquire().await?.detach();
-        if super::postgres::try_lead_ca(&mut conn).await? {
-            Ok(Some(CaLeader { conn: Some(conn) }))
-        } else {
-            Ok(None)
-        }
-    }
-
     /// Every CA certificate row, oldest first.
     pub async fn ca_records(&self) -> Result<Vec<CaRecord>, Error> {
         let rows = sqlx::query(

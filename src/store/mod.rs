@@ -6,6 +6,7 @@
 mod ack_queries;
 mod ca_queries;
 mod change_queries;
+mod lead;
 mod ledger_queries;
 mod placement_queries;
 mod policy_queries;
@@ -19,8 +20,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool};
 
 pub use ack_queries::HeldBundle;
-pub use ca_queries::{CaChange, CaLeader};
+pub use ca_queries::CaChange;
 pub use change_queries::{Change, ChangeListener, Heard, Topic};
+pub use lead::{Lead, Leader};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 

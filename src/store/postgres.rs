@@ -22,15 +22,11 @@ pub(super) async fn begin_exclusive(pool: &AnyPool) -> Result<Transaction<'stati
     Ok(tx)
 }
 
-/// The advisory-lock key of CA maintenance ("idmint-ca"), held for as long as the session
-/// that took it lives.
-const CA_LEADER_KEY: i64 = 0x69_646d_696e_7443;
-
-/// Takes the CA maintenance lock on `conn` if no other session holds it.
-pub(super) async fn try_lead_ca(conn: &mut AnyConnection) -> Result<bool, Error> {
+/// Takes the session-scoped advisory lock `key` on `conn` if no other session holds it.
+pub(super) async fn try_lock(conn: &mut AnyConnection, key: i64) -> Result<bool, Error> {
     use sqlx::Row;
     let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
-        .bind(CA_LEADER_KEY)
+        .bind(key)
         .fetch_one(conn)
         .await?;
     Ok(row.try_get::<bool, _>("got")?)
