@@ -847,10 +847,45 @@ fn issue_benchmarks_run_in_process_and_remote_and_report_against_the_ceiling() {
     );
     let remote = ok(idmint(&data).args(small).arg("--remote"));
     assert!(
-        remote.contains("| agents → server API (gRPC, mutual TLS) → CA + ledger |"),
+        remote.contains("| agents → 1 server API(s) (gRPC, mutual TLS) → CA + ledger |"),
         "{remote}"
     );
-    for out in [&local, &remote] {
+    // On the PostgreSQL the tests use: in process, and two servers sharing it.
+    let pg = common::pg_admin_url();
+    let on_pg = ["--store", "postgres", "--postgres-url", pg.as_str()];
+    let local_pg = ok(idmint(&data).args(small).args(on_pg));
+    assert!(local_pg.contains("PostgreSQL ledger"), "{local_pg}");
+    let shared = ok(idmint(&data)
+        .args(small)
+        .args(on_pg)
+        .args(["--remote", "--servers", "2"]));
+    assert!(
+        shared.contains("| agents → 2 server API(s) (gRPC, mutual TLS) → CA + ledger |"),
+        "{shared}"
+    );
+    let failover = ok(idmint(&data).args([
+        "bench",
+        "failover",
+        "--kills",
+        "2",
+        "--postgres-url",
+        pg.as_str(),
+    ]));
+    assert!(
+        failover.contains("| kill → next successful sign (2 kills) |"),
+        "{failover}"
+    );
+    // Two servers need a database they can share.
+    let out = run(idmint(&data)
+        .args(small)
+        .args(["--remote", "--servers", "2"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("add --store postgres"),
+        "{}",
+        text(&out)
+    );
+    for out in [&local, &remote, &local_pg, &shared] {
         assert!(
             out.contains("| ceiling: ring P-256 CSR verify + sign"),
             "{out}"

@@ -293,20 +293,7 @@ fn exported_metrics() -> BTreeSet<String> {
         "--out-dir",
         creds.to_str().unwrap(),
     ]);
-    cli(&[
-        "instance",
-        "register",
-        "--instance-guid",
-        INSTANCE,
-        "--app-guid",
-        APP,
-        "--space-guid",
-        SPACE,
-        "--org-guid",
-        ORG,
-        "--cell-id",
-        "cell-1",
-    ]);
+    cli(&register_args(INSTANCE, APP, "cell-1"));
     let mut cmd = idmint(&dir.join("agent"));
     cmd.args(["--set", &format!("admin.listen=127.0.0.1:{agent_admin}")])
         .args(["agent", "--server", &format!("https://127.0.0.1:{api}")])

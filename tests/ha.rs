@@ -293,23 +293,7 @@ impl Foundation {
     }
 
     fn register_app(&self, via: usize, instance: &str, app: &str, cell: &str) {
-        self.cli(
-            via,
-            &[
-                "instance",
-                "register",
-                "--instance-guid",
-                instance,
-                "--app-guid",
-                app,
-                "--space-guid",
-                SPACE,
-                "--org-guid",
-                ORG,
-                "--cell-id",
-                cell,
-            ],
-        );
+        self.cli(via, &register_args(instance, app, cell));
     }
 
     /// An agent for `cell` given every server; its data directory and admin port.

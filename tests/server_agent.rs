@@ -39,20 +39,7 @@ impl Server {
     }
 
     fn register(&self, instance: &str, app: &str, cell: &str) {
-        self.cli(&[
-            "instance",
-            "register",
-            "--instance-guid",
-            instance,
-            "--app-guid",
-            app,
-            "--space-guid",
-            SPACE,
-            "--org-guid",
-            ORG,
-            "--cell-id",
-            cell,
-        ]);
+        self.cli(&register_args(instance, app, cell));
     }
 
     fn agent(&self, cell: &str) -> (Running, PathBuf, u16) {

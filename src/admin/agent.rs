@@ -13,6 +13,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::write_metric;
 use crate::agent::remote::RemoteAuthority;
 use crate::agent::Workloads;
 use crate::clock::Clock;
@@ -82,37 +83,42 @@ async fn healthz(State(admin): State<AgentAdmin>) -> Response {
 }
 
 async fn metrics(State(admin): State<AgentAdmin>) -> Response {
-    use std::fmt::Write;
     let mut text = String::new();
     let ready = admin.health.missing().is_empty();
-    let _ = writeln!(text, "# HELP idmint_agent_ready Whether the agent has its credential, the trust bundle and a connection to the server.");
-    let _ = writeln!(text, "# TYPE idmint_agent_ready gauge");
-    let _ = writeln!(text, "idmint_agent_ready {}", u8::from(ready));
     let connected = admin.health.connected.load(Ordering::Relaxed);
-    let _ = writeln!(text, "# HELP idmint_agent_server_connected Whether the agent's stream to an idmint server is open.");
-    let _ = writeln!(text, "# TYPE idmint_agent_server_connected gauge");
-    let _ = writeln!(
-        text,
-        "idmint_agent_server_connected {}",
-        u8::from(connected)
+    let out = &mut text;
+    write_metric(
+        out,
+        "idmint_agent_ready",
+        "gauge",
+        "Whether the agent has its credential, the trust bundle and a connection to the server.",
+        u8::from(ready),
+    );
+    write_metric(
+        out,
+        "idmint_agent_server_connected",
+        "gauge",
+        "Whether the agent's stream to an idmint server is open.",
+        u8::from(connected),
     );
     if let Some(remote) = admin.health.remote.get() {
-        let _ = writeln!(text, "# HELP idmint_agent_server_switches_total How often the agent moved to another idmint server.");
-        let _ = writeln!(text, "# TYPE idmint_agent_server_switches_total counter");
-        let _ = writeln!(
-            text,
-            "idmint_agent_server_switches_total {}",
-            remote.switches()
+        write_metric(
+            out,
+            "idmint_agent_server_switches_total",
+            "counter",
+            "How often the agent moved to another idmint server.",
+            remote.switches(),
         );
-        let _ = writeln!(
-            text,
-            "# HELP idmint_agent_server_info The idmint server the agent uses now."
-        );
-        let _ = writeln!(text, "# TYPE idmint_agent_server_info gauge");
-        let _ = writeln!(
-            text,
-            "idmint_agent_server_info{{endpoint=\"{}\"}} 1",
+        let endpoint = format!(
+            "idmint_agent_server_info{{endpoint=\"{}\"}}",
             remote.server()
+        );
+        write_metric(
+            out,
+            &endpoint,
+            "gauge",
+            "The idmint server the agent uses now.",
+            1,
         );
     }
     if let Some(agent) = admin.health.workloads.get() {

@@ -106,31 +106,46 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 /// The ledger's commits and failures, and whether this process leads CA maintenance.
 fn server_metrics(state: &AdminState, out: &mut String) {
-    use std::fmt::Write;
     let stats = state.ledger.stats();
-    for (name, kind, help, value) in [
-        (
-            "idmint_ledger_records_total",
-            "counter",
-            "Ledger records committed by this process.",
-            stats.records,
-        ),
-        (
-            "idmint_ledger_write_failures_total",
-            "counter",
-            "Ledger records whose commit failed, so their requests were refused.",
-            stats.failed_records,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    }
+    write_metric(
+        out,
+        "idmint_ledger_records_total",
+        "counter",
+        "Ledger records committed by this process.",
+        stats.records,
+    );
+    write_metric(
+        out,
+        "idmint_ledger_write_failures_total",
+        "counter",
+        "Ledger records whose commit failed, so their requests were refused.",
+        stats.failed_records,
+    );
     if let Some(control) = &state.ca_control {
-        let _ = writeln!(out, "# HELP idmint_ca_leader Whether this process runs CA maintenance (rotation) for its database.");
-        let _ = writeln!(out, "# TYPE idmint_ca_leader gauge");
-        let _ = writeln!(out, "idmint_ca_leader {}", u8::from(control.leads()));
+        write_metric(
+            out,
+            "idmint_ca_leader",
+            "gauge",
+            "Whether this process runs CA maintenance (rotation) for its database.",
+            u8::from(control.leads()),
+        );
     }
+}
+
+/// One sample with its HELP and TYPE lines. `series` is the metric's name, with its labels
+/// when it has any (`name{label="value"}`).
+pub(crate) fn write_metric(
+    out: &mut String,
+    series: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
+    use std::fmt::Write;
+    let name = series.split('{').next().unwrap_or(series);
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{series} {value}");
 }
 
 async fn bundle(State(state): State<AdminState>) -> Response {

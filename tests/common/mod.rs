@@ -48,6 +48,25 @@ pub fn placement() -> Placement {
     }
 }
 
+/// The arguments of `idmint instance register` for `instance` of `app` (in [`SPACE`] of
+/// [`ORG`]) on `cell`.
+pub fn register_args<'a>(instance: &'a str, app: &'a str, cell: &'a str) -> [&'a str; 12] {
+    [
+        "instance",
+        "register",
+        "--instance-guid",
+        instance,
+        "--app-guid",
+        app,
+        "--space-guid",
+        SPACE,
+        "--org-guid",
+        ORG,
+        "--cell-id",
+        cell,
+    ]
+}
+
 /// The SPIFFE ID the default template gives [`placement`] in `cf.internal`.
 pub fn expected_spiffe_id() -> String {
     format!("spiffe://cf.internal/org/{ORG}/space/{SPACE}/app/{APP}")
