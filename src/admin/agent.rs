@@ -107,7 +107,7 @@ async fn metrics(State(admin): State<AgentAdmin>) -> Response {
             "idmint_agent_server_switches_total",
             "counter",
             "How often the agent moved to another idmint server.",
-            remote.switches(),
+            remote.moves(),
         );
         let endpoint = format!(
             "idmint_agent_server_info{{endpoint=\"{}\"}}",

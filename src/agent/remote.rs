@@ -30,7 +30,10 @@ pub struct RemoteAuthority {
     tls: Arc<RwLock<TlsPem>>,
     current: Arc<RwLock<Current>>,
     signs: Arc<Mutex<Option<SignStream>>>,
+    /// Counts every new connection after a failure (to the same server when there is one).
     switches: Arc<AtomicU64>,
+    /// Counts moves to another server.
+    moves: Arc<AtomicU64>,
 }
 
 /// What this agent presents and trusts, PEM.
@@ -144,6 +147,7 @@ impl RemoteAuthority {
                         })),
                         signs: Arc::default(),
                         switches: Arc::default(),
+                        moves: Arc::default(),
                     })
                 }
                 Err(e) => failures.push(format!("{url}: {}", describe(&e))),
@@ -194,6 +198,7 @@ impl RemoteAuthority {
                 drop(current);
                 *self.signs.lock().expect("never poisoned") = None;
                 if to != from {
+                    self.moves.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(from = %self.servers[from], to = %self.servers[to], "moving to another idmint server");
                 }
             }
@@ -204,8 +209,8 @@ impl RemoteAuthority {
     }
 
     /// How often the agent moved to another server.
-    pub fn switches(&self) -> u64 {
-        self.switches.load(Ordering::SeqCst)
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
     }
 
     /// The endpoint calls go to now.
