@@ -421,6 +421,46 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         api_port,
         dir: dir.to_path_buf(),
     };
+    // Deployed before its cell is enrolled, an agent told to wait says what it waits for, and
+    // starts once the credential is there.
+    let (waiting_admin, later) = (free_port(), dir.join("cell-3-credential"));
+    let _waiting = Running(
+        idmint(&dir.join("agent-3"))
+            .args(["--set", &format!("admin.listen=127.0.0.1:{waiting_admin}")])
+            .args([
+                "agent",
+                "--server",
+                &format!("https://127.0.0.1:{api_port}"),
+            ])
+            .arg("--wait-for-credential")
+            .arg("--credential-dir")
+            .arg(&later)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "the waiting agent's health",
+        Duration::from_secs(10),
+        || {
+            matches!(http_get(waiting_admin, "/healthz"),
+            Some((503, body)) if body.contains("this cell's credential"))
+        },
+    );
+    server.cli(&[
+        "cell",
+        "enroll",
+        "cell-3",
+        "--out-dir",
+        later.to_str().unwrap(),
+    ]);
+    wait_until(
+        "the waiting agent to be ready",
+        Duration::from_secs(20),
+        || matches!(http_get(waiting_admin, "/healthz"), Some((200, _))),
+    );
+
     let creds = dir.join("cell-1-credential");
     server.cli(&[
         "cell",

@@ -1,6 +1,7 @@
 //! The admin HTTP of `idmint agent`, on its own `admin.listen`: `/healthz` (ready once the agent
-//! has the server's trust bundle and a connection to the server; it starts only once the cell
-//! credential is loaded) and `/metrics` (its SDS and renewal counters).
+//! has its cell credential, the server's trust bundle and a connection to a server; it answers
+//! from before the credential is there only with `--wait-for-credential`) and `/metrics` (its
+//! connection, SDS and renewal counters).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,8 @@ use crate::clock::Clock;
 /// What the agent's health and metrics are read from; filled in as the agent starts.
 #[derive(Default)]
 pub struct AgentHealth {
+    /// The cell credential is loaded.
+    pub credential: AtomicBool,
     /// The server's trust bundle stream has delivered the bundle.
     pub bundle: AtomicBool,
     /// The trust bundle stream to the server is open now.
@@ -35,6 +38,9 @@ impl AgentHealth {
     /// What keeps the agent from being ready; empty when it is.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
+        if !self.credential.load(Ordering::Relaxed) {
+            missing.push("this cell's credential (idmint cell enroll)");
+        }
         if !self.connected.load(Ordering::Relaxed) {
             missing.push("a connection to the server");
         }

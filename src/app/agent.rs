@@ -51,6 +51,8 @@ pub struct AgentOptions {
     pub server_name: String,
     /// Where `idmint cell enroll` wrote this cell's credential.
     pub credential_dir: PathBuf,
+    /// Wait for the credential to appear instead of stopping when it is not there.
+    pub wait_for_credential: bool,
 }
 
 /// A running agent.
@@ -84,9 +86,12 @@ pub async fn start(
         return Err(ConnectError::BadAddress(bad.clone()).into());
     }
     let dir = CredentialDir::new(&opts.credential_dir);
-    let credential = dir.load(&config.ca)?;
-    let cell = credential.cell.clone();
-    // Health and metrics answer from here on, "not ready" while the server is away.
+    let first_try = dir.load(&config.ca);
+    if !opts.wait_for_credential {
+        first_try.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Health and metrics answer from here on, "not ready" while the credential or the server
+    // is away.
     let listen = config.admin.listen;
     let admin = tokio::net::TcpListener::bind(listen)
         .await
@@ -101,6 +106,20 @@ pub async fn start(
         crate::clock::Clock::system(),
         shutdown.clone(),
     ));
+    let mut stop = stop;
+    let credential = match first_try {
+        Ok(c) => c,
+        Err(e) => match wait_for_credential(&dir, &config, e, stop.as_mut()).await {
+            Some(c) => c,
+            None => {
+                shutdown.cancel();
+                let _ = admin_task.await;
+                return Ok(None);
+            }
+        },
+    };
+    health.credential.store(true, Ordering::Relaxed);
+    let cell = credential.cell.clone();
     let remote = match connect(opts, &credential, stop).await {
         Ok(Some(remote)) => remote,
         done => {
@@ -180,6 +199,33 @@ pub async fn start(
         shutdown,
         tasks,
     }))
+}
+
+/// Waits for a cell credential to appear in `dir` (an operator enrolls the cell after the agent
+/// was deployed), trying every [`FOLLOW_EVERY`]; `None` if `stop` resolves first. Why it is not
+/// there yet is logged once, and again when the reason changes.
+async fn wait_for_credential(
+    dir: &CredentialDir,
+    config: &Config,
+    first: crate::agent::cell_credential::Error,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<crate::agent::cell_credential::CellCredential> {
+    let mut said = String::new();
+    let mut why = first.to_string();
+    loop {
+        if why != said {
+            tracing::warn!(reason = %why, "waiting for this cell's credential: enroll the cell with `idmint cell enroll CELL_ID --out-dir DIR` on a server and put the files here");
+            said = why;
+        }
+        tokio::select! {
+            _ = &mut stop => return None,
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        match dir.load(&config.ca) {
+            Ok(c) => return Some(c),
+            Err(e) => why = e.to_string(),
+        }
+    }
 }
 
 /// Connects to one of the servers with the cell credential, trying them all every

@@ -26,6 +26,10 @@ pub struct AgentArgs {
     /// Where `idmint cell enroll` wrote this cell's cell.pem, cell.key and bundle.pem.
     #[arg(long, value_name = "DIR")]
     credential_dir: PathBuf,
+    /// When the credential is not there yet, wait for it (answering /healthz with what is
+    /// missing) instead of stopping: for agents deployed before their cell is enrolled.
+    #[arg(long)]
+    wait_for_credential: bool,
 }
 
 pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
@@ -35,6 +39,7 @@ pub async fn run(args: AgentArgs, config: Config) -> Result<()> {
         servers: args.servers,
         server_name: args.server_name,
         credential_dir: args.credential_dir,
+        wait_for_credential: args.wait_for_credential,
     };
     let (sds_dir, instance_dir) = (
         config.agent.sds_dir.clone(),
