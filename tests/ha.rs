@@ -925,3 +925,45 @@ async fn one_server_polls_the_policy_server_and_every_server_enforces_what_it_st
     b.shutdown().await;
     drop_pg_database(&db).await;
 }
+
+#[tokio::test]
+async fn a_ca_rotation_on_one_server_wakes_the_others_and_they_take_it_up() {
+    use idmint::ca::maintenance::Maintenance;
+    use idmint::ca::rotate::Target;
+    let (url, a, b, _dirs) = two_servers("cafeed").await;
+    let maintain = |rt: &Runtime| {
+        let (_fleet, fleet) = tokio::sync::watch::channel(None);
+        Maintenance::new(
+            rt.ca.clone(),
+            rt.store().clone(),
+            rt.issuance.ledger().clone(),
+            fleet,
+            rt.clock.clone(),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (control, task) = maintain(&a).start(stop.clone());
+    let task = tokio::spawn(task);
+    control.rotate(Target::Intermediate).await.expect("A leads");
+    let rotated = a.ca.intermediate().fingerprint;
+    // B's change feed wakes its CA maintenance for the rotation.
+    tokio::time::timeout(Duration::from_secs(3), b.ca_changed().notified())
+        .await
+        .expect("B is told of A's rotation");
+    // Woken, B's maintenance takes it up.
+    let (_control_b, task_b) = maintain(&b).woken_by(b.ca_changed()).start(stop.clone());
+    let task_b = tokio::spawn(task_b);
+    within(
+        "B signs with A's new intermediate",
+        Duration::from_secs(3),
+        || b.ca.intermediate().fingerprint == rotated,
+    )
+    .await;
+    stop.cancel();
+    let _ = tokio::join!(task, task_b);
+    a.shutdown().await;
+    b.shutdown().await;
+    drop_pg_database(&url).await;
+}

@@ -251,8 +251,11 @@ async fn a_writer_cancelled_inside_its_transaction_leaves_no_transaction_open() 
         .execute(&mut other)
         .await
         .unwrap();
-    let cancelled =
-        tokio::time::timeout(Duration::from_millis(500), store.apply_ca_changes(&[], &[])).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(500),
+        store.apply_ca_changes(&[], &[], 0),
+    )
+    .await;
     assert!(cancelled.is_err(), "the writer waited for the lock");
     sqlx::query("SELECT pg_advisory_unlock(115301217461876)")
         .execute(&mut other)
@@ -282,7 +285,7 @@ async fn a_writer_cancelled_inside_its_transaction_leaves_no_transaction_open() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::timeout(Duration::from_secs(5), store.apply_ca_changes(&[], &[]))
+    tokio::time::timeout(Duration::from_secs(5), store.apply_ca_changes(&[], &[], 0))
         .await
         .expect("the next writer is not blocked")
         .unwrap();

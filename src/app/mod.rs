@@ -44,6 +44,8 @@ pub struct Runtime {
     pub policy_polls: Option<Arc<PollMetrics>>,
     /// What every schedule here reads the time from.
     pub clock: Clock,
+    /// Woken when another server sharing the database changed the CA.
+    ca_changed: Arc<tokio::sync::Notify>,
     store: Store,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -109,6 +111,7 @@ impl Runtime {
             ca,
             config,
             clock,
+            ca_changed: Arc::default(),
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],
@@ -125,6 +128,7 @@ impl Runtime {
                 rt.store.clone(),
                 rt.registry.clone(),
                 rt.policies.clone(),
+                rt.ca_changed.clone(),
                 rt.clock.clone(),
                 last_change,
             );
@@ -147,6 +151,11 @@ impl Runtime {
     /// The store, for parts that keep state of their own (CA rotation).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Woken when another server sharing the database changed the CA.
+    pub fn ca_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.ca_changed.clone()
     }
 
     /// A token cancelled when shutdown begins, for parts that own tasks of their own.

@@ -164,6 +164,7 @@ pub(super) fn start_ca_maintenance(
     let Some(maintenance) = maintenance else {
         return Ok(None);
     };
+    let maintenance = maintenance.woken_by(rt.ca_changed());
     let (control, task) = maintenance.start(rt.shutdown_token());
     rt.spawn("CA maintenance", move |_| task);
     Ok(Some(control))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::rotate::{CaEvent, Rotator, Target};
@@ -115,6 +115,9 @@ pub struct Maintenance {
     fleet: watch::Receiver<Option<u64>>,
     /// The prepared root and the CA generation whose bundle first contained it.
     published: Option<(String, u64)>,
+    /// Woken when another server changed the CA, so this one takes it up at once rather than
+    /// at the next tick.
+    changed_elsewhere: Arc<Notify>,
     clock: Clock,
 }
 
@@ -148,8 +151,16 @@ impl Maintenance {
             policy,
             fleet,
             published: None,
+            changed_elsewhere: Arc::default(),
             clock,
         }))
+    }
+
+    /// Takes up the CA changes of other servers when `changed` is woken (see
+    /// [`crate::server::change_feed`]), besides every tick.
+    pub fn woken_by(mut self, changed: Arc<Notify>) -> Self {
+        self.changed_elsewhere = changed;
+        self
     }
 
     /// The handle that asks for rotations, and the task to run (until `cancel`) for whoever
@@ -171,6 +182,11 @@ impl Maintenance {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = self.changed_elsewhere.notified() => {
+                    if let Err(e) = self.catch_up().await {
+                        tracing::error!(error = %e, "CA rotation step failed; will retry");
+                    }
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.catch_up().await {
                         tracing::error!(error = %e, "CA rotation step failed; will retry");

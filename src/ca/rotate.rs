@@ -147,8 +147,9 @@ impl Rotator {
             };
             plan.events.push(event(r, what)?);
         }
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
         self.store
-            .apply_ca_changes(&plan.new, &plan.changes)
+            .apply_ca_changes(&plan.new, &plan.changes, now_ms)
             .await?;
         self.reload().await?;
         Ok(plan.events)

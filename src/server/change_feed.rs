@@ -1,10 +1,13 @@
-//! Takes up the changes that other servers sharing the database make to the placements and
-//! the policies: woken by PostgreSQL's announcements, and reading the change feed by number
+//! Takes up the changes that other servers sharing the database make to the placements, the
+//! policies and the CA (which CA maintenance reloads when woken): woken by PostgreSQL's announcements, and reading the change feed by number
 //! after every wake, every reconnect and every few seconds, so that a lost announcement or a
 //! broken connection delays a change but never loses it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +32,8 @@ pub struct ChangeFollower {
     store: Store,
     registry: Registry,
     policies: Policies,
+    /// Woken when another server changed the CA, for CA maintenance to take it up.
+    ca_changed: Arc<Notify>,
     clock: Clock,
     /// The last change taken up.
     last: i64,
@@ -42,6 +47,7 @@ impl ChangeFollower {
         store: Store,
         registry: Registry,
         policies: Policies,
+        ca_changed: Arc<Notify>,
         clock: Clock,
         last: i64,
     ) -> ChangeFollower {
@@ -49,6 +55,7 @@ impl ChangeFollower {
             store,
             registry,
             policies,
+            ca_changed,
             clock,
             last,
             failing: false,
@@ -125,11 +132,12 @@ impl ChangeFollower {
                 let upto = self.store.last_change().await?;
                 self.registry.reload().await?;
                 self.policies.take_up().await?;
+                self.ca_changed.notify_one();
                 self.last = upto;
                 continue;
             }
             let mut instances = BTreeSet::new();
-            let mut policies = false;
+            let (mut policies, mut ca) = (false, false);
             for c in &changes {
                 match c.topic {
                     Topic::Placement => match c.subject.parse::<Guid>() {
@@ -141,12 +149,16 @@ impl ChangeFollower {
                         }
                     },
                     Topic::Policy => policies = true,
+                    Topic::Ca => ca = true,
                 }
             }
             let instances: Vec<Guid> = instances.into_iter().collect();
             self.registry.take_up(&instances).await?;
             if policies {
                 self.policies.take_up().await?;
+            }
+            if ca {
+                self.ca_changed.notify_one();
             }
             self.last = last.seq;
             if (changes.len() as i64) < BATCH {

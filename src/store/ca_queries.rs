@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::{CaRecord, Error, Store};
+use super::{CaRecord, Error, Store, Topic};
 
 /// One change of a CA certificate's state, by fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,13 +66,15 @@ impl Store {
     }
 
     /// Writes new CA certificates and state changes in one transaction: a rotation step is
-    /// stored whole or not at all.
+    /// stored whole or not at all, and announced to the servers sharing the database.
     pub async fn apply_ca_changes(
         &self,
         new: &[CaRecord],
         changes: &[CaChange],
+        now_ms: i64,
     ) -> Result<(), Error> {
         let mut tx = self.begin_exclusive().await?;
+        self.lock_changes(&mut tx).await?;
         for r in new {
             insert(&mut tx, r).await?;
         }
@@ -94,6 +96,7 @@ impl Store {
                 return Err(Error::BadValue("ca_certs.fingerprint"));
             }
         }
+        self.record_change(&mut tx, Topic::Ca, "", now_ms).await?;
         tx.commit().await?;
         Ok(())
     }

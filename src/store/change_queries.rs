@@ -18,6 +18,8 @@ pub enum Topic {
     Placement,
     /// The policies or the enforcement modes (the subject is empty: they are reloaded whole).
     Policy,
+    /// The CA: a rotation step (the subject is empty: the CA is reloaded whole).
+    Ca,
 }
 
 impl Topic {
@@ -25,6 +27,7 @@ impl Topic {
         match self {
             Topic::Placement => "placement",
             Topic::Policy => "policy",
+            Topic::Ca => "ca",
         }
     }
 }
@@ -53,6 +56,15 @@ impl Store {
                 Ok(tx)
             }
         }
+    }
+
+    /// Takes the feed's lock inside `tx`, a transaction begun otherwise (CA changes hold the
+    /// writers' lock first), so a change can be numbered in it.
+    pub(super) async fn lock_changes(&self, tx: &mut AnyConnection) -> Result<(), Error> {
+        if self.backend == Backend::Postgres {
+            tx.execute(super::postgres::CHANGES_LOCK).await?;
+        }
+        Ok(())
     }
 
     /// Appends a change to the feed inside `tx` (from [`Store::begin_change`]); announced to
@@ -105,6 +117,7 @@ impl Store {
                 let topic = match r.try_get::<String, _>("topic")?.as_str() {
                     "placement" => Topic::Placement,
                     "policy" => Topic::Policy,
+                    "ca" => Topic::Ca,
                     _ => return Err(Error::BadValue("changes.topic")),
                 };
                 Ok(Change {
