@@ -47,6 +47,13 @@ async fn two_servers_with(
     (url, a, b, dirs)
 }
 
+/// Stops both runtimes and drops their database.
+async fn stop_both(a: Runtime, b: Runtime, url: &str) {
+    a.shutdown().await;
+    b.shutdown().await;
+    drop_pg_database(url).await;
+}
+
 /// Waits until `ok` holds; returns how long it took.
 async fn within(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -136,9 +143,7 @@ async fn placements_policies_and_modes_made_on_one_server_reach_the_other() {
     })
     .await;
 
-    a.shutdown().await;
-    b.shutdown().await;
-    drop_pg_database(&url).await;
+    stop_both(a, b, &url).await;
 }
 
 #[tokio::test]
@@ -161,9 +166,7 @@ async fn a_cell_is_served_by_a_server_that_has_not_heard_of_its_instance_yet() {
         .await
         .expect("B certifies an instance registered through A");
     assert_eq!(signed.spiffe_id, expected_spiffe_id());
-    a.shutdown().await;
-    b.shutdown().await;
-    drop_pg_database(&url).await;
+    stop_both(a, b, &url).await;
 }
 
 #[tokio::test]
@@ -197,9 +200,7 @@ async fn changes_made_while_a_server_was_cut_off_from_postgresql_reach_it_afterw
     })
     .await;
     println!("changes reached the cut-off server {took:?} after they were made");
-    a.shutdown().await;
-    b.shutdown().await;
-    drop_pg_database(&url).await;
+    stop_both(a, b, &url).await;
 }
 
 /// Terminates every other connection to `url`'s database; returns how many.
@@ -921,9 +922,7 @@ async fn one_server_polls_the_policy_server_and_every_server_enforces_what_it_st
         .filter(|e| e.record.kind == idmint::store::EntryKind::Policy)
         .count();
     assert_eq!(recorded, 1, "the policy came into force once: {entries:?}");
-    a.shutdown().await;
-    b.shutdown().await;
-    drop_pg_database(&db).await;
+    stop_both(a, b, &db).await;
 }
 
 #[tokio::test]
@@ -963,7 +962,5 @@ async fn a_ca_rotation_on_one_server_wakes_the_others_and_they_take_it_up() {
     .await;
     stop.cancel();
     let _ = tokio::join!(task, task_b);
-    a.shutdown().await;
-    b.shutdown().await;
-    drop_pg_database(&url).await;
+    stop_both(a, b, &url).await;
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::envoy::Running;
+use super::process::Running;
 use super::{free_port, http_get};
 
 pub const TD: &str = "cf.internal";

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{free_port, http_get};
@@ -28,15 +28,7 @@ pub fn envoy_bin() -> PathBuf {
     local
 }
 
-/// A child process killed when the test ends, however it ends.
-pub struct Running(pub Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use super::process::Running;
 
 /// The bootstrap YAML marked `<!-- envoy-bootstrap: {role} -->` in docs/envoy.md.
 pub fn bootstrap_template(role: &str) -> String {
