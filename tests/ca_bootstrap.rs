@@ -256,3 +256,29 @@ async fn must_exist_without_a_database_says_how_to_create_one() {
     assert!(!dir.path().join("idmint.db").exists(), "nothing created");
     assert!(!dir.path().join("kek").exists(), "nothing created");
 }
+
+#[tokio::test]
+async fn a_key_encryption_key_every_user_can_read_is_refused_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    initialised(dir.path()).await;
+    let kek = dir.path().join("kek");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = start(dir.path(), Init::CreateIfMissing)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&kek.display().to_string())
+            && text.contains("readable by every user (mode 644)")
+            && text.contains("chmod 600"),
+        "{text}"
+    );
+    // Readable by its owner's group only (as BOSH renders job files): used.
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o640)).unwrap();
+    start(dir.path(), Init::MustExist)
+        .await
+        .expect("a group-readable key is used")
+        .shutdown()
+        .await;
+}

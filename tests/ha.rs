@@ -30,7 +30,7 @@ async fn two_servers_with(
     let url = fresh_pg_database(tag).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let kek = dirs[0].path().join("shared-kek");
-    std::fs::write(&kek, "5e".repeat(32)).unwrap();
+    write_kek(&kek, &"5e".repeat(32));
     let kek = kek.display().to_string();
     let start = |dir: &std::path::Path, init| {
         let mut all = vec![("store.url", url.as_str()), ("ca.kek_file", kek.as_str())];
@@ -240,7 +240,7 @@ impl Foundation {
         let url = block_on(fresh_pg_database(tag));
         let dir = tempfile::tempdir().unwrap();
         let kek = dir.path().join("kek");
-        std::fs::write(&kek, "5e".repeat(32)).unwrap();
+        write_kek(&kek, &"5e".repeat(32));
         let mut f = Foundation {
             kek: kek.display().to_string(),
             settings: settings.iter().map(|s| s.to_string()).collect(),
@@ -857,7 +857,7 @@ fn a_wrong_password_or_another_key_encryption_key_stops_a_server_with_the_reason
     // Two servers on one database with different key-encryption keys: the second refuses.
     let f = Foundation::new("kek", 1);
     let other_kek = f.dir.path().join("other-kek");
-    std::fs::write(&other_kek, "6f".repeat(32)).unwrap();
+    write_kek(&other_kek, &"6f".repeat(32));
     let out = process::idmint(&f.dir.path().join("second"))
         .args(["--set", &format!("store.url={}", f.url)])
         .args(["--set", &format!("ca.kek_file={}", other_kek.display())])

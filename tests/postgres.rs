@@ -94,7 +94,7 @@ async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Nodes of one deployment share the KEK, provisioned by the operator.
     let kek = dir_a.path().join("shared-kek");
-    std::fs::write(&kek, "5e".repeat(32)).unwrap();
+    write_kek(&kek, &"5e".repeat(32));
     let kek = kek.display().to_string();
     let shared = [("ca.kek_file", kek.as_str())];
     // Both start at once: exactly one creates the CA, the other uses it.
@@ -171,7 +171,7 @@ async fn one_server_rotates_the_ca_and_the_other_takes_it_up() {
     let url = fresh_pg_database("leader").await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let kek = dir_a.path().join("shared-kek");
-    std::fs::write(&kek, "5e".repeat(32)).unwrap();
+    write_kek(&kek, &"5e".repeat(32));
     let kek = kek.display().to_string();
     let shared = [("ca.kek_file", kek.as_str())];
     let a = runtime_with(dir_a.path(), &url, Init::CreateIfMissing, &shared).await;

@@ -470,6 +470,25 @@ fn an_agent_says_what_is_missing_and_stops_on_ctrl_c_while_the_server_is_away() 
         creds.to_str().unwrap(),
     ]);
     drop(server);
+    // A cell key every user can read: refused, naming the file.
+    let key = creds.join("cell.key");
+    let mode = |m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode(0o644);
+    let out = idmint(&dir.join("agent"))
+        .args(["agent", "--credential-dir"])
+        .arg(&creds)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cell.key is readable by every user (mode 644)"),
+        "{err}"
+    );
+    mode(0o600);
     let (agent_admin, second) = (free_port(), free_port());
     let log = dir.join("agent.log");
     let mut agent = idmint(&dir.join("agent"))

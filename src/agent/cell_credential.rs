@@ -48,6 +48,14 @@ pub enum Error {
         /// Why.
         io: std::io::Error,
     },
+    /// The private key is readable by every local user, so it proves nothing.
+    #[error("{} is readable by every user (mode {mode:o}); make it readable by the agent alone (chmod 600) and start again", path.display())]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Enrolling would overwrite a credential.
     #[error("{} already exists; enroll into an empty directory", .0.display())]
     Exists(PathBuf),
@@ -139,6 +147,17 @@ impl CredentialDir {
             std::fs::read_to_string(&path).map_err(|io| Error::Read { path, io })
         };
         let (chain_pem, key_pem, roots_pem) = (read(CHAIN)?, read(KEY)?, read(BUNDLE)?);
+        let key_path = self.path(KEY);
+        if let Ok(meta) = std::fs::metadata(&key_path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o004 != 0 {
+                return Err(Error::KeyExposed {
+                    path: key_path,
+                    mode,
+                });
+            }
+        }
         let facts = facts_of(&chain_pem, settings)?;
         Ok(CellCredential {
             chain_pem,

@@ -57,6 +57,8 @@ pub enum Error {
     KekUnreadable(PathBuf, String),
     #[error("key-encryption key file {0} must hold exactly 64 hexadecimal digits (32 bytes)")]
     KekMalformed(PathBuf),
+    #[error("key-encryption key file {0} is readable by every user (mode {1:o}); make it readable by the service alone (chmod 600) and start again")]
+    KekExposed(PathBuf, u32),
     #[error(
         "key-encryption key in {0} does not decrypt the stored CA keys: they were sealed with \
          another key (every server sharing a database needs the same ca.kek_file); nothing \

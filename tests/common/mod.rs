@@ -256,6 +256,14 @@ pub fn openssl_csr(dir: &Path, name: &str, keygen: &[&str], extra: &[&str]) -> V
     std::fs::read(dir.join(csr)).unwrap()
 }
 
+/// Writes a key-encryption key file of `hex` as an operator would provision it: readable by
+/// its owner alone.
+pub fn write_kek(path: &Path, hex: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, hex).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// The PostgreSQL server the HA tests use: `TEST_POSTGRES_URL` (set by `make test`),
 /// else the local server on 127.0.0.1:5432.
 pub fn pg_admin_url() -> String {
