@@ -420,21 +420,21 @@ mod tests {
                 let _ = std::fs::remove_file(tmp.path().join(name));
             }
             std::fs::write(tmp.path().join(CHAIN), &old_chain).unwrap();
-            std::fs::write(tmp.path().join(KEY), &old_key).unwrap();
+            write_key(&tmp.path().join(KEY), old_key.as_bytes());
             std::fs::write(tmp.path().join(BUNDLE), "roots").unwrap();
         };
         let pair = || (read(tmp.path(), CHAIN), read(tmp.path(), KEY));
 
         // Only the next key was written: the old pair stays.
         reset();
-        std::fs::write(tmp.path().join("cell.key.next"), &new_key).unwrap();
+        write_key(&tmp.path().join("cell.key.next"), new_key.as_bytes());
         dir.load(&s).unwrap();
         assert_eq!(pair(), (old_chain.clone(), old_key.clone()));
         assert!(!tmp.path().join("cell.key.next").exists());
 
         // Both halves written, neither moved: the new pair.
         reset();
-        std::fs::write(tmp.path().join("cell.key.next"), &new_key).unwrap();
+        write_key(&tmp.path().join("cell.key.next"), new_key.as_bytes());
         std::fs::write(tmp.path().join("cell.pem.next"), &new_chain).unwrap();
         let loaded = dir.load(&s).unwrap();
         assert_eq!(pair(), (new_chain.clone(), new_key.clone()));
@@ -442,7 +442,7 @@ mod tests {
 
         // The key already moved: the certificate follows.
         reset();
-        std::fs::write(tmp.path().join(KEY), &new_key).unwrap();
+        write_key(&tmp.path().join(KEY), new_key.as_bytes());
         std::fs::write(tmp.path().join("cell.pem.next"), &new_chain).unwrap();
         dir.load(&s).unwrap();
         assert_eq!(pair(), (new_chain.clone(), new_key.clone()));
@@ -452,6 +452,13 @@ mod tests {
         dir.replace(&new_chain, &new_key).unwrap();
         assert_eq!(pair(), (new_chain, new_key));
         assert!(!tmp.path().join("cell.pem.next").exists());
+    }
+
+    /// A key file as the agent writes it: readable by its owner alone.
+    fn write_key(path: &Path, pem: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, pem).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     #[test]
@@ -467,7 +474,7 @@ mod tests {
 
         let dev = crate::ca::dev_credentials(&s, &[], crate::clock::Clock::system().now()).unwrap();
         std::fs::write(tmp.path().join(CHAIN), &dev.intermediate.cert_pem).unwrap();
-        std::fs::write(tmp.path().join(KEY), dev.intermediate.key_pem.as_bytes()).unwrap();
+        write_key(&tmp.path().join(KEY), dev.intermediate.key_pem.as_bytes());
         std::fs::write(tmp.path().join(BUNDLE), &dev.root.cert_pem).unwrap();
         let err = dir.load(&s).err().expect("refused").to_string();
         assert!(err.contains("not a cell credential"), "{err}");
