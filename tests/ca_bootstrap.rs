@@ -274,7 +274,7 @@ async fn a_key_encryption_key_every_user_can_read_is_refused_and_named() {
             && text.contains("chmod 600"),
         "{text}"
     );
-    // Readable by its owner's group only (as BOSH renders job files): used.
+    // Readable by its owner's group too: used.
     std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o640)).unwrap();
     start(dir.path(), Init::MustExist)
         .await
