@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::PlacementWatch;
-use crate::clock::Clock;
+use crate::clock::{unix_ms, Clock};
 use crate::ids::Guid;
 use crate::ledger::Ledger;
 use crate::placement::{Placement, PlacementUpdate};
@@ -59,6 +59,23 @@ struct State {
     /// Every app placed since the server started (the stored placements included), kept after
     /// its instances leave: its certificates outlive its placements.
     apps: HashMap<Guid, AppScope>,
+}
+
+impl State {
+    /// Puts `p` in force (`adding`) or out of it, and notes its destination in `touched` when
+    /// that app's allow list changed.
+    fn change(&mut self, adding: bool, p: &Policy, touched: &mut BTreeSet<Guid>) {
+        let changed = if adding {
+            self.policies.insert(p.clone());
+            self.allow.add(p)
+        } else {
+            self.policies.remove(p);
+            self.allow.remove(p)
+        };
+        if changed {
+            touched.insert(p.destination.clone());
+        }
+    }
 }
 
 /// The policies and modes. Cheap to clone; clones share one state.
@@ -192,7 +209,7 @@ impl Policies {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = unix_ms(now);
         self.store
             .change_policies(self.origin, &added, &removed, now_ms)
             .await?;
@@ -246,16 +263,7 @@ impl Policies {
             let mut state = self.write();
             let mut touched = BTreeSet::new();
             for (adding, p) in &done {
-                let changed = if *adding {
-                    state.policies.insert(p.clone());
-                    state.allow.add(p)
-                } else {
-                    state.policies.remove(p);
-                    state.allow.remove(p)
-                };
-                if changed {
-                    touched.insert(p.destination.clone());
-                }
+                state.change(*adding, p, &mut touched);
             }
             touched.into_iter().collect()
         };
@@ -282,7 +290,7 @@ impl Policies {
             return Ok(false);
         }
         let now = self.clock.now();
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = unix_ms(now);
         self.store
             .set_enforcement_mode(&scope, mode, now_ms)
             .await?;
@@ -349,17 +357,11 @@ impl Policies {
             let mut state = self.write();
             let (added, removed) = difference(&state.policies, &stored);
             let mut touched = BTreeSet::new();
-            for p in added {
-                if state.allow.add(&p) {
-                    touched.insert(p.destination.clone());
-                }
-                state.policies.insert(p);
+            for p in &added {
+                state.change(true, p, &mut touched);
             }
-            for p in removed {
-                if state.allow.remove(&p) {
-                    touched.insert(p.destination.clone());
-                }
-                state.policies.remove(&p);
+            for p in &removed {
+                state.change(false, p, &mut touched);
             }
             if state.modes != modes {
                 state.modes = modes;
