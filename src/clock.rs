@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+/// `t` as milliseconds since the Unix epoch, as the store keeps times.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 /// Where the current time comes from.
 #[derive(Clone, Debug, Default)]
 pub struct Clock(Source);

@@ -147,7 +147,7 @@ impl Rotator {
             };
             plan.events.push(event(r, what)?);
         }
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = crate::clock::unix_ms(now);
         self.store
             .apply_ca_changes(&plan.new, &plan.changes, now_ms)
             .await?;

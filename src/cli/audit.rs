@@ -70,7 +70,7 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
             let filter = LedgerFilter {
                 app_guid: app_guid.map(|g| g.to_string()),
                 serial: serial.map(|s| s.to_ascii_lowercase()),
-                since_ms: since.map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
+                since_ms: since.map(crate::clock::unix_ms),
                 limit: Some(limit),
             };
             audit

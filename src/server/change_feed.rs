@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Policies, Registry};
-use crate::clock::Clock;
+use crate::clock::{unix_ms, Clock};
 use crate::ids::Guid;
 use crate::store::{ChangeListener, Heard, Store, Topic};
 
@@ -169,7 +169,7 @@ impl ChangeFollower {
 
     async fn prune(&mut self) {
         let before = self.clock.now() - KEEP;
-        let before_ms = (before.unix_timestamp_nanos() / 1_000_000) as i64;
+        let before_ms = unix_ms(before);
         match self.store.prune_changes(before_ms).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "pruned old changes"),

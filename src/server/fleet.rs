@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::{pem_fingerprints, CertificateAuthority};
-use crate::clock::Clock;
+use crate::clock::{unix_ms, Clock};
 use crate::ids::CellId;
 use crate::store::{HeldBundle, Store};
 
@@ -78,7 +78,7 @@ impl FleetReports {
             }
             checked.push((roots.into_iter().collect::<BTreeSet<_>>(), sidecars));
         }
-        let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = unix_ms(self.clock.now());
         self.store
             .replace_held_bundles(cell.as_str(), &checked, now_ms)
             .await?;
@@ -121,7 +121,7 @@ impl FleetReports {
                         continue;
                     }
                 };
-                let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+                let now_ms = unix_ms(self.clock.now());
                 let cutoff = now_ms - grace.as_millis() as i64;
                 let value = lowest.of(&held, cutoff);
                 tx.send_if_modified(|v| std::mem::replace(v, value) != value);

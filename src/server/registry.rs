@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{broadcast, Mutex};
 
-use crate::clock::Clock;
+use crate::clock::{unix_ms, Clock};
 use crate::ids::{CellId, Guid};
 use crate::placement::{Placement, PlacementUpdate};
 use crate::store::Store;
@@ -183,7 +183,7 @@ impl Registry {
     }
 
     fn now_ms(&self) -> i64 {
-        (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
+        unix_ms(self.clock.now())
     }
 
     /// Where `instance` is placed, if it is registered.

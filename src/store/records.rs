@@ -86,7 +86,7 @@ impl LedgerRecord {
     pub fn bare(kind: EntryKind, now: time::OffsetDateTime) -> LedgerRecord {
         LedgerRecord {
             kind,
-            recorded_at_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            recorded_at_ms: crate::clock::unix_ms(now),
             serial: None,
             spiffe_id: None,
             instance_guid: None,
