@@ -62,6 +62,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
     sync_parent(path)
 }
 
+/// The permission bits of `path` when every user may read it (a key there protects nothing);
+/// `None` when they may not, or the file cannot be looked at (its reader says why).
+pub fn readable_by_all(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
 /// Makes renames and removals in `path`'s directory durable: without this a crash can undo a
 /// rename that was already reported done.
 pub fn sync_parent(path: &Path) -> Result<(), Error> {

@@ -148,15 +148,11 @@ impl CredentialDir {
         };
         let (chain_pem, key_pem, roots_pem) = (read(CHAIN)?, read(KEY)?, read(BUNDLE)?);
         let key_path = self.path(KEY);
-        if let Ok(meta) = std::fs::metadata(&key_path) {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o004 != 0 {
-                return Err(Error::KeyExposed {
-                    path: key_path,
-                    mode,
-                });
-            }
+        if let Some(mode) = files::readable_by_all(&key_path) {
+            return Err(Error::KeyExposed {
+                path: key_path,
+                mode,
+            });
         }
         let facts = facts_of(&chain_pem, settings)?;
         Ok(CellCredential {

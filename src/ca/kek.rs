@@ -20,13 +20,8 @@ impl Kek {
     /// Reads the KEK file. A missing, unreadable, malformed or world-readable file is an error
     /// naming the file.
     pub fn load(path: &Path) -> Result<Kek, Error> {
-        // A key every local user can read protects nothing; it is not used.
-        if let Ok(meta) = std::fs::metadata(path) {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o004 != 0 {
-                return Err(Error::KekExposed(path.to_path_buf(), mode));
-            }
+        if let Some(mode) = crate::files::readable_by_all(path) {
+            return Err(Error::KekExposed(path.to_path_buf(), mode));
         }
         let raw = Zeroizing::new(std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
