@@ -86,10 +86,10 @@ pub async fn start(
         return Err(ConnectError::BadAddress(bad.clone()).into());
     }
     let dir = CredentialDir::new(&opts.credential_dir);
-    let first_try = dir.load(&config.ca);
-    if !opts.wait_for_credential {
-        first_try.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let first_try = match dir.load(&config.ca) {
+        Err(e) if !opts.wait_for_credential => return Err(e.into()),
+        loaded => loaded,
+    };
     // Health and metrics answer from here on, "not ready" while the credential or the server
     // is away.
     let listen = config.admin.listen;
