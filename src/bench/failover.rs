@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{bench_placement, bench_runtime_on, fresh_bench_dir, BenchStore, StoreKind};
+use super::{bench_placement, bench_runtime_on, BenchStore, StoreKind};
 use crate::agent::new_key_and_csr;
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::api::{Authority, SignRequest};
@@ -29,12 +29,9 @@ const BASELINE_SIGNS: usize = 200;
 /// Runs `kills` rounds and prints the table.
 pub async fn run(config: Config, kills: usize, postgres: &str) -> Result<()> {
     anyhow::ensure!(kills >= 1, "--kills must be at least 1");
-    let dir = fresh_bench_dir()?;
-    std::fs::create_dir_all(&dir)?;
-    let store = BenchStore::fresh(StoreKind::Postgres, &dir, postgres).await?;
-    let result = measure(config, kills, &dir, &store).await;
-    store.drop().await;
-    std::fs::remove_dir_all(&dir).ok();
+    let store = BenchStore::fresh(StoreKind::Postgres, postgres).await?;
+    let result = measure(config, kills, &store).await;
+    store.remove().await;
     let (baseline, failovers) = result?;
     let (b50, b99) = (percentile(&baseline, 50.0), percentile(&baseline, 99.0));
     let (f50, f99, fmax) = (
@@ -72,9 +69,9 @@ pub async fn run(config: Config, kills: usize, postgres: &str) -> Result<()> {
 async fn measure(
     config: Config,
     kills: usize,
-    dir: &Path,
     store: &BenchStore,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let dir = store.dir();
     let kek = dir.join("kek");
     // The CA, a cell's credential and one placement, made before the servers start.
     let cell: CellId = "bench-cell-0".parse()?;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 
 use super::{
-    bench_placement, bench_runtime_on, ceiling, fresh_bench_dir, next, prepare,
-    process_cpu_seconds, queue, BenchStore, Sample, StoreKind,
+    bench_placement, bench_runtime_on, ceiling, next, prepare, process_cpu_seconds, queue,
+    BenchStore, Sample, StoreKind,
 };
 use crate::api::SignRequest;
 use crate::ca::{CertificateAuthority, Init};
@@ -26,14 +26,11 @@ pub async fn run(
     postgres: &str,
 ) -> Result<()> {
     let (cores, samples, ceiling_before) = prepare(count, concurrency).await?;
-    let dir = fresh_bench_dir()?;
-    std::fs::create_dir_all(&dir)?;
-    let store = BenchStore::fresh(store, &dir, postgres).await?;
+    let store = BenchStore::fresh(store, postgres).await?;
     let ledger = store.describe();
     let store_is_postgres = store.is_postgres();
-    let path = service_path(config, samples.clone(), concurrency, cores, &dir, &store).await;
-    store.drop().await;
-    std::fs::remove_dir_all(&dir).ok();
+    let path = service_path(config, samples.clone(), concurrency, cores, &store).await;
+    store.remove().await;
     let path = path?;
     let (issue_rate, ca_rate) = (path.rate, path.ca_rate);
     let ceiling_after = ceiling(&samples, cores).await?;
@@ -75,9 +72,9 @@ async fn service_path(
     samples: Arc<Vec<Sample>>,
     concurrency: usize,
     cores: usize,
-    dir: &std::path::Path,
     store: &BenchStore,
 ) -> Result<PathResult> {
+    let dir = store.dir();
     let rt = bench_runtime_on(
         config,
         dir,

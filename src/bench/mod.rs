@@ -175,47 +175,48 @@ pub enum StoreKind {
     Postgres,
 }
 
-/// The store of one run: its settings, and the database to drop afterwards (PostgreSQL).
+/// The store of one run in a directory of its own: its settings, and the database to drop
+/// afterwards (PostgreSQL).
 struct BenchStore {
+    dir: std::path::PathBuf,
     settings: store::Settings,
     made: Option<(String, String)>,
 }
 
 impl BenchStore {
-    /// A fresh store of `kind` (SQLite in `dir`, or a new database on `postgres`).
-    async fn fresh(kind: StoreKind, dir: &std::path::Path, postgres: &str) -> Result<BenchStore> {
-        use sqlx::Connection;
-        match kind {
-            StoreKind::Sqlite => Ok(BenchStore {
-                settings: store::Settings {
-                    url: format!("sqlite://{}", dir.join("idmint.db").display()),
-                },
-                made: None,
-            }),
-            StoreKind::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(postgres).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot reach PostgreSQL at {} (set --postgres-url): {e}",
-                        store::redact_url(postgres)
-                    )
-                })?;
-                let name = dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("idmint-bench")
-                    .replace('-', "_");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await?;
-                let base = postgres.rsplit_once('/').map_or(postgres, |(b, _)| b);
-                Ok(BenchStore {
-                    settings: store::Settings {
-                        url: format!("{base}/{name}"),
-                    },
-                    made: Some((postgres.to_string(), name)),
-                })
+    /// A fresh directory and a fresh store of `kind`: SQLite there, or a new database on
+    /// `postgres`.
+    async fn fresh(kind: StoreKind, postgres: &str) -> Result<BenchStore> {
+        let dir = fresh_bench_dir()?;
+        std::fs::create_dir_all(&dir)?;
+        let made = match kind {
+            StoreKind::Sqlite => Ok(None),
+            StoreKind::Postgres => create_database(&dir, postgres).await.map(Some),
+        };
+        let made = match made {
+            Ok(made) => made,
+            Err(e) => {
+                std::fs::remove_dir_all(&dir).ok();
+                return Err(e);
             }
-        }
+        };
+        let url = match &made {
+            None => format!("sqlite://{}", dir.join("idmint.db").display()),
+            Some((server, name)) => {
+                let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+                format!("{base}/{name}")
+            }
+        };
+        Ok(BenchStore {
+            dir,
+            settings: store::Settings { url },
+            made,
+        })
+    }
+
+    /// Where the run keeps its files.
+    fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn is_postgres(&self) -> bool {
@@ -230,18 +231,39 @@ impl BenchStore {
         }
     }
 
-    /// Drops the database made for the run.
-    async fn drop(self) {
+    /// Drops the database made for the run, and removes its directory.
+    async fn remove(self) {
         use sqlx::Connection;
-        let Some((admin, name)) = self.made else {
-            return;
-        };
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
+        if let Some((server, name)) = &self.made {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(server).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
         }
+        std::fs::remove_dir_all(&self.dir).ok();
     }
+}
+
+/// Creates a database named after `dir` on the PostgreSQL server `postgres`; returns the
+/// server's URL and the database's name.
+async fn create_database(dir: &std::path::Path, postgres: &str) -> Result<(String, String)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(postgres).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach PostgreSQL at {} (set --postgres-url): {e}",
+            store::redact_url(postgres)
+        )
+    })?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("idmint-bench")
+        .replace('-', "_");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    Ok((postgres.to_string(), name))
 }
 
 /// User + system CPU time of this process so far, from /proc (Linux).

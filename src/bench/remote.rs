@@ -10,8 +10,8 @@ use anyhow::Result;
 use time::OffsetDateTime;
 
 use super::{
-    bench_placement, bench_runtime_on, ceiling, fresh_bench_dir, next, prepare,
-    process_cpu_seconds, queue, BenchStore, StoreKind,
+    bench_placement, bench_runtime_on, ceiling, next, prepare, process_cpu_seconds, queue,
+    BenchStore, StoreKind,
 };
 use crate::agent::remote::{RemoteAuthority, RemoteSettings};
 use crate::api::{Authority, SignRequest};
@@ -42,13 +42,10 @@ pub async fn run(
         "several servers share one PostgreSQL database; add --store postgres"
     );
     let (cores, samples, ceiling_before) = prepare(count, concurrency).await?;
-    let dir = fresh_bench_dir()?;
-    std::fs::create_dir_all(&dir)?;
-    let store = BenchStore::fresh(store, &dir, postgres).await?;
+    let store = BenchStore::fresh(store, postgres).await?;
     let (ledger, shared) = (store.describe(), store.is_postgres());
-    let result = remote_path(config, samples.clone(), concurrency, &dir, &store, servers).await;
-    store.drop().await;
-    std::fs::remove_dir_all(&dir).ok();
+    let result = remote_path(config, samples.clone(), concurrency, &store, servers).await;
+    store.remove().await;
     let (rate, cpu_per_cert) = result?;
     let ceiling_after = ceiling(&samples, cores).await?;
     let ceiling = ceiling_before.max(ceiling_after);
@@ -82,10 +79,10 @@ async fn remote_path(
     config: Config,
     samples: Arc<Vec<super::Sample>>,
     concurrency: usize,
-    dir: &std::path::Path,
     store: &BenchStore,
     servers: usize,
 ) -> Result<(f64, f64)> {
+    let dir = store.dir();
     // The servers as `idmint server` starts them, each on a free loopback port, sharing the
     // store and the key-encryption key; the first makes the CA.
     let api = ApiOptions {
