@@ -16,7 +16,7 @@ use common::*;
 use idmint::agent;
 use idmint::api::{Authority, SignRequest, SignedCert};
 use idmint::app::Runtime;
-use idmint::ca::maintenance::{CaControl, ControlError, Maintenance};
+use idmint::ca::maintenance::{CaControl, ControlError};
 use idmint::ca::rotate::Target;
 use idmint::ca::Init;
 use idmint::clock::{Clock, ManualClock};
@@ -32,15 +32,7 @@ async fn runtime(dir: &std::path::Path, overrides: &[(&str, &str)], clock: Clock
 
 /// Starts rotation with `fleet` standing in for the sidecars' acknowledgements.
 fn maintain(rt: &Runtime, fleet: watch::Receiver<Option<u64>>) -> (CaControl, CancellationToken) {
-    let m = Maintenance::new(
-        rt.ca.clone(),
-        rt.store().clone(),
-        rt.issuance.ledger().clone(),
-        fleet,
-        rt.clock.clone(),
-    )
-    .unwrap()
-    .expect("self-signed mode rotates");
+    let m = maintenance(rt, fleet);
     let cancel = CancellationToken::new();
     let (control, task) = m.start(cancel.clone());
     tokio::spawn(task);

@@ -234,13 +234,7 @@ impl Idmint {
 
     /// Fingerprints of the CA certificates with this role and state.
     fn cas(&self, role: &str, state: &str) -> Vec<String> {
-        self.ca_show()["certificates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["role"] == role && c["state"] == state)
-            .map(|c| c["sha256_fingerprint"].as_str().unwrap().to_string())
-            .collect()
+        common::cas_in(&self.ca_show(), role, state)
     }
 
     fn ledger(&self) -> Vec<serde_json::Value> {

@@ -288,12 +288,7 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
     std::fs::create_dir(&creds).unwrap();
     let enrolled = credential(&rt, Principal::Cell("cell-1".parse().unwrap())).await;
     std::fs::write(creds.join("cell.pem"), &enrolled.chain).unwrap();
-    std::fs::write(creds.join("cell.key"), &enrolled.key).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let only_owner = std::fs::Permissions::from_mode(0o600);
-        std::fs::set_permissions(creds.join("cell.key"), only_owner).unwrap();
-    }
+    write_private(&creds.join("cell.key"), &enrolled.key);
     std::fs::write(creds.join("bundle.pem"), rt.ca.roots_pem()).unwrap();
     let files = CredentialDir::new(&creds);
     let loaded = files.load(rt.ca.settings()).unwrap();

@@ -30,7 +30,7 @@ async fn two_servers_with(
     let url = fresh_pg_database(tag).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let kek = dirs[0].path().join("shared-kek");
-    write_kek(&kek, &"5e".repeat(32));
+    write_private(&kek, "5e".repeat(32));
     let kek = kek.display().to_string();
     let start = |dir: &std::path::Path, init| {
         let mut all = vec![("store.url", url.as_str()), ("ca.kek_file", kek.as_str())];
@@ -240,7 +240,7 @@ impl Foundation {
         let url = block_on(fresh_pg_database(tag));
         let dir = tempfile::tempdir().unwrap();
         let kek = dir.path().join("kek");
-        write_kek(&kek, &"5e".repeat(32));
+        write_private(&kek, "5e".repeat(32));
         let mut f = Foundation {
             kek: kek.display().to_string(),
             settings: settings.iter().map(|s| s.to_string()).collect(),
@@ -466,15 +466,8 @@ fn the_ca_maintenance_lead_moves_when_its_server_is_killed() {
 impl Foundation {
     /// The fingerprints of the CA certificates in `role` and `state`, as the store says.
     fn cas(&self, role: &str, state: &str) -> Vec<String> {
-        let shown: serde_json::Value =
-            serde_json::from_str(&self.cli(0, &["ca", "show", "--json"])).unwrap();
-        shown["certificates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["role"] == role && c["state"] == state)
-            .map(|c| c["sha256_fingerprint"].as_str().unwrap().to_string())
-            .collect()
+        let shown = serde_json::from_str(&self.cli(0, &["ca", "show", "--json"])).unwrap();
+        cas_in(&shown, role, state)
     }
 
     /// Rotates the root through whichever live server leads; returns which.
@@ -832,22 +825,34 @@ fn refusing_postgres() -> u16 {
     port
 }
 
+/// Starts `idmint server` in `data` with `settings` on free ports, expecting it to refuse to
+/// start; returns what it said.
+fn refused_server(data: &std::path::Path, settings: &[String]) -> String {
+    let mut cmd = process::idmint(data);
+    for setting in settings {
+        cmd.args(["--set", setting]);
+    }
+    let out = cmd
+        .args(["--set", &format!("admin.listen=127.0.0.1:{}", free_port())])
+        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn a_wrong_password_or_another_key_encryption_key_stops_a_server_with_the_reason() {
     // A wrong password: refused, said, and the password is not printed.
     let dir = tempfile::tempdir().unwrap();
     let port = refusing_postgres();
-    let out = process::idmint(&dir.path().join("data"))
-        .args([
-            "--set",
-            &format!("store.url=postgres://idmint:s3cret-pw@127.0.0.1:{port}/idmint"),
-        ])
-        .args(["--set", &format!("admin.listen=127.0.0.1:{}", free_port())])
-        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = refused_server(
+        &dir.path().join("data"),
+        &[format!(
+            "store.url=postgres://idmint:s3cret-pw@127.0.0.1:{port}/idmint"
+        )],
+    );
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(
         !err.contains("s3cret-pw"),
@@ -857,16 +862,14 @@ fn a_wrong_password_or_another_key_encryption_key_stops_a_server_with_the_reason
     // Two servers on one database with different key-encryption keys: the second refuses.
     let f = Foundation::new("kek", 1);
     let other_kek = f.dir.path().join("other-kek");
-    write_kek(&other_kek, &"6f".repeat(32));
-    let out = process::idmint(&f.dir.path().join("second"))
-        .args(["--set", &format!("store.url={}", f.url)])
-        .args(["--set", &format!("ca.kek_file={}", other_kek.display())])
-        .args(["--set", &format!("admin.listen=127.0.0.1:{}", free_port())])
-        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    write_private(&other_kek, "6f".repeat(32));
+    let err = refused_server(
+        &f.dir.path().join("second"),
+        &[
+            format!("store.url={}", f.url),
+            format!("ca.kek_file={}", other_kek.display()),
+        ],
+    );
     assert!(
         err.contains("sealed with another key") && err.contains("same ca.kek_file"),
         "{err}"
@@ -927,21 +930,9 @@ async fn one_server_polls_the_policy_server_and_every_server_enforces_what_it_st
 
 #[tokio::test]
 async fn a_ca_rotation_on_one_server_wakes_the_others_and_they_take_it_up() {
-    use idmint::ca::maintenance::Maintenance;
     use idmint::ca::rotate::Target;
     let (url, a, b, _dirs) = two_servers("cafeed").await;
-    let maintain = |rt: &Runtime| {
-        let (_fleet, fleet) = tokio::sync::watch::channel(None);
-        Maintenance::new(
-            rt.ca.clone(),
-            rt.store().clone(),
-            rt.issuance.ledger().clone(),
-            fleet,
-            rt.clock.clone(),
-        )
-        .unwrap()
-        .unwrap()
-    };
+    let maintain = |rt: &Runtime| maintenance(rt, tokio::sync::watch::channel(None).1);
     let stop = tokio_util::sync::CancellationToken::new();
     let (control, task) = maintain(&a).start(stop.clone());
     let task = tokio::spawn(task);

@@ -94,7 +94,7 @@ async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Nodes of one deployment share the KEK, provisioned by the operator.
     let kek = dir_a.path().join("shared-kek");
-    write_kek(&kek, &"5e".repeat(32));
+    write_private(&kek, "5e".repeat(32));
     let kek = kek.display().to_string();
     let shared = [("ca.kek_file", kek.as_str())];
     // Both start at once: exactly one creates the CA, the other uses it.
@@ -164,29 +164,21 @@ async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
 
 #[tokio::test]
 async fn one_server_rotates_the_ca_and_the_other_takes_it_up() {
-    use idmint::ca::maintenance::{ControlError, Maintenance};
+    use idmint::ca::maintenance::ControlError;
     use idmint::ca::rotate::Target;
     use tokio_util::sync::CancellationToken;
 
     let url = fresh_pg_database("leader").await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let kek = dir_a.path().join("shared-kek");
-    write_kek(&kek, &"5e".repeat(32));
+    write_private(&kek, "5e".repeat(32));
     let kek = kek.display().to_string();
     let shared = [("ca.kek_file", kek.as_str())];
     let a = runtime_with(dir_a.path(), &url, Init::CreateIfMissing, &shared).await;
     let b = runtime_with(dir_b.path(), &url, Init::MustExist, &shared).await;
     let (_fleet, fleet_rx) = tokio::sync::watch::channel(None);
     let maintain = |rt: &Runtime| {
-        let m = Maintenance::new(
-            rt.ca.clone(),
-            rt.store().clone(),
-            rt.issuance.ledger().clone(),
-            fleet_rx.clone(),
-            rt.clock.clone(),
-        )
-        .unwrap()
-        .unwrap();
+        let m = maintenance(rt, fleet_rx.clone());
         let cancel = CancellationToken::new();
         let (control, task) = m.start(cancel.clone());
         (control, cancel, tokio::spawn(task))

@@ -256,12 +256,40 @@ pub fn openssl_csr(dir: &Path, name: &str, keygen: &[&str], extra: &[&str]) -> V
     std::fs::read(dir.join(csr)).unwrap()
 }
 
-/// Writes a key-encryption key file of `hex` as an operator would provision it: readable by
-/// its owner alone.
-pub fn write_kek(path: &Path, hex: &str) {
+/// Writes a key file as an operator provisions it and idmint writes its own: readable by its
+/// owner alone.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, hex).unwrap();
+    std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// CA maintenance for `rt`, with `fleet` standing in for the sidecars' acknowledgements.
+pub fn maintenance(
+    rt: &idmint::app::Runtime,
+    fleet: tokio::sync::watch::Receiver<Option<u64>>,
+) -> idmint::ca::maintenance::Maintenance {
+    idmint::ca::maintenance::Maintenance::new(
+        rt.ca.clone(),
+        rt.store().clone(),
+        rt.issuance.ledger().clone(),
+        fleet,
+        rt.clock.clone(),
+    )
+    .unwrap()
+    .expect("self-signed mode rotates")
+}
+
+/// The fingerprints of the CA certificates in `role` and `state` in `idmint ca show --json`
+/// output.
+pub fn cas_in(shown: &serde_json::Value, role: &str, state: &str) -> Vec<String> {
+    shown["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == role && c["state"] == state)
+        .map(|c| c["sha256_fingerprint"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The PostgreSQL server the HA tests use: `TEST_POSTGRES_URL` (set by `make test`),
