@@ -52,14 +52,15 @@ impl Store {
             Backend::Sqlite => super::sqlite::begin_exclusive(&self.pool).await,
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                tx.execute(super::postgres::CHANGES_LOCK).await?;
+                self.lock_changes(&mut tx).await?;
                 Ok(tx)
             }
         }
     }
 
-    /// Takes the feed's lock inside `tx`, a transaction begun otherwise (CA changes hold the
-    /// writers' lock first), so a change can be numbered in it.
+    /// Takes the feed's lock inside `tx` (on PostgreSQL; SQLite's writer holds the whole
+    /// database), so a change can be numbered in it; CA changes take it after the writers'
+    /// lock.
     pub(super) async fn lock_changes(&self, tx: &mut AnyConnection) -> Result<(), Error> {
         if self.backend == Backend::Postgres {
             tx.execute(super::postgres::CHANGES_LOCK).await?;
