@@ -324,12 +324,21 @@ fn requests_keep_flowing_through_intermediate_and_root_rotation() {
         });
         active
     };
-    let activated = idmint
-        .ledger()
-        .into_iter()
-        .filter_map(|e| e["reason"].as_str().map(String::from))
-        .find(|r| r.starts_with("root activated"))
-        .unwrap();
+    // The activation is recorded just after it is stored.
+    let mut activated = None;
+    wait_until(
+        "the activation in the ledger",
+        Duration::from_secs(5),
+        || {
+            activated = idmint
+                .ledger()
+                .into_iter()
+                .filter_map(|e| e["reason"].as_str().map(String::from))
+                .find(|r| r.starts_with("root activated"));
+            activated.is_some()
+        },
+    );
+    let activated = activated.unwrap();
     assert!(
         activated.contains("every connected sidecar has it"),
         "activated by acknowledgement, not by the time limit: {activated}"

@@ -540,16 +540,24 @@ fn a_new_root_waits_for_the_sidecars_of_every_cell_whichever_server_their_agent_
         f.cas("root", "active") != old_root
     });
     println!("the new root signed {took:?} after the last sidecar acknowledged it");
-    let reasons: Vec<String> = f
-        .ledger(0)
-        .into_iter()
-        .filter_map(|e| e["reason"].as_str().map(String::from))
-        .collect();
+    // The activation is recorded just after it is stored.
+    let mut activated = None;
+    process::wait_until(
+        "the activation in the ledger",
+        Duration::from_secs(5),
+        || {
+            activated = f
+                .ledger(0)
+                .into_iter()
+                .filter_map(|e| e["reason"].as_str().map(String::from))
+                .find(|r| r.starts_with("root activated"));
+            activated.is_some()
+        },
+    );
+    let activated = activated.unwrap();
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.starts_with("root activated") && r.contains("every connected sidecar")),
-        "activated by acknowledgement: {reasons:?}"
+        activated.contains("every connected sidecar"),
+        "activated by acknowledgement: {activated}"
     );
 
     // Again, and cell 2's agent dies before its sidecar takes the root: once its last
