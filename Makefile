@@ -18,7 +18,7 @@ build:
 ## Every test, against real parts: openssl, and the PostgreSQL at $(PG_URL).
 test: postgres envoy strict-parsers deploy-tools
 	@command -v openssl >/dev/null 2>&1 || { echo "make test needs the openssl command, the independent verifier of what idmint issues; install it and run make test again." >&2; exit 1; }
-	TEST_POSTGRES_URL=$(PG_URL) ENVOY_BIN=$(ENVOY_BIN) $(CARGO) test --all-targets
+	CARGO_INCREMENTAL=0 TEST_POSTGRES_URL=$(PG_URL) ENVOY_BIN=$(ENVOY_BIN) $(CARGO) test --all-targets
 
 ## Make sure the PostgreSQL the HA tests use is up, starting the local cluster if needed.
 postgres:

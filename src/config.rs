@@ -50,6 +50,9 @@ pub const KEYS: &[&str] = &[
     "ca.upstream.intermediate_key",
     "ca.upstream.root_bundle",
     "admin.listen",
+    "admin.socket",
+    "admin.credential",
+    "admin.server_name",
     "server.listen",
     "server.cells_register_own",
     "server.agent_ack_grace",
@@ -172,13 +175,25 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    socket: Option<PathBuf>,
+    credential: Option<PathBuf>,
+    server_name: Option<String>,
 }
 
 /// Admin HTTP settings.
 #[derive(Clone, Debug)]
 pub struct AdminSettings {
-    /// Where the admin HTTP server listens.
+    /// Where the admin HTTP server listens: plain HTTP for health, metrics and the bundle,
+    /// mutual TLS with a role credential for the rest.
     pub listen: SocketAddr,
+    /// The admin API's Unix socket for the CLI on this host, open to the service's user
+    /// alone; `None` when set empty.
+    pub socket: Option<PathBuf>,
+    /// For the CLI: the directory of the role credential (`idmint role enroll`) to call the
+    /// admin API with over mutual TLS; unset, the CLI uses the socket.
+    pub credential: Option<PathBuf>,
+    /// For the CLI: the name the server's certificate carries (`idmint server --name`).
+    pub server_name: String,
 }
 
 /// Server API settings.
@@ -390,6 +405,12 @@ impl Config {
         ca.insert("clock_skew".into(), text(&self.ca.clock_skew.to_string()));
         let mut admin = toml::Table::new();
         admin.insert("listen".into(), text(&self.admin.listen.to_string()));
+        let socket = self.admin.socket.clone().unwrap_or_default();
+        admin.insert("socket".into(), path(&socket));
+        if let Some(credential) = &self.admin.credential {
+            admin.insert("credential".into(), path(credential));
+        }
+        admin.insert("server_name".into(), text(&self.admin.server_name));
         root.insert("store".into(), toml::Value::Table(store));
         root.insert("ca".into(), toml::Value::Table(ca));
         root.insert("admin".into(), toml::Value::Table(admin));
@@ -620,8 +641,16 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         schedule::Error::PointOutOfRange(_) => invalid("agent.renew_at", e),
         _ => invalid("agent.renew_jitter", e),
     })?;
+    let admin_socket = match raw.admin.socket {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+        None => Some(data_dir.join("admin.sock")),
+    };
     let sds_dir = raw.agent.sds_dir.unwrap_or_else(|| data_dir.join("sds"));
     crate::agent::check_sds_dir(&sds_dir).map_err(|e| invalid("agent.sds_dir", e))?;
+    if let Some(socket) = &admin_socket {
+        crate::admin::listener::check_path(socket).map_err(|e| invalid("admin.socket", e))?;
+    }
     // Today's behaviour until an operator moves the foundation, a space or an app to policies.
     let default_mode = raw
         .policy
@@ -649,7 +678,15 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             clock_skew,
         },
         store: store::Settings { url: store_url },
-        admin: AdminSettings { listen },
+        admin: AdminSettings {
+            listen,
+            socket: admin_socket,
+            credential: raw.admin.credential.filter(|p| !p.as_os_str().is_empty()),
+            server_name: raw
+                .admin
+                .server_name
+                .unwrap_or_else(|| "localhost".to_string()),
+        },
         server: ServerSettings {
             listen: api_listen,
             cells_register_own,

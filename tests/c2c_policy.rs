@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::dev::*;
 use common::envoy::*;
-use common::{http_get, http_request};
+use common::{http_get, socket_request};
 
 /// Every request through a consumer made with this opens a new connection to the provider, so
 /// each one is a handshake judged by the provider's validation context of that moment.
@@ -224,7 +224,9 @@ fn the_provider_admits_exactly_the_apps_its_policies_allow() {
         "policy added: app {a_id} may reach app {b_id} (tcp ports 8080)"
     )));
     assert!(
-        reasons.iter().all(|r| r.contains("\"test-operator\"")),
+        reasons
+            .iter()
+            .all(|r| r.contains("by the admin socket (uid ")),
         "{reasons:#?}"
     );
     assert!(reasons.iter().any(|r| r.contains(&format!(
@@ -298,7 +300,8 @@ fn bad_policies_and_modes_are_refused_and_change_nothing() {
             "invalid type",
         ),
     ] {
-        let (status, answer) = http_request(idmint.admin, "POST", "/v1/policies", &body).unwrap();
+        let (status, answer) =
+            socket_request(&idmint.admin_socket(), "POST", "/v1/policies", &body).unwrap();
         assert_eq!(status, 400, "{body}: {answer}");
         assert!(answer.contains(says), "{body}: {answer}");
     }
@@ -320,7 +323,8 @@ fn bad_policies_and_modes_are_refused_and_change_nothing() {
             "unknown field `why`",
         ),
     ] {
-        let (status, answer) = http_request(idmint.admin, "PUT", "/v1/policy-modes", body).unwrap();
+        let (status, answer) =
+            socket_request(&idmint.admin_socket(), "PUT", "/v1/policy-modes", body).unwrap();
         assert_eq!(status, 400, "{body}: {answer}");
         assert!(answer.contains(says), "{body}: {answer}");
     }

@@ -6,13 +6,14 @@ use std::net::IpAddr;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use super::access::Actor;
 use super::AdminState;
 use crate::ids::{CellId, Guid};
 use crate::placement::Placement;
-use crate::server::registry;
+use crate::server::{placing, registry};
 
 /// The default cell of instances registered without one (`idmint dev` runs one cell).
 pub const LOCAL_CELL: &str = "local";
@@ -130,6 +131,7 @@ pub async fn list(State(state): State<AdminState>) -> Response {
 
 pub async fn register(
     State(state): State<AdminState>,
+    Extension(Actor(by)): Extension<Actor>,
     body: Result<Json<InstanceJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -148,7 +150,8 @@ pub async fn register(
     {
         return bad(e);
     }
-    let created = match state.registry.register(placement.clone()).await {
+    let (registry, ledger, clock) = (&state.registry, &state.ledger, &state.clock);
+    let created = match placing::register(registry, ledger, clock, placement.clone(), &by).await {
         Ok(created) => created,
         Err(e @ registry::Error::Conflict(_)) => {
             return (StatusCode::CONFLICT, format!("{e}\n")).into_response()
@@ -160,7 +163,14 @@ pub async fn register(
             tracing::error!(instance = %placement.instance_guid, error = %e, "cannot serve SDS");
             // All or nothing: an instance that cannot be served is not left registered.
             if created {
-                if let Err(undo) = state.registry.deregister(&placement.instance_guid).await {
+                let undo = placing::deregister(
+                    registry,
+                    ledger,
+                    clock,
+                    &placement.instance_guid,
+                    "idmint, undoing a registration it cannot serve",
+                );
+                if let Err(undo) = undo.await {
                     tracing::error!(instance = %placement.instance_guid, error = %undo,
                         "cannot undo the registration of an instance that is not served");
                 }
@@ -176,12 +186,16 @@ pub async fn register(
     (code, Json(show(&state, &placement).await)).into_response()
 }
 
-pub async fn deregister(State(state): State<AdminState>, Path(guid): Path<String>) -> Response {
+pub async fn deregister(
+    State(state): State<AdminState>,
+    Extension(Actor(by)): Extension<Actor>,
+    Path(guid): Path<String>,
+) -> Response {
     let guid: Guid = match guid.parse() {
         Ok(g) => g,
         Err(e) => return bad(format!("instance GUID: {e}")),
     };
-    match state.registry.deregister(&guid).await {
+    match placing::deregister(&state.registry, &state.ledger, &state.clock, &guid, &by).await {
         Ok(p) => {
             if let Some(agent) = &state.agent {
                 agent.remove(&guid).await;

@@ -1,8 +1,11 @@
 //! Admin HTTP: health, metrics, the trust bundle, instance registration, and the audit API
-//! over the ledger.
+//! over the ledger. Health, metrics and the bundle are open; every other route needs a caller
+//! whose role allows it (see [`access`]).
 
+pub mod access;
 pub mod agent;
 pub mod instances;
+pub mod listener;
 pub mod policies;
 
 use std::sync::Arc;
@@ -10,11 +13,13 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use self::access::{Actor, Caller, Operation, Refusals};
+use self::listener::AdminListener;
 
 use crate::agent::remote::RemoteAuthority;
 use crate::agent::Workloads;
@@ -26,7 +31,7 @@ use crate::ledger::{AuditLog, Ledger};
 use crate::sds::SdsMetrics;
 use crate::server::policy_server::PollMetrics;
 use crate::server::{Policies, Registry};
-use crate::store::LedgerFilter;
+use crate::store::{EntryKind, LedgerFilter, LedgerRecord};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -49,38 +54,63 @@ pub struct AdminState {
     pub ca_control: Option<CaControl>,
     /// What certificates' time left is counted from.
     pub clock: Clock,
-    /// The ledger's writer, for its counters.
+    /// The ledger's writer: its counters, and the records of what callers change or are
+    /// refused.
     pub ledger: Ledger,
+    /// Requests refused for want of a credential or a role.
+    pub refusals: Arc<Refusals>,
 }
 
 /// The most ledger entries one request returns.
 const MAX_PAGE: i64 = 10_000;
 
-/// The admin routes.
+/// The admin routes, each open or needing its operation.
 pub fn router(state: AdminState) -> Router {
+    let needs = |op: Operation, route: MethodRouter<AdminState>| {
+        route.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), op),
+            access::require,
+        ))
+    };
+    use Operation::*;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/bundle.pem", get(bundle))
-        .route("/v1/ledger", get(ledger))
         .route("/metrics", get(metrics))
+        .route("/v1/ledger", needs(ReadLedger, get(ledger)))
         .route(
             "/v1/instances",
-            get(instances::list).post(instances::register),
+            needs(ReadPlacements, get(instances::list))
+                .merge(needs(Place, post(instances::register))),
         )
-        .route("/v1/instances/{guid}", delete(instances::deregister))
-        .route("/v1/ca/rotate/{target}", post(rotate_ca))
-        .route("/v1/policies", get(policies::list).post(policies::add))
-        .route("/v1/policies/delete", post(policies::remove))
+        .route(
+            "/v1/instances/{guid}",
+            needs(Place, delete(instances::deregister)),
+        )
+        .route("/v1/ca/rotate/{target}", needs(RotateCa, post(rotate_ca)))
+        .route(
+            "/v1/policies",
+            needs(ReadPolicies, get(policies::list))
+                .merge(needs(ChangePolicies, post(policies::add))),
+        )
+        .route(
+            "/v1/policies/delete",
+            needs(ChangePolicies, post(policies::remove)),
+        )
         .route(
             "/v1/policy-modes",
-            get(policies::modes).put(policies::set_mode),
+            needs(ReadPolicies, get(policies::modes)).merge(needs(
+                ChangePolicies,
+                axum::routing::put(policies::set_mode),
+            )),
         )
         .with_state(state)
 }
 
 /// Serves the admin routes on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router(state))
+pub async fn serve(listener: AdminListener, state: AdminState, shutdown: CancellationToken) {
+    let app = router(state).into_make_service_with_connect_info::<Caller>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {
@@ -97,6 +127,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
     ca_expiry(&state.ca, now, &mut text);
     server_metrics(&state, &mut text);
+    state.refusals.render(&mut text);
     policy_counts(&state.policies, &mut text);
     if let Some(polls) = &state.policy_polls {
         polls.render(now, &mut text);
@@ -188,8 +219,13 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
 }
 
 /// `POST /v1/ca/rotate/{intermediate|root}`: what `idmint ca rotate` calls.
-async fn rotate_ca(State(state): State<AdminState>, Path(target): Path<String>) -> Response {
+async fn rotate_ca(
+    State(state): State<AdminState>,
+    Extension(Actor(by)): Extension<Actor>,
+    Path(target): Path<String>,
+) -> Response {
     use crate::ca::rotate::Target;
+    let target_name = target.clone();
     let target = match target.as_str() {
         "intermediate" => Target::Intermediate,
         "root" => Target::Root,
@@ -209,7 +245,21 @@ async fn rotate_ca(State(state): State<AdminState>, Path(target): Path<String>) 
             .into_response();
     };
     match control.rotate(target).await {
-        Ok(done) => Json(done).into_response(),
+        Ok(done) => {
+            // Each step is recorded as it is taken; this says who asked for them.
+            let record = LedgerRecord {
+                reason: Some(format!(
+                    "rotation of the {} requested by {by}: {}",
+                    target_name,
+                    done.join("; ")
+                )),
+                ..LedgerRecord::bare(EntryKind::Ca, state.clock.now())
+            };
+            if let Err(e) = state.ledger.append(record).await {
+                tracing::error!(error = %e, %by, "cannot record who rotated the CA");
+            }
+            Json(done).into_response()
+        }
         Err(why) => {
             let code = match why {
                 ControlError::NotLeader | ControlError::RootRotationUnderWay { .. } => {

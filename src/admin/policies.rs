@@ -1,42 +1,21 @@
 //! `/v1/policies` and `/v1/policy-modes`: what `idmint policy …` calls. Policies are written in
-//! CF's policy-server format; every change is recorded in the ledger with who asked.
+//! CF's policy-server format; every change is recorded in the ledger with the caller who made it.
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use super::access::Actor;
 use super::AdminState;
 use crate::ids::Guid;
 use crate::policy::{parse_policy_list, policy_list_json, Mode, Scope};
 use crate::server::policies;
 
-/// The header the CLI names its user in. The admin API does not authenticate callers yet, so
-/// the ledger says the name was stated, not proven.
-pub const USER_HEADER: &str = "x-idmint-user";
-
 fn bad(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
-}
-
-/// Who made a change, as the ledger says it.
-fn actor(headers: &HeaderMap) -> String {
-    let stated = headers
-        .get(USER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|v| !v.is_empty());
-    match stated {
-        Some(user) => format!("the admin API (user {user:?}, as stated by the client)"),
-        None => "the admin API (no user stated)".to_string(),
-    }
 }
 
 #[derive(Deserialize)]
@@ -64,21 +43,28 @@ pub struct Changed {
 }
 
 /// `POST /v1/policies`, body `{"policies": [...]}`: adds them, all or none if one is invalid.
-pub async fn add(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    change(state, headers, body, true).await
+pub async fn add(
+    State(state): State<AdminState>,
+    Extension(Actor(by)): Extension<Actor>,
+    body: Bytes,
+) -> Response {
+    change(state, by, body, true).await
 }
 
 /// `POST /v1/policies/delete`, body `{"policies": [...]}`: removes them.
-pub async fn remove(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    change(state, headers, body, false).await
+pub async fn remove(
+    State(state): State<AdminState>,
+    Extension(Actor(by)): Extension<Actor>,
+    body: Bytes,
+) -> Response {
+    change(state, by, body, false).await
 }
 
-async fn change(state: AdminState, headers: HeaderMap, body: Bytes, adding: bool) -> Response {
+async fn change(state: AdminState, by: String, body: Bytes, adding: bool) -> Response {
     let policies = match parse_policy_list(&body) {
         Ok(p) => p,
         Err(e) => return bad(e),
     };
-    let by = actor(&headers);
     let done = if adding {
         state.policies.add(&policies, &by).await
     } else {
@@ -140,7 +126,7 @@ pub async fn modes(State(state): State<AdminState>) -> Response {
 /// `PUT /v1/policy-modes`, body a [`ModeJson`]: sets or clears one mode.
 pub async fn set_mode(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Extension(Actor(by)): Extension<Actor>,
     body: Bytes,
 ) -> Response {
     let req: ModeJson = match serde_json::from_slice(&body) {
@@ -151,11 +137,7 @@ pub async fn set_mode(
         Ok(s) => s,
         Err(e) => return bad(e),
     };
-    match state
-        .policies
-        .set_mode(scope, req.mode, &actor(&headers))
-        .await
-    {
+    match state.policies.set_mode(scope, req.mode, &by).await {
         Ok(changed) => Json(serde_json::json!({ "changed": changed })).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }

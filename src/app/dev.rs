@@ -54,7 +54,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         name: "localhost".into(),
         cells_register_own: rt.config.server.cells_register_own.unwrap_or(true),
     };
-    let api_addr = start_api(&mut rt, &api, None).await?;
+    let (api_addr, admin_tls) = start_api(&mut rt, &api, None).await?;
     let local_cell_dir = rt.config.data_dir.join("local-cell");
     let local = start_local_cell(&mut rt, &local_cell_dir, api_addr).await?;
     let agent = start_agent(&mut rt, bundle_path.clone(), local).await;
@@ -71,8 +71,9 @@ pub async fn start(config: Config) -> Result<Dev> {
         ca_control,
         clock: rt.clock.clone(),
         ledger: rt.issuance.ledger().clone(),
+        refusals: Default::default(),
     };
-    let admin_addr = start_admin(&mut rt, admin, state)?;
+    let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Dev {
         rt,
         bundle_path,

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::rustls;
 
 use super::Runtime;
+use crate::admin::listener::{AdminListener, LocalSocket};
 use crate::admin::{self, AdminState};
 use crate::ca::maintenance::{CaControl, Maintenance};
 use crate::ca::upstream_watch::UpstreamWatch;
@@ -45,7 +47,8 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
     let mut rt = Runtime::start(config, Init::CreateIfMissing).await?;
     // The sidecars' acknowledgements, as every server's agents report them.
     let reports = FleetReports::new(rt.store().clone(), rt.clock.clone());
-    let api_addr = start_api(&mut rt, &api, Some(reports.clone())).await?;
+    let admin = bind_admin(&rt.config).await?;
+    let (api_addr, admin_tls) = start_api(&mut rt, &api, Some(reports.clone())).await?;
     let (fleet, follow) = reports.follow(
         rt.ca.clone(),
         rt.config.server.agent_ack_grace,
@@ -64,9 +67,9 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         ca_control,
         clock: rt.clock.clone(),
         ledger: rt.issuance.ledger().clone(),
+        refusals: Default::default(),
     };
-    let admin = bind_admin(&rt.config).await?;
-    let admin_addr = start_admin(&mut rt, admin, state)?;
+    let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Server {
         rt,
         api_addr,
@@ -75,12 +78,13 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
 }
 
 /// Serves the server API with a certificate for `api.name` (and the listening address when it
-/// is a specific one). Returns where it listens.
+/// is a specific one). Returns where it listens, and the TLS the admin API offers with the
+/// same certificate.
 pub(crate) async fn start_api(
     rt: &mut Runtime,
     api: &ApiOptions,
     fleet: Option<FleetReports>,
-) -> Result<SocketAddr> {
+) -> Result<(SocketAddr, AdminTls)> {
     let listen = api.listen;
     let ips = if listen.ip().is_unspecified() {
         Vec::new()
@@ -103,6 +107,7 @@ pub(crate) async fn start_api(
         rt.clock.clone(),
     )
     .await?;
+    let admin_tls = tls.admin_configs();
     let service = IdentityApi::new(
         rt.issuance.clone(),
         rt.registry.clone(),
@@ -119,24 +124,42 @@ pub(crate) async fn start_api(
             tracing::error!(error = %e, "server API failed");
         }
     });
-    Ok(addr)
+    Ok((addr, admin_tls))
 }
 
-/// Binds the admin HTTP API's address (`admin.listen`), so a taken one is refused early.
-pub(super) async fn bind_admin(config: &Config) -> Result<TcpListener> {
+/// The admin API's TLS configuration, following the server's certificate.
+pub(crate) type AdminTls = watch::Receiver<Arc<rustls::ServerConfig>>;
+
+/// The admin API's address (`admin.listen`) and socket (`admin.socket`), bound before anything
+/// else starts so that a taken address or an unsafe socket directory is refused early.
+pub(super) struct AdminBinding {
+    tcp: TcpListener,
+    socket: Option<LocalSocket>,
+}
+
+/// Binds the admin API's address and socket.
+pub(super) async fn bind_admin(config: &Config) -> Result<AdminBinding> {
     let listen = config.admin.listen;
-    TcpListener::bind(listen)
+    let tcp = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))
+        .with_context(|| format!("cannot listen on {listen} for admin HTTP (set admin.listen)"))?;
+    let socket = match &config.admin.socket {
+        Some(path) => Some(LocalSocket::bind(path)?),
+        None => None,
+    };
+    Ok(AdminBinding { tcp, socket })
 }
 
-/// Serves the admin HTTP API on `listener`. Returns where it listens.
+/// Serves the admin HTTP API on `binding`, TLS with `tls`. Returns where it listens.
 pub(super) fn start_admin(
     rt: &mut Runtime,
-    listener: TcpListener,
+    binding: AdminBinding,
+    tls: AdminTls,
     state: AdminState,
 ) -> Result<SocketAddr> {
-    let addr = listener.local_addr()?;
+    let addr = binding.tcp.local_addr()?;
+    let settings = rt.config.ca.clone();
+    let listener = AdminListener::new(binding.tcp, binding.socket, tls, settings);
     rt.spawn("admin http", |token| admin::serve(listener, state, token));
     Ok(addr)
 }

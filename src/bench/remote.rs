@@ -107,7 +107,7 @@ async fn remote_path(
             init,
         )
         .await?;
-        ports.push(start_api(&mut rt, &api, None).await?.port());
+        ports.push(start_api(&mut rt, &api, None).await?.0.port());
         runtimes.push(rt);
     }
     let rt = &runtimes[0];

@@ -34,7 +34,7 @@ pub use csr::{CheckedCsr, CsrError, LeafKeyType};
 pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZATION};
 pub use kek::{decode_hex, encode_hex, Kek};
 pub use keys::{CaKey, SignatureScheme};
-pub use principal::{Principal, PrincipalError};
+pub use principal::{is_person_name, Principal, PrincipalError};
 
 use crate::ids::Ttl;
 use crate::spiffe::{IdTemplate, TemplateError, TrustDomain};

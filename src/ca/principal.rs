@@ -24,6 +24,8 @@ pub enum Principal {
     Orchestrator,
     /// An operator: `spiffe://<td>/admin/<name>`.
     Admin(String),
+    /// Someone who reads the ledger and nothing else: `spiffe://<td>/auditor/<name>`.
+    Auditor(String),
     /// The server, reachable at these names and addresses: `spiffe://<td>/server`.
     Server {
         /// DNS names clients connect to.
@@ -41,6 +43,7 @@ impl Principal {
             Principal::Cell(cell) => format!("{td}/cell/{cell}"),
             Principal::Orchestrator => format!("{td}/orchestrator"),
             Principal::Admin(name) => format!("{td}/admin/{name}"),
+            Principal::Auditor(name) => format!("{td}/auditor/{name}"),
             Principal::Server { .. } => format!("{td}/server"),
         }
     }
@@ -79,13 +82,22 @@ impl Principal {
         let path = id.strip_prefix(&td)?.strip_prefix('/')?;
         match path.split_once('/') {
             Some(("cell", cell)) => cell.parse().ok().map(Principal::Cell),
-            Some(("admin", name)) if !name.is_empty() && !name.contains('/') => {
-                Some(Principal::Admin(name.to_string()))
+            Some(("admin", name)) if is_person_name(name) => Some(Principal::Admin(name.into())),
+            Some(("auditor", name)) if is_person_name(name) => {
+                Some(Principal::Auditor(name.into()))
             }
             None if path == "orchestrator" => Some(Principal::Orchestrator),
             _ => None,
         }
     }
+}
+
+/// Whether `name` can name an admin or auditor: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub fn is_person_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Why a client's certificate names no principal the server API serves.
@@ -98,7 +110,7 @@ pub enum PrincipalError {
     Unreadable,
     #[error("a client or cell certificate must carry exactly one SPIFFE ID (this one has {0})")]
     UriCount(usize),
-    #[error("{0} is not a cell, the orchestrator or an admin of this trust domain")]
+    #[error("{0} is not a cell, the orchestrator, an admin or an auditor of this trust domain")]
     NotAPrincipal(String),
 }
 
@@ -183,6 +195,7 @@ mod tests {
             Principal::Cell("cell-1".parse().unwrap()),
             Principal::Orchestrator,
             Principal::Admin("ops".into()),
+            Principal::Auditor("sec-team".into()),
         ] {
             assert_eq!(Principal::from_spiffe_id(&s, &p.spiffe_id(&s)), Some(p));
         }
@@ -192,6 +205,9 @@ mod tests {
             "spiffe://cf.internal/cell/bad cell",
             "spiffe://cf.internal/org/o/space/s/app/a",
             "spiffe://cf.internal/admin/",
+            "spiffe://cf.internal/admin/a/b",
+            "spiffe://cf.internal/auditor/",
+            "spiffe://cf.internal/auditor/sp ace",
             "spiffe://cf.internal/cellx/1",
         ] {
             assert_eq!(Principal::from_spiffe_id(&s, other), None, "{other}");

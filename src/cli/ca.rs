@@ -52,7 +52,7 @@ pub async fn run(cmd: CaCommand, config: Config) -> Result<()> {
         CaCommand::Show { json } => show(&config, json).await,
         CaCommand::Rotate { target } => {
             let done = super::admin_client::request(
-                config.admin.listen,
+                &config.admin,
                 "POST",
                 &format!("/v1/ca/rotate/{target}"),
                 None,

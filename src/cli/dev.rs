@@ -46,9 +46,15 @@ pub async fn run(config: Config) -> Result<()> {
     println!("  SDS sockets         {}", c.agent.sds_dir.display());
     println!("  instance files      {}", c.agent.instance_dir.display());
     println!(
-        "  admin HTTP          http://{}  (/healthz, /metrics, /v1/bundle.pem, /v1/ledger, /v1/instances)",
+        "  admin HTTP          http://{}  (open: /healthz, /metrics, /v1/bundle.pem; the rest needs mutual TLS with a role credential)",
         dev.admin_addr
     );
+    if let Some(socket) = &c.admin.socket {
+        println!(
+            "  admin socket        {}  (this user's idmint commands use it)",
+            socket.display()
+        );
+    }
     println!("ready; Ctrl-C to stop");
 
     stop.await;

@@ -52,7 +52,7 @@ pub enum InstanceCommand {
 }
 
 pub async fn run(cmd: InstanceCommand, config: Config) -> Result<()> {
-    let admin = config.admin.listen;
+    let admin = &config.admin;
     match cmd {
         InstanceCommand::Register {
             instance_guid,

@@ -10,6 +10,7 @@ mod dev;
 mod instance;
 mod issue;
 mod policy;
+mod role;
 mod server;
 mod table;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Credentials for Diego cells.
     #[command(subcommand)]
     Cell(cell::CellCommand),
+    /// Credentials for the admin API's roles: admin, auditor, orchestrator.
+    #[command(subcommand)]
+    Role(role::RoleCommand),
     /// Search and show the issuance ledger.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -172,6 +176,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Server(args) => server::run(args, config).await,
         Command::Agent(args) => agent::run(args, config).await,
         Command::Cell(cmd) => cell::run(cmd, config).await,
+        Command::Role(cmd) => role::run(cmd, config).await,
         Command::Audit(cmd) => audit::run(cmd, config).await,
         Command::Instance(cmd) => instance::run(cmd, config).await,
         Command::Policy(cmd) => policy::run(cmd, config).await,

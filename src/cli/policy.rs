@@ -112,7 +112,7 @@ fn parse_ports(s: &str) -> Result<PortRange, String> {
 }
 
 pub async fn run(cmd: PolicyCommand, config: Config) -> Result<()> {
-    let admin = config.admin.listen;
+    let admin = &config.admin;
     match cmd {
         PolicyCommand::Add(p) => {
             change(admin, "/v1/policies", p, "added", "in force already").await
@@ -178,7 +178,7 @@ pub async fn run(cmd: PolicyCommand, config: Config) -> Result<()> {
 }
 
 async fn change(
-    admin: std::net::SocketAddr,
+    admin: &crate::config::AdminSettings,
     path: &str,
     p: PolicyArgs,
     did: &str,
@@ -205,7 +205,7 @@ async fn change(
     Ok(())
 }
 
-async fn set_mode(admin: std::net::SocketAddr, body: ModeJson) -> Result<()> {
+async fn set_mode(admin: &crate::config::AdminSettings, body: ModeJson) -> Result<()> {
     let text = request(
         admin,
         "PUT",

@@ -1,5 +1,5 @@
 //! `idmint server`: the CA, the ledger and the placement registry, serving the server API to
-//! agents on other machines over mutual TLS, and the admin HTTP API on loopback.
+//! agents on other machines over mutual TLS, and the admin HTTP API.
 
 use std::net::SocketAddr;
 
@@ -41,7 +41,14 @@ pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
         "  server API          https://{}  (name {})",
         server.api_addr, api.name
     );
-    println!("  admin HTTP          http://{}", server.admin_addr);
+    println!(
+        "  admin HTTP          {}  (open: /healthz, /metrics, /v1/bundle.pem; the rest needs mutual TLS with a role credential, name {})",
+        server.admin_addr, api.name
+    );
+    match &server.rt.config.admin.socket {
+        Some(socket) => println!("  admin socket        {}", socket.display()),
+        None => println!("  admin socket        off (admin.socket is empty)"),
+    }
     println!(
         "  cells register own instances: {}",
         if api.cells_register_own { "yes" } else { "no" }

@@ -55,6 +55,8 @@ pub struct ApiTls {
     issuance: IssuanceService,
     keeper: Keeper<OwnCertificate>,
     config: watch::Sender<Arc<ServerConfig>>,
+    /// The same credential and client check for the admin API, which speaks HTTP/1.1.
+    admin_config: watch::Sender<Arc<ServerConfig>>,
 }
 
 impl ApiTls {
@@ -73,7 +75,8 @@ impl ApiTls {
         };
         let ca = issuance.ca();
         let first = own.obtain().await?;
-        let config = server_config(ca, &first)?;
+        let config = server_config(ca, &first, API_ALPN)?;
+        let admin_config = server_config(ca, &first, ADMIN_ALPN)?;
         let since = clock.now();
         let keeper = Keeper::new(own, "server API certificate", schedule, clock)
             .starting_with(first, since)
@@ -82,7 +85,13 @@ impl ApiTls {
             issuance,
             keeper,
             config: watch::channel(config).0,
+            admin_config: watch::channel(admin_config).0,
         })
+    }
+
+    /// The configuration the admin API's TLS connections get, as it changes.
+    pub fn admin_configs(&self) -> watch::Receiver<Arc<ServerConfig>> {
+        self.admin_config.subscribe()
     }
 
     /// The configuration new connections get, as it changes.
@@ -105,11 +114,18 @@ impl ApiTls {
                 let Some(cred) = own.borrow_and_update().clone() else {
                     continue;
                 };
-                match server_config(self.issuance.ca(), &cred) {
-                    Ok(config) => {
+                let ca = self.issuance.ca();
+                match (
+                    server_config(ca, &cred, API_ALPN),
+                    server_config(ca, &cred, ADMIN_ALPN),
+                ) {
+                    (Ok(config), Ok(admin)) => {
                         self.config.send_replace(config);
+                        self.admin_config.send_replace(admin);
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot update the server API's TLS"),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "cannot update the server API's TLS")
+                    }
                 }
             }
         };
@@ -158,9 +174,18 @@ fn own_ttl(ca: &CertificateAuthority) -> Ttl {
     own.min(ca.settings().intermediate_ttl)
 }
 
-/// TLS 1.2 or 1.3 with HTTP/2, presenting `own`, and requiring a client certificate that
+/// The server API speaks HTTP/2 (gRPC).
+const API_ALPN: &[u8] = b"h2";
+/// The admin API speaks HTTP/1.1.
+const ADMIN_ALPN: &[u8] = b"http/1.1";
+
+/// TLS 1.2 or 1.3 with `alpn`, presenting `own`, and requiring a client certificate that
 /// chains to one of the CA's current roots.
-fn server_config(ca: &CertificateAuthority, own: &Credential) -> Result<Arc<ServerConfig>, Error> {
+fn server_config(
+    ca: &CertificateAuthority,
+    own: &Credential,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for root in ca.roots() {
@@ -181,7 +206,7 @@ fn server_config(ca: &CertificateAuthority, own: &Credential) -> Result<Arc<Serv
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -292,7 +317,8 @@ impl Peer {
     }
 }
 
-fn client_of(der: &[u8], settings: &Settings) -> Result<Client, PrincipalError> {
+/// Who a verified client certificate names, and for how long it was issued.
+pub(crate) fn client_of(der: &[u8], settings: &Settings) -> Result<Client, PrincipalError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| PrincipalError::Unreadable)?;
     let principal = Principal::of_certificate(&cert, settings)?;
     let validity = cert.validity();

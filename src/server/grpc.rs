@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::allow_watch::AllowWatch;
 use super::api_tls::{self, ApiTls, Client, Peer};
 use super::fleet::{FleetReports, ReportError};
+use super::placing;
 use super::registry::Registry;
 use super::{IssuanceService, Policies};
 use crate::api::{self, Caller};
@@ -232,6 +233,7 @@ impl IdentityApi {
                     " (cells registering their own instances is off)".into()
                 }
             ))),
+            Principal::Auditor(_) => Err(Status::permission_denied("auditors only read")),
             Principal::Server { .. } => Err(Status::permission_denied("not a client role")),
         }
     }
@@ -314,7 +316,9 @@ impl IdentityRpc for IdentityApi {
         let caller = self.caller(&request)?;
         let p = pb::placement_from_wire(request.into_inner()).map_err(Status::invalid_argument)?;
         self.may_place(&caller, &p.cell_id)?;
-        self.registry.register(p.clone()).await?;
+        let by = caller.spiffe_id(self.issuance.ca().settings());
+        let (ledger, clock) = (self.issuance.ledger(), self.issuance.clock());
+        placing::register(&self.registry, ledger, clock, p.clone(), &by).await?;
         Ok(Response::new(pb::placement_to_wire(&p)))
     }
 
@@ -329,7 +333,9 @@ impl IdentityRpc for IdentityApi {
             .get(&instance)
             .ok_or_else(|| Status::not_found(format!("no instance {instance} is registered")))?;
         self.may_place(&caller, &p.cell_id)?;
-        let p = self.registry.deregister(&instance).await?;
+        let by = caller.spiffe_id(self.issuance.ca().settings());
+        let (ledger, clock) = (self.issuance.ledger(), self.issuance.clock());
+        let p = placing::deregister(&self.registry, ledger, clock, &instance, &by).await?;
         Ok(Response::new(pb::placement_to_wire(&p)))
     }
 

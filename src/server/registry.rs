@@ -24,6 +24,9 @@ pub enum Error {
     /// The store failed; nothing changed.
     #[error("placement store: {0}")]
     Store(#[from] crate::store::Error),
+    /// The ledger could not record the change, so it was undone.
+    #[error("the ledger cannot record the change, so nothing changed: {0}")]
+    Unrecorded(String),
 }
 
 /// A change to the registry.

@@ -14,6 +14,8 @@ pub enum EntryKind {
     Ca,
     /// A container-to-container policy was added or removed, or an enforcement mode switched.
     Policy,
+    /// An instance was registered or deregistered.
+    Placement,
 }
 
 impl EntryKind {
@@ -24,6 +26,7 @@ impl EntryKind {
             EntryKind::Denied => "denied",
             EntryKind::Ca => "ca",
             EntryKind::Policy => "policy",
+            EntryKind::Placement => "placement",
         }
     }
 
@@ -33,6 +36,7 @@ impl EntryKind {
             "denied" => Some(EntryKind::Denied),
             "ca" => Some(EntryKind::Ca),
             "policy" => Some(EntryKind::Policy),
+            "placement" => Some(EntryKind::Placement),
             _ => None,
         }
     }

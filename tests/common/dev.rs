@@ -76,10 +76,13 @@ impl Idmint {
             .arg(&self.data)
             .args(["--set", &format!("admin.listen=127.0.0.1:{}", self.admin)])
             .args(args)
-            // The user the admin API records as having made a change.
-            .env("USER", "test-operator")
             .output()
             .unwrap()
+    }
+
+    /// The admin API's socket, for requests as the service's user.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data.join("admin.sock")
     }
 
     /// Registers instance `n` of app `n`; returns its socket.

@@ -348,10 +348,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// One HTTP/1.1 request with `body` to 127.0.0.1:`port`; (status, body), or None when the
 /// connection fails.
 pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .ok()?;
+    http_exchange(s, method, path, body)
+}
+
+/// [`http_request`] over the admin socket at `socket`, as the service's user.
+pub fn socket_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    http_exchange(s, method, path, body)
+}
+
+fn http_exchange(
+    mut s: impl std::io::Read + std::io::Write,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
