@@ -111,6 +111,9 @@ pub enum Cause {
     /// The server's answer does not say what it must: this one is missing or out of range.
     #[error("the server's answer is unreadable: {0}")]
     Unreadable(String),
+    /// The caller is over one of its limits; it may retry later.
+    #[error("{0}")]
+    Throttled(String),
     /// The stream the request went on ended before its answer came.
     #[error("the sign stream ended before the answer came")]
     StreamEnded,

@@ -53,14 +53,23 @@ pub const KEYS: &[&str] = &[
     "admin.socket",
     "admin.credential",
     "admin.server_name",
+    "admin.max_body",
     "server.listen",
     "server.cells_register_own",
     "server.agent_ack_grace",
+    "server.cell_sign_rate",
+    "server.cell_sign_burst",
+    "server.cell_denial_records",
+    "server.max_handshakes",
+    "server.cell_instances",
     "agent.sds_dir",
     "agent.instance_dir",
     "agent.renew_at",
     "agent.renew_jitter",
     "agent.ack_report_every",
+    "agent.max_streams_per_socket",
+    "agent.max_streams",
+    "agent.sds_socket_mode",
     "policy.default_mode",
     "policy.source",
     "policy.server.url",
@@ -130,6 +139,11 @@ struct RawServer {
     listen: Option<String>,
     cells_register_own: Option<toml::Value>,
     agent_ack_grace: Option<String>,
+    cell_sign_rate: Option<toml::Value>,
+    cell_sign_burst: Option<toml::Value>,
+    cell_denial_records: Option<toml::Value>,
+    max_handshakes: Option<toml::Value>,
+    cell_instances: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -140,6 +154,9 @@ struct RawAgent {
     renew_at: Option<toml::Value>,
     renew_jitter: Option<toml::Value>,
     ack_report_every: Option<String>,
+    max_streams_per_socket: Option<toml::Value>,
+    max_streams: Option<toml::Value>,
+    sds_socket_mode: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -178,6 +195,7 @@ struct RawAdmin {
     socket: Option<PathBuf>,
     credential: Option<PathBuf>,
     server_name: Option<String>,
+    max_body: Option<toml::Value>,
 }
 
 /// Admin HTTP settings.
@@ -194,6 +212,9 @@ pub struct AdminSettings {
     pub credential: Option<PathBuf>,
     /// For the CLI: the name the server's certificate carries (`idmint server --name`).
     pub server_name: String,
+    /// The largest request body the admin API reads, in bytes: 8 MiB by default, room for
+    /// about 40,000 policies in one request.
+    pub max_body: usize,
 }
 
 /// Server API settings.
@@ -207,6 +228,8 @@ pub struct ServerSettings {
     /// How long an agent's last report of its sidecars' trust bundles counts: an agent silent
     /// longer (gone, or cut off) no longer holds back a new root.
     pub agent_ack_grace: std::time::Duration,
+    /// What one client may cost the server.
+    pub limits: crate::server::limits::Settings,
 }
 
 /// Agent settings.
@@ -221,6 +244,13 @@ pub struct AgentSettings {
     /// How often `idmint agent` tells the server which trust bundles its sidecars hold when
     /// nothing changed: well inside the servers' `server.agent_ack_grace`.
     pub ack_report_every: std::time::Duration,
+    /// The most SDS streams one instance's socket holds open at once.
+    pub max_streams_per_socket: usize,
+    /// The most SDS streams the agent holds open at once, over all its sockets.
+    pub max_streams: usize,
+    /// Permission bits of each instance's SDS socket: 0600 (the agent's user alone) unless the
+    /// sidecar runs as another user. The SDS directory is 0700 whatever this says.
+    pub sds_socket_mode: u32,
 }
 
 /// Container-to-container policy settings.
@@ -359,6 +389,11 @@ impl Config {
             instance_dir: Some(self.agent.instance_dir.clone()),
             cell: None,
             clock: crate::clock::Clock::system(),
+            streams: crate::sds::StreamLimits {
+                per_socket: self.agent.max_streams_per_socket,
+                total: self.agent.max_streams,
+            },
+            socket_mode: self.agent.sds_socket_mode,
         }
     }
 
@@ -411,6 +446,10 @@ impl Config {
             admin.insert("credential".into(), path(credential));
         }
         admin.insert("server_name".into(), text(&self.admin.server_name));
+        admin.insert(
+            "max_body".into(),
+            toml::Value::Integer(self.admin.max_body as i64),
+        );
         root.insert("store".into(), toml::Value::Table(store));
         root.insert("ca".into(), toml::Value::Table(ca));
         root.insert("admin".into(), toml::Value::Table(admin));
@@ -423,6 +462,16 @@ impl Config {
             "agent_ack_grace".into(),
             text(&format!("{}ms", self.server.agent_ack_grace.as_millis())),
         );
+        let count = |n: u64| toml::Value::Integer(n as i64);
+        let limits = &self.server.limits;
+        server.insert("cell_sign_rate".into(), count(limits.sign_rate.into()));
+        server.insert("cell_sign_burst".into(), count(limits.sign_burst.into()));
+        server.insert(
+            "cell_denial_records".into(),
+            count(limits.denial_records.into()),
+        );
+        server.insert("cell_instances".into(), count(limits.cell_instances.into()));
+        server.insert("max_handshakes".into(), count(limits.max_handshakes as u64));
         root.insert("server".into(), toml::Value::Table(server));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
@@ -432,6 +481,15 @@ impl Config {
         agent.insert(
             "ack_report_every".into(),
             text(&format!("{}ms", self.agent.ack_report_every.as_millis())),
+        );
+        agent.insert(
+            "max_streams_per_socket".into(),
+            count(self.agent.max_streams_per_socket as u64),
+        );
+        agent.insert("max_streams".into(), count(self.agent.max_streams as u64));
+        agent.insert(
+            "sds_socket_mode".into(),
+            text(&format!("{:04o}", self.agent.sds_socket_mode)),
         );
         root.insert("agent".into(), toml::Value::Table(agent));
         let mut policy = toml::Table::new();
@@ -641,6 +699,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         schedule::Error::PointOutOfRange(_) => invalid("agent.renew_at", e),
         _ => invalid("agent.renew_jitter", e),
     })?;
+    let admin_max_body = positive("admin.max_body", raw.admin.max_body.clone(), 8 << 20)?;
     let admin_socket = match raw.admin.socket {
         Some(p) if p.as_os_str().is_empty() => None,
         Some(p) => Some(p),
@@ -662,6 +721,38 @@ fn validate(raw: Raw) -> Result<Config, Error> {
     let policy_server = policy_server(raw.policy.source.as_deref(), raw.policy.server)?;
     let agent_ack_grace =
         short_duration("server.agent_ack_grace", raw.server.agent_ack_grace, "2m")?;
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let max_handshakes = positive("server.max_handshakes", raw.server.max_handshakes, 256)?;
+    let limits = crate::server::limits::Settings {
+        max_handshakes: max_handshakes as usize,
+        sign_rate: small(positive(
+            "server.cell_sign_rate",
+            raw.server.cell_sign_rate,
+            100,
+        )?),
+        sign_burst: small(positive(
+            "server.cell_sign_burst",
+            raw.server.cell_sign_burst,
+            2_000,
+        )?),
+        denial_records: small(positive(
+            "server.cell_denial_records",
+            raw.server.cell_denial_records,
+            60,
+        )?),
+        cell_instances: small(positive(
+            "server.cell_instances",
+            raw.server.cell_instances,
+            1_000,
+        )?),
+    };
+    let max_streams_per_socket = positive(
+        "agent.max_streams_per_socket",
+        raw.agent.max_streams_per_socket,
+        16,
+    )?;
+    let max_streams = positive("agent.max_streams", raw.agent.max_streams, 100_000)?;
+    let sds_socket_mode = socket_mode(raw.agent.sds_socket_mode.as_deref())?;
     let ack_report_every =
         short_duration("agent.ack_report_every", raw.agent.ack_report_every, "30s")?;
     Ok(Config {
@@ -686,11 +777,13 @@ fn validate(raw: Raw) -> Result<Config, Error> {
                 .admin
                 .server_name
                 .unwrap_or_else(|| "localhost".to_string()),
+            max_body: admin_max_body as usize,
         },
         server: ServerSettings {
             listen: api_listen,
             cells_register_own,
             agent_ack_grace,
+            limits,
         },
         agent: AgentSettings {
             sds_dir,
@@ -700,6 +793,9 @@ fn validate(raw: Raw) -> Result<Config, Error> {
                 .unwrap_or_else(|| data_dir.join("instances")),
             renewal,
             ack_report_every,
+            max_streams_per_socket: max_streams_per_socket as usize,
+            max_streams: max_streams as usize,
+            sds_socket_mode,
         },
         policy: PolicySettings {
             default_mode,
@@ -711,6 +807,40 @@ fn validate(raw: Raw) -> Result<Config, Error> {
 }
 
 /// A positive duration of milliseconds, seconds or minutes: `100ms`, `5s`, `1m`.
+/// `agent.sds_socket_mode`: octal read and write bits (`0600`, `0660`, `0666`), never execute
+/// bits or more; 0600 if unset.
+fn socket_mode(raw: Option<&str>) -> Result<u32, Error> {
+    let Some(raw) = raw else { return Ok(0o600) };
+    let mode = u32::from_str_radix(raw.trim_start_matches("0o"), 8).map_err(|_| {
+        invalid(
+            "agent.sds_socket_mode",
+            format!("{raw:?} is not an octal mode like 0600"),
+        )
+    })?;
+    if mode & !0o666 != 0 || mode & 0o600 != 0o600 {
+        return Err(invalid(
+            "agent.sds_socket_mode",
+            format!("{raw}: give the owner read and write, and others at most read and write (0600, 0660 or 0666)"),
+        ));
+    }
+    Ok(mode)
+}
+
+/// A positive whole number given as a TOML integer or a string of digits; `default` if unset.
+fn positive(key: &'static str, raw: Option<toml::Value>, default: u64) -> Result<u64, Error> {
+    match raw {
+        None => Ok(default),
+        Some(toml::Value::Integer(n)) if n > 0 => Ok(n as u64),
+        Some(toml::Value::String(s)) if s.parse::<u64>().is_ok_and(|n| n > 0) => {
+            Ok(s.parse().expect("checked"))
+        }
+        Some(other) => Err(invalid(
+            key,
+            format!("{other} is not a positive whole number"),
+        )),
+    }
+}
+
 fn short_duration(
     key: &'static str,
     value: Option<String>,
@@ -782,19 +912,11 @@ fn policy_server(
     }
     let poll_every = short_duration("policy.server.poll_every", raw.poll_every, "5s")?;
     let timeout = short_duration("policy.server.timeout", raw.timeout, "10s")?;
-    let max_answer_bytes = match raw.max_answer_bytes {
-        None => 64 << 20,
-        Some(toml::Value::Integer(n)) if n > 0 => n as usize,
-        Some(toml::Value::String(s)) if s.parse::<usize>().is_ok_and(|n| n > 0) => {
-            s.parse().expect("checked")
-        }
-        Some(other) => {
-            return Err(invalid(
-                "policy.server.max_answer_bytes",
-                format!("{other} is not a positive number of bytes"),
-            ))
-        }
-    };
+    let max_answer_bytes = positive(
+        "policy.server.max_answer_bytes",
+        raw.max_answer_bytes,
+        64 << 20,
+    )? as usize;
     Ok(Some(PolicyServerSettings {
         url,
         ca_file: need(raw.ca_file, "policy.server.ca_file")?,

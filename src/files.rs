@@ -93,6 +93,20 @@ pub fn create_dir_all(dir: &Path) -> Result<(), Error> {
     })
 }
 
+/// Creates `dir` (and any missing parents) with only its owner let in (0700): where a
+/// credential's key is kept. A directory that exists already is left as it is.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|io| Error::Directory {
+            path: dir.to_path_buf(),
+            io,
+        })
+}
+
 /// A name for a temporary file in `path`'s directory that no other writer uses.
 fn temporary_beside(path: &Path) -> Result<PathBuf, Error> {
     use ring::rand::SecureRandom;

@@ -894,3 +894,63 @@ fn issue_benchmarks_run_in_process_and_remote_and_report_against_the_ceiling() {
     // The benchmark works in a directory of its own and leaves the data directory alone.
     assert!(!data.exists());
 }
+
+#[test]
+fn keys_sockets_and_credential_directories_carry_the_narrowest_modes() {
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    let service = common::dev::Idmint::start(tmp.path());
+    let socket = service.register(1);
+    let data = service.data.clone();
+    assert_eq!(mode(Path::new(&socket)), 0o600, "an SDS socket");
+    assert_eq!(mode(&data.join("sds")), 0o700, "the SDS directory");
+    assert_eq!(mode(&data.join("admin.sock")), 0o600, "the admin socket");
+    assert_eq!(mode(&data.join("kek")), 0o600, "the key-encryption key");
+    assert_eq!(
+        mode(&data.join("local-cell")),
+        0o700,
+        "a cell's credential directory"
+    );
+    assert_eq!(
+        mode(&data.join("local-cell/cell.key")),
+        0o600,
+        "a cell's key"
+    );
+    let instance = data.join("instances").join(common::dev::instance(1));
+    let key = instance.join("instance.key");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !key.exists() {
+        assert!(Instant::now() < deadline, "instance files written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mode(&key), 0o600, "an instance's key");
+    let enrolled = tmp.path().join("new/cell-9");
+    let out = service.cli(&[
+        "cell",
+        "enroll",
+        "cell-9",
+        "--out-dir",
+        enrolled.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(mode(&enrolled), 0o700, "an enrolled cell's directory");
+    drop(service);
+
+    // A wider socket mode when the sidecar runs as another user; nothing wider than rw.
+    let shown = ok(idmint(&data).args(["--set", "agent.sds_socket_mode=0666", "config", "check"]));
+    assert!(shown.contains("sds_socket_mode = \"0666\""), "{shown}");
+    for bad in ["0777", "0644x", "0400", "1666"] {
+        let out = run(idmint(&data).args([
+            "--set",
+            &format!("agent.sds_socket_mode={bad}"),
+            "config",
+            "check",
+        ]));
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(
+            text(&out).contains("agent.sds_socket_mode"),
+            "{}",
+            text(&out)
+        );
+    }
+}

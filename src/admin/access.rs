@@ -152,6 +152,7 @@ impl Caller {
 pub struct Refusals {
     unauthenticated: AtomicU64,
     forbidden: AtomicU64,
+    too_large: AtomicU64,
 }
 
 impl Refusals {
@@ -163,15 +164,20 @@ impl Refusals {
         self.forbidden.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn too_large(&self) {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `idmint_admin_refusals_total`, by reason.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let name = "idmint_admin_refusals_total";
-        let _ = writeln!(out, "# HELP {name} Admin API requests refused: no credential (unauthenticated) or a role that may not (forbidden).");
+        let _ = writeln!(out, "# HELP {name} Admin API requests refused: no credential (unauthenticated), a role that may not (forbidden), or a body over the limit (too_large).");
         let _ = writeln!(out, "# TYPE {name} counter");
         for (reason, n) in [
             ("unauthenticated", &self.unauthenticated),
             ("forbidden", &self.forbidden),
+            ("too_large", &self.too_large),
         ] {
             let _ = writeln!(
                 out,
@@ -186,6 +192,17 @@ impl Refusals {
 /// something record this.
 #[derive(Clone, Debug)]
 pub struct Actor(pub String);
+
+/// Whether the request says its body is larger than `max`; a body sent without its length is
+/// cut off at the same size as it is read.
+fn too_large(request: &Request, max: usize) -> bool {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+}
 
 /// What the 401 says: how to get in.
 const UNAUTHENTICATED: &str = "this needs a credential: connect to admin.listen with mutual TLS \
@@ -202,6 +219,14 @@ pub async fn require(
 ) -> Response {
     let settings = state.ca.settings();
     match caller.may(op, settings) {
+        Ok(()) if too_large(&request, state.max_body) => {
+            state.refusals.too_large();
+            let msg = format!(
+                "the body is larger than {} bytes, the most the admin API takes (admin.max_body)\n",
+                state.max_body
+            );
+            (StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
+        }
         Ok(()) => {
             let actor = Actor(caller.describe(settings));
             request.extensions_mut().insert(actor);

@@ -129,6 +129,8 @@ async fn metrics(State(admin): State<AgentAdmin>) -> Response {
     }
     if let Some(agent) = admin.health.workloads.get() {
         agent.render_metrics(admin.clock.now(), &mut text).await;
+        super::write_limit_hits_header(&mut text);
+        agent.metrics().render_limit_hits(&mut text);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -29,6 +29,7 @@ use crate::clock::Clock;
 use crate::ids::Guid;
 use crate::ledger::{AuditLog, Ledger};
 use crate::sds::SdsMetrics;
+use crate::server::limits::Limits;
 use crate::server::policy_server::PollMetrics;
 use crate::server::{Policies, Registry};
 use crate::store::{EntryKind, LedgerFilter, LedgerRecord};
@@ -59,6 +60,10 @@ pub struct AdminState {
     pub ledger: Ledger,
     /// Requests refused for want of a credential or a role.
     pub refusals: Arc<Refusals>,
+    /// What clients of the server API may cost, when this process serves it.
+    pub limits: Option<Arc<Limits>>,
+    /// The largest request body read (`admin.max_body`).
+    pub max_body: usize,
 }
 
 /// The most ledger entries one request returns.
@@ -104,6 +109,7 @@ pub fn router(state: AdminState) -> Router {
                 axum::routing::put(policies::set_mode),
             )),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
         .with_state(state)
 }
 
@@ -128,6 +134,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     ca_expiry(&state.ca, now, &mut text);
     server_metrics(&state, &mut text);
     state.refusals.render(&mut text);
+    write_limit_hits_header(&mut text);
+    if let Some(agent) = &state.agent {
+        agent.metrics().render_limit_hits(&mut text);
+    }
+    if let Some(limits) = &state.limits {
+        limits.render(&mut text);
+    }
     policy_counts(&state.policies, &mut text);
     if let Some(polls) = &state.policy_polls {
         polls.render(now, &mut text);
@@ -161,6 +174,13 @@ fn server_metrics(state: &AdminState, out: &mut String) {
             u8::from(control.leads()),
         );
     }
+}
+
+/// HELP and TYPE of `idmint_limit_hits_total`, written once before every part's samples.
+pub(crate) fn write_limit_hits_header(out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP idmint_limit_hits_total Requests or connections a limit refused or held back, by limit.");
+    let _ = writeln!(out, "# TYPE idmint_limit_hits_total counter");
 }
 
 /// One sample with its HELP and TYPE lines. `series` is the metric's name, with its labels

@@ -123,7 +123,7 @@ impl CredentialDir {
     /// Creates the directory for a new credential; refuses one that already holds any of its
     /// files, so enrolling never overwrites a credential.
     pub fn create_empty(&self) -> Result<(), Error> {
-        files::create_dir_all(&self.0)?;
+        files::create_private_dir(&self.0)?;
         if let Some(name) = [CHAIN, KEY, BUNDLE].iter().find(|f| self.path(f).exists()) {
             return Err(Error::Exists(self.path(name)));
         }

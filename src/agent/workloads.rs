@@ -68,6 +68,10 @@ pub struct Settings {
     pub cell: Option<CellId>,
     /// What renewals are scheduled by.
     pub clock: Clock,
+    /// How many SDS streams a socket and the agent hold open at once.
+    pub streams: crate::sds::StreamLimits,
+    /// Permission bits of each instance's SDS socket (`agent.sds_socket_mode`).
+    pub socket_mode: u32,
 }
 
 struct Served {
@@ -195,7 +199,7 @@ impl<A: Authority + 'static> Workloads<A> {
             .to_string();
         let cancel = self.shutdown.child_token();
         let socket = self.socket_path(&placement.instance_guid);
-        let listener = sds::bind(&socket)?;
+        let listener = sds::bind(&socket, self.settings.socket_mode)?;
         let files = self
             .settings
             .instance_dir
@@ -229,6 +233,7 @@ impl<A: Authority + 'static> Workloads<A> {
             listener,
             workload.clone(),
             self.metrics.clone(),
+            self.settings.streams,
             cancel.clone(),
         ));
         tracing::info!(instance = %placement.instance_guid, socket = %socket.display(), "serving SDS");

@@ -103,7 +103,8 @@ impl Runtime {
             }
         };
         let mut rt = Runtime {
-            issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone()),
+            issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone())
+                .with_limits(config.server.limits),
             audit: AuditLog::new(store.clone()),
             registry,
             policies,
@@ -116,6 +117,17 @@ impl Runtime {
             shutdown,
             tasks: vec![("ledger writer", writer)],
         };
+        let issuance = rt.issuance.clone();
+        rt.spawn("held-back denials", move |token| async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                }
+                issuance.record_held_back(false).await;
+            }
+            issuance.record_held_back(true).await;
+        });
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);
         rt.policies.learn(placements.next().await);

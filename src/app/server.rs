@@ -68,6 +68,8 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         clock: rt.clock.clone(),
         ledger: rt.issuance.ledger().clone(),
         refusals: Default::default(),
+        limits: rt.issuance.limits().cloned(),
+        max_body: rt.config.admin.max_body,
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Server {

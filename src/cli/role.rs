@@ -96,7 +96,7 @@ fn principal(role: RoleName, name: Option<String>) -> Result<Principal> {
 
 /// Creates `dir`; refuses one that holds a credential already.
 fn create_empty(dir: &Path) -> Result<()> {
-    crate::files::create_dir_all(dir)?;
+    crate::files::create_private_dir(dir)?;
     for name in [CHAIN, KEY, BUNDLE] {
         let path = dir.join(name);
         if path.exists() {

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
+/// A client of one SDS socket.
+pub type SdsClient = SecretDiscoveryServiceClient<Channel>;
+
 /// Connects to the SDS socket at `path`.
-pub async fn connect(
-    path: &Path,
-) -> Result<SecretDiscoveryServiceClient<Channel>, tonic::transport::Error> {
+pub async fn connect(path: &Path) -> Result<SdsClient, tonic::transport::Error> {
     let path: PathBuf = path.to_path_buf();
     // The URI is required by the API and unused: the connector below decides where to go.
     let channel = Endpoint::from_static("http://sds.invalid")

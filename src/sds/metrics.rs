@@ -1,11 +1,12 @@
 //! SDS counters for the admin `/metrics` endpoint.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::acks::BundleAcks;
 use super::names::SecretKind;
+use super::slots::Limit;
 
 /// One counter per secret kind label.
 #[derive(Default)]
@@ -40,6 +41,10 @@ pub struct SdsMetrics {
     nacks: ByKind,
     refused: AtomicU64,
     bundle_acks: Arc<BundleAcks>,
+    /// Streams holding a slot, for `agent.max_streams`.
+    streams_held: AtomicUsize,
+    socket_streams_full: AtomicU64,
+    agent_streams_full: AtomicU64,
 }
 
 impl SdsMetrics {
@@ -57,6 +62,16 @@ impl SdsMetrics {
     }
     pub(super) fn nacked(&self, kind: SecretKind) {
         self.nacks.get(kind).fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn streams_held(&self) -> &AtomicUsize {
+        &self.streams_held
+    }
+    pub(super) fn stream_limit_hit(&self, limit: Limit) {
+        match limit {
+            Limit::Socket => &self.socket_streams_full,
+            Limit::Agent => &self.agent_streams_full,
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
     pub(super) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
@@ -139,5 +154,19 @@ impl SdsMetrics {
             "idmint_sds_refused_total {}",
             self.refused.load(Ordering::Relaxed)
         );
+    }
+
+    /// `idmint_limit_hits_total` samples for the SDS stream limits.
+    pub fn render_limit_hits(&self, out: &mut String) {
+        for (limit, n) in [
+            ("sds_streams_per_socket", &self.socket_streams_full),
+            ("sds_streams", &self.agent_streams_full),
+        ] {
+            let _ = writeln!(
+                out,
+                "idmint_limit_hits_total{{limit=\"{limit}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ mod metrics;
 mod names;
 mod secrets;
 mod service;
+mod slots;
 mod sotw;
 mod stream;
 mod transport;
@@ -24,11 +25,13 @@ pub use acks::{AckSlot, BundleAcks};
 pub use metrics::SdsMetrics;
 pub use names::{classify, Refused, SecretKind};
 pub use secrets::SECRET_TYPE;
+pub use slots::StreamLimits;
 pub use workload::{Bundle, Identity, Workload};
 
-/// Creates the socket at `path` (and its directory, 0700). A stale socket file from an earlier
-/// run is replaced; any other file there is an error.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+/// Creates the socket at `path` with permission bits `mode` (and its directory, 0700, so no
+/// other user of this host reaches it). A stale socket file from an earlier run is replaced;
+/// any other file there is an error.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
     let io_at = |path: &Path| {
         let path = path.to_path_buf();
         move |io| BindError::Io { path, io }
@@ -44,7 +47,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         }
         std::fs::remove_file(path).map_err(io_at(path))?;
     }
-    UnixListener::bind(path).map_err(io_at(path))
+    let listener = UnixListener::bind(path).map_err(io_at(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_at(path))?;
+    Ok(listener)
 }
 
 /// Why an instance's SDS socket could not be made.
@@ -69,10 +74,13 @@ pub async fn serve(
     listener: UnixListener,
     workload: Workload,
     metrics: Arc<SdsMetrics>,
+    limits: StreamLimits,
     cancel: CancellationToken,
 ) {
     let instance = workload.placement.instance_guid.clone();
-    let service = transport::SdsRoutes::new(service::Sds::new(workload, metrics, cancel.clone()));
+    let slots = slots::Slots::new(limits, metrics.clone());
+    let service =
+        transport::SdsRoutes::new(service::Sds::new(workload, metrics, slots, cancel.clone()));
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(service)

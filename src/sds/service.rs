@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::SdsMetrics;
 use super::secrets::{check_type, Sources, SECRET_TYPE};
+use super::slots::{Slot, Slots};
 use super::stream::{combined_version, Ctx, ResponseStream};
 use super::Workload;
 use super::{delta, sotw};
@@ -22,15 +23,22 @@ const FETCH_WAIT: Duration = Duration::from_secs(10);
 pub struct Sds {
     workload: Workload,
     metrics: Arc<SdsMetrics>,
+    slots: Slots,
     cancel: CancellationToken,
 }
 
 impl Sds {
     /// Serves `workload` until `cancel`.
-    pub fn new(workload: Workload, metrics: Arc<SdsMetrics>, cancel: CancellationToken) -> Self {
+    pub fn new(
+        workload: Workload,
+        metrics: Arc<SdsMetrics>,
+        slots: Slots,
+        cancel: CancellationToken,
+    ) -> Self {
         Sds {
             workload,
             metrics,
+            slots,
             cancel,
         }
     }
@@ -50,16 +58,20 @@ impl Sds {
     pub fn stream_secrets(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Response<ResponseStream<DiscoveryResponse>> {
-        Response::new(sotw::responses(request.into_inner(), self.ctx()))
+    ) -> Result<Response<ResponseStream<DiscoveryResponse>>, Status> {
+        let slot = self.slots.take()?;
+        let responses = sotw::responses(request.into_inner(), self.ctx());
+        Ok(Response::new(holding(slot, responses)))
     }
 
     /// `DeltaSecrets`.
     pub fn delta_secrets(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Response<ResponseStream<DeltaDiscoveryResponse>> {
-        Response::new(delta::responses(request.into_inner(), self.ctx()))
+    ) -> Result<Response<ResponseStream<DeltaDiscoveryResponse>>, Status> {
+        let slot = self.slots.take()?;
+        let responses = delta::responses(request.into_inner(), self.ctx());
+        Ok(Response::new(holding(slot, responses)))
     }
 
     /// `FetchSecrets`: the named secrets now, waiting a while for ones not issued yet.
@@ -107,4 +119,13 @@ impl Sds {
             }
         }
     }
+}
+
+/// `responses`, holding `slot` for as long as the stream lives.
+fn holding<T: Send + 'static>(slot: Slot, responses: ResponseStream<T>) -> ResponseStream<T> {
+    use futures_util::StreamExt;
+    Box::pin(responses.map(move |item| {
+        let _held = &slot;
+        item
+    }))
 }

@@ -125,7 +125,7 @@ where
 /// allocation each. Compressed requests are not accepted (no SDS client sends them).
 fn streaming<B, Req, Resp>(
     req: http::Request<B>,
-    method: impl FnOnce(Request<Streaming<Req>>) -> Response<ResponseStream<Resp>>,
+    method: impl FnOnce(Request<Streaming<Req>>) -> Result<Response<ResponseStream<Resp>>, Status>,
 ) -> http::Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -145,9 +145,12 @@ where
     let decoder = ProstDecoder::<Req>::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD));
     let no_compression: Option<CompressionEncoding> = None;
     let inbound = Streaming::new_request(decoder, body, no_compression, Some(MAX_REQUEST));
-    let responses = method(Request::from_http(http::Request::from_parts(
+    let responses = match method(Request::from_http(http::Request::from_parts(
         parts, inbound,
-    )));
+    ))) {
+        Ok(responses) => responses,
+        Err(status) => return status.into_http(),
+    };
     let (metadata, responses, _) = responses.into_parts();
     let mut http = http::Response::new(Body::new(Framed {
         responses,

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::limits::Limits;
 use super::IssuanceService;
 use crate::ca::{CertificateAuthority, Credential, Principal, PrincipalError, Settings};
 use crate::clock::Clock;
@@ -219,12 +220,18 @@ pub(super) fn incoming(
     listener: TcpListener,
     configs: watch::Receiver<Arc<ServerConfig>>,
     settings: Settings,
+    limits: Option<Arc<Limits>>,
 ) -> impl futures_util::Stream<Item = io::Result<ApiConn>> {
     let accepting = Accepting {
         listener,
         configs,
         settings: Arc::new(settings),
         handshakes: JoinSet::new(),
+        max: limits
+            .as_ref()
+            .map_or(MAX_HANDSHAKES, |l| l.settings().max_handshakes),
+        limits,
+        full: false,
     };
     futures_util::stream::unfold(accepting, |mut a| async move {
         let conn = a.next().await;
@@ -232,7 +239,8 @@ pub(super) fn incoming(
     })
 }
 
-/// The most server API handshakes in progress at once, before clients are authenticated.
+/// The most server API handshakes in progress at once, before clients are authenticated,
+/// unless the limits say otherwise.
 pub const MAX_HANDSHAKES: usize = 256;
 
 struct Accepting {
@@ -240,13 +248,24 @@ struct Accepting {
     configs: watch::Receiver<Arc<ServerConfig>>,
     settings: Arc<Settings>,
     handshakes: JoinSet<Option<ApiConn>>,
+    max: usize,
+    limits: Option<Arc<Limits>>,
+    /// Whether `max` handshakes are in progress, so each time it fills is counted once.
+    full: bool,
 }
 
 impl Accepting {
     /// The next connection whose handshake completed.
     async fn next(&mut self) -> ApiConn {
         loop {
-            let room = self.handshakes.len() < MAX_HANDSHAKES;
+            let room = self.handshakes.len() < self.max;
+            if !room && !self.full {
+                tracing::warn!(max = self.max, "server API handshakes at their limit (server.max_handshakes); new connections wait");
+                if let Some(limits) = &self.limits {
+                    limits.handshakes_full();
+                }
+            }
+            self.full = !room;
             tokio::select! {
                 accepted = self.listener.accept(), if room => match accepted {
                     Ok((tcp, _)) => self.handshake(tcp),

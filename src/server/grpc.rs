@@ -220,6 +220,22 @@ impl IdentityApi {
         Box::pin(updates.take_until(self.stopping.clone().cancelled_owned()))
     }
 
+    /// Whether a cell registering its own instance stays within `server.cell_instances`, so a
+    /// compromised cell cannot grow the registry (and every server's memory) without end.
+    fn within_cell_placements(&self, caller: &Principal, p: &Placement) -> Result<(), Status> {
+        let (Principal::Cell(cell), Some(limits)) = (caller, self.issuance.limits()) else {
+            return Ok(());
+        };
+        let max = limits.settings().cell_instances as usize;
+        if self.registry.get(&p.instance_guid).is_none() && self.registry.count_on(cell) >= max {
+            limits.cell_instances_full();
+            return Err(Status::resource_exhausted(format!(
+                "cell {cell} has {max} instances registered already (server.cell_instances)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether `caller` may change `cell`'s placements.
     fn may_place(&self, caller: &Principal, cell: &CellId) -> Result<(), Status> {
         match caller {
@@ -316,6 +332,7 @@ impl IdentityRpc for IdentityApi {
         let caller = self.caller(&request)?;
         let p = pb::placement_from_wire(request.into_inner()).map_err(Status::invalid_argument)?;
         self.may_place(&caller, &p.cell_id)?;
+        self.within_cell_placements(&caller, &p)?;
         let by = caller.spiffe_id(self.issuance.ca().settings());
         let (ledger, clock) = (self.issuance.ledger(), self.issuance.clock());
         placing::register(&self.registry, ledger, clock, p.clone(), &by).await?;
@@ -482,7 +499,12 @@ pub async fn serve(
         stopping: cancel.clone(),
         ..api
     };
-    let incoming = api_tls::incoming(listener, tls.configs(), api.ca.settings().clone());
+    let incoming = api_tls::incoming(
+        listener,
+        tls.configs(),
+        api.ca.settings().clone(),
+        api.issuance.limits().cloned(),
+    );
     let tasks = api.tasks.clone();
     let serving = tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW)

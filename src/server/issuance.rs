@@ -10,6 +10,7 @@ use crate::clock::Clock;
 use crate::ids::Ttl;
 use crate::ledger::Ledger;
 use crate::placement::Placement;
+use crate::server::limits::{self, Limits};
 use crate::server::Registry;
 use crate::store::{EntryKind, LedgerRecord};
 
@@ -20,6 +21,8 @@ pub struct IssuanceService {
     ledger: Ledger,
     registry: Registry,
     clock: Clock,
+    /// What each client may cost; nothing is limited unless set.
+    limits: Option<Arc<Limits>>,
 }
 
 impl IssuanceService {
@@ -36,6 +39,31 @@ impl IssuanceService {
             ledger,
             registry,
             clock,
+            limits: None,
+        }
+    }
+
+    /// The same service, holding clients to `limits`.
+    pub fn with_limits(self, limits: limits::Settings) -> Self {
+        IssuanceService {
+            limits: Some(Arc::new(Limits::new(limits))),
+            ..self
+        }
+    }
+
+    /// The limits, when set.
+    pub fn limits(&self) -> Option<&Arc<Limits>> {
+        self.limits.as_ref()
+    }
+
+    /// Records what the cell limits held back: for cells whose minute is over, or every cell
+    /// when `all` (at shutdown).
+    pub async fn record_held_back(&self, all: bool) {
+        let Some(limits) = &self.limits else { return };
+        for record in limits.summaries(self.clock.now(), all) {
+            if let Err(e) = self.ledger.append(record).await {
+                tracing::error!(error = %e, "cannot record what a cell's limits held back");
+            }
         }
     }
 
@@ -65,6 +93,14 @@ impl IssuanceService {
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
         if let Caller::Cell(cell) = caller {
+            let now_ms = crate::clock::unix_ms(now);
+            if let Some(limits) = &self.limits {
+                if !limits.admit_sign(cell, now_ms) {
+                    return Err(Error::Unavailable(Cause::Throttled(format!(
+                        "cell {cell} is over its sign rate (server.cell_sign_rate); retry later"
+                    ))));
+                }
+            }
             let instance = req.placement.instance_guid.clone();
             let registered = self
                 .registry
@@ -85,6 +121,13 @@ impl IssuanceService {
             };
             if let Some(denial) = denial {
                 let reason = denial.to_string();
+                let recorded = self
+                    .limits
+                    .as_ref()
+                    .is_none_or(|l| l.record_denial(cell, instance.as_str(), &reason, now_ms));
+                if !recorded {
+                    return Err(Error::PermissionDenied(denial));
+                }
                 tracing::warn!(%cell, %instance, %reason, "issuance denied");
                 // What the registry says about the instance, never what the cell claimed.
                 let mut record = match &registered {

@@ -7,6 +7,7 @@ pub mod change_feed;
 pub mod fleet;
 pub mod grpc;
 mod issuance;
+pub mod limits;
 pub mod placing;
 pub mod policies;
 pub mod policy_server;

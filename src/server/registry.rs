@@ -194,6 +194,12 @@ impl Registry {
         self.read().get(instance).cloned()
     }
 
+    /// How many instances are placed on `cell`. A scan: for the rare register request a cell
+    /// makes itself, not for hot paths.
+    pub fn count_on(&self, cell: &CellId) -> usize {
+        self.read().values().filter(|p| p.cell_id == *cell).count()
+    }
+
     /// The apps with at least one instance placed.
     pub fn apps(&self) -> std::collections::BTreeSet<Guid> {
         self.read().values().map(|p| p.app_guid.clone()).collect()

@@ -12,6 +12,7 @@ impl From<api::Error> for Status {
         match e {
             api::Error::Refused(cause) => Status::invalid_argument(cause.to_string()),
             api::Error::PermissionDenied(denial) => Status::permission_denied(denial.to_string()),
+            api::Error::Unavailable(api::Cause::Throttled(why)) => Status::resource_exhausted(why),
             api::Error::Unavailable(cause) => Status::unavailable(cause.to_string()),
         }
     }

@@ -2,6 +2,7 @@
 //! independent verifier, and a throwaway PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod dev;
 pub mod envoy;
 pub mod laggard;

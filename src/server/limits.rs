@@ -1,0 +1,297 @@
+//! What one client may cost the server: handshakes in progress before anyone is authenticated,
+//! and for each cell, sign requests per second and ledger records of its denials. A compromised cell that asks in a loop for what it may not have gets a bounded
+//! number of records: identical denials within a minute are recorded once, at most
+//! `denial_records` a minute are recorded one by one, and whatever was held back (throttled
+//! requests included) goes into one summary record per cell per minute.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::ids::CellId;
+use crate::store::{EntryKind, LedgerRecord};
+
+/// The window identical denials are recorded once in, and summaries are made for.
+const WINDOW_MS: i64 = 60_000;
+
+/// The server's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Server API handshakes in progress at once (`server.max_handshakes`); past that,
+    /// connections wait in the listen backlog.
+    pub max_handshakes: usize,
+    /// Sign requests a cell may make per second, sustained (`server.cell_sign_rate`).
+    pub sign_rate: u32,
+    /// How many it may make at once after a quiet spell (`server.cell_sign_burst`): a cell
+    /// starting up asks for every instance on it together.
+    pub sign_burst: u32,
+    /// Denials of one cell recorded one by one per minute (`server.cell_denial_records`).
+    pub denial_records: u32,
+    /// Instances a cell may register on itself (`server.cell_instances`); the orchestrator
+    /// and admins are not held to it.
+    pub cell_instances: u32,
+}
+
+/// The limits' state for every cell that asked, and how often they held.
+pub struct Limits {
+    settings: Settings,
+    cells: Mutex<HashMap<CellId, CellState>>,
+    throttled: AtomicU64,
+    denials_held_back: AtomicU64,
+    handshakes_full: AtomicU64,
+    cell_instances_full: AtomicU64,
+}
+
+#[derive(Default)]
+struct CellState {
+    signs: Bucket,
+    denial_records: Bucket,
+    /// When each (instance, reason) denial was last recorded one by one.
+    recorded: HashMap<(String, String), i64>,
+    held_back: HeldBack,
+}
+
+/// What a cell did that was not recorded one by one since `since_ms`.
+#[derive(Default)]
+struct HeldBack {
+    since_ms: i64,
+    throttled: u64,
+    denied: u64,
+    last_reason: Option<String>,
+}
+
+/// A token bucket: `tokens` refill at a rate up to a ceiling.
+#[derive(Default)]
+struct Bucket {
+    tokens: f64,
+    at_ms: Option<i64>,
+}
+
+impl Bucket {
+    /// Takes a token if there is one, refilling at `per_ms` up to `ceiling` first; a new
+    /// bucket starts full.
+    fn take(&mut self, per_ms: f64, ceiling: f64, now_ms: i64) -> bool {
+        let elapsed = match self.at_ms {
+            Some(at) => (now_ms - at).max(0) as f64,
+            None => f64::INFINITY,
+        };
+        self.tokens = (self.tokens + elapsed * per_ms).min(ceiling);
+        self.at_ms = Some(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Limits {
+    /// Limits as `settings` say.
+    pub fn new(settings: Settings) -> Limits {
+        Limits {
+            settings,
+            cells: Mutex::default(),
+            throttled: AtomicU64::new(0),
+            denials_held_back: AtomicU64::new(0),
+            handshakes_full: AtomicU64::new(0),
+            cell_instances_full: AtomicU64::new(0),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Counts a time the server API had `max_handshakes` in progress and let new
+    /// connections wait.
+    pub fn handshakes_full(&self) {
+        self.handshakes_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn with_cell<T>(&self, cell: &CellId, now_ms: i64, f: impl FnOnce(&mut CellState) -> T) -> T {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let state = cells.entry(cell.clone()).or_default();
+        if state.held_back.throttled == 0 && state.held_back.denied == 0 {
+            state.held_back.since_ms = now_ms;
+        }
+        f(state)
+    }
+
+    /// Counts a cell's registration refused by `cell_instances`.
+    pub fn cell_instances_full(&self) {
+        self.cell_instances_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether `cell` may make another sign request now; if not, it is counted for the
+    /// cell's summary.
+    pub fn admit_sign(&self, cell: &CellId, now_ms: i64) -> bool {
+        let s = self.settings;
+        let admitted = self.with_cell(cell, now_ms, |state| {
+            let admitted = state.signs.take(
+                f64::from(s.sign_rate) / 1000.0,
+                f64::from(s.sign_burst),
+                now_ms,
+            );
+            if !admitted {
+                state.held_back.throttled += 1;
+            }
+            admitted
+        });
+        if !admitted {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Whether this denial of `cell` is recorded one by one; if not, it is counted for the
+    /// cell's summary.
+    pub fn record_denial(&self, cell: &CellId, instance: &str, reason: &str, now_ms: i64) -> bool {
+        let s = self.settings;
+        let recorded = self.with_cell(cell, now_ms, |state| {
+            state.recorded.retain(|_, at| now_ms - *at < WINDOW_MS);
+            let key = (instance.to_string(), reason.to_string());
+            let fresh = !state.recorded.contains_key(&key);
+            let per_ms = f64::from(s.denial_records) / WINDOW_MS as f64;
+            if fresh
+                && state
+                    .denial_records
+                    .take(per_ms, f64::from(s.denial_records), now_ms)
+            {
+                state.recorded.insert(key, now_ms);
+                return true;
+            }
+            state.held_back.denied += 1;
+            state.held_back.last_reason = Some(reason.to_string());
+            false
+        });
+        if !recorded {
+            self.denials_held_back.fetch_add(1, Ordering::Relaxed);
+        }
+        recorded
+    }
+
+    /// One summary record for each cell that had something held back for a minute (for
+    /// every such cell, however long, when `all`), and that cell's count starts again.
+    pub fn summaries(&self, now: time::OffsetDateTime, all: bool) -> Vec<LedgerRecord> {
+        let now_ms = crate::clock::unix_ms(now);
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        cells.retain(|cell, state| {
+            let held = &mut state.held_back;
+            let due =
+                held.throttled + held.denied > 0 && (all || now_ms - held.since_ms >= WINDOW_MS);
+            if due {
+                out.push(summary(cell, held, now_ms, now));
+                *held = HeldBack::default();
+            }
+            // A cell quiet for a window holds nothing worth keeping: its buckets are full again.
+            let quiet = state.signs.at_ms.is_none_or(|at| now_ms - at >= WINDOW_MS)
+                && state
+                    .denial_records
+                    .at_ms
+                    .is_none_or(|at| now_ms - at >= WINDOW_MS);
+            !(quiet && held.throttled + held.denied == 0)
+        });
+        out
+    }
+
+    /// `idmint_limit_hits_total` samples for the server's limits (the caller writes HELP and
+    /// TYPE once for every part's samples).
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (limit, n) in [
+            ("cell_sign_rate", &self.throttled),
+            ("cell_denial_records", &self.denials_held_back),
+            ("server_handshakes", &self.handshakes_full),
+            ("cell_instances", &self.cell_instances_full),
+        ] {
+            let _ = writeln!(
+                out,
+                "idmint_limit_hits_total{{limit=\"{limit}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+fn summary(cell: &CellId, held: &HeldBack, now_ms: i64, now: time::OffsetDateTime) -> LedgerRecord {
+    let seconds = (now_ms - held.since_ms).max(0) / 1000;
+    let mut parts = Vec::new();
+    if held.throttled > 0 {
+        parts.push(format!(
+            "{} sign requests refused over its rate (server.cell_sign_rate)",
+            held.throttled
+        ));
+    }
+    if held.denied > 0 {
+        parts.push(format!(
+            "{} denials not recorded one by one (repeats, or over server.cell_denial_records); the last: {}",
+            held.denied,
+            held.last_reason.as_deref().unwrap_or("")
+        ));
+    }
+    LedgerRecord {
+        cell_id: Some(cell.to_string()),
+        reason: Some(format!(
+            "cell {cell}, in the last {seconds} s: {}",
+            parts.join("; ")
+        )),
+        ..LedgerRecord::bare(EntryKind::Denied, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: u32, burst: u32, records: u32) -> Limits {
+        Limits::new(Settings {
+            max_handshakes: 1,
+            sign_rate: rate,
+            sign_burst: burst,
+            denial_records: records,
+            cell_instances: 1,
+        })
+    }
+
+    #[test]
+    fn a_cell_gets_its_burst_then_its_rate() {
+        let l = limits(10, 5, 60);
+        let cell: CellId = "cell-1".parse().unwrap();
+        let other: CellId = "cell-2".parse().unwrap();
+        let admitted = (0..20).filter(|_| l.admit_sign(&cell, 1_000)).count();
+        assert_eq!(admitted, 5);
+        // Another cell is not held back by the first.
+        assert!(l.admit_sign(&other, 1_000));
+        // 100 ms at 10/s is one more.
+        assert!(l.admit_sign(&cell, 1_100));
+        assert!(!l.admit_sign(&cell, 1_100));
+    }
+
+    #[test]
+    fn identical_denials_are_recorded_once_a_minute_and_the_rest_summarised() {
+        let l = limits(1000, 1000, 3);
+        let cell: CellId = "cell-1".parse().unwrap();
+        assert!(l.record_denial(&cell, "i1", "not placed", 0));
+        assert!(!l.record_denial(&cell, "i1", "not placed", 10));
+        assert!(l.record_denial(&cell, "i2", "not placed", 20));
+        assert!(l.record_denial(&cell, "i3", "not placed", 30));
+        // Three a minute, whatever they are.
+        assert!(!l.record_denial(&cell, "i4", "not placed", 40));
+        let start = time::OffsetDateTime::UNIX_EPOCH;
+        assert!(l.summaries(start, false).is_empty(), "not a minute yet");
+        let later = start + time::Duration::seconds(61);
+        let summaries = l.summaries(later, false);
+        assert_eq!(summaries.len(), 1);
+        let reason = summaries[0].reason.as_deref().unwrap();
+        assert!(
+            reason.contains("2 denials not recorded one by one"),
+            "{reason}"
+        );
+        assert!(l.summaries(later, true).is_empty(), "counted once");
+        // A minute on, the same denial is recorded again.
+        assert!(l.record_denial(&cell, "i1", "not placed", 61_000));
+    }
+}
