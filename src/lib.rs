@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod fuzz;
 pub mod ids;
 pub mod ledger;
 pub mod placement;

@@ -178,7 +178,13 @@ pub enum TemplateError {
     },
     #[error("the SPIFFE ID template needs {{{0}}}, which was not given for this app")]
     MissingValue(&'static str),
+    #[error("SPIFFE ID template {template:?} puts apps under /{segment}/, where idmint's own principals (cells, admins, auditors, the orchestrator, the server) live: an app would be taken for one")]
+    Reserved { template: String, segment: String },
 }
+
+/// The first path segments of the principals' SPIFFE IDs (`spiffe://<td>/cell/<id>`, …): no
+/// app identity may start with one, or an app's certificate would pass for a principal's.
+pub const PRINCIPAL_SEGMENTS: [&str; 5] = ["cell", "admin", "auditor", "orchestrator", "server"];
 
 /// The values a template may name; `None` for those not known for an app.
 #[derive(Clone, Copy, Debug, Default)]
@@ -215,6 +221,14 @@ impl IdTemplate {
             },
             other => other,
         })?;
+        let first = id.path().trim_start_matches('/').split('/').next();
+        let first = first.unwrap_or("");
+        if PRINCIPAL_SEGMENTS.contains(&first) {
+            return Err(TemplateError::Reserved {
+                template: template.to_string(),
+                segment: first.to_string(),
+            });
+        }
         if &id.trust_domain() != trust_domain {
             return Err(TemplateError::OtherTrustDomain {
                 template: template.to_string(),
@@ -295,5 +309,15 @@ mod template_tests {
         assert!(IdTemplate::new("spiffe://{trust_domain}/x", &td).is_err());
         assert!(IdTemplate::new("spiffe://other.td/app/{app_guid}", &td).is_err());
         assert!(IdTemplate::new("spiffe://{trust_domain}/{nope}/{app_guid}", &td).is_err());
+        for reserved in PRINCIPAL_SEGMENTS {
+            let template = format!("spiffe://{{trust_domain}}/{reserved}/{{app_guid}}");
+            let err = IdTemplate::new(&template, &td).unwrap_err();
+            assert!(
+                matches!(err, TemplateError::Reserved { .. }),
+                "{template}: {err}"
+            );
+        }
+        // Elsewhere in the path they mean nothing.
+        assert!(IdTemplate::new("spiffe://{trust_domain}/apps/admin/{app_guid}", &td).is_ok());
     }
 }

@@ -360,47 +360,30 @@ fn the_admin_socket_is_the_service_users_alone() {
     let shared = tmp.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_idmint"))
-        .arg("--data-dir")
-        .arg(tmp.path().join("other"))
-        .args([
-            "--set",
-            "admin.listen=127.0.0.1:0",
-            "--set",
-            "server.listen=127.0.0.1:0",
-        ])
-        .arg("--set")
-        .arg(format!(
-            "admin.socket={}",
-            shared.join("admin.sock").display()
-        ))
-        .arg("dev")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&tmp.path().join("other"), &shared.join("admin.sock"));
     assert!(
         err.contains("admin.socket") && err.contains("writable by other users"),
         "{err}"
     );
 
     // A second service on the same socket is refused rather than taking it over.
+    let err = refused_start(&tmp.path().join("second"), &socket);
+    assert!(err.contains("another process serves"), "{err}");
+    assert!(idmint.cli(&["instance", "list"]).status.success());
+}
+
+/// What `idmint dev` on `data` with its admin socket at `socket` says as it refuses to start.
+fn refused_start(data: &Path, socket: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_idmint"))
         .arg("--data-dir")
-        .arg(tmp.path().join("second"))
-        .args([
-            "--set",
-            "admin.listen=127.0.0.1:0",
-            "--set",
-            "server.listen=127.0.0.1:0",
-        ])
+        .arg(data)
+        .args(["--set", "admin.listen=127.0.0.1:0"])
+        .args(["--set", "server.listen=127.0.0.1:0"])
         .arg("--set")
         .arg(format!("admin.socket={}", socket.display()))
         .arg("dev")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another process serves"), "{err}");
-    assert!(idmint.cli(&["instance", "list"]).status.success());
+    assert!(!out.status.success(), "it started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -126,7 +126,6 @@ impl Runtime {
                 }
                 issuance.record_held_back(false).await;
             }
-            issuance.record_held_back(true).await;
         });
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);
@@ -187,6 +186,8 @@ impl Runtime {
     /// Cancels every task, waits (bounded) for them, and closes the store. Queued ledger
     /// records are committed before the writer ends.
     pub async fn shutdown(self) {
+        // While the ledger writer still runs: what the limits held back is recorded.
+        self.issuance.record_held_back(true).await;
         self.shutdown.cancel();
         drop(self.issuance);
         for (name, handle) in self.tasks {

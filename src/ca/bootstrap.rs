@@ -124,6 +124,17 @@ pub(super) struct Hierarchy {
     pub inter_der: Vec<u8>,
 }
 
+/// A new self-signed CA held in memory only, nothing stored: for property tests and fuzzing.
+pub fn in_memory(settings: Settings, now: OffsetDateTime) -> Result<CertificateAuthority, Error> {
+    let h = new_hierarchy(&settings, "idmint", now)?;
+    let signing = Signing {
+        roots: vec![CaCert::from_der(Role::Root, &h.root_der)?],
+        chain: vec![CaCert::from_der(Role::Intermediate, &h.inter_der)?],
+        key: Arc::new(h.inter_key),
+    };
+    Ok(CertificateAuthority::new(settings, signing))
+}
+
 /// A new P-256 root and intermediate with the lifetimes in `settings`, their subjects naming
 /// `organization`.
 pub(super) fn new_hierarchy(

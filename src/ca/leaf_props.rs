@@ -4,14 +4,13 @@
 //! fields and the SPIFFE ID that went in.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
-use super::bootstrap::new_hierarchy;
 use super::strict_der::{self, oid};
-use super::{CaCert, CertificateAuthority, Role, Settings, Signing};
+use super::{CertificateAuthority, Settings};
 use crate::ids::{Guid, Ttl};
 use crate::placement::Placement;
 use crate::spiffe::{IdTemplate, TrustDomain};
@@ -122,13 +121,7 @@ fn csrs() -> &'static [Vec<u8>] {
 
 /// A self-signed CA held in memory for `settings`.
 fn ca_for(settings: Settings, now: OffsetDateTime) -> CertificateAuthority {
-    let h = new_hierarchy(&settings, "idmint", now).unwrap();
-    let signing = Signing {
-        roots: vec![CaCert::from_der(Role::Root, &h.root_der).unwrap()],
-        chain: vec![CaCert::from_der(Role::Intermediate, &h.inter_der).unwrap()],
-        key: Arc::new(h.inter_key),
-    };
-    CertificateAuthority::new(settings, signing)
+    super::bootstrap::in_memory(settings, now).unwrap()
 }
 
 proptest! {

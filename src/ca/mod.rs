@@ -26,7 +26,7 @@ use std::path::PathBuf;
 pub use authority::{
     leaf_validity, CertificateAuthority, Credential, Issued, PublishedBundle, Signing, Validity,
 };
-pub use bootstrap::{chains_to, init_self_signed, load, upstream_signing, Init};
+pub use bootstrap::{chains_to, in_memory, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{
     cert_pem, pem_encode, pem_fingerprints, private_key_pem, sha256_hex, CaCert, Role,
 };

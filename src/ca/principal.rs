@@ -199,6 +199,25 @@ mod tests {
         ] {
             assert_eq!(Principal::from_spiffe_id(&s, &p.spiffe_id(&s)), Some(p));
         }
+        // No app identity can be made to look like one: the template refuses their segments.
+        let server = Principal::Server {
+            dns: vec![],
+            ips: vec![],
+        };
+        for p in [
+            Principal::Cell("c".parse().unwrap()),
+            Principal::Orchestrator,
+            Principal::Admin("a".into()),
+            Principal::Auditor("a".into()),
+            server,
+        ] {
+            let id = p.spiffe_id(&s);
+            let first = id["spiffe://cf.internal/".len()..]
+                .split('/')
+                .next()
+                .unwrap();
+            assert!(crate::spiffe::PRINCIPAL_SEGMENTS.contains(&first), "{id}");
+        }
         for other in [
             "spiffe://cf.internal/server",
             "spiffe://other.td/cell/cell-1",

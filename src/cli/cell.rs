@@ -46,6 +46,12 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
     let cred = result?;
     dir.write(&cred, &bundle)?;
     println!("enrolled cell {cell_id} as {}", cred.issued.spiffe_id);
+    print_validity(&cred, &out_dir);
+    Ok(())
+}
+
+/// The serial and validity of a credential just written to `out_dir`.
+pub(super) fn print_validity(cred: &crate::ca::Credential, out_dir: &std::path::Path) {
     println!(
         "serial {}, valid {} .. {}; wrote {}",
         cred.issued.serial_hex,
@@ -53,5 +59,4 @@ pub async fn run(cmd: CellCommand, config: Config) -> Result<()> {
         rfc3339(cred.issued.validity.not_after),
         out_dir.display()
     );
-    Ok(())
 }

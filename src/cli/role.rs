@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 
-use super::table::rfc3339;
 use crate::app::Runtime;
 use crate::ca::{is_person_name, Init, Principal};
 use crate::config::Config;
@@ -64,13 +63,7 @@ pub async fn run(cmd: RoleCommand, config: Config) -> Result<()> {
     write_atomic(&out_dir.join(CHAIN), cred.chain_pem().as_bytes(), 0o644)?;
     write_atomic(&out_dir.join(BUNDLE), bundle.as_bytes(), 0o644)?;
     println!("enrolled {}", cred.issued.spiffe_id);
-    println!(
-        "serial {}, valid {} .. {}; wrote {}",
-        cred.issued.serial_hex,
-        rfc3339(cred.issued.validity.not_before),
-        rfc3339(cred.issued.validity.not_after),
-        out_dir.display()
-    );
+    super::cell::print_validity(&cred, &out_dir);
     Ok(())
 }
 

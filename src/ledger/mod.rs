@@ -7,7 +7,7 @@
 mod leaf_hash;
 mod writer;
 
-pub use leaf_hash::leaf_hash;
+pub use leaf_hash::{canonical, decode, leaf_hash, DecodeError};
 pub use writer::{Ledger, WriterStats, MAX_BATCH};
 
 /// Why an append did not become durable.

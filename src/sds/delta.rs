@@ -38,6 +38,23 @@ pub fn responses(
     })
 }
 
+/// As `sotw::replay`, for the delta protocol. For fuzzing.
+pub(crate) fn replay(
+    ctx: &Ctx,
+    requests: Vec<DeltaDiscoveryRequest>,
+) -> (Vec<DeltaDiscoveryResponse>, Option<tonic::Status>) {
+    let mut state = State::default();
+    let mut sent = Vec::new();
+    for req in requests {
+        match on_request(&mut state, ctx, req) {
+            Outcome::Quiet => {}
+            Outcome::Push { .. } => sent.extend(respond(&mut state, ctx)),
+            Outcome::End(status) => return (sent, status),
+        }
+    }
+    (sent, None)
+}
+
 fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outcome {
     if let Err(status) = check_type(&req.type_url) {
         return Outcome::End(Some(status));

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::SdsMetrics;
 use super::secrets::{check_type, Sources, SECRET_TYPE};
-use super::slots::{Slot, Slots};
+use super::slots::Slots;
 use super::stream::{combined_version, Ctx, ResponseStream};
 use super::Workload;
 use super::{delta, sotw};
@@ -51,7 +51,33 @@ impl Sds {
             metrics: self.metrics.clone(),
             cancel: self.cancel.clone(),
             td_id,
+            _slot: None,
         }
+    }
+
+    /// The context of a new stream, holding a slot: none left refuses the stream.
+    fn stream_ctx(&self) -> Result<Ctx, Status> {
+        Ok(Ctx {
+            _slot: Some(self.slots.take()?),
+            ..self.ctx()
+        })
+    }
+
+    /// Runs `requests` through a `StreamSecrets` stream's state machine, with no client: the
+    /// responses, and the error that ended it if one did. For fuzzing.
+    pub fn replay_sotw(
+        &self,
+        requests: Vec<DiscoveryRequest>,
+    ) -> (Vec<DiscoveryResponse>, Option<Status>) {
+        sotw::replay(&self.ctx(), requests)
+    }
+
+    /// As [`Sds::replay_sotw`], for `DeltaSecrets`.
+    pub fn replay_delta(
+        &self,
+        requests: Vec<DeltaDiscoveryRequest>,
+    ) -> (Vec<DeltaDiscoveryResponse>, Option<Status>) {
+        delta::replay(&self.ctx(), requests)
     }
 
     /// `StreamSecrets`.
@@ -59,9 +85,8 @@ impl Sds {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream<DiscoveryResponse>>, Status> {
-        let slot = self.slots.take()?;
-        let responses = sotw::responses(request.into_inner(), self.ctx());
-        Ok(Response::new(holding(slot, responses)))
+        let ctx = self.stream_ctx()?;
+        Ok(Response::new(sotw::responses(request.into_inner(), ctx)))
     }
 
     /// `DeltaSecrets`.
@@ -69,9 +94,8 @@ impl Sds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream<DeltaDiscoveryResponse>>, Status> {
-        let slot = self.slots.take()?;
-        let responses = delta::responses(request.into_inner(), self.ctx());
-        Ok(Response::new(holding(slot, responses)))
+        let ctx = self.stream_ctx()?;
+        Ok(Response::new(delta::responses(request.into_inner(), ctx)))
     }
 
     /// `FetchSecrets`: the named secrets now, waiting a while for ones not issued yet.
@@ -119,13 +143,4 @@ impl Sds {
             }
         }
     }
-}
-
-/// `responses`, holding `slot` for as long as the stream lives.
-fn holding<T: Send + 'static>(slot: Slot, responses: ResponseStream<T>) -> ResponseStream<T> {
-    use futures_util::StreamExt;
-    Box::pin(responses.map(move |item| {
-        let _held = &slot;
-        item
-    }))
 }

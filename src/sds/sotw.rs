@@ -34,6 +34,24 @@ pub fn responses(
     super::stream::drive(inbound, ctx, State::default(), on_request, respond)
 }
 
+/// Runs `requests` through one stream's state machine as the stream would, without a client
+/// or a wait: the responses it sends, and the error that ended it, if one did. For fuzzing.
+pub(crate) fn replay(
+    ctx: &Ctx,
+    requests: Vec<DiscoveryRequest>,
+) -> (Vec<DiscoveryResponse>, Option<tonic::Status>) {
+    let mut state = State::default();
+    let mut sent = Vec::new();
+    for req in requests {
+        match on_request(&mut state, ctx, req) {
+            Outcome::Quiet => {}
+            Outcome::Push { force } => sent.extend(respond(&mut state, ctx, force)),
+            Outcome::End(status) => return (sent, status),
+        }
+    }
+    (sent, None)
+}
+
 fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {
     if let Err(status) = check_type(&req.type_url) {
         return Outcome::End(Some(status));

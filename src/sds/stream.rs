@@ -21,6 +21,8 @@ pub struct Ctx {
     pub metrics: Arc<SdsMetrics>,
     pub cancel: CancellationToken,
     pub td_id: String,
+    /// The stream's place under the stream limits, held as long as the stream lives.
+    pub _slot: Option<super::slots::Slot>,
 }
 
 /// What a stream does next.

@@ -37,6 +37,35 @@ pub enum ReportError {
     Store(#[from] crate::store::Error),
 }
 
+/// The bundles a report names, each as a set of root fingerprints with its sidecars; or why
+/// it is not a report an agent sends.
+pub(crate) fn check_report(
+    held: Vec<(Vec<String>, u64)>,
+) -> Result<Vec<(BTreeSet<String>, u64)>, ReportError> {
+    if held.len() > MAX_BUNDLES {
+        return Err(ReportError::Invalid(format!(
+            "a report names at most {MAX_BUNDLES} bundles, not {}",
+            held.len()
+        )));
+    }
+    let mut checked = Vec::with_capacity(held.len());
+    for (roots, sidecars) in held {
+        if roots.len() > MAX_ROOTS {
+            return Err(ReportError::Invalid(format!(
+                "a bundle has at most {MAX_ROOTS} roots, not {}",
+                roots.len()
+            )));
+        }
+        if let Some(bad) = roots.iter().find(|r| !is_fingerprint(r)) {
+            return Err(ReportError::Invalid(format!(
+                "root {bad:?} is not a SHA-256 fingerprint (64 lowercase hex digits)"
+            )));
+        }
+        checked.push((roots.into_iter().collect::<BTreeSet<_>>(), sidecars));
+    }
+    Ok(checked)
+}
+
 /// Takes in the agents' reports. Cheap to clone.
 #[derive(Clone)]
 pub struct FleetReports {
@@ -57,27 +86,7 @@ impl FleetReports {
         cell: &CellId,
         held: Vec<(Vec<String>, u64)>,
     ) -> Result<(), ReportError> {
-        if held.len() > MAX_BUNDLES {
-            return Err(ReportError::Invalid(format!(
-                "a report names at most {MAX_BUNDLES} bundles, not {}",
-                held.len()
-            )));
-        }
-        let mut checked = Vec::with_capacity(held.len());
-        for (roots, sidecars) in held {
-            if roots.len() > MAX_ROOTS {
-                return Err(ReportError::Invalid(format!(
-                    "a bundle has at most {MAX_ROOTS} roots, not {}",
-                    roots.len()
-                )));
-            }
-            if let Some(bad) = roots.iter().find(|r| !is_fingerprint(r)) {
-                return Err(ReportError::Invalid(format!(
-                    "root {bad:?} is not a SHA-256 fingerprint (64 lowercase hex digits)"
-                )));
-            }
-            checked.push((roots.into_iter().collect::<BTreeSet<_>>(), sidecars));
-        }
+        let checked = check_report(held)?;
         let now_ms = unix_ms(self.clock.now());
         self.store
             .replace_held_bundles(cell.as_str(), &checked, now_ms)

@@ -288,7 +288,12 @@ fn principal_record(
     }
 }
 
-fn placement_record(p: &Placement, kind: EntryKind, now: OffsetDateTime) -> LedgerRecord {
+/// A record of `kind` about placement `p`.
+pub(super) fn placement_record(
+    p: &Placement,
+    kind: EntryKind,
+    now: OffsetDateTime,
+) -> LedgerRecord {
     LedgerRecord {
         instance_guid: Some(p.instance_guid.to_string()),
         app_guid: Some(p.app_guid.to_string()),

@@ -112,7 +112,11 @@ impl Limits {
 
     fn with_cell<T>(&self, cell: &CellId, now_ms: i64, f: impl FnOnce(&mut CellState) -> T) -> T {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        let state = cells.entry(cell.clone()).or_default();
+        // Looked up before inserting: the cell's name is copied once, not on every request.
+        if !cells.contains_key(cell) {
+            cells.insert(cell.clone(), CellState::default());
+        }
+        let state = cells.get_mut(cell).expect("inserted above");
         if state.held_back.throttled == 0 && state.held_back.denied == 0 {
             state.held_back.since_ms = now_ms;
         }

@@ -1,6 +1,7 @@
 //! Placement changes made on a caller's behalf, through the admin API or the server API: the
 //! registry change and its ledger record naming the caller, both or neither.
 
+use super::issuance::placement_record;
 use super::registry::{self, Registry};
 use crate::clock::Clock;
 use crate::ids::Guid;
@@ -54,13 +55,7 @@ pub async fn deregister(
 
 fn record(p: &Placement, reason: String, clock: &Clock) -> LedgerRecord {
     LedgerRecord {
-        instance_guid: Some(p.instance_guid.to_string()),
-        app_guid: Some(p.app_guid.to_string()),
-        space_guid: p.space_guid.as_ref().map(|g| g.to_string()),
-        org_guid: p.org_guid.as_ref().map(|g| g.to_string()),
-        cell_id: Some(p.cell_id.to_string()),
-        container_ip: p.container_ip.map(|ip| ip.to_string()),
         reason: Some(reason),
-        ..LedgerRecord::bare(EntryKind::Placement, clock.now())
+        ..placement_record(p, EntryKind::Placement, clock.now())
     }
 }

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `idmint::fuzz::sds_sotw`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| idmint::fuzz::sds_sotw(data));
