@@ -2,6 +2,9 @@
 //! replayed through the same entry points `make fuzz` runs, so what was fixed stays fixed;
 //! what csr_issuance issues is read with the strict DER reader.
 
+// The shared helpers wait on real processes with real deadlines.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::Path;
