@@ -168,37 +168,7 @@ async fn a_cell_registers_at_most_its_share_of_instances() {
         ],
     )
     .await;
-    // `start` serves with cells_register_own off; this test needs it on.
-    drop((cancel, served));
-    let api = idmint::server::grpc::IdentityApi::new(
-        rt.issuance.clone(),
-        rt.registry.clone(),
-        rt.policies.clone(),
-        rt.ca.clone(),
-        true,
-    );
-    let tls = idmint::server::api_tls::ApiTls::enroll(
-        rt.issuance.clone(),
-        Principal::Server {
-            dns: vec!["localhost".into()],
-            ips: vec![],
-        },
-        rt.config.agent.renewal,
-        rt.clock.clone(),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let own_port = listener.local_addr().unwrap().port();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let served = tokio::spawn(idmint::server::grpc::serve(
-        listener,
-        api,
-        tls,
-        cancel.clone(),
-    ));
-    let _ = port;
-    let cell = client_as(&rt, own_port, Principal::Cell("cell-1".parse().unwrap())).await;
+    let cell = client_as(&rt, port, Principal::Cell("cell-1".parse().unwrap())).await;
     let place = |n: u32| {
         let mut p = on_cell(&stranger(n), "cell-1");
         p.app_guid = stranger(n).parse().unwrap();
@@ -219,7 +189,7 @@ async fn a_cell_registers_at_most_its_share_of_instances() {
     );
     // Registering one it has again is no new instance, and the orchestrator is not held to it.
     cell.client().register_placement(place(0)).await.unwrap();
-    let orchestrator = client_as(&rt, own_port, Principal::Orchestrator).await;
+    let orchestrator = client_as(&rt, port, Principal::Orchestrator).await;
     orchestrator
         .client()
         .register_placement(place(3))

@@ -60,7 +60,8 @@ pub fn on_cell(instance: &str, cell: &str) -> idmint::placement::Placement {
 }
 
 /// A runtime in `dir` with `overrides`, serving the API on a loopback port with the server's
-/// own credential for "localhost" (cells may not register their own instances).
+/// own credential for "localhost" (cells may register their own instances only when
+/// `server.cells_register_own` says so).
 pub async fn start(
     dir: &std::path::Path,
     overrides: &[(&str, &str)],
@@ -92,7 +93,7 @@ pub async fn start(
         rt.registry.clone(),
         rt.policies.clone(),
         rt.ca.clone(),
-        false,
+        rt.config.server.cells_register_own.unwrap_or(false),
     );
     let served = tokio::spawn(grpc::serve(listener, api, tls, cancel.clone()));
     (rt, port, cancel, served)
