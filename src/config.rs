@@ -59,7 +59,7 @@ pub const KEYS: &[&str] = &[
     "server.agent_ack_grace",
     "server.cell_sign_rate",
     "server.cell_sign_burst",
-    "server.cell_denial_records",
+    "server.denial_records",
     "server.max_handshakes",
     "server.cell_instances",
     "agent.sds_dir",
@@ -141,7 +141,7 @@ struct RawServer {
     agent_ack_grace: Option<String>,
     cell_sign_rate: Option<toml::Value>,
     cell_sign_burst: Option<toml::Value>,
-    cell_denial_records: Option<toml::Value>,
+    denial_records: Option<toml::Value>,
     max_handshakes: Option<toml::Value>,
     cell_instances: Option<toml::Value>,
 }
@@ -472,10 +472,7 @@ impl Config {
         let limits = &self.server.limits;
         server.insert("cell_sign_rate".into(), count(limits.sign_rate.into()));
         server.insert("cell_sign_burst".into(), count(limits.sign_burst.into()));
-        server.insert(
-            "cell_denial_records".into(),
-            count(limits.denial_records.into()),
-        );
+        server.insert("denial_records".into(), count(limits.denial_records.into()));
         server.insert("cell_instances".into(), count(limits.cell_instances.into()));
         server.insert("max_handshakes".into(), count(limits.max_handshakes as u64));
         root.insert("server".into(), toml::Value::Table(server));
@@ -753,8 +750,8 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             2_000,
         )?),
         denial_records: small(positive(
-            "server.cell_denial_records",
-            raw.server.cell_denial_records,
+            "server.denial_records",
+            raw.server.denial_records,
             60,
         )?),
         cell_instances: small(positive(

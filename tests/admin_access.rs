@@ -59,13 +59,26 @@ fn python(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
+    python_repeated(idmint, who, method, path, body, 1)
+}
+
+/// [`python`] `times` times over; the last answer.
+fn python_repeated(
+    idmint: &Idmint,
+    who: Option<&Credential>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    times: usize,
+) -> (u16, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/admin_request.py");
     let files = match who {
         Some(c) => [&c.cert, &c.key, &c.bundle].map(|p| p.display().to_string()),
         None => ["-".to_string(), "-".to_string(), "-".to_string()],
     };
     let mut cmd = Command::new("python3");
-    cmd.arg(script)
+    cmd.env("REPEAT", times.to_string())
+        .arg(script)
         .arg(idmint.admin.to_string())
         .args(files)
         .args([method, path]);
@@ -386,4 +399,33 @@ fn refused_start(data: &Path, socket: &Path) -> String {
         .unwrap();
     assert!(!out.status.success(), "it started");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_caller_refused_in_a_loop_adds_a_bounded_number_of_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idmint = Idmint::start_with(tmp.path(), &["server.denial_records=5"]);
+    let cell = Credential::local_cell(&idmint);
+    let before = ledger_len(&idmint);
+    // The same refusal 100 times: recorded once.
+    let (status, _) = python_repeated(&idmint, Some(&cell), "GET", "/v1/ledger", None, 100);
+    assert_eq!(status, 403);
+    assert_eq!(ledger_len(&idmint), before + 1);
+    // Nine different ones: four more recorded one by one (five a minute in all), the other
+    // five counted for the caller's summary.
+    for n in 0..9 {
+        let path = format!("/v1/instances/{n:08x}-0000-4000-8000-000000000000");
+        let (status, _) = python(&idmint, Some(&cell), "DELETE", &path, None);
+        assert_eq!(status, 403);
+    }
+    assert_eq!(ledger_len(&idmint), before + 5);
+    let metrics = http_get(idmint.admin, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("idmint_admin_refusals_total{reason=\"forbidden\"} 109"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("idmint_limit_hits_total{limit=\"denial_records\"} 104"),
+        "{metrics}"
+    );
 }

@@ -90,7 +90,7 @@ async fn a_denial_flood_from_one_cell_adds_a_bounded_number_of_records() {
         .filter(|e| e.seq >= before)
         .filter(|e| e.record.cell_id.as_deref() == Some("cell-1"))
         .collect();
-    // At most `server.cell_denial_records` (60 a minute, so 60 and one a second more while it
+    // At most `server.denial_records` (60 a minute, so 60 and one a second more while it
     // lasted) one by one, and a summary a minute.
     let seconds = flood_began.elapsed().as_secs() as usize + 1;
     let bound = 60 + seconds + seconds / 60 + 1;

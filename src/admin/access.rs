@@ -204,6 +204,9 @@ fn too_large(request: &Request, max: usize) -> bool {
         .is_some_and(|n| n > max as u64)
 }
 
+/// The most of a refused request's path its record keeps.
+const MAX_PATH_RECORDED: usize = 200;
+
 /// What the 401 says: how to get in.
 const UNAUTHENTICATED: &str = "this needs a credential: connect to admin.listen with mutual TLS \
 using an admin, auditor or orchestrator credential (idmint role enroll), or use the admin \
@@ -237,18 +240,29 @@ pub async fn require(
             (StatusCode::UNAUTHORIZED, format!("{UNAUTHENTICATED}\n")).into_response()
         }
         Err(Refusal::Forbidden(reason)) => {
-            let what = format!("{} {}", request.method(), request.uri().path());
-            let record = LedgerRecord {
-                reason: Some(format!(
-                    "admin API: {} refused {what}: {reason}",
-                    caller.describe(settings)
-                )),
-                ..LedgerRecord::bare(EntryKind::Denied, state.clock.now())
-            };
-            if let Err(e) = state.ledger.append(record).await {
-                tracing::error!(error = %e, "cannot record an admin API refusal");
-            }
             state.refusals.forbidden();
+            let path: String = request
+                .uri()
+                .path()
+                .chars()
+                .take(MAX_PATH_RECORDED)
+                .collect();
+            let what = format!("{} {path}", request.method());
+            let who = caller.describe(settings);
+            let now = state.clock.now();
+            // A caller refused in a loop gets a bounded number of records, as a cell does.
+            let one_by_one = state.limits.as_ref().is_none_or(|l| {
+                l.record_admin_refusal(&who, &what, &reason, crate::clock::unix_ms(now))
+            });
+            if one_by_one {
+                let record = LedgerRecord {
+                    reason: Some(format!("admin API: {who} refused {what}: {reason}")),
+                    ..LedgerRecord::bare(EntryKind::Denied, now)
+                };
+                if let Err(e) = state.ledger.append(record).await {
+                    tracing::error!(error = %e, "cannot record an admin API refusal");
+                }
+            }
             (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response()
         }
     }

@@ -1,5 +1,6 @@
 //! What one client may cost the server: handshakes in progress before anyone is authenticated,
-//! and for each cell, sign requests per second and ledger records of its denials. A compromised cell that asks in a loop for what it may not have gets a bounded
+//! for each cell its sign requests per second, and for each cell and each admin API caller the
+//! ledger records of its denials. A compromised cell that asks in a loop for what it may not have gets a bounded
 //! number of records: identical denials within a minute are recorded once, at most
 //! `denial_records` a minute are recorded one by one, and whatever was held back (throttled
 //! requests included) goes into one summary record per cell per minute.
@@ -25,7 +26,8 @@ pub struct Settings {
     /// How many it may make at once after a quiet spell (`server.cell_sign_burst`): a cell
     /// starting up asks for every instance on it together.
     pub sign_burst: u32,
-    /// Denials of one cell recorded one by one per minute (`server.cell_denial_records`).
+    /// Denials of one client (a cell, or an admin API caller) recorded one by one per minute
+    /// (`server.denial_records`).
     pub denial_records: u32,
     /// Instances a cell may register on itself (`server.cell_instances`); the orchestrator
     /// and admins are not held to it.
@@ -35,15 +37,23 @@ pub struct Settings {
 /// The limits' state for every cell that asked, and how often they held.
 pub struct Limits {
     settings: Settings,
-    cells: Mutex<HashMap<CellId, CellState>>,
+    /// By cell id, or by an admin API caller's SPIFFE ID.
+    clients: Mutex<HashMap<String, ClientState>>,
     throttled: AtomicU64,
     denials_held_back: AtomicU64,
     handshakes_full: AtomicU64,
     cell_instances_full: AtomicU64,
 }
 
-#[derive(Default)]
-struct CellState {
+/// Whom a client's state is about, for its summary.
+#[derive(Clone)]
+enum Who {
+    Cell(CellId),
+    AdminCaller,
+}
+
+struct ClientState {
+    who: Who,
     signs: Bucket,
     denial_records: Bucket,
     /// When each (instance, reason) denial was last recorded one by one.
@@ -91,7 +101,7 @@ impl Limits {
     pub fn new(settings: Settings) -> Limits {
         Limits {
             settings,
-            cells: Mutex::default(),
+            clients: Mutex::default(),
             throttled: AtomicU64::new(0),
             denials_held_back: AtomicU64::new(0),
             handshakes_full: AtomicU64::new(0),
@@ -110,13 +120,19 @@ impl Limits {
         self.handshakes_full.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn with_cell<T>(&self, cell: &CellId, now_ms: i64, f: impl FnOnce(&mut CellState) -> T) -> T {
-        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        // Looked up before inserting: the cell's name is copied once, not on every request.
-        if !cells.contains_key(cell) {
-            cells.insert(cell.clone(), CellState::default());
+    fn with_client<T>(
+        &self,
+        key: &str,
+        who: impl FnOnce() -> Who,
+        now_ms: i64,
+        f: impl FnOnce(&mut ClientState) -> T,
+    ) -> T {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up before inserting: the key is copied once, not on every request.
+        if !clients.contains_key(key) {
+            clients.insert(key.to_string(), ClientState::new(who()));
         }
-        let state = cells.get_mut(cell).expect("inserted above");
+        let state = clients.get_mut(key).expect("inserted above");
         if state.held_back.throttled == 0 && state.held_back.denied == 0 {
             state.held_back.since_ms = now_ms;
         }
@@ -132,7 +148,8 @@ impl Limits {
     /// cell's summary.
     pub fn admit_sign(&self, cell: &CellId, now_ms: i64) -> bool {
         let s = self.settings;
-        let admitted = self.with_cell(cell, now_ms, |state| {
+        let who = || Who::Cell(cell.clone());
+        let admitted = self.with_client(cell.as_str(), who, now_ms, |state| {
             let admitted = state.signs.take(
                 f64::from(s.sign_rate) / 1000.0,
                 f64::from(s.sign_burst),
@@ -152,10 +169,34 @@ impl Limits {
     /// Whether this denial of `cell` is recorded one by one; if not, it is counted for the
     /// cell's summary.
     pub fn record_denial(&self, cell: &CellId, instance: &str, reason: &str, now_ms: i64) -> bool {
+        let who = || Who::Cell(cell.clone());
+        self.denial(cell.as_str(), who, instance, reason, now_ms)
+    }
+
+    /// As [`Limits::record_denial`], for an admin API request `caller` (a SPIFFE ID) was
+    /// refused: `what` is the request, `reason` why.
+    pub fn record_admin_refusal(
+        &self,
+        caller: &str,
+        what: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> bool {
+        self.denial(caller, || Who::AdminCaller, what, reason, now_ms)
+    }
+
+    fn denial(
+        &self,
+        key: &str,
+        who: impl FnOnce() -> Who,
+        about: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> bool {
         let s = self.settings;
-        let recorded = self.with_cell(cell, now_ms, |state| {
+        let recorded = self.with_client(key, who, now_ms, |state| {
             state.recorded.retain(|_, at| now_ms - *at < WINDOW_MS);
-            let key = (instance.to_string(), reason.to_string());
+            let key = (about.to_string(), reason.to_string());
             let fresh = !state.recorded.contains_key(&key);
             let per_ms = f64::from(s.denial_records) / WINDOW_MS as f64;
             if fresh
@@ -176,21 +217,21 @@ impl Limits {
         recorded
     }
 
-    /// One summary record for each cell that had something held back for a minute (for
-    /// every such cell, however long, when `all`), and that cell's count starts again.
+    /// One summary record for each client that had something held back for a minute (for
+    /// every such client, however long, when `all`), and that client's count starts again.
     pub fn summaries(&self, now: time::OffsetDateTime, all: bool) -> Vec<LedgerRecord> {
         let now_ms = crate::clock::unix_ms(now);
-        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
-        cells.retain(|cell, state| {
+        clients.retain(|key, state| {
             let held = &mut state.held_back;
             let due =
                 held.throttled + held.denied > 0 && (all || now_ms - held.since_ms >= WINDOW_MS);
             if due {
-                out.push(summary(cell, held, now_ms, now));
+                out.push(summary(key, &state.who, held, now_ms, now));
                 *held = HeldBack::default();
             }
-            // A cell quiet for a window holds nothing worth keeping: its buckets are full again.
+            // A client quiet for a window holds nothing worth keeping: its buckets are full again.
             let quiet = state.signs.at_ms.is_none_or(|at| now_ms - at >= WINDOW_MS)
                 && state
                     .denial_records
@@ -207,7 +248,7 @@ impl Limits {
         use std::fmt::Write;
         for (limit, n) in [
             ("cell_sign_rate", &self.throttled),
-            ("cell_denial_records", &self.denials_held_back),
+            ("denial_records", &self.denials_held_back),
             ("server_handshakes", &self.handshakes_full),
             ("cell_instances", &self.cell_instances_full),
         ] {
@@ -220,7 +261,25 @@ impl Limits {
     }
 }
 
-fn summary(cell: &CellId, held: &HeldBack, now_ms: i64, now: time::OffsetDateTime) -> LedgerRecord {
+impl ClientState {
+    fn new(who: Who) -> ClientState {
+        ClientState {
+            who,
+            signs: Bucket::default(),
+            denial_records: Bucket::default(),
+            recorded: HashMap::new(),
+            held_back: HeldBack::default(),
+        }
+    }
+}
+
+fn summary(
+    key: &str,
+    who: &Who,
+    held: &HeldBack,
+    now_ms: i64,
+    now: time::OffsetDateTime,
+) -> LedgerRecord {
     let seconds = (now_ms - held.since_ms).max(0) / 1000;
     let mut parts = Vec::new();
     if held.throttled > 0 {
@@ -231,15 +290,19 @@ fn summary(cell: &CellId, held: &HeldBack, now_ms: i64, now: time::OffsetDateTim
     }
     if held.denied > 0 {
         parts.push(format!(
-            "{} denials not recorded one by one (repeats, or over server.cell_denial_records); the last: {}",
+            "{} denials not recorded one by one (repeats, or over server.denial_records); the last: {}",
             held.denied,
             held.last_reason.as_deref().unwrap_or("")
         ));
     }
+    let (cell_id, named) = match who {
+        Who::Cell(cell) => (Some(cell.to_string()), format!("cell {cell}")),
+        Who::AdminCaller => (None, format!("admin API caller {key}")),
+    };
     LedgerRecord {
-        cell_id: Some(cell.to_string()),
+        cell_id,
         reason: Some(format!(
-            "cell {cell}, in the last {seconds} s: {}",
+            "{named}, in the last {seconds} s: {}",
             parts.join("; ")
         )),
         ..LedgerRecord::bare(EntryKind::Denied, now)
