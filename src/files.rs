@@ -62,6 +62,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
     sync_parent(path)
 }
 
+/// The longest path a Unix socket can be bound at: `sun_path` holds 108 bytes with the NUL.
+pub const SOCKET_PATH_MAX: usize = 107;
+
 /// The permission bits of `path` when every user may read it (a key there protects nothing);
 /// `None` when they may not, or the file cannot be looked at (its reader says why).
 pub fn readable_by_all(path: &Path) -> Option<u32> {

@@ -177,26 +177,6 @@ fn ledger_reasons(idmint: &Idmint) -> Vec<String> {
         .collect()
 }
 
-fn place_nine(idmint: &Idmint) {
-    let out = idmint.cli(&[
-        "instance",
-        "register",
-        "--instance-guid",
-        &instance(9),
-        "--app-guid",
-        &app(9),
-        "--space-guid",
-        SPACE,
-        "--org-guid",
-        ORG,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn clear_eight(idmint: &Idmint) {
     idmint.cli(&["instance", "deregister", &instance(8)]);
 }
@@ -237,7 +217,7 @@ fn each_role_does_exactly_its_operations_and_everyone_else_is_refused() {
     ];
     for (role, who, may) in allowed {
         for (op, method, path, body) in operations() {
-            place_nine(&idmint);
+            idmint.register(9);
             clear_eight(&idmint);
             let before_state = state_of(&idmint);
             let before_len = ledger_len(&idmint);
@@ -295,7 +275,7 @@ fn every_change_names_its_caller_in_the_ledger() {
     let admin = Credential::enroll(&idmint, &tmp.path().join("admin"), "admin", Some("ops"));
     let orchestrator = Credential::enroll(&idmint, &tmp.path().join("orch"), "orchestrator", None);
 
-    place_nine(&idmint);
+    idmint.register(9);
     let register = serde_json::json!({
         "instance_guid": instance(8),
         "app_guid": app(8),

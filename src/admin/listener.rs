@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::Caller;
 use crate::ca::Settings;
+use crate::files::SOCKET_PATH_MAX;
 
 /// A connection that has not shown its first byte or finished its handshake by then is dropped.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +31,6 @@ const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING: usize = 64;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
-/// The longest path a Unix socket can be bound at: `sun_path` holds 108 bytes with the NUL.
-const SOCKET_PATH_MAX: usize = 107;
 
 /// The admin API's connections, each with its [`Caller`].
 pub struct AdminListener {

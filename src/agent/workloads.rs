@@ -340,9 +340,6 @@ pub fn socket_path(dir: &Path, instance: &Guid) -> PathBuf {
     dir.join(format!("{instance}.sock"))
 }
 
-/// The longest path a Unix socket can be bound at: `sun_path` holds 108 bytes with the NUL.
-const SOCKET_PATH_MAX: usize = 107;
-
 /// Whether every instance's socket fits under `dir`; if not, why, naming the length allowed.
 /// Checked with the configuration so that no registration fails on it later.
 pub fn check_sds_dir(dir: &Path) -> Result<(), String> {
@@ -350,12 +347,13 @@ pub fn check_sds_dir(dir: &Path) -> Result<(), String> {
         .parse()
         .expect("a valid GUID");
     let longest = socket_path(dir, &any_instance).as_os_str().len();
-    if longest > SOCKET_PATH_MAX {
+    if longest > crate::files::SOCKET_PATH_MAX {
         return Err(format!(
             "{} is too long for SDS sockets: an instance's socket path there has {longest} bytes, \
-             a Unix socket path at most {SOCKET_PATH_MAX}; choose a directory of at most {} bytes",
+             a Unix socket path at most {}; choose a directory of at most {} bytes",
             dir.display(),
-            SOCKET_PATH_MAX - (longest - dir.as_os_str().len())
+            crate::files::SOCKET_PATH_MAX,
+            crate::files::SOCKET_PATH_MAX - (longest - dir.as_os_str().len())
         ));
     }
     Ok(())

@@ -38,21 +38,14 @@ pub fn responses(
     })
 }
 
-/// As `sotw::replay`, for the delta protocol. For fuzzing.
+/// [`super::stream::replay`] for this protocol. For fuzzing.
 pub(crate) fn replay(
     ctx: &Ctx,
     requests: Vec<DeltaDiscoveryRequest>,
 ) -> (Vec<DeltaDiscoveryResponse>, Option<tonic::Status>) {
-    let mut state = State::default();
-    let mut sent = Vec::new();
-    for req in requests {
-        match on_request(&mut state, ctx, req) {
-            Outcome::Quiet => {}
-            Outcome::Push { .. } => sent.extend(respond(&mut state, ctx)),
-            Outcome::End(status) => return (sent, status),
-        }
-    }
-    (sent, None)
+    super::stream::replay(ctx, State::default(), requests, on_request, |s, c, _| {
+        respond(s, c)
+    })
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DeltaDiscoveryRequest) -> Outcome {

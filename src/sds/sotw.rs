@@ -34,22 +34,12 @@ pub fn responses(
     super::stream::drive(inbound, ctx, State::default(), on_request, respond)
 }
 
-/// Runs `requests` through one stream's state machine as the stream would, without a client
-/// or a wait: the responses it sends, and the error that ended it, if one did. For fuzzing.
+/// [`super::stream::replay`] for this protocol. For fuzzing.
 pub(crate) fn replay(
     ctx: &Ctx,
     requests: Vec<DiscoveryRequest>,
 ) -> (Vec<DiscoveryResponse>, Option<tonic::Status>) {
-    let mut state = State::default();
-    let mut sent = Vec::new();
-    for req in requests {
-        match on_request(&mut state, ctx, req) {
-            Outcome::Quiet => {}
-            Outcome::Push { force } => sent.extend(respond(&mut state, ctx, force)),
-            Outcome::End(status) => return (sent, status),
-        }
-    }
-    (sent, None)
+    super::stream::replay(ctx, State::default(), requests, on_request, respond)
 }
 
 fn on_request(state: &mut State, ctx: &Ctx, req: DiscoveryRequest) -> Outcome {

@@ -107,6 +107,26 @@ struct Machine<S> {
     _open: OpenStream,
 }
 
+/// Runs `requests` through a protocol's state machine as [`drive`] would, without a client or
+/// a wait: the responses it sends, and the error that ended it, if one did. For fuzzing.
+pub fn replay<Req, Resp, S>(
+    ctx: &Ctx,
+    mut state: S,
+    requests: Vec<Req>,
+    on_request: fn(&mut S, &Ctx, Req) -> Outcome,
+    respond: fn(&mut S, &Ctx, bool) -> Option<Resp>,
+) -> (Vec<Resp>, Option<Status>) {
+    let mut sent = Vec::new();
+    for req in requests {
+        match on_request(&mut state, ctx, req) {
+            Outcome::Quiet => {}
+            Outcome::Push { force } => sent.extend(respond(&mut state, ctx, force)),
+            Outcome::End(status) => return (sent, status),
+        }
+    }
+    (sent, None)
+}
+
 /// Runs a protocol's state machine for one stream. Requests are read by a small task of their
 /// own and handed to `on_request` at once, so an ACK is counted when it arrives, whatever the
 /// HTTP/2 flow control is doing to the response side. Changes of the instance's secrets, and
