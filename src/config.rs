@@ -62,6 +62,7 @@ pub const KEYS: &[&str] = &[
     "server.denial_records",
     "server.max_handshakes",
     "server.cell_instances",
+    "server.max_message",
     "agent.sds_dir",
     "agent.instance_dir",
     "agent.renew_at",
@@ -69,6 +70,7 @@ pub const KEYS: &[&str] = &[
     "agent.ack_report_every",
     "agent.max_streams_per_socket",
     "agent.max_streams",
+    "agent.max_message",
     "agent.sds_socket_mode",
     "policy.default_mode",
     "policy.source",
@@ -144,6 +146,7 @@ struct RawServer {
     denial_records: Option<toml::Value>,
     max_handshakes: Option<toml::Value>,
     cell_instances: Option<toml::Value>,
+    max_message: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -156,6 +159,7 @@ struct RawAgent {
     ack_report_every: Option<String>,
     max_streams_per_socket: Option<toml::Value>,
     max_streams: Option<toml::Value>,
+    max_message: Option<toml::Value>,
     sds_socket_mode: Option<String>,
 }
 
@@ -248,6 +252,8 @@ pub struct AgentSettings {
     pub max_streams_per_socket: usize,
     /// The most SDS streams the agent holds open at once, over all its sockets.
     pub max_streams: usize,
+    /// The largest request message an SDS socket reads, in bytes.
+    pub max_message: usize,
     /// Permission bits of each instance's SDS socket: 0600 (the agent's user alone) unless the
     /// sidecar runs as another user. The SDS directory is 0700 whatever this says.
     pub sds_socket_mode: u32,
@@ -395,9 +401,10 @@ impl Config {
             instance_dir: Some(self.agent.instance_dir.clone()),
             cell: None,
             clock: crate::clock::Clock::system(),
-            streams: crate::sds::StreamLimits {
+            streams: crate::sds::SdsLimits {
                 per_socket: self.agent.max_streams_per_socket,
                 total: self.agent.max_streams,
+                max_message: self.agent.max_message,
             },
             socket_mode: self.agent.sds_socket_mode,
         }
@@ -475,6 +482,7 @@ impl Config {
         server.insert("denial_records".into(), count(limits.denial_records.into()));
         server.insert("cell_instances".into(), count(limits.cell_instances.into()));
         server.insert("max_handshakes".into(), count(limits.max_handshakes as u64));
+        server.insert("max_message".into(), count(limits.max_message as u64));
         root.insert("server".into(), toml::Value::Table(server));
         let mut agent = toml::Table::new();
         agent.insert("sds_dir".into(), path(&self.agent.sds_dir));
@@ -490,6 +498,7 @@ impl Config {
             count(self.agent.max_streams_per_socket as u64),
         );
         agent.insert("max_streams".into(), count(self.agent.max_streams as u64));
+        agent.insert("max_message".into(), count(self.agent.max_message as u64));
         agent.insert(
             "sds_socket_mode".into(),
             text(&format!("{:04o}", self.agent.sds_socket_mode)),
@@ -759,6 +768,11 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             raw.server.cell_instances,
             1_000,
         )?),
+        max_message: message_size(
+            "server.max_message",
+            raw.server.max_message,
+            crate::proto::DEFAULT_MAX_MESSAGE,
+        )?,
     };
     let max_streams_per_socket = positive(
         "agent.max_streams_per_socket",
@@ -766,6 +780,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         16,
     )?;
     let max_streams = positive("agent.max_streams", raw.agent.max_streams, 100_000)?;
+    let max_sds_message = message_size("agent.max_message", raw.agent.max_message, 1 << 20)?;
     let sds_socket_mode = socket_mode(raw.agent.sds_socket_mode.as_deref())?;
     let ack_report_every =
         short_duration("agent.ack_report_every", raw.agent.ack_report_every, "30s")?;
@@ -809,6 +824,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             ack_report_every,
             max_streams_per_socket: max_streams_per_socket as usize,
             max_streams: max_streams as usize,
+            max_message: max_sds_message,
             sds_socket_mode,
         },
         policy: PolicySettings {
@@ -853,6 +869,24 @@ fn positive(key: &'static str, raw: Option<toml::Value>, default: u64) -> Result
             format!("{other} is not a positive whole number"),
         )),
     }
+}
+
+/// A gRPC message size limit: from 1 KiB, below which our own clients' requests do not fit,
+/// to 64 MiB, past which one stream could hold the process's memory.
+fn message_size(
+    key: &'static str,
+    raw: Option<toml::Value>,
+    default: usize,
+) -> Result<usize, Error> {
+    const RANGE: std::ops::RangeInclusive<u64> = 1024..=64 << 20;
+    let n = positive(key, raw, default as u64)?;
+    if !RANGE.contains(&n) {
+        return Err(invalid(
+            key,
+            format!("{n} bytes is outside 1024 (1 KiB) to 67108864 (64 MiB)"),
+        ));
+    }
+    Ok(n as usize)
 }
 
 fn short_duration(
@@ -1084,6 +1118,29 @@ mod tests {
                 .collect(),
         };
         Config::load_with_env(&sources, Vec::new())
+    }
+
+    #[test]
+    fn message_limits_have_defaults_and_bounds() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.server.limits.max_message, 64 << 10);
+        assert_eq!(c.agent_settings().streams.max_message, 1 << 20);
+        let c = with(&[
+            ("server.max_message", "1024"),
+            ("agent.max_message", "67108864"),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.server.limits.max_message, 1024);
+        assert_eq!(c.agent.max_message, 64 << 20);
+        for (key, value) in [
+            ("server.max_message", "1023"),
+            ("agent.max_message", "67108865"),
+            ("agent.max_message", "0"),
+            ("server.max_message", "lots"),
+        ] {
+            let err = with(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}:")), "{err}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::ca::{self, CertificateAuthority};
 use crate::placement::Placement;
 use crate::proto as pb;
 use crate::sds::service::Sds;
-use crate::sds::slots::{Slots, StreamLimits};
+use crate::sds::slots::{SdsLimits, Slots};
 use crate::sds::{Bundle, Identity, SdsMetrics, Workload};
 
 /// The CA every target signs with, made once.
@@ -120,9 +120,10 @@ fn sds() -> Sds {
         }
     });
     let metrics = Arc::new(SdsMetrics::default());
-    let limits = StreamLimits {
+    let limits = SdsLimits {
         per_socket: 1,
         total: 1,
+        max_message: 1 << 20,
     };
     Sds::new(
         workload.clone(),

@@ -15,6 +15,7 @@ pub mod files;
 pub mod fuzz;
 pub mod ids;
 pub mod ledger;
+pub mod message_limit;
 pub mod placement;
 pub mod policy;
 pub mod proto;

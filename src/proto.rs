@@ -15,9 +15,10 @@ use crate::ids::Guid;
 /// further until some are answered, so one caller cannot queue unbounded work.
 pub const MAX_STREAM_IN_FLIGHT: usize = 1024;
 
-/// The largest request message the server reads. A sign request is a few hundred bytes, a
-/// placement less; anything near this is not one of ours.
-pub const MAX_REQUEST: usize = 64 * 1024;
+/// The largest request message the server reads unless `server.max_message` says otherwise.
+/// A sign request is a few hundred bytes, a placement less; anything near this is not one of
+/// ours.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 
 /// HTTP/2 flow-control window per stream, at both ends: hundreds of signed certificates on one
 /// `SignStream` go out without waiting for window updates.

@@ -503,7 +503,7 @@ async fn a_sign_stream_answers_each_request_by_its_id() {
         &cell1,
         vec![
             request(1, INSTANCE, csr()),
-            request(2, INSTANCE, vec![0x30; proto::MAX_REQUEST + 1]),
+            request(2, INSTANCE, vec![0x30; proto::DEFAULT_MAX_MESSAGE + 1]),
             request(3, INSTANCE, csr()),
         ],
     )

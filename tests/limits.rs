@@ -335,3 +335,152 @@ fn an_admin_request_body_over_the_limit_is_refused_unread() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_api_message_over_the_limit_is_refused_counted_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, port, cancel, served) = start(dir.path(), &[("server.max_message", "2048")]).await;
+    rt.registry
+        .register(on_cell(INSTANCE, "cell-1"))
+        .await
+        .unwrap();
+    let cell = client_as(&rt, port, Principal::Cell("cell-1".parse().unwrap())).await;
+    let sign = |csr: Vec<u8>| proto::SignRequest {
+        instance_guid: INSTANCE.into(),
+        csr,
+        ttl_seconds: 0,
+    };
+    let refused_for_size = |status: &tonic::Status| {
+        status.code() == tonic::Code::OutOfRange && status.message().contains("server.max_message")
+    };
+
+    // Just under the limit is read (and refused for what it says); just over is not read.
+    let under = cell
+        .client()
+        .sign(sign(vec![0x30; 2000]))
+        .await
+        .unwrap_err();
+    assert_eq!(under.code(), tonic::Code::InvalidArgument, "{under:?}");
+    let over = cell
+        .client()
+        .sign(sign(vec![0x30; 2100]))
+        .await
+        .unwrap_err();
+    assert!(refused_for_size(&over), "{over:?}");
+
+    // On a stream, what came before the oversized message is answered; then the stream ends.
+    let csr = agent::new_key_and_csr().unwrap().1;
+    let numbered = |id, csr| proto::SignStreamRequest {
+        id,
+        request: Some(sign(csr)),
+    };
+    let (answers, ended) = sign_stream(
+        &cell,
+        vec![numbered(1, csr.clone()), numbered(2, vec![0x30; 1 << 20])],
+    )
+    .await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(matches!(
+        answers[0].outcome,
+        Some(proto::sign_stream_result::Outcome::Signed(_))
+    ));
+    let ended = ended.unwrap_err();
+    assert!(refused_for_size(&ended), "{ended:?}");
+
+    let mut metrics = String::new();
+    rt.issuance.limits().unwrap().render(&mut metrics);
+    assert!(
+        metrics.contains("idmint_limit_hits_total{limit=\"server_message\"} 2"),
+        "{metrics}"
+    );
+    // The same connection still serves.
+    agent::obtain_svid(&cell, on_cell(INSTANCE, "cell-1"), None)
+        .await
+        .unwrap();
+    stop(rt, cancel, served).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sds_message_over_the_limit_is_refused_counted_and_named() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    let idmint = Idmint::start_with(tmp.path(), &["agent.max_message=4096"]);
+    let socket = idmint.register(1);
+    let mut client = idmint::sds::client::connect(std::path::Path::new(&socket))
+        .await
+        .unwrap();
+    let node = |id_len: usize| {
+        Some(Node {
+            id: "n".repeat(id_len),
+            ..Default::default()
+        })
+    };
+    let request = |id_len| DiscoveryRequest {
+        node: node(id_len),
+        resource_names: vec!["default".into()],
+        type_url: idmint::sds::SECRET_TYPE.into(),
+        ..Default::default()
+    };
+    let refused_for_size = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(status.message().contains("agent.max_message"), "{status:?}");
+    };
+
+    // Each protocol: a first request over the limit ends the call.
+    let first = |r| futures_util::stream::iter(vec![r]);
+    match client.stream_secrets(first(request(8000))).await {
+        Ok(stream) => refused_for_size(stream.into_inner().message().await.unwrap_err()),
+        Err(status) => refused_for_size(status),
+    }
+    let delta = DeltaDiscoveryRequest {
+        node: node(8000),
+        resource_names_subscribe: vec!["default".into()],
+        type_url: idmint::sds::SECRET_TYPE.into(),
+        ..Default::default()
+    };
+    match client
+        .delta_secrets(futures_util::stream::iter(vec![delta]))
+        .await
+    {
+        Ok(stream) => refused_for_size(stream.into_inner().message().await.unwrap_err()),
+        Err(status) => refused_for_size(status),
+    }
+    refused_for_size(client.fetch_secrets(request(8000)).await.unwrap_err());
+
+    // A request under the limit is served on the same socket (the stream stays open while
+    // its requests may go on, as Envoy's does).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(request(3000)).unwrap();
+    let mut stream = client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let served = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(served.resources.len(), 1);
+    let metrics = http_get(idmint.admin, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("idmint_limit_hits_total{limit=\"sds_message\"} 3"),
+        "{metrics}"
+    );
+
+    // Headers past HTTP/2's 16 KiB header list are refused too, and the socket serves on.
+    let mut big_headers = tonic::Request::new(request(10));
+    let value = "h".repeat(32 << 10).parse().unwrap();
+    big_headers.metadata_mut().insert("x-padding", value);
+    client.fetch_secrets(big_headers).await.unwrap_err();
+    let mut client = idmint::sds::client::connect(std::path::Path::new(&socket))
+        .await
+        .unwrap();
+    let fetched = client
+        .fetch_secrets(request(10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.resources.len(), 1);
+}

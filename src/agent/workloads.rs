@@ -69,7 +69,7 @@ pub struct Settings {
     /// What renewals are scheduled by.
     pub clock: Clock,
     /// How many SDS streams a socket and the agent hold open at once.
-    pub streams: crate::sds::StreamLimits,
+    pub streams: crate::sds::SdsLimits,
     /// Permission bits of each instance's SDS socket (`agent.sds_socket_mode`).
     pub socket_mode: u32,
 }

@@ -45,6 +45,8 @@ pub struct SdsMetrics {
     streams_held: AtomicUsize,
     socket_streams_full: AtomicU64,
     agent_streams_full: AtomicU64,
+    /// Requests refused for a message over `agent.max_message`.
+    message_hits: Arc<AtomicU64>,
 }
 
 impl SdsMetrics {
@@ -72,6 +74,9 @@ impl SdsMetrics {
             Limit::Agent => &self.agent_streams_full,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn message_hits(&self) -> Arc<AtomicU64> {
+        self.message_hits.clone()
     }
     pub(super) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
@@ -156,11 +161,12 @@ impl SdsMetrics {
         );
     }
 
-    /// `idmint_limit_hits_total` samples for the SDS stream limits.
+    /// `idmint_limit_hits_total` samples for the SDS limits.
     pub fn render_limit_hits(&self, out: &mut String) {
         for (limit, n) in [
             ("sds_streams_per_socket", &self.socket_streams_full),
             ("sds_streams", &self.agent_streams_full),
+            ("sds_message", &*self.message_hits),
         ] {
             let _ = writeln!(
                 out,

@@ -25,7 +25,7 @@ pub use acks::{AckSlot, BundleAcks};
 pub use metrics::SdsMetrics;
 pub use names::{classify, Refused, SecretKind};
 pub use secrets::SECRET_TYPE;
-pub use slots::StreamLimits;
+pub use slots::SdsLimits;
 pub use workload::{Bundle, Identity, Workload};
 
 /// Creates the socket at `path` with permission bits `mode` (and its directory, 0700, so no
@@ -74,13 +74,18 @@ pub async fn serve(
     listener: UnixListener,
     workload: Workload,
     metrics: Arc<SdsMetrics>,
-    limits: StreamLimits,
+    limits: SdsLimits,
     cancel: CancellationToken,
 ) {
     let instance = workload.placement.instance_guid.clone();
     let slots = slots::Slots::new(limits, metrics.clone());
-    let service =
-        transport::SdsRoutes::new(service::Sds::new(workload, metrics, slots, cancel.clone()));
+    let messages = crate::message_limit::MessageLimit::new(
+        limits.max_message,
+        "agent.max_message",
+        metrics.message_hits(),
+    );
+    let sds = service::Sds::new(workload, metrics, slots, cancel.clone());
+    let service = messages.service(transport::SdsRoutes::new(sds, limits.max_message));
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(service)

@@ -1,6 +1,7 @@
 //! How many SDS streams a socket and the whole agent hold open at once. Each stream holds a
 //! slot for its life; past either limit a new stream is refused with RESOURCE_EXHAUSTED, so a
 //! container opening streams without end on its own socket costs the agent a bounded amount.
+//! (How large a message may be is enforced as it arrives: [`crate::message_limit`].)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,19 +10,22 @@ use tonic::Status;
 
 use super::metrics::SdsMetrics;
 
-/// The limits (`agent.max_streams_per_socket`, `agent.max_streams`).
+/// What one instance's SDS socket may cost the agent (`agent.max_streams_per_socket`,
+/// `agent.max_streams`, `agent.max_message`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamLimits {
+pub struct SdsLimits {
     /// Streams one instance's socket holds open at once.
     pub per_socket: usize,
     /// Streams the agent holds open at once, over all sockets.
     pub total: usize,
+    /// The largest request message read, in bytes.
+    pub max_message: usize,
 }
 
 /// One socket's streams, and the agent's through its metrics.
 #[derive(Clone)]
 pub struct Slots {
-    limits: StreamLimits,
+    limits: SdsLimits,
     socket: Arc<AtomicUsize>,
     metrics: Arc<SdsMetrics>,
 }
@@ -34,7 +38,7 @@ pub struct Slot {
 
 impl Slots {
     /// A socket's slots under `limits`, counting the agent's in `metrics`.
-    pub fn new(limits: StreamLimits, metrics: Arc<SdsMetrics>) -> Slots {
+    pub fn new(limits: SdsLimits, metrics: Arc<SdsMetrics>) -> Slots {
         Slots {
             limits,
             socket: Arc::default(),
@@ -97,9 +101,10 @@ mod tests {
     #[test]
     fn a_socket_and_the_agent_each_hold_at_most_their_limit() {
         let metrics = Arc::new(SdsMetrics::default());
-        let limits = StreamLimits {
+        let limits = SdsLimits {
             per_socket: 2,
             total: 3,
+            max_message: 1024,
         };
         let (a, b) = (
             Slots::new(limits, metrics.clone()),

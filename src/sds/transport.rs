@@ -32,9 +32,6 @@ use super::stream::ResponseStream;
 const BUFFER: usize = 1024;
 /// Flush threshold for a response stream (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
-/// The largest request accepted (tonic's default); a larger one ends the stream with
-/// `OUT_OF_RANGE`.
-const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -64,13 +61,20 @@ fn codec<E, D>() -> SmallBuffers<E, D> {
     SmallBuffers(PhantomData)
 }
 
-/// The service as tonic's router takes it.
+/// The service as tonic's router takes it. `max_message` is checked as the body arrives
+/// ([`crate::message_limit`]); the decoders hold to it as well.
 #[derive(Clone)]
-pub struct SdsRoutes(Arc<Sds>);
+pub struct SdsRoutes {
+    sds: Arc<Sds>,
+    max_message: usize,
+}
 
 impl SdsRoutes {
-    pub fn new(sds: Sds) -> Self {
-        SdsRoutes(Arc::new(sds))
+    pub fn new(sds: Sds, max_message: usize) -> Self {
+        SdsRoutes {
+            sds: Arc::new(sds),
+            max_message,
+        }
     }
 }
 
@@ -104,7 +108,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let sds = self.0.clone();
+        let (sds, max) = (self.sds.clone(), self.max_message);
         let path = req.uri().path();
         let method = path
             .strip_prefix("/envoy.service.secret.v3.SecretDiscoveryService/")
@@ -112,9 +116,12 @@ where
             .to_string();
         Box::pin(async move {
             Ok(match method.as_str() {
-                "StreamSecrets" => streaming(req, |r| sds.stream_secrets(r)),
-                "DeltaSecrets" => streaming(req, |r| sds.delta_secrets(r)),
-                "FetchSecrets" => Grpc::new(codec()).unary(FetchSecrets(sds), req).await,
+                "StreamSecrets" => streaming(req, max, |r| sds.stream_secrets(r)),
+                "DeltaSecrets" => streaming(req, max, |r| sds.delta_secrets(r)),
+                "FetchSecrets" => {
+                    let mut grpc = Grpc::new(codec()).max_decoding_message_size(max);
+                    grpc.unary(FetchSecrets(sds), req).await
+                }
                 _ => Status::unimplemented(format!("no method {method} here")).into_http(),
             })
         })
@@ -125,6 +132,7 @@ where
 /// allocation each. Compressed requests are not accepted (no SDS client sends them).
 fn streaming<B, Req, Resp>(
     req: http::Request<B>,
+    max_message: usize,
     method: impl FnOnce(Request<Streaming<Req>>) -> Result<Response<ResponseStream<Resp>>, Status>,
 ) -> http::Response<Body>
 where
@@ -144,7 +152,7 @@ where
     }
     let decoder = ProstDecoder::<Req>::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD));
     let no_compression: Option<CompressionEncoding> = None;
-    let inbound = Streaming::new_request(decoder, body, no_compression, Some(MAX_REQUEST));
+    let inbound = Streaming::new_request(decoder, body, no_compression, Some(max_message));
     let responses = match method(Request::from_http(http::Request::from_parts(
         parts, inbound,
     ))) {

@@ -23,9 +23,10 @@ use super::{IssuanceService, Policies};
 use crate::api::{self, Caller};
 use crate::ca::{CertificateAuthority, Principal, PrincipalError};
 use crate::ids::{CellId, Guid, Ttl};
+use crate::message_limit::MessageLimit;
 use crate::placement::Placement;
 use crate::proto::identity_server::{Identity as IdentityRpc, IdentityServer};
-use crate::proto::{self as pb, MAX_REQUEST, MAX_STREAM_IN_FLIGHT, WINDOW};
+use crate::proto::{self as pb, DEFAULT_MAX_MESSAGE, MAX_STREAM_IN_FLIGHT, WINDOW};
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -505,11 +506,22 @@ pub async fn serve(
         api.ca.settings().clone(),
         api.issuance.limits().cloned(),
     );
+    let messages = api.issuance.limits().map_or_else(
+        || {
+            MessageLimit::new(
+                DEFAULT_MAX_MESSAGE,
+                "server.max_message",
+                Default::default(),
+            )
+        },
+        |limits| limits.message_limit(),
+    );
     let tasks = api.tasks.clone();
+    let service = IdentityServer::new(api).max_decoding_message_size(messages.max());
     let serving = tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW * 4)
-        .add_service(IdentityServer::new(api).max_decoding_message_size(MAX_REQUEST))
+        .add_service(messages.service(service))
         .serve_with_incoming_shutdown(incoming, cancel.cancelled());
     // Both end on `cancel`: the certificate keeper runs beside the server, not detached.
     let (served, ()) = tokio::join!(serving, tls.keep_current(cancel.clone()));

@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::ids::CellId;
+use crate::message_limit::MessageLimit;
 use crate::store::{EntryKind, LedgerRecord};
 
 /// The window identical denials are recorded once in, and summaries are made for.
@@ -32,6 +33,8 @@ pub struct Settings {
     /// Instances a cell may register on itself (`server.cell_instances`); the orchestrator
     /// and admins are not held to it.
     pub cell_instances: u32,
+    /// The largest server API request message read, in bytes (`server.max_message`).
+    pub max_message: usize,
 }
 
 /// The limits' state for every cell that asked, and how often they held.
@@ -43,6 +46,7 @@ pub struct Limits {
     denials_held_back: AtomicU64,
     handshakes_full: AtomicU64,
     cell_instances_full: AtomicU64,
+    message_too_large: Arc<AtomicU64>,
 }
 
 /// Whom a client's state is about, for its summary.
@@ -106,12 +110,22 @@ impl Limits {
             denials_held_back: AtomicU64::new(0),
             handshakes_full: AtomicU64::new(0),
             cell_instances_full: AtomicU64::new(0),
+            message_too_large: Arc::default(),
         }
     }
 
     /// The settings.
     pub fn settings(&self) -> Settings {
         self.settings
+    }
+
+    /// The server API's message limit, counted here.
+    pub fn message_limit(&self) -> MessageLimit {
+        MessageLimit::new(
+            self.settings.max_message,
+            "server.max_message",
+            self.message_too_large.clone(),
+        )
     }
 
     /// Counts a time the server API had `max_handshakes` in progress and let new
@@ -251,6 +265,7 @@ impl Limits {
             ("denial_records", &self.denials_held_back),
             ("server_handshakes", &self.handshakes_full),
             ("cell_instances", &self.cell_instances_full),
+            ("server_message", &*self.message_too_large),
         ] {
             let _ = writeln!(
                 out,
@@ -320,6 +335,7 @@ mod tests {
             sign_burst: burst,
             denial_records: records,
             cell_instances: 1,
+            max_message: 1024,
         })
     }
 
