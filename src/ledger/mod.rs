@@ -5,6 +5,8 @@
 //! built over the stored log without rewriting it.
 
 mod leaf_hash;
+pub mod merkle;
+pub mod note;
 mod writer;
 
 pub use leaf_hash::{canonical, decode, leaf_hash, DecodeError};
