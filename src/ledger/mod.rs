@@ -7,6 +7,7 @@
 mod leaf_hash;
 pub mod merkle;
 pub mod note;
+pub mod tree;
 mod writer;
 
 pub use leaf_hash::{canonical, decode, leaf_hash, DecodeError};

@@ -8,6 +8,7 @@ mod ca_queries;
 mod change_queries;
 mod lead;
 mod ledger_queries;
+mod log_queries;
 mod placement_queries;
 mod policy_queries;
 mod postgres;
@@ -24,6 +25,7 @@ pub use ca_queries::CaChange;
 pub use change_queries::{Change, ChangeListener, Heard, Topic};
 pub use lead::{Lead, Leader};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
+pub use log_queries::{StoredCheckpoint, StoredLogKey};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
 
 /// How long a query waits for a connection.
