@@ -93,3 +93,155 @@ async fn the_tree_follows_the_ledger_on_postgres() {
     follows_the_ledger(&url).await;
     drop_pg_database(&url).await;
 }
+
+/// A checkpointer over `store`, as a server makes it (key sealed with the KEK in `dir`).
+async fn checkpointer(
+    store: &Store,
+    dir: &std::path::Path,
+) -> idmint::ledger::checkpoints::Checkpointer {
+    use idmint::ledger::checkpoints::{self, Checkpointer};
+    let kek = checkpoints::kek(store, &dir.join("kek")).await.unwrap();
+    let signer = checkpoints::signing_key(store, &kek, "test.example/idmint/ledger", 0)
+        .await
+        .unwrap();
+    Checkpointer::new(
+        store.clone(),
+        signer,
+        "test.example/idmint/ledger".into(),
+        idmint::clock::Clock::system(),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Every stored checkpoint, opened with the stored verifier key and read.
+async fn signed_checkpoints(store: &Store) -> Vec<idmint::ledger::note::Checkpoint> {
+    use idmint::ledger::note::{Checkpoint, NoteVerifier};
+    let keys = store.log_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    let verifier = NoteVerifier::parse(&keys[0].verifier).unwrap();
+    let mut out = Vec::new();
+    for stored in store.checkpoints().await.unwrap() {
+        let body = verifier.open(&stored.note).unwrap();
+        let c = Checkpoint::parse(body).unwrap();
+        assert_eq!((c.size, &c.root[..]), (stored.size, &stored.root[..]));
+        assert_eq!(c.origin, "test.example/idmint/ledger");
+        out.push(c);
+    }
+    out
+}
+
+/// Asserts that every checkpoint is consistent with every later one, by proofs from `tree`.
+fn assert_all_consistent(tree: &MemoryTree, checkpoints: &[idmint::ledger::note::Checkpoint]) {
+    for (i, old) in checkpoints.iter().enumerate() {
+        assert_eq!(old.root, tree.root(old.size).unwrap());
+        for new in &checkpoints[i + 1..] {
+            let proof = merkle::consistency_proof(tree, old.size, new.size).unwrap();
+            merkle::verify_consistency(old.size, new.size, &proof, &old.root, &new.root).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_are_signed_as_the_ledger_grows_and_stay_consistent_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("idmint.db").display());
+    let store = Store::open(&Settings { url }, true).await.unwrap();
+    let mut memory = MemoryTree::default();
+    let mut signer = checkpointer(&store, dir.path()).await;
+    // The empty log gets a checkpoint too, and nothing new means nothing signed.
+    assert_eq!(signer.step().await.unwrap().unwrap().size, 0);
+    assert!(signer.step().await.unwrap().is_none());
+    for (round, n) in [300usize, 1, 2000].into_iter().enumerate() {
+        for h in append(&store, n).await {
+            memory.push(h);
+        }
+        if round == 1 {
+            // A restart in between: the next server reads on from the tiles and the tail.
+            signer = checkpointer(&store, dir.path()).await;
+        }
+        let signed = signer.step().await.unwrap().expect("a new checkpoint");
+        assert_eq!(signed.size, memory.size());
+    }
+    let checkpoints = signed_checkpoints(&store).await;
+    assert_eq!(
+        checkpoints.iter().map(|c| c.size).collect::<Vec<_>>(),
+        [0, 300, 301, 2301]
+    );
+    assert_all_consistent(&memory, &checkpoints);
+
+    // The seed is stored sealed: not in the clear, and another KEK cannot open it.
+    let key = &store.log_keys().await.unwrap()[0];
+    assert_eq!(key.sealed_seed.len(), 12 + 32 + 16);
+    let other = tempfile::tempdir().unwrap();
+    let wrong = idmint::ca::Kek::create(&other.path().join("kek")).unwrap();
+    let err = idmint::ledger::checkpoints::signing_key(&store, &wrong, "x", 0)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("signing key"), "{err}");
+
+    // An entry under the last checkpoint changed in the database: nothing more is signed.
+    sqlite_exec(
+        dir.path(),
+        "UPDATE ledger_entries SET leaf_hash = zeroblob(32) WHERE seq = 2300",
+    )
+    .await;
+    append(&store, 5).await;
+    let mut restarted = checkpointer(&store, dir.path()).await;
+    let err = restarted.step().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            idmint::ledger::checkpoints::CheckpointError::Diverged { size: 2301 }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.checkpoints().await.unwrap().len(), 4);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_sharing_postgres_sign_consistent_checkpoints() {
+    let url = fresh_pg_database("log_checkpoints").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Store::open(&Settings { url: url.clone() }, true)
+            .await
+            .unwrap(),
+        Store::open(&Settings { url: url.clone() }, true)
+            .await
+            .unwrap(),
+    );
+    let mut memory = MemoryTree::default();
+    // Both make the key at once: one is kept, and both sign with it. (Servers share the KEK.)
+    idmint::ledger::checkpoints::kek(&a, &dir.path().join("kek"))
+        .await
+        .unwrap();
+    let (mut first, mut second) =
+        tokio::join!(checkpointer(&a, dir.path()), checkpointer(&b, dir.path()));
+    for round in 0..6 {
+        for h in append(if round % 2 == 0 { &a } else { &b }, 150 * round + 7).await {
+            memory.push(h);
+        }
+        let (x, y) = tokio::join!(first.step(), second.step());
+        let signed: Vec<_> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+        assert_eq!(signed.len(), 1, "one of the two signs each size");
+    }
+    let checkpoints = signed_checkpoints(&a).await;
+    assert_eq!(checkpoints.len(), 6);
+    assert_all_consistent(&memory, &checkpoints);
+    a.close().await;
+    b.close().await;
+    drop_pg_database(&url).await;
+}
+
+/// Runs `sql` on the SQLite database in `dir` behind idmint's back.
+async fn sqlite_exec(dir: &std::path::Path, sql: &str) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("idmint.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}

@@ -44,6 +44,8 @@ pub struct Runtime {
     pub policy_polls: Option<Arc<PollMetrics>>,
     /// What every schedule here reads the time from.
     pub clock: Clock,
+    /// How signing the ledger's checkpoints goes.
+    pub log: Arc<crate::ledger::checkpoints::LogStatus>,
     /// Woken when another server sharing the database changed the CA.
     ca_changed: Arc<tokio::sync::Notify>,
     store: Store,
@@ -72,6 +74,8 @@ impl Runtime {
         let last_change = store.last_change().await?;
         let registry = Registry::load(store.clone(), clock.clone()).await?;
         let ca = Arc::new(ca);
+        // The key-encryption key seals the checkpoint signing key as it does the CA's.
+        let kek = crate::ledger::checkpoints::kek(&store, &config.ca.kek_file).await?;
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         let writer = spawn_owned(writer);
@@ -113,6 +117,7 @@ impl Runtime {
             config,
             clock,
             ca_changed: Arc::default(),
+            log: Arc::default(),
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],
@@ -126,6 +131,11 @@ impl Runtime {
                 }
                 issuance.record_held_back(false).await;
             }
+        });
+        let (store, clock, status) = (rt.store.clone(), rt.clock.clone(), rt.log.clone());
+        let origin = crate::ledger::checkpoints::origin(&rt.config.ca.trust_domain);
+        rt.spawn("ledger checkpoints", move |token| {
+            crate::ledger::checkpoints::run(store, kek, origin, clock, status, token)
         });
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);

@@ -4,6 +4,7 @@
 //! Each record carries its RFC 6962 leaf hash, so the Merkle tree, checkpoints and proofs can be
 //! built over the stored log without rewriting it.
 
+pub mod checkpoints;
 mod leaf_hash;
 pub mod merkle;
 pub mod note;

@@ -1,5 +1,5 @@
-//! Work that one server at a time does for every server sharing a database: CA maintenance, and
-//! polling CF's policy server. On PostgreSQL each role is an advisory lock held by a connection
+//! Work that one server at a time does for every server sharing a database: CA maintenance,
+//! polling CF's policy server, and signing the ledger's checkpoints. On PostgreSQL each role is an advisory lock held by a connection
 //! of its own, so it is lost when that connection breaks (the server died, or was cut off) and
 //! another server takes it. On SQLite one process owns the database and always leads.
 
@@ -12,6 +12,8 @@ pub enum Lead {
     CaMaintenance,
     /// Polling CF's policy server (the others take up what it stores).
     PolicyPolls,
+    /// Signing the ledger's checkpoints.
+    LogCheckpoints,
 }
 
 impl Lead {
@@ -22,6 +24,8 @@ impl Lead {
             Lead::CaMaintenance => 0x69_646d_696e_7443,
             // "imtpolls" in ASCII.
             Lead::PolicyPolls => 0x696d_7470_6f6c_6c73,
+            // "imtlogcp" in ASCII.
+            Lead::LogCheckpoints => 0x696d_746c_6f67_6370,
         }
     }
 }

@@ -1,0 +1,266 @@
+//! Signing checkpoints of the ledger's tree as it grows. One server at a time signs (the
+//! `LogCheckpoints` lead); it reads what every writer committed, and before signing a new
+//! size it checks that the tree still has the root of the last checkpoint signed, so the log
+//! never signs two checkpoints that disagree, across restarts and across servers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio_util::sync::CancellationToken;
+
+use super::note::{Checkpoint, NoteSigner, NoteVerifier};
+use super::tree::{TiledTree, TreeError};
+use crate::ca::Kek;
+use crate::clock::Clock;
+use crate::store::{Lead, Leader, Store, StoredCheckpoint, StoredLogKey};
+
+/// How often new entries are looked for and, when there are some, a checkpoint signed.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Why no checkpoint could be signed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("the checkpoint signing key: {0}")]
+    Key(String),
+    /// The stored ledger no longer has the root a signed checkpoint gave it: entries were
+    /// changed or removed under the log. Nothing more is signed until an operator looks.
+    #[error(
+        "the ledger no longer matches the checkpoint of size {size}: entries before it were \
+         changed or removed; no checkpoint is signed until this is resolved (idmint audit verify)"
+    )]
+    Diverged { size: u64 },
+}
+
+/// The log's origin line and key name for a trust domain.
+pub fn origin(trust_domain: &crate::spiffe::TrustDomain) -> String {
+    format!("{}/idmint/ledger", trust_domain.as_str())
+}
+
+/// The context a signing key's seed is sealed under.
+fn seal_context(verifier: &str) -> Vec<u8> {
+    format!("idmint log key {verifier}").into_bytes()
+}
+
+/// The key-encryption key at `path`, made when missing while no signing key is sealed with
+/// one yet (a CA in upstream mode has sealed nothing before).
+pub async fn kek(store: &Store, path: &std::path::Path) -> Result<Kek, CheckpointError> {
+    let key_error = |e: crate::ca::Error| CheckpointError::Key(e.to_string());
+    match Kek::load(path) {
+        Err(crate::ca::Error::KekMissing(_)) if store.log_keys().await?.is_empty() => {
+            Kek::create(path).map_err(key_error)
+        }
+        other => other.map_err(key_error),
+    }
+}
+
+/// The current signing key, made and stored (sealed with `kek`) when there is none yet.
+pub async fn signing_key(
+    store: &Store,
+    kek: &Kek,
+    origin: &str,
+    now_ms: i64,
+) -> Result<NoteSigner, CheckpointError> {
+    let keys = store.log_keys().await?;
+    let current = match keys.into_iter().find(|k| k.retired_at_ms.is_none()) {
+        Some(k) => k,
+        None => {
+            let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+            SystemRandom::new()
+                .fill(seed.as_mut())
+                .map_err(|_| CheckpointError::Key("no randomness for a new key".into()))?;
+            let signer = NoteSigner::from_seed(origin, seed.as_ref())
+                .map_err(|e| CheckpointError::Key(e.to_string()))?;
+            let verifier = signer.verifier().encode();
+            let sealed = kek
+                .seal(&seal_context(&verifier), seed.as_ref())
+                .map_err(|e| CheckpointError::Key(e.to_string()))?;
+            let made = StoredLogKey {
+                verifier,
+                sealed_seed: sealed,
+                created_at_ms: now_ms,
+                retired_at_ms: None,
+            };
+            store.insert_first_log_key(&made).await?
+        }
+    };
+    let key_error = |e: &dyn std::fmt::Display| CheckpointError::Key(e.to_string());
+    let verifier = NoteVerifier::parse(&current.verifier).map_err(|e| key_error(&e))?;
+    let seed = kek
+        .open(&seal_context(&current.verifier), &current.sealed_seed)
+        .map_err(|e| key_error(&e))?;
+    let signer = NoteSigner::from_seed(verifier.name(), &seed).map_err(|e| key_error(&e))?;
+    if signer.verifier() != verifier {
+        return Err(CheckpointError::Key(format!(
+            "the stored seed does not make the key {}",
+            current.verifier
+        )));
+    }
+    Ok(signer)
+}
+
+/// What the metrics show of the log.
+#[derive(Debug, Default)]
+pub struct LogStatus {
+    size: AtomicU64,
+    signed: AtomicU64,
+    diverged: AtomicBool,
+}
+
+impl LogStatus {
+    /// Entries under the latest checkpoint this process signed or saw.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Checkpoints this process signed.
+    pub fn signed(&self) -> u64 {
+        self.signed.load(Ordering::Relaxed)
+    }
+
+    /// Whether signing stopped because the ledger no longer matches a checkpoint.
+    pub fn diverged(&self) -> bool {
+        self.diverged.load(Ordering::Relaxed)
+    }
+}
+
+/// Follows the ledger and signs checkpoints of it.
+pub struct Checkpointer {
+    store: Store,
+    tree: TiledTree,
+    signer: NoteSigner,
+    origin: String,
+    clock: Clock,
+    status: Arc<LogStatus>,
+}
+
+impl Checkpointer {
+    /// A checkpointer over `store`'s ledger signing with `signer` under `origin`.
+    pub async fn new(
+        store: Store,
+        signer: NoteSigner,
+        origin: String,
+        clock: Clock,
+        status: Arc<LogStatus>,
+    ) -> Result<Checkpointer, CheckpointError> {
+        let tree = TiledTree::load(store.clone()).await?;
+        Ok(Checkpointer {
+            store,
+            tree,
+            signer,
+            origin,
+            clock,
+            status,
+        })
+    }
+
+    /// Reads the entries committed since and signs a checkpoint of the tree when it grew past
+    /// the last one signed (or none was signed yet). The checkpoint signed, if any.
+    pub async fn step(&mut self) -> Result<Option<StoredCheckpoint>, CheckpointError> {
+        self.tree.catch_up().await?;
+        let size = self.tree.size();
+        // Read each time: another server may have signed while this one did not lead.
+        let last = self.store.latest_checkpoint().await?;
+        if let Some(last) = &last {
+            if last.size > size {
+                // Another server signed entries this one has not read yet (or they are gone):
+                // the next step reads on, and checks then.
+                return Ok(None);
+            }
+            let root = self.tree.root_at(last.size).await?;
+            if root[..] != last.root[..] {
+                self.status.diverged.store(true, Ordering::Relaxed);
+                return Err(CheckpointError::Diverged { size: last.size });
+            }
+            self.status.diverged.store(false, Ordering::Relaxed);
+            self.status.size.fetch_max(last.size, Ordering::Relaxed);
+            if last.size == size {
+                return Ok(None);
+            }
+        }
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root: self.tree.root(),
+        };
+        let stored = StoredCheckpoint {
+            size,
+            root: checkpoint.root.to_vec(),
+            note: self.signer.sign(&checkpoint.body()),
+            signed_at_ms: crate::clock::unix_ms(self.clock.now()),
+        };
+        if !self.store.insert_checkpoint(&stored).await? {
+            // Another server signed this size meanwhile; the next step checks it agrees.
+            return Ok(None);
+        }
+        self.status.signed.fetch_add(1, Ordering::Relaxed);
+        self.status.size.fetch_max(size, Ordering::Relaxed);
+        Ok(Some(stored))
+    }
+}
+
+/// Signs checkpoints while this server holds the lead, until `cancel`. The signing key is
+/// read (or made) when the lead is first taken.
+pub async fn run(
+    store: Store,
+    kek: Kek,
+    origin: String,
+    clock: Clock,
+    status: Arc<LogStatus>,
+    cancel: CancellationToken,
+) {
+    let mut leading: Option<(Leader, Checkpointer)> = None;
+    let mut last_error = String::new();
+    loop {
+        let result = async {
+            if let Some((leader, _)) = &mut leading {
+                if !leader.still_leads().await {
+                    leading = None;
+                }
+            }
+            if leading.is_none() {
+                let Some(leader) = store.try_lead(Lead::LogCheckpoints).await? else {
+                    return Ok(());
+                };
+                let now_ms = crate::clock::unix_ms(clock.now());
+                let signer = signing_key(&store, &kek, &origin, now_ms).await?;
+                let checkpointer = Checkpointer::new(
+                    store.clone(),
+                    signer,
+                    origin.clone(),
+                    clock.clone(),
+                    status.clone(),
+                )
+                .await?;
+                leading = Some((leader, checkpointer));
+            }
+            let (_, checkpointer) = leading.as_mut().expect("set above");
+            checkpointer.step().await.map(|_| ())
+        }
+        .await;
+        match result {
+            Ok(()) => last_error.clear(),
+            Err(e) => {
+                // Said once per cause, not every second.
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::error!(error = %text, "cannot sign a ledger checkpoint");
+                    last_error = text;
+                }
+                if !matches!(e, CheckpointError::Diverged { .. }) {
+                    leading = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+    }
+}
