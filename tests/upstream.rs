@@ -177,10 +177,12 @@ async fn issue_and_verify(dir: &Path, name: &str, key_header: &str) {
         1,
         "chain is the operator's intermediate"
     );
-    assert!(
-        !dir.join("data").join("kek").exists(),
-        "upstream mode keeps no sealed keys and needs no KEK"
-    );
+    // The operator's intermediate key stays in its file; the KEK seals only the ledger's
+    // checkpoint signing key.
+    let store = rt.store();
+    let keys = store.log_keys().await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(dir.join("data").join("kek").exists());
     rt.shutdown().await;
 }
 

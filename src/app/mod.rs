@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::{self, CertificateAuthority, Init};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::ledger::{AuditLog, Ledger};
+use crate::ledger::{checkpoints, AuditLog, Ledger};
 use crate::server::change_feed::ChangeFollower;
 use crate::server::policy_server::{PolicyServerClient, PollMetrics, Poller};
 use crate::server::{IssuanceService, Policies, Registry};
@@ -74,8 +74,14 @@ impl Runtime {
         let last_change = store.last_change().await?;
         let registry = Registry::load(store.clone(), clock.clone()).await?;
         let ca = Arc::new(ca);
-        // The key-encryption key seals the checkpoint signing key as it does the CA's.
-        let kek = crate::ledger::checkpoints::kek(&store, &config.ca.kek_file).await?;
+        // The key-encryption key seals the checkpoint signing key as it does the CA's; a KEK
+        // that cannot open it stops the start here, naming the key.
+        let origin = checkpoints::origin(&config.ca.trust_domain);
+        let kek = checkpoints::kek(&store, &config.ca.kek_file).await?;
+        let log_signer =
+            checkpoints::signing_key(&store, &kek, &origin, crate::clock::unix_ms(clock.now()))
+                .await?;
+        drop(kek);
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         let writer = spawn_owned(writer);
@@ -133,9 +139,8 @@ impl Runtime {
             }
         });
         let (store, clock, status) = (rt.store.clone(), rt.clock.clone(), rt.log.clone());
-        let origin = crate::ledger::checkpoints::origin(&rt.config.ca.trust_domain);
         rt.spawn("ledger checkpoints", move |token| {
-            crate::ledger::checkpoints::run(store, kek, origin, clock, status, token)
+            checkpoints::run(store, log_signer, origin, clock, status, token)
         });
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);

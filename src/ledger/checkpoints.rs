@@ -205,11 +205,10 @@ impl Checkpointer {
     }
 }
 
-/// Signs checkpoints while this server holds the lead, until `cancel`. The signing key is
-/// read (or made) when the lead is first taken.
+/// Signs checkpoints with `signer` while this server holds the lead, until `cancel`.
 pub async fn run(
     store: Store,
-    kek: Kek,
+    signer: NoteSigner,
     origin: String,
     clock: Clock,
     status: Arc<LogStatus>,
@@ -228,11 +227,9 @@ pub async fn run(
                 let Some(leader) = store.try_lead(Lead::LogCheckpoints).await? else {
                     return Ok(());
                 };
-                let now_ms = crate::clock::unix_ms(clock.now());
-                let signer = signing_key(&store, &kek, &origin, now_ms).await?;
                 let checkpointer = Checkpointer::new(
                     store.clone(),
-                    signer,
+                    signer.clone(),
                     origin.clone(),
                     clock.clone(),
                     status.clone(),

@@ -113,10 +113,11 @@ fn check_name(name: &str) -> Result<(), NoteError> {
 }
 
 /// Signs notes with an Ed25519 key under a name.
+#[derive(Clone)]
 pub struct NoteSigner {
     name: String,
     id: [u8; 4],
-    pair: Ed25519KeyPair,
+    pair: std::sync::Arc<Ed25519KeyPair>,
 }
 
 impl NoteSigner {
@@ -128,7 +129,7 @@ impl NoteSigner {
         Ok(NoteSigner {
             name: name.to_string(),
             id: key_id(name, pair.public_key().as_ref()),
-            pair,
+            pair: std::sync::Arc::new(pair),
         })
     }
 
