@@ -245,3 +245,132 @@ async fn sqlite_exec(dir: &std::path::Path, sql: &str) {
     sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
 }
+
+/// The latest checkpoint's size, read from `/v1/log/checkpoint`.
+fn served_size(admin: u16) -> Option<u64> {
+    let (status, note) = http_get(admin, "/v1/log/checkpoint")?;
+    (status == 200).then(|| note.lines().nth(1)?.parse().ok())?
+}
+
+#[test]
+fn a_generic_tlog_client_follows_and_checks_the_served_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idmint = common::dev::Idmint::start_with(tmp.path(), &[]);
+    // Enough registrations (each recorded, and each instance's certificate issued) for a
+    // full tile.
+    for n in 0..150u32 {
+        let body = format!(
+            r#"{{"instance_guid": "{n:08x}-0000-4000-8000-000000000001",
+                "app_guid": "{n:08x}-0000-4000-8000-000000000002",
+                "space_guid": "00000000-0000-4000-8000-000000000003",
+                "org_guid": "00000000-0000-4000-8000-000000000004"}}"#
+        );
+        let (status, answer) =
+            socket_request(&idmint.admin_socket(), "POST", "/v1/instances", &body).unwrap();
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (_, ledger) =
+        socket_request(&idmint.admin_socket(), "GET", "/v1/ledger?limit=10000", "").unwrap();
+    let entries = serde_json::from_str::<serde_json::Value>(&ledger)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert!(entries >= 256, "{entries} entries");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while served_size(idmint.admin).unwrap_or(0) < entries {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint of {entries} entries"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // Python, with its own hashing and Ed25519, agrees with the checkpoint.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/tlog_check.py"))
+        .arg(format!("http://127.0.0.1:{}", idmint.admin))
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the tlog client refused the log: {stderr}"
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(seen["size"].as_u64().unwrap() >= entries, "{seen}");
+    assert!(seen["level1"].as_u64().unwrap() >= 1, "{seen}");
+
+    // The entries bundle holds the records whose leaf hashes the first tile lists; it needs
+    // the right to read the ledger.
+    let (status, _) = http_get(idmint.admin, "/v1/log/tile/entries/000").unwrap();
+    assert_eq!(status, 401);
+    let tile = raw_get(&idmint.admin_socket(), "/v1/log/tile/0/000");
+    let bundle = raw_get(&idmint.admin_socket(), "/v1/log/tile/entries/000");
+    let mut rest = &bundle[..];
+    let mut hashes = Vec::new();
+    while !rest.is_empty() {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let record = idmint::ledger::decode(&rest[2..2 + len]).expect("a ledger record");
+        assert_eq!(
+            idmint::ledger::leaf_hash(&record),
+            merkle::leaf(&rest[2..2 + len]).to_vec()
+        );
+        hashes.extend_from_slice(&merkle::leaf(&rest[2..2 + len]));
+        rest = &rest[2 + len..];
+    }
+    assert_eq!(hashes, tile);
+
+    // Bad paths get a clear answer, and a tile past the log none.
+    for bad in [
+        "/v1/log/tile/0/1234",
+        "/v1/log/tile/0/000.p/300",
+        "/v1/log/tile/x/000",
+    ] {
+        let (status, body) = http_get(idmint.admin, bad).unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("not a tile path"), "{body}");
+    }
+    let (status, _) = http_get(idmint.admin, "/v1/log/tile/0/x999/000").unwrap();
+    assert_eq!(status, 404);
+}
+
+/// The body of a GET on the admin socket, as bytes.
+fn raw_get(socket: &std::path::Path, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = answer[head_end..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return dechunk(&body);
+    }
+    body
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 4 + size..];
+    }
+}

@@ -6,6 +6,7 @@ pub mod access;
 pub mod agent;
 pub mod instances;
 pub mod listener;
+pub mod log;
 pub mod policies;
 
 use std::sync::Arc;
@@ -83,6 +84,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/bundle.pem", get(bundle))
         .route("/metrics", get(metrics))
         .route("/v1/ledger", needs(ReadLedger, get(ledger)))
+        .route("/v1/log/checkpoint", get(log::checkpoint))
+        .route("/v1/log/key", get(log::key))
+        .route(
+            "/v1/log/tile/entries/{*path}",
+            needs(ReadLedger, get(log::entries)),
+        )
+        .route("/v1/log/tile/{*path}", get(log::hash_tile))
         .route(
             "/v1/instances",
             needs(ReadPlacements, get(instances::list))

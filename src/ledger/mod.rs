@@ -8,6 +8,7 @@ pub mod checkpoints;
 mod leaf_hash;
 pub mod merkle;
 pub mod note;
+pub mod tiles;
 pub mod tree;
 mod writer;
 
@@ -55,6 +56,10 @@ impl AuditLog {
             ..Default::default()
         };
         Ok(self.store.ledger_entries(&filter).await?.pop())
+    }
+
+    pub(crate) fn store(&self) -> &crate::store::Store {
+        &self.store
     }
 
     /// How many entries the ledger holds.

@@ -43,7 +43,7 @@ fn hashes(bytes: &[u8], what: &str) -> Result<Vec<Hash>, TreeError> {
 }
 
 /// The root of `2^k` consecutive hashes of one level.
-fn reduce(level: &[Hash]) -> Hash {
+pub(crate) fn reduce(level: &[Hash]) -> Hash {
     debug_assert!(level.len().is_power_of_two());
     let mut row = level.to_vec();
     while row.len() > 1 {

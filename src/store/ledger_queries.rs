@@ -189,6 +189,28 @@ impl Store {
         Ok(entries)
     }
 
+    /// Entries `from..to` by seq, in order; fewer when the ledger ends (or has a gap) first.
+    pub async fn ledger_range(&self, from: u64, to: u64) -> Result<Vec<LedgerEntry>, Error> {
+        let sql = format!(
+            "SELECT seq, {COLUMNS} FROM ledger_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq"
+        );
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = sqlx::query(&sql)
+            .bind(clamp(from))
+            .bind(clamp(to))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (expected, row) in (from..).zip(&rows) {
+            let entry = entry_from_row(row)?;
+            if u64::try_from(entry.seq).ok() != Some(expected) {
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
     /// The number of ledger entries.
     pub async fn ledger_len(&self) -> Result<i64, Error> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM ledger_entries")

@@ -374,10 +374,15 @@ fn http_exchange(
     path: &str,
     body: &str,
 ) -> Option<(u16, String)> {
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         {content_type}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
