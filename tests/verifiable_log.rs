@@ -374,3 +374,259 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         body = &body[line_end + 4 + size..];
     }
 }
+
+/// Registers `n` instances through the admin socket; each is recorded and certified.
+fn register_many(idmint: &common::dev::Idmint, n: u32) {
+    for i in 0..n {
+        let body = format!(
+            r#"{{"instance_guid": "{i:08x}-0000-4000-8000-000000000011",
+                "app_guid": "{i:08x}-0000-4000-8000-000000000012",
+                "space_guid": "00000000-0000-4000-8000-000000000013",
+                "org_guid": "00000000-0000-4000-8000-000000000014"}}"#
+        );
+        let (status, answer) =
+            socket_request(&idmint.admin_socket(), "POST", "/v1/instances", &body).unwrap();
+        assert_eq!(status, 201, "{answer}");
+    }
+}
+
+/// Runs the CLI on the data in `data` (and the database at `url`, when not SQLite's).
+fn cli(data: &std::path::Path, url: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_idmint"));
+    cmd.arg("--data-dir").arg(data);
+    if let Some(url) = url {
+        cmd.args(["--set", &format!("store.url={url}")]);
+    }
+    let out = cmd.args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Each way of tampering with the stored ledger, as SQL both databases run, and what
+/// `audit verify` must name.
+const TAMPERING: &[(&str, &[&str], &str)] = &[
+    (
+        "a field edited",
+        &["UPDATE ledger_entries SET recorded_at_ms = recorded_at_ms + 1 WHERE seq = 100"],
+        "entry 100: its fields do not match",
+    ),
+    (
+        "a row deleted",
+        &["DELETE FROM ledger_entries WHERE seq = 100"],
+        "entry 100: missing",
+    ),
+    (
+        "two rows swapped",
+        &[
+            "UPDATE ledger_entries SET seq = 9000000 WHERE seq = 100",
+            "UPDATE ledger_entries SET seq = 100 WHERE seq = 101",
+            "UPDATE ledger_entries SET seq = 101 WHERE seq = 9000000",
+        ],
+        "entry 100: not the entry the log recorded",
+    ),
+    (
+        "a row inserted",
+        &[
+            "UPDATE ledger_entries SET seq = seq + 9000000 WHERE seq >= 100",
+            "UPDATE ledger_entries SET seq = seq - 8999999 WHERE seq >= 9000000",
+            "INSERT INTO ledger_entries (seq, kind, recorded_at_ms, reason, leaf_hash) \
+             SELECT 100, kind, recorded_at_ms, 'slipped in', leaf_hash FROM ledger_entries \
+             WHERE seq = 101",
+        ],
+        "entry 100:",
+    ),
+    (
+        "the tail cut off",
+        &["DELETE FROM ledger_entries WHERE seq >= 280"],
+        "entries from 280 on were removed",
+    ),
+];
+
+/// Where the ledger under test lives.
+enum Db {
+    Sqlite,
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+/// Makes a ledger with `idmint dev`, keeps a checkpoint and a proof as a team would, then
+/// tampers with copies of the database in every way and has `audit verify` name each.
+async fn tampering_is_named(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = match &db {
+        Db::Sqlite => None,
+        Db::Postgres(url) => Some(url.as_str()),
+    };
+    let store_setting = url.map(|u| format!("store.url={u}"));
+    let settings: Vec<&str> = store_setting.iter().map(String::as_str).collect();
+    let idmint = common::dev::Idmint::start_with(tmp.path(), &settings);
+    register_many(&idmint, 150);
+    let (_, ledger) =
+        socket_request(&idmint.admin_socket(), "GET", "/v1/ledger?limit=10000", "").unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&ledger).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while served_size(idmint.admin).unwrap_or(0) < entries.len() as u64 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let data = idmint.data.clone();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let team = path(&tmp.path().join("team-checkpoint.note"));
+    let (ok, out) = cli(&data, url, &["audit", "checkpoint", "--save", &team]);
+    assert!(ok, "{out}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("checked with the key "))
+        .unwrap()
+        .to_string();
+
+    // A proof of one issuance, checked offline with the key alone.
+    let serial = entries
+        .iter()
+        .find_map(|e| e["serial"].as_str())
+        .unwrap()
+        .to_string();
+    let (ok, proof) = cli(
+        &data,
+        url,
+        &["audit", "prove", &serial, "--checkpoint", &team],
+    );
+    assert!(ok, "{proof}");
+    let proof_file = path(&tmp.path().join("proof.json"));
+    std::fs::write(&proof_file, &proof).unwrap();
+    let check = |key: &str| {
+        cli(
+            &data,
+            url,
+            &["audit", "check-proof", &proof_file, "--key", key],
+        )
+    };
+    let (ok, out) = check(&key);
+    assert!(ok && out.contains("proof holds"), "{out}");
+    // A truncated proof, and a proof checked with another key, do not hold.
+    let mut cut: serde_json::Value = serde_json::from_str(&proof).unwrap();
+    cut["proof"].as_array_mut().unwrap().pop();
+    std::fs::write(&proof_file, cut.to_string()).unwrap();
+    let (ok, out) = check(&key);
+    assert!(!ok && out.contains("does not hold"), "{out}");
+    std::fs::write(&proof_file, &proof).unwrap();
+    let other =
+        idmint::ledger::note::NoteSigner::from_seed(key.split('+').next().unwrap(), &[3; 32])
+            .unwrap()
+            .verifier()
+            .encode();
+    let (ok, out) = check(&other);
+    assert!(!ok && out.contains("no signature"), "{out}");
+    let (ok, out) = cli(&data, url, &["audit", "prove", "deadbeef"]);
+    assert!(
+        !ok && out.contains("no certificate with serial deadbeef"),
+        "{out}"
+    );
+
+    // Saved checkpoints that are not the log's are refused, naming the file.
+    let forged = path(&tmp.path().join("forged.note"));
+    let text = std::fs::read_to_string(&team).unwrap();
+    std::fs::write(&forged, text.replacen('\n', "\n1", 1)).unwrap();
+    let (ok, out) = cli(&data, url, &["audit", "verify", "--checkpoint", &forged]);
+    assert!(
+        !ok && out.contains("forged.note") && out.contains("does not verify"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        &data,
+        url,
+        &["audit", "verify", "--checkpoint", "/nonexistent/c.note"],
+    );
+    assert!(!ok && out.contains("cannot read checkpoint file"), "{out}");
+    drop(idmint);
+
+    // The untouched ledger verifies, against the log's checkpoints and the team's.
+    let (ok, out) = cli(&data, url, &["audit", "verify", "--checkpoint", &team]);
+    assert!(ok && out.contains("ledger verified"), "{out}");
+    for (n, (name, sql, named)) in TAMPERING.iter().enumerate() {
+        let (case_data, case_url) = match &db {
+            Db::Sqlite => {
+                let to = tmp.path().join(format!("case-{n}"));
+                copy_dir(&data, &to);
+                for statement in *sql {
+                    sqlite_exec(&to, statement).await;
+                }
+                (to, None)
+            }
+            Db::Postgres(url) => {
+                let copy = clone_pg_database(url, n).await;
+                pg_exec(&copy, sql).await;
+                (data.clone(), Some(copy))
+            }
+        };
+        let (ok, out) = cli(
+            &case_data,
+            case_url.as_deref(),
+            &["audit", "verify", "--checkpoint", &team],
+        );
+        assert!(!ok, "{name}: audit verify passed: {out}");
+        assert!(out.contains(named), "{name}: {out}");
+        if let Some(copy) = case_url {
+            drop_pg_database(&copy).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_with_the_ledger_on_sqlite_is_found_and_named() {
+    tampering_is_named(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_with_the_ledger_on_postgres_is_found_and_named() {
+    let url = fresh_pg_database("log_tamper").await;
+    tampering_is_named(Db::Postgres(url.clone())).await;
+    drop_pg_database(&url).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A copy of the database at `url` (whose users have gone), for case `n`.
+async fn clone_pg_database(url: &str, n: usize) -> String {
+    use sqlx::Connection;
+    let name = url.rsplit('/').next().unwrap();
+    let copy = format!("{name}_case{n}");
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    // The stopped server's sessions may take a moment to end.
+    for attempt in 0.. {
+        let made = sqlx::query(&format!("CREATE DATABASE {copy} TEMPLATE {name}"))
+            .execute(&mut conn)
+            .await;
+        match made {
+            Ok(_) => break,
+            Err(e) if attempt < 50 => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot copy {name}: {e}"),
+        }
+    }
+    let base = url.rsplit_once('/').unwrap().0;
+    format!("{base}/{copy}")
+}
+
+async fn pg_exec(url: &str, sql: &[&str]) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    for statement in sql {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+}

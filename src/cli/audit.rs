@@ -1,6 +1,8 @@
 //! `idmint audit …`: read the issuance ledger.
 
-use anyhow::{anyhow, bail, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -10,7 +12,9 @@ use crate::ca::cert_pem;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ids::{Guid, Ttl};
-use crate::ledger::AuditLog;
+use crate::ledger::note::{Checkpoint, NoteVerifier};
+use crate::ledger::tree::TiledTree;
+use crate::ledger::{checkpoints, prove, verify, AuditLog};
 use crate::store::{LedgerEntry, LedgerFilter, Store};
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +44,38 @@ pub enum AuditCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the log's latest signed checkpoint (a C2SP checkpoint in a signed note) and the
+    /// key it is checked with.
+    Checkpoint {
+        /// Also write the note to this file, to keep outside idmint's reach.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
+    /// Print, as JSON, the inclusion proof of one issuance in a checkpoint: anyone with the
+    /// log's key can check it offline (`idmint audit check-proof`, or any RFC 9162 verifier).
+    Prove {
+        /// The certificate serial (hex).
+        serial: String,
+        /// A saved checkpoint to prove against; by default the latest.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Check a proof made by `idmint audit prove`, offline, with the log's key.
+    CheckProof {
+        /// The proof's JSON file.
+        proof: PathBuf,
+        /// The log's key (`name+id+key`, as `idmint audit checkpoint` prints it).
+        #[arg(long)]
+        key: String,
+    },
+    /// Recompute the ledger from its stored records and check it against the leaf hashes,
+    /// the tiles and every checkpoint the log signed, and the saved ones given. Exits
+    /// non-zero, naming the first entry that differs, when anything does.
+    Verify {
+        /// A saved checkpoint to hold the ledger against (repeatable).
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
     },
 }
 
@@ -83,6 +119,12 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
             Some(entry) => show(&entry, json),
             None => Err(anyhow!("no certificate with serial {serial} in the ledger")),
         },
+        AuditCommand::Checkpoint { save } => checkpoint(&audit, save).await,
+        AuditCommand::Prove { serial, checkpoint } => {
+            prove(&store, &audit, &config, &serial, checkpoint).await
+        }
+        AuditCommand::CheckProof { proof, key } => check_proof(&proof, &key),
+        AuditCommand::Verify { checkpoints } => verify(&store, &config, &checkpoints).await,
     };
     store.close().await;
     result
@@ -170,4 +212,129 @@ fn show(e: &LedgerEntry, json: bool) -> Result<()> {
         print!("{pem}");
     }
     Ok(())
+}
+
+async fn checkpoint(audit: &AuditLog, save: Option<PathBuf>) -> Result<()> {
+    let note = audit.checkpoint().await?.ok_or_else(|| {
+        anyhow!("the log has no signed checkpoint yet; a running server signs one within seconds")
+    })?;
+    if let Some(path) = save {
+        std::fs::write(&path, &note).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("saved to {}", path.display());
+    }
+    print!("{note}");
+    for key in audit.verifier_keys().await? {
+        eprintln!("checked with the key {key}");
+    }
+    Ok(())
+}
+
+/// The log's keys, and its origin under this configuration.
+async fn log_keys(store: &Store, config: &Config) -> Result<(Vec<NoteVerifier>, String)> {
+    let keys = store
+        .log_keys()
+        .await?
+        .iter()
+        .map(|k| NoteVerifier::parse(&k.verifier))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((keys, checkpoints::origin(&config.ca.trust_domain)))
+}
+
+/// A saved checkpoint file, opened with the log's keys.
+fn read_checkpoint(
+    path: &Path,
+    keys: &[NoteVerifier],
+    origin: &str,
+) -> Result<(Checkpoint, String)> {
+    let note = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
+    let checkpoint = verify::open_checkpoint(&note, keys, origin)
+        .map_err(|why| anyhow!("checkpoint file {}: {why}", path.display()))?;
+    Ok((checkpoint, note))
+}
+
+async fn prove(
+    store: &Store,
+    audit: &AuditLog,
+    config: &Config,
+    serial: &str,
+    file: Option<PathBuf>,
+) -> Result<()> {
+    let entry = audit
+        .by_serial(serial)
+        .await?
+        .ok_or_else(|| anyhow!("no certificate with serial {serial} in the ledger"))?;
+    let (keys, origin) = log_keys(store, config).await?;
+    let (checkpoint, note) = match file {
+        Some(path) => read_checkpoint(&path, &keys, &origin)?,
+        None => {
+            let note = audit
+                .checkpoint()
+                .await?
+                .ok_or_else(|| anyhow!("the log has no signed checkpoint yet"))?;
+            let checkpoint = verify::open_checkpoint(&note, &keys, &origin)
+                .map_err(|why| anyhow!("the log's latest checkpoint: {why}"))?;
+            (checkpoint, note)
+        }
+    };
+    let mut tree = TiledTree::load(store.clone()).await?;
+    tree.catch_up().await?;
+    let proof = prove::prove(&tree, &entry, &checkpoint, &note).await?;
+    println!("{}", serde_json::to_string_pretty(&proof)?);
+    Ok(())
+}
+
+fn check_proof(path: &Path, key: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read proof file {}", path.display()))?;
+    let proof: prove::InclusionProof = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a proof from idmint audit prove", path.display()))?;
+    let key = NoteVerifier::parse(key)?;
+    let entry = prove::check(&proof, &key)?;
+    let record = crate::ledger::decode(&entry)
+        .map_err(|e| anyhow!("the proof holds, but its entry is not a ledger record: {e}"))?;
+    println!(
+        "proof holds: entry {} ({} {}) is in the log of {} entries signed by {}",
+        proof.index,
+        record.kind.as_str(),
+        record.serial.as_deref().unwrap_or("-"),
+        proof.tree_size,
+        key.name()
+    );
+    Ok(())
+}
+
+async fn verify(store: &Store, config: &Config, files: &[PathBuf]) -> Result<()> {
+    let (keys, origin) = log_keys(store, config).await?;
+    let mut given = Vec::new();
+    for path in files {
+        let (checkpoint, _) = read_checkpoint(path, &keys, &origin)?;
+        given.push(verify::GivenCheckpoint {
+            checkpoint,
+            source: path.display().to_string(),
+        });
+    }
+    let report = verify::verify(store, &given).await?;
+    if report.findings.is_empty() {
+        println!(
+            "ledger verified: {} entries, root {}, consistent with {} checkpoints",
+            report.entries,
+            crate::ca::encode_hex(&report.root),
+            report.checkpoints
+        );
+        return Ok(());
+    }
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    match report.first_entry() {
+        Some(seq) => bail!(
+            "the ledger does not verify: {} findings, the first at entry {seq}",
+            report.findings.len()
+        ),
+        None => bail!(
+            "the ledger does not verify: {} findings",
+            report.findings.len()
+        ),
+    }
 }

@@ -8,8 +8,10 @@ pub mod checkpoints;
 mod leaf_hash;
 pub mod merkle;
 pub mod note;
+pub mod prove;
 pub mod tiles;
 pub mod tree;
+pub mod verify;
 mod writer;
 
 pub use leaf_hash::{canonical, decode, leaf_hash, DecodeError};
