@@ -264,6 +264,8 @@ fn the_alert_rules_check_and_pass_their_unit_tests() {
         "IdmintNoCaLeader",
         "IdmintLedgerWriteFailures",
         "IdmintServerUnreachable",
+        "IdmintLedgerDiverged",
+        "IdmintCheckpointsStalled",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert}");

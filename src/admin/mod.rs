@@ -65,6 +65,8 @@ pub struct AdminState {
     pub limits: Option<Arc<Limits>>,
     /// The largest request body read (`admin.max_body`).
     pub max_body: usize,
+    /// How signing the ledger's checkpoints goes in this process.
+    pub log: Arc<crate::ledger::checkpoints::LogStatus>,
 }
 
 /// The most ledger entries one request returns.
@@ -149,6 +151,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     if let Some(limits) = &state.limits {
         limits.render(&mut text);
     }
+    log_metrics(&state, now, &mut text).await;
     policy_counts(&state.policies, &mut text);
     if let Some(polls) = &state.policy_polls {
         polls.render(now, &mut text);
@@ -182,6 +185,59 @@ fn server_metrics(state: &AdminState, out: &mut String) {
             u8::from(control.leads()),
         );
     }
+}
+
+/// The ledger's size, what the latest checkpoint covers and how old it is, and whether this
+/// process stopped signing because the ledger no longer matches a checkpoint.
+async fn log_metrics(state: &AdminState, now: time::OffsetDateTime, out: &mut String) {
+    let (entries, checkpoint) = match (
+        state.audit.next_seq().await,
+        state.audit.latest_checkpoint().await,
+    ) {
+        (Ok(entries), Ok(checkpoint)) => (entries, checkpoint),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the log for the metrics");
+            return;
+        }
+    };
+    write_metric(
+        out,
+        "idmint_ledger_entries",
+        "gauge",
+        "Entries in the ledger (all servers').",
+        entries,
+    );
+    if let Some(c) = checkpoint {
+        write_metric(
+            out,
+            "idmint_log_checkpoint_size",
+            "gauge",
+            "Entries the latest signed checkpoint covers.",
+            c.size,
+        );
+        let age = (crate::clock::unix_ms(now) - c.signed_at_ms).max(0) / 1000;
+        write_metric(
+            out,
+            "idmint_log_checkpoint_age_seconds",
+            "gauge",
+            "Seconds since the latest checkpoint was signed.",
+            age,
+        );
+    }
+    write_metric(
+        out,
+        "idmint_log_checkpoints_signed_total",
+        "counter",
+        "Checkpoints this process signed.",
+        state.log.signed(),
+    );
+    write_metric(
+        out,
+        "idmint_log_diverged",
+        "gauge",
+        "1 when this process stopped signing checkpoints because the ledger no longer matches one.",
+        u8::from(state.log.diverged()),
+    );
 }
 
 /// HELP and TYPE of `idmint_limit_hits_total`, written once before every part's samples.

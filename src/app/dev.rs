@@ -74,6 +74,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         refusals: Default::default(),
         limits: rt.issuance.limits().cloned(),
         max_body: rt.config.admin.max_body,
+        log: rt.log.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Dev {

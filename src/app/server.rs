@@ -70,6 +70,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         refusals: Default::default(),
         limits: rt.issuance.limits().cloned(),
         max_body: rt.config.admin.max_body,
+        log: rt.log.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Server {

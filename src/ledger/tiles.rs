@@ -112,6 +112,16 @@ impl super::AuditLog {
         Ok(self.store().latest_checkpoint().await?.map(|c| c.note))
     }
 
+    /// The latest signed checkpoint, as stored.
+    pub async fn latest_checkpoint(&self) -> Result<Option<store::StoredCheckpoint>, store::Error> {
+        self.store().latest_checkpoint().await
+    }
+
+    /// The seq the next entry gets: the ledger's size when it has no gap.
+    pub async fn next_seq(&self) -> Result<u64, store::Error> {
+        self.store().ledger_next_seq().await
+    }
+
     /// The verifier keys of the checkpoint signing keys, current first.
     pub async fn verifier_keys(&self) -> Result<Vec<String>, store::Error> {
         let mut keys = self.store().log_keys().await?;

@@ -211,6 +211,13 @@ impl Store {
         Ok(entries)
     }
 
+    /// The seq the next entry gets (an index lookup, unlike counting).
+    pub async fn ledger_next_seq(&self) -> Result<u64, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let next = next_seq(&mut conn).await?;
+        u64::try_from(next).map_err(|_| Error::BadValue("ledger_entries.seq"))
+    }
+
     /// The number of ledger entries.
     pub async fn ledger_len(&self) -> Result<i64, Error> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM ledger_entries")
