@@ -257,7 +257,13 @@ fn each_role_does_exactly_its_operations_and_everyone_else_is_refused() {
     }
 
     // The open routes need nothing.
-    for path in ["/healthz", "/metrics", "/v1/bundle.pem"] {
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/v1/bundle.pem",
+        "/v1/log/checkpoint",
+        "/v1/log/key",
+    ] {
         let (status, _) = http_get(idmint.admin, path).unwrap();
         assert_eq!(status, 200, "{path}");
     }

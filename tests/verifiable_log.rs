@@ -630,3 +630,253 @@ async fn pg_exec(url: &str, sql: &[&str]) {
     }
     conn.close().await.unwrap();
 }
+
+#[test]
+fn audit_queries_by_cell_time_and_validity_and_the_siem_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idmint = common::dev::Idmint::start_with(tmp.path(), &[]);
+    let started = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    register_many(&idmint, 4);
+    // Placed on a cell of its own (no agent there, so only the placement is recorded).
+    let body = r#"{"instance_guid": "0000abcd-0000-4000-8000-000000000011",
+        "app_guid": "0000abcd-0000-4000-8000-000000000012", "cell_id": "cell-b",
+        "space_guid": "00000000-0000-4000-8000-000000000013",
+        "org_guid": "00000000-0000-4000-8000-000000000014"}"#;
+    let (status, answer) =
+        socket_request(&idmint.admin_socket(), "POST", "/v1/instances", body).unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let app0 = "00000000-0000-4000-8000-000000000012";
+    // Each local instance gets its certificate.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let valid = loop {
+        let (ok, out) = idmint_cli(&idmint, &["audit", "valid", "--app-guid", app0, "--json"]);
+        assert!(ok, "{out}");
+        let valid: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if !valid.is_empty() || std::time::Instant::now() > deadline {
+            break valid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!valid.is_empty(), "app 0's certificate is valid now");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for v in &valid {
+        assert_eq!(v["kind"], "issued");
+        assert_eq!(v["app_guid"], app0);
+        assert!(v["not_before"].as_i64().unwrap() <= now && v["not_after"].as_i64().unwrap() > now);
+    }
+    // A day from now, nothing issued today is valid any more.
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (ok, out) = idmint_cli(
+        &idmint,
+        &[
+            "audit",
+            "valid",
+            "--app-guid",
+            app0,
+            "--at",
+            &tomorrow,
+            "--json",
+        ],
+    );
+    assert!(ok && out.trim() == "[]", "{out}");
+
+    // By cell.
+    let (ok, out) = idmint_cli(&idmint, &["audit", "list", "--cell", "cell-b", "--json"]);
+    assert!(ok, "{out}");
+    let on_b: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        !on_b.is_empty() && on_b.iter().all(|e| e["cell_id"] == "cell-b"),
+        "{out}"
+    );
+    // By time range: nothing before the test began, everything since.
+    let before = started
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (ok, out) = idmint_cli(&idmint, &["audit", "list", "--until", &before, "--json"]);
+    assert!(ok && out.trim() == "[]", "{out}");
+    let (ok, out) = idmint_cli(&idmint, &["audit", "list", "--since", &before, "--json"]);
+    assert!(ok, "{out}");
+    let since: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+
+    // The export: one line per entry, in order, each with its index, leaf hash and record.
+    let (ok, out) = idmint_cli(&idmint, &["audit", "export"]);
+    assert!(ok, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.len() >= since.len() && lines.len() >= 9,
+        "{} lines",
+        lines.len()
+    );
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"].as_u64(), Some(i as u64));
+        assert_eq!(line["leaf_hash"].as_str().unwrap().len(), 64);
+        if line["kind"] == "issued" {
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(line["certificate"].as_str().unwrap())
+                .unwrap();
+            x509_parser::parse_x509_certificate(&der).unwrap();
+        }
+    }
+    let (ok, out) = idmint_cli(&idmint, &["audit", "export", "--from", "3"]);
+    assert!(ok && out.lines().count() == lines.len() - 3, "{out}");
+    // Bad input is refused, clearly.
+    let (ok, out) = idmint_cli(&idmint, &["audit", "valid", "--app-guid", "not-a-guid"]);
+    assert!(!ok && out.contains("not-a-guid"), "{out}");
+    let (ok, out) = idmint_cli(&idmint, &["audit", "list", "--until", "yesterday-ish"]);
+    assert!(!ok && out.contains("yesterday-ish"), "{out}");
+}
+
+/// The CLI on a running `idmint dev`'s data: whether it succeeded, and what it printed.
+fn idmint_cli(idmint: &common::dev::Idmint, args: &[&str]) -> (bool, String) {
+    let out = idmint.cli(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_kill_9_under_load_every_certificate_received_is_proven_in_the_log() {
+    use common::process;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let (api, admin) = (free_port(), free_port());
+    let server = |data: &std::path::Path| {
+        let mut cmd = process::idmint(data);
+        cmd.args(["--set", &format!("admin.listen=127.0.0.1:{admin}")])
+            .args(["server", "--listen", &format!("127.0.0.1:{api}")]);
+        process::start(cmd, tmp.path().join("server.log"))
+    };
+    let cli = |args: &[&str]| {
+        let mut cmd = process::idmint(&data);
+        cmd.args(["--set", &format!("admin.listen=127.0.0.1:{admin}")]);
+        process::ok(cmd.args(args))
+    };
+    let running = server(&data);
+    let creds = tmp.path().join("cell-1");
+    cli(&[
+        "cell",
+        "enroll",
+        "cell-1",
+        "--out-dir",
+        creds.to_str().unwrap(),
+    ]);
+    cli(&register_args(INSTANCE, APP, "cell-1"));
+    let read = |f: &str| std::fs::read_to_string(creds.join(f)).unwrap();
+    let client =
+        idmint::agent::remote::RemoteAuthority::connect(idmint::agent::remote::RemoteSettings {
+            endpoints: vec![format!("https://127.0.0.1:{api}")],
+            server_name: "localhost",
+            cert_chain_pem: &read("cell.pem"),
+            key_pem: &read("cell.key"),
+            roots_pem: &read("bundle.pem"),
+        })
+        .await
+        .unwrap();
+
+    // Streams of sign requests, until the server is killed under them.
+    let csr = idmint::agent::new_key_and_csr().unwrap().1;
+    let load = tokio::spawn(async move {
+        let mut received = Vec::new();
+        for round in 0u64.. {
+            let requests: Vec<_> = (0..200)
+                .map(|i| idmint::proto::SignStreamRequest {
+                    id: round * 1000 + i,
+                    request: Some(idmint::proto::SignRequest {
+                        instance_guid: INSTANCE.into(),
+                        csr: csr.clone(),
+                        ttl_seconds: 0,
+                    }),
+                })
+                .collect();
+            let Ok(stream) = client
+                .client()
+                .sign_stream(futures_util::stream::iter(requests))
+                .await
+            else {
+                return received;
+            };
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(answer)) => {
+                        if let Some(idmint::proto::sign_stream_result::Outcome::Signed(s)) =
+                            answer.outcome
+                        {
+                            received.push(s.serial_hex);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => return received,
+                }
+            }
+        }
+        received
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    drop(running); // SIGKILL
+    let received = load.await.unwrap();
+    assert!(
+        received.len() > 100,
+        "only {} certificates before the kill",
+        received.len()
+    );
+
+    // Restarted, the server reads on and signs a checkpoint of everything.
+    let running = server(&data);
+    let url = format!("sqlite://{}", data.join("idmint.db").display());
+    let store = Store::open(&Settings { url }, false).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let covered = store
+            .latest_checkpoint()
+            .await
+            .unwrap()
+            .map_or(0, |c| c.size);
+        if covered == store.ledger_next_seq().await.unwrap() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint of the whole ledger"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(running);
+    let (ok, out) = cli_result(&data, &["audit", "verify"]);
+    assert!(ok && out.contains("ledger verified"), "{out}");
+
+    // Every certificate a client received is in the log, with a proof that holds.
+    let audit = idmint::ledger::AuditLog::new(store.clone());
+    let note = audit.checkpoint().await.unwrap().unwrap();
+    let key = idmint::ledger::note::NoteVerifier::parse(&audit.verifier_keys().await.unwrap()[0])
+        .unwrap();
+    let checkpoint = idmint::ledger::note::Checkpoint::parse(key.open(&note).unwrap()).unwrap();
+    let mut tree = TiledTree::load(store.clone()).await.unwrap();
+    tree.catch_up().await.unwrap();
+    for serial in &received {
+        let entry = audit
+            .by_serial(serial)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("certificate {serial} is not in the ledger"));
+        let proof = idmint::ledger::prove::prove(&tree, &entry, &checkpoint, &note)
+            .await
+            .unwrap();
+        idmint::ledger::prove::check(&proof, &key).unwrap();
+    }
+    store.close().await;
+}
+
+/// The CLI on the data in `data`: whether it succeeded, and what it printed.
+fn cli_result(data: &std::path::Path, args: &[&str]) -> (bool, String) {
+    cli(data, None, args)
+}

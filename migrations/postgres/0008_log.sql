@@ -29,3 +29,6 @@ CREATE TABLE log_keys (
 -- At most one current key, whichever server makes it first.
 CREATE UNIQUE INDEX log_keys_one_current ON log_keys ((retired_at_ms IS NULL))
     WHERE retired_at_ms IS NULL;
+
+-- Audit queries by cell.
+CREATE INDEX ledger_entries_cell ON ledger_entries (cell_id, seq);

@@ -274,6 +274,10 @@ struct LedgerQuery {
     app_guid: Option<String>,
     serial: Option<String>,
     since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    cell_id: Option<String>,
+    /// Only certificates valid at this time (Unix seconds).
+    valid_at: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -291,6 +295,9 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
         app_guid,
         serial: q.serial.map(|s| s.to_ascii_lowercase()),
         since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        cell_id: q.cell_id,
+        valid_at: q.valid_at,
         limit: Some(limit),
     };
     match state.audit.list(&filter).await {

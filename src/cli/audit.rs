@@ -30,6 +30,12 @@ pub enum AuditCommand {
         /// Only entries since a time: RFC 3339 (2026-11-26T10:00:00Z) or an age (e.g. 2h).
         #[arg(long, value_parser = parse_since)]
         since: Option<OffsetDateTime>,
+        /// Only entries before a time: RFC 3339 or an age (e.g. 1h: until an hour ago).
+        #[arg(long, value_parser = parse_since)]
+        until: Option<OffsetDateTime>,
+        /// Only this cell's entries.
+        #[arg(long)]
+        cell: Option<String>,
         /// At most this many (the newest).
         #[arg(long, default_value_t = 1000)]
         limit: i64,
@@ -44,6 +50,25 @@ pub enum AuditCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The certificates of an app that are valid now (or at --at): issued, and not expired.
+    Valid {
+        /// The app.
+        #[arg(long)]
+        app_guid: Guid,
+        /// Another time than now: RFC 3339 or an age (e.g. 2h: two hours ago).
+        #[arg(long, value_parser = parse_since)]
+        at: Option<OffsetDateTime>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every ledger entry as JSON Lines for a SIEM, oldest first: each with its leaf index,
+    /// its leaf hash and its certificate (base64 DER).
+    Export {
+        /// Only entries from this leaf index on (to follow the ledger: the last index + 1).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
     /// Print the log's latest signed checkpoint (a C2SP checkpoint in a signed note) and the
     /// key it is checked with.
@@ -97,6 +122,8 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
             app_guid,
             serial,
             since,
+            until,
+            cell,
             limit,
             json,
         } => {
@@ -107,7 +134,10 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
                 app_guid: app_guid.map(|g| g.to_string()),
                 serial: serial.map(|s| s.to_ascii_lowercase()),
                 since_ms: since.map(crate::clock::unix_ms),
+                until_ms: until.map(crate::clock::unix_ms),
+                cell_id: cell,
                 limit: Some(limit),
+                ..LedgerFilter::default()
             };
             audit
                 .list(&filter)
@@ -119,6 +149,17 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
             Some(entry) => show(&entry, json),
             None => Err(anyhow!("no certificate with serial {serial} in the ledger")),
         },
+        AuditCommand::Valid { app_guid, at, json } => {
+            let at = at.unwrap_or_else(|| Clock::system().now());
+            let filter = LedgerFilter {
+                app_guid: Some(app_guid.to_string()),
+                valid_at: Some(at.unix_timestamp()),
+                ..LedgerFilter::default()
+            };
+            let entries = audit.list(&filter).await?;
+            list(&entries, json)
+        }
+        AuditCommand::Export { from } => export(&store, from).await,
         AuditCommand::Checkpoint { save } => checkpoint(&audit, save).await,
         AuditCommand::Prove { serial, checkpoint } => {
             prove(&store, &audit, &config, &serial, checkpoint).await
@@ -337,4 +378,49 @@ async fn verify(store: &Store, config: &Config, files: &[PathBuf]) -> Result<()>
             report.findings.len()
         ),
     }
+}
+
+/// One entry of `audit export`.
+#[derive(serde::Serialize)]
+struct ExportLine<'e> {
+    /// The entry's leaf index (its seq).
+    index: i64,
+    /// Its RFC 6962 leaf hash, hex.
+    leaf_hash: String,
+    #[serde(flatten)]
+    record: &'e crate::store::LedgerRecord,
+    /// The certificate, base64 DER.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<String>,
+}
+
+async fn export(store: &Store, from: u64) -> Result<()> {
+    use base64::Engine as _;
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut next = from;
+    loop {
+        let batch = store.ledger_range(next, next.saturating_add(4096)).await?;
+        for entry in &batch {
+            let line = ExportLine {
+                index: entry.seq,
+                leaf_hash: crate::ca::encode_hex(&entry.record.leaf_hash),
+                record: &entry.record,
+                certificate: entry
+                    .record
+                    .cert_der
+                    .as_ref()
+                    .map(|der| base64::engine::general_purpose::STANDARD.encode(der)),
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+        }
+        if batch.len() < 4096 {
+            break;
+        }
+        next += batch.len() as u64;
+    }
+    out.flush()?;
+    Ok(())
 }

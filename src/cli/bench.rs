@@ -76,6 +76,16 @@ pub enum BenchCommand {
         #[arg(long)]
         sockets: std::path::PathBuf,
     },
+    /// The verifiable log over a ledger of N entries: following it as a tree, inclusion
+    /// proofs, and `audit verify`.
+    Log {
+        /// How many ledger entries.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// How many inclusion proofs of random entries to time.
+        #[arg(long, default_value_t = 1_000)]
+        proofs: usize,
+    },
     /// N instances with short-lived certificates renewing continuously on one agent.
     Renew {
         /// How many instances.
@@ -126,6 +136,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             postgres_url,
         } => bench::failover::run(config, kills, &postgres_url).await,
         BenchCommand::Sds { instances } => bench::sds::run(config, instances).await,
+        BenchCommand::Log { entries, proofs } => bench::log::run(entries, proofs).await,
         BenchCommand::Policy {
             instances,
             apps,

@@ -46,7 +46,7 @@ pub async fn run(config: Config) -> Result<()> {
     println!("  SDS sockets         {}", c.agent.sds_dir.display());
     println!("  instance files      {}", c.agent.instance_dir.display());
     println!(
-        "  admin HTTP          http://{}  (open: /healthz, /metrics, /v1/bundle.pem; the rest needs mutual TLS with a role credential)",
+        "  admin HTTP          http://{}  (open: /healthz, /metrics, /v1/bundle.pem, /v1/log/ checkpoint, key and hash tiles; the rest needs mutual TLS with a role credential)",
         dev.admin_addr
     );
     if let Some(socket) = &c.admin.socket {

@@ -42,7 +42,7 @@ pub async fn run(args: ServerArgs, config: Config) -> Result<()> {
         server.api_addr, api.name
     );
     println!(
-        "  admin HTTP          {}  (open: /healthz, /metrics, /v1/bundle.pem; the rest needs mutual TLS with a role credential, name {})",
+        "  admin HTTP          {}  (open: /healthz, /metrics, /v1/bundle.pem, /v1/log/ checkpoint, key and hash tiles; the rest needs mutual TLS with a role credential, name {})",
         server.admin_addr, api.name
     );
     match &server.rt.config.admin.socket {

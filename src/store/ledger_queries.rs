@@ -167,8 +167,10 @@ impl Store {
         let sql = format!(
             "SELECT seq, {COLUMNS} FROM ledger_entries \
              WHERE ($1 IS NULL OR app_guid = $2) AND ($3 IS NULL OR serial = $4) \
-               AND ($5 IS NULL OR recorded_at_ms >= $6) \
-             ORDER BY seq DESC LIMIT $7"
+               AND ($5 IS NULL OR recorded_at_ms >= $6) AND ($7 IS NULL OR recorded_at_ms < $8) \
+               AND ($9 IS NULL OR cell_id = $10) \
+               AND ($11 IS NULL OR (kind = 'issued' AND not_before <= $12 AND not_after > $13)) \
+             ORDER BY seq DESC LIMIT $14"
         );
         let limit = filter.limit.unwrap_or(i64::MAX);
         let rows = sqlx::query(&sql)
@@ -178,6 +180,13 @@ impl Store {
             .bind(&filter.serial)
             .bind(filter.since_ms)
             .bind(filter.since_ms)
+            .bind(filter.until_ms)
+            .bind(filter.until_ms)
+            .bind(&filter.cell_id)
+            .bind(&filter.cell_id)
+            .bind(filter.valid_at)
+            .bind(filter.valid_at)
+            .bind(filter.valid_at)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;

@@ -129,6 +129,12 @@ pub struct LedgerFilter {
     pub serial: Option<String>,
     /// Only entries recorded at or after this time (Unix ms).
     pub since_ms: Option<i64>,
+    /// Only entries recorded before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Only entries of this cell.
+    pub cell_id: Option<String>,
+    /// Only certificates valid at this time (Unix seconds): issued, not before it, not after.
+    pub valid_at: Option<i64>,
     /// At most this many (the newest).
     pub limit: Option<i64>,
 }
