@@ -6,7 +6,7 @@
 use super::merkle::{self, Hash, MemoryTree};
 use super::note::{Checkpoint, NoteVerifier};
 use super::tree::TILE_WIDTH;
-use crate::store::{self, Store};
+use crate::store::{self, LedgerEntry, Store};
 
 /// Entries read per round trip.
 const BATCH: u64 = 4096;
@@ -119,41 +119,67 @@ pub fn open_checkpoint(
     Err(last)
 }
 
+/// Readers of the ledger at once. Reading and decoding the rows is most of the work, and
+/// each reader's queries run on a connection (and, on SQLite, a thread) of their own.
+const READERS: u64 = 2;
+
+/// Reads the ledger in batches of [`BATCH`], `READERS` tasks at a time, into `to`: batch `n`
+/// by reader `n % READERS`. A reader stops after a short batch (the end, or a gap), or when
+/// nobody listens any more.
+fn read_batches(
+    store: &Store,
+    to: tokio::sync::mpsc::Sender<(u64, Result<Vec<LedgerEntry>, store::Error>)>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..READERS)
+        .map(|first| {
+            let (store, to) = (store.clone(), to.clone());
+            crate::app::spawn_owned(async move {
+                let mut n = first;
+                loop {
+                    let batch = store.ledger_range(n * BATCH, (n + 1) * BATCH).await;
+                    let last = batch.as_ref().map_or(true, |b| (b.len() as u64) < BATCH);
+                    if to.send((n, batch)).await.is_err() || last {
+                        return;
+                    }
+                    n += READERS;
+                }
+            })
+        })
+        .collect()
+}
+
 /// Recomputes the ledger in `store` and checks it against its tiles, its signed checkpoints
 /// and `given`.
 pub async fn verify(store: &Store, given: &[GivenCheckpoint]) -> Result<Report, store::Error> {
     let mut report = Report::default();
     let mut tree = MemoryTree::default();
-    let mut tile: Option<(u64, Vec<u8>)> = None;
-    loop {
-        let from = tree.size();
-        let batch = store.ledger_range(from, from + BATCH).await?;
-        for entry in &batch {
-            let seq = tree.size();
-            let leaf: Hash = merkle::leaf(&super::canonical(&entry.record));
-            if entry.record.leaf_hash[..] != leaf[..] {
-                report.findings.push(Finding::FieldsChanged { seq });
-            }
-            // The tile written when this entry was logged, if its tile is full.
-            let index = seq / TILE_WIDTH;
-            if tile.as_ref().is_none_or(|(i, _)| *i != index) {
-                tile = store
-                    .log_tile(0, index)
-                    .await?
-                    .map(|hashes| (index, hashes));
-            }
-            if let Some((_, hashes)) = &tile {
-                let at = ((seq % TILE_WIDTH) * 32) as usize;
-                if hashes.get(at..at + 32) != Some(&leaf[..]) {
-                    report.findings.push(Finding::NotAsLogged { seq });
+    let (to, mut from) = tokio::sync::mpsc::channel(2 * READERS as usize);
+    let readers = read_batches(store, to);
+    let checked = async {
+        let mut tile: Option<(u64, Vec<u8>)> = None;
+        let mut waiting: std::collections::BTreeMap<u64, Vec<LedgerEntry>> =
+            std::collections::BTreeMap::new();
+        let mut next = 0;
+        while let Some((n, batch)) = from.recv().await {
+            waiting.insert(n, batch?);
+            while let Some(batch) = waiting.remove(&next) {
+                next += 1;
+                for entry in &batch {
+                    check_entry(store, entry, &mut tree, &mut tile, &mut report).await?;
+                }
+                if (batch.len() as u64) < BATCH {
+                    return Ok(());
                 }
             }
-            tree.push(leaf);
         }
-        if (batch.len() as u64) < BATCH {
-            break;
-        }
+        Ok::<(), store::Error>(())
     }
+    .await;
+    drop(from);
+    for reader in readers {
+        let _ = reader.await;
+    }
+    checked?;
     report.entries = tree.size();
     report.root = tree.root(tree.size()).expect("its own size");
     // A gap stops the read: whatever follows it is missing as far as the log goes.
@@ -184,4 +210,35 @@ pub async fn verify(store: &Store, given: &[GivenCheckpoint]) -> Result<Report, 
         }
     }
     Ok(report)
+}
+
+/// Holds one entry, the next of `tree`, against its leaf hash and its tile.
+async fn check_entry(
+    store: &Store,
+    entry: &LedgerEntry,
+    tree: &mut MemoryTree,
+    tile: &mut Option<(u64, Vec<u8>)>,
+    report: &mut Report,
+) -> Result<(), store::Error> {
+    let seq = tree.size();
+    let leaf: Hash = merkle::leaf(&super::canonical(&entry.record));
+    if entry.record.leaf_hash[..] != leaf[..] {
+        report.findings.push(Finding::FieldsChanged { seq });
+    }
+    // The tile written when this entry was logged, if its tile is full.
+    let index = seq / TILE_WIDTH;
+    if tile.as_ref().is_none_or(|(i, _)| *i != index) {
+        *tile = store
+            .log_tile(0, index)
+            .await?
+            .map(|hashes| (index, hashes));
+    }
+    if let Some((_, hashes)) = tile {
+        let at = ((seq % TILE_WIDTH) * 32) as usize;
+        if hashes.get(at..at + 32) != Some(&leaf[..]) {
+            report.findings.push(Finding::NotAsLogged { seq });
+        }
+    }
+    tree.push(leaf);
+    Ok(())
 }
