@@ -236,20 +236,9 @@ fn dev_serves_its_local_cell_through_the_server_api_and_lets_another_cells_agent
 
     // Cells register their own instances by default in dev, and only their own.
     let creds = dir.join("cell-2-credential");
-    let read = |name: &str| std::fs::read_to_string(creds.join(name)).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let cell2 = idmint::agent::remote::RemoteAuthority::connect(
-            idmint::agent::remote::RemoteSettings {
-                endpoints: vec![format!("https://127.0.0.1:{api_port}")],
-                server_name: "localhost",
-                cert_chain_pem: &read("cell.pem"),
-                key_pem: &read("cell.key"),
-                roots_pem: &read("bundle.pem"),
-            },
-        )
-        .await
-        .unwrap();
+        let cell2 = common::api::connect_with_dir(api_port, &creds).await;
         let mut mine = placement();
         (mine.instance_guid, mine.app_guid, mine.cell_id) = (
             ON_CELL_2.parse().unwrap(),

@@ -258,33 +258,9 @@ fn a_generic_tlog_client_follows_and_checks_the_served_log() {
     let idmint = common::dev::Idmint::start_with(tmp.path(), &[]);
     // Enough registrations (each recorded, and each instance's certificate issued) for a
     // full tile.
-    for n in 0..150u32 {
-        let body = format!(
-            r#"{{"instance_guid": "{n:08x}-0000-4000-8000-000000000001",
-                "app_guid": "{n:08x}-0000-4000-8000-000000000002",
-                "space_guid": "00000000-0000-4000-8000-000000000003",
-                "org_guid": "00000000-0000-4000-8000-000000000004"}}"#
-        );
-        let (status, answer) =
-            socket_request(&idmint.admin_socket(), "POST", "/v1/instances", &body).unwrap();
-        assert_eq!(status, 201, "{answer}");
-    }
-    let (_, ledger) =
-        socket_request(&idmint.admin_socket(), "GET", "/v1/ledger?limit=10000", "").unwrap();
-    let entries = serde_json::from_str::<serde_json::Value>(&ledger)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .len() as u64;
+    register_many(&idmint, 150);
+    let entries = checkpointed_entries(&idmint).len() as u64;
     assert!(entries >= 256, "{entries} entries");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while served_size(idmint.admin).unwrap_or(0) < entries {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint of {entries} entries"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 
     // Python, with its own hashing and Ed25519, agrees with the checkpoint.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -373,6 +349,23 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
         body = &body[line_end + 4 + size..];
     }
+}
+
+/// The ledger's entries (as the admin API lists them) once a checkpoint covers them all.
+fn checkpointed_entries(idmint: &common::dev::Idmint) -> Vec<serde_json::Value> {
+    let (_, ledger) =
+        socket_request(&idmint.admin_socket(), "GET", "/v1/ledger?limit=10000", "").unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&ledger).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while served_size(idmint.admin).unwrap_or(0) < entries.len() as u64 {
+        let n = entries.len();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint of {n} entries"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    entries
 }
 
 /// Registers `n` instances through the admin socket; each is recorded and certified.
@@ -465,14 +458,7 @@ async fn tampering_is_named(db: Db) {
     let settings: Vec<&str> = store_setting.iter().map(String::as_str).collect();
     let idmint = common::dev::Idmint::start_with(tmp.path(), &settings);
     register_many(&idmint, 150);
-    let (_, ledger) =
-        socket_request(&idmint.admin_socket(), "GET", "/v1/ledger?limit=10000", "").unwrap();
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&ledger).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while served_size(idmint.admin).unwrap_or(0) < entries.len() as u64 {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let entries = checkpointed_entries(&idmint);
     let data = idmint.data.clone();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let team = path(&tmp.path().join("team-checkpoint.note"));
@@ -770,17 +756,7 @@ async fn after_a_kill_9_under_load_every_certificate_received_is_proven_in_the_l
         creds.to_str().unwrap(),
     ]);
     cli(&register_args(INSTANCE, APP, "cell-1"));
-    let read = |f: &str| std::fs::read_to_string(creds.join(f)).unwrap();
-    let client =
-        idmint::agent::remote::RemoteAuthority::connect(idmint::agent::remote::RemoteSettings {
-            endpoints: vec![format!("https://127.0.0.1:{api}")],
-            server_name: "localhost",
-            cert_chain_pem: &read("cell.pem"),
-            key_pem: &read("cell.key"),
-            roots_pem: &read("bundle.pem"),
-        })
-        .await
-        .unwrap();
+    let client = common::api::connect_with_dir(api, &creds).await;
 
     // Streams of sign requests, until the server is killed under them.
     let csr = idmint::agent::new_key_and_csr().unwrap().1;

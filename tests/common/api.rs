@@ -43,6 +43,16 @@ pub async fn connect(port: u16, pem: &Pem, roots: &str) -> Result<RemoteAuthorit
     .map_err(|e| format!("{e:?}"))
 }
 
+/// A client of the API on `port` with the credential `idmint cell enroll` wrote to `dir`.
+pub async fn connect_with_dir(port: u16, dir: &std::path::Path) -> RemoteAuthority {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let pem = Pem {
+        chain: read("cell.pem"),
+        key: read("cell.key"),
+    };
+    connect(port, &pem, &read("bundle.pem")).await.unwrap()
+}
+
 /// A client with `pem` is refused when it connects, or at the latest when it asks for a
 /// certificate.
 pub async fn assert_gets_nothing(port: u16, pem: &Pem, roots: &str, what: &str) {
