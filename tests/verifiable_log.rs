@@ -101,19 +101,14 @@ async fn checkpointer(
 ) -> idmint::ledger::checkpoints::Checkpointer {
     use idmint::ledger::checkpoints::{self, Checkpointer};
     let kek = checkpoints::kek(store, &dir.join("kek")).await.unwrap();
-    let signer = checkpoints::signing_key(store, &kek, "test.example/idmint/ledger", 0)
+    let keys = checkpoints::LogKeys::new(store.clone(), kek, ORIGIN.into());
+    let clock = idmint::clock::Clock::system();
+    Checkpointer::new(store.clone(), keys, clock, Default::default())
         .await
-        .unwrap();
-    Checkpointer::new(
-        store.clone(),
-        signer,
-        "test.example/idmint/ledger".into(),
-        idmint::clock::Clock::system(),
-        Default::default(),
-    )
-    .await
-    .unwrap()
+        .unwrap()
 }
+
+const ORIGIN: &str = "test.example/idmint/ledger";
 
 /// Every stored checkpoint, opened with the stored verifier key and read.
 async fn signed_checkpoints(store: &Store) -> Vec<idmint::ledger::note::Checkpoint> {
@@ -176,10 +171,8 @@ async fn checkpoints_are_signed_as_the_ledger_grows_and_stay_consistent_across_r
     assert_eq!(key.sealed_seed.len(), 12 + 32 + 16);
     let other = tempfile::tempdir().unwrap();
     let wrong = idmint::ca::Kek::create(&other.path().join("kek")).unwrap();
-    let err = idmint::ledger::checkpoints::signing_key(&store, &wrong, "x", 0)
-        .await
-        .err()
-        .unwrap();
+    let keys = idmint::ledger::checkpoints::LogKeys::new(store.clone(), wrong, ORIGIN.into());
+    let err = keys.current(0).await.err().unwrap();
     assert!(err.to_string().contains("signing key"), "{err}");
 
     // An entry under the last checkpoint changed in the database: nothing more is signed.
@@ -855,4 +848,56 @@ async fn after_a_kill_9_under_load_every_certificate_received_is_proven_in_the_l
 /// The CLI on the data in `data`: whether it succeeded, and what it printed.
 fn cli_result(data: &std::path::Path, args: &[&str]) -> (bool, String) {
     cli(data, None, args)
+}
+
+#[test]
+fn a_rotated_ledger_key_signs_on_and_the_retired_one_still_checks_what_it_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idmint = common::dev::Idmint::start_with(tmp.path(), &[]);
+    register_many(&idmint, 3);
+    checkpointed_entries(&idmint);
+    let before = path_in(&tmp, "before.note");
+    let (ok, out) = idmint_cli(&idmint, &["audit", "checkpoint", "--save", &before]);
+    assert!(ok, "{out}");
+    let old_key = http_get(idmint.admin, "/v1/log/key").unwrap().1;
+    let old_key = old_key.trim().to_string();
+
+    let (ok, out) = idmint_cli(&idmint, &["ca", "rotate", "ledger-key"]);
+    assert!(ok && out.contains(&format!("retired {old_key}")), "{out}");
+    // The rotation is itself an entry, recorded with who asked; the next checkpoint covers it
+    // and is signed with the new key.
+    let entries = checkpointed_entries(&idmint);
+    let reason = entries.last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("ledger checkpoint key rotated, requested by"),
+        "{reason}"
+    );
+    let keys = http_get(idmint.admin, "/v1/log/key").unwrap().1;
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(
+        keys[1], old_key,
+        "the retired key is still published, after the current"
+    );
+    use idmint::ledger::note::NoteVerifier;
+    let (new, old) = (
+        NoteVerifier::parse(keys[0]).unwrap(),
+        NoteVerifier::parse(&old_key).unwrap(),
+    );
+    let latest = http_get(idmint.admin, "/v1/log/checkpoint").unwrap().1;
+    new.open(&latest).unwrap();
+    assert!(old.open(&latest).is_err());
+    // The checkpoint the retired key signed still holds the ledger, with the new ones.
+    let (ok, out) = idmint_cli(&idmint, &["audit", "verify", "--checkpoint", &before]);
+    assert!(ok && out.contains("ledger verified"), "{out}");
+    // An unknown target is refused, naming what can be rotated.
+    let (ok, out) = idmint_cli(&idmint, &["ca", "rotate", "everything"]);
+    assert!(!ok && out.contains("ledger-key"), "{out}");
+}
+
+fn path_in(dir: &tempfile::TempDir, name: &str) -> String {
+    dir.path().join(name).to_str().unwrap().to_string()
 }

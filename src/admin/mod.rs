@@ -67,6 +67,8 @@ pub struct AdminState {
     pub max_body: usize,
     /// How signing the ledger's checkpoints goes in this process.
     pub log: Arc<crate::ledger::checkpoints::LogStatus>,
+    /// The keys that sign the ledger's checkpoints, for their rotation.
+    pub log_keys: crate::ledger::checkpoints::LogKeys,
 }
 
 /// The most ledger entries one request returns.
@@ -310,6 +312,38 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
 }
 
 /// `POST /v1/ca/rotate/{intermediate|root}`: what `idmint ca rotate` calls.
+/// A new checkpoint signing key, recorded in the ledger with who asked; the retired key stays
+/// published so that what it signed can still be checked.
+async fn rotate_ledger_key(state: &AdminState, by: &str) -> Response {
+    let now = state.clock.now();
+    match state.log_keys.rotate(crate::clock::unix_ms(now)).await {
+        Ok((old, new)) => {
+            let record = LedgerRecord {
+                reason: Some(format!(
+                    "ledger checkpoint key rotated, requested by {by}: {old} retired, {new} signs from the next checkpoint"
+                )),
+                ..LedgerRecord::bare(EntryKind::Ca, now)
+            };
+            if let Err(e) = state.ledger.append(record).await {
+                tracing::error!(error = %e, %by, "cannot record the ledger key rotation");
+            }
+            Json(vec![
+                format!("retired {old}"),
+                format!("signing with {new}"),
+            ])
+            .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot rotate the ledger key");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot rotate the ledger key: {e}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
 async fn rotate_ca(
     State(state): State<AdminState>,
     Extension(Actor(by)): Extension<Actor>,
@@ -320,10 +354,13 @@ async fn rotate_ca(
     let target = match target.as_str() {
         "intermediate" => Target::Intermediate,
         "root" => Target::Root,
+        "ledger-key" => return rotate_ledger_key(&state, &by).await,
         other => {
             return (
                 StatusCode::NOT_FOUND,
-                format!("nothing called {other:?} to rotate; say intermediate or root\n"),
+                format!(
+                    "nothing called {other:?} to rotate; say intermediate, root or ledger-key\n"
+                ),
             )
                 .into_response()
         }

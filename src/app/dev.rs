@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         limits: rt.issuance.limits().cloned(),
         max_body: rt.config.admin.max_body,
         log: rt.log.clone(),
+        log_keys: rt.log_keys.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Dev {

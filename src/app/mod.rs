@@ -46,6 +46,8 @@ pub struct Runtime {
     pub clock: Clock,
     /// How signing the ledger's checkpoints goes.
     pub log: Arc<crate::ledger::checkpoints::LogStatus>,
+    /// The keys that sign the ledger's checkpoints.
+    pub log_keys: checkpoints::LogKeys,
     /// Woken when another server sharing the database changed the CA.
     ca_changed: Arc<tokio::sync::Notify>,
     store: Store,
@@ -78,10 +80,8 @@ impl Runtime {
         // that cannot open it stops the start here, naming the key.
         let origin = checkpoints::origin(&config.ca.trust_domain);
         let kek = checkpoints::kek(&store, &config.ca.kek_file).await?;
-        let log_signer =
-            checkpoints::signing_key(&store, &kek, &origin, crate::clock::unix_ms(clock.now()))
-                .await?;
-        drop(kek);
+        let log_keys = checkpoints::LogKeys::new(store.clone(), kek, origin);
+        log_keys.current(crate::clock::unix_ms(clock.now())).await?;
         let shutdown = CancellationToken::new();
         let (ledger, writer) = Ledger::start(store.clone(), shutdown.child_token());
         let writer = spawn_owned(writer);
@@ -124,6 +124,7 @@ impl Runtime {
             clock,
             ca_changed: Arc::default(),
             log: Arc::default(),
+            log_keys,
             store,
             shutdown,
             tasks: vec![("ledger writer", writer)],
@@ -139,8 +140,9 @@ impl Runtime {
             }
         });
         let (store, clock, status) = (rt.store.clone(), rt.clock.clone(), rt.log.clone());
+        let keys = rt.log_keys.clone();
         rt.spawn("ledger checkpoints", move |token| {
-            checkpoints::run(store, log_signer, origin, clock, status, token)
+            checkpoints::run(store, keys, clock, status, token)
         });
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);

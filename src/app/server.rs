@@ -71,6 +71,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         limits: rt.issuance.limits().cloned(),
         max_body: rt.config.admin.max_body,
         log: rt.log.clone(),
+        log_keys: rt.log_keys.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Server {

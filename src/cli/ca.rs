@@ -26,10 +26,11 @@ pub enum CaCommand {
     /// Create the self-signed root and intermediate if the store has none.
     Init,
     /// Rotate the running service's self-signed CA now. An intermediate signs at once; a root
-    /// enters the trust bundle and signs once every connected sidecar has acknowledged it.
+    /// enters the trust bundle and signs once every connected sidecar has acknowledged it; a
+    /// new ledger key signs from the next checkpoint (the retired one stays published).
     Rotate {
-        /// `intermediate` or `root`.
-        #[arg(value_parser = ["intermediate", "root"])]
+        /// `intermediate`, `root` or `ledger-key`.
+        #[arg(value_parser = ["intermediate", "root", "ledger-key"])]
         target: String,
     },
     /// Write development-only credentials (root, intermediate, cell client certificates, keys

@@ -60,49 +60,95 @@ pub async fn kek(store: &Store, path: &std::path::Path) -> Result<Kek, Checkpoin
     }
 }
 
-/// The current signing key, made and stored (sealed with `kek`) when there is none yet.
-pub async fn signing_key(
-    store: &Store,
-    kek: &Kek,
-    origin: &str,
-    now_ms: i64,
-) -> Result<NoteSigner, CheckpointError> {
-    let keys = store.log_keys().await?;
-    let current = match keys.into_iter().find(|k| k.retired_at_ms.is_none()) {
-        Some(k) => k,
-        None => {
-            let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-            SystemRandom::new()
-                .fill(seed.as_mut())
-                .map_err(|_| CheckpointError::Key("no randomness for a new key".into()))?;
-            let signer = NoteSigner::from_seed(origin, seed.as_ref())
-                .map_err(|e| CheckpointError::Key(e.to_string()))?;
-            let verifier = signer.verifier().encode();
-            let sealed = kek
-                .seal(&seal_context(&verifier), seed.as_ref())
-                .map_err(|e| CheckpointError::Key(e.to_string()))?;
-            let made = StoredLogKey {
-                verifier,
-                sealed_seed: sealed,
-                created_at_ms: now_ms,
-                retired_at_ms: None,
-            };
-            store.insert_first_log_key(&made).await?
+/// The checkpoint signing keys of one log: the current one opened with the KEK, the first
+/// made when there is none, and a new one made on rotation. Retired keys stay, so that the
+/// checkpoints they signed can still be checked.
+#[derive(Clone)]
+pub struct LogKeys {
+    store: Store,
+    kek: Arc<Kek>,
+    origin: String,
+}
+
+impl LogKeys {
+    /// The keys of `origin`'s log in `store`, sealed with `kek`.
+    pub fn new(store: Store, kek: Kek, origin: String) -> LogKeys {
+        LogKeys {
+            store,
+            kek: Arc::new(kek),
+            origin,
         }
-    };
-    let key_error = |e: &dyn std::fmt::Display| CheckpointError::Key(e.to_string());
-    let verifier = NoteVerifier::parse(&current.verifier).map_err(|e| key_error(&e))?;
-    let seed = kek
-        .open(&seal_context(&current.verifier), &current.sealed_seed)
-        .map_err(|e| key_error(&e))?;
-    let signer = NoteSigner::from_seed(verifier.name(), &seed).map_err(|e| key_error(&e))?;
-    if signer.verifier() != verifier {
-        return Err(CheckpointError::Key(format!(
-            "the stored seed does not make the key {}",
-            current.verifier
-        )));
     }
-    Ok(signer)
+
+    /// The log's origin line (and its keys' name).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// A new key, and its stored form (the seed sealed with the KEK).
+    fn make(&self, now_ms: i64) -> Result<StoredLogKey, CheckpointError> {
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(seed.as_mut())
+            .map_err(|_| CheckpointError::Key("no randomness for a new key".into()))?;
+        let signer = NoteSigner::from_seed(&self.origin, seed.as_ref())
+            .map_err(|e| CheckpointError::Key(e.to_string()))?;
+        let verifier = signer.verifier().encode();
+        let sealed_seed = self
+            .kek
+            .seal(&seal_context(&verifier), seed.as_ref())
+            .map_err(|e| CheckpointError::Key(e.to_string()))?;
+        Ok(StoredLogKey {
+            verifier,
+            sealed_seed,
+            created_at_ms: now_ms,
+            retired_at_ms: None,
+        })
+    }
+
+    /// The current key's verifier, as stored.
+    pub async fn current_verifier(&self) -> Result<Option<String>, CheckpointError> {
+        let keys = self.store.log_keys().await?;
+        Ok(keys
+            .into_iter()
+            .find(|k| k.retired_at_ms.is_none())
+            .map(|k| k.verifier))
+    }
+
+    /// The current key, opened; made and stored first when there is none.
+    pub async fn current(&self, now_ms: i64) -> Result<NoteSigner, CheckpointError> {
+        let keys = self.store.log_keys().await?;
+        let current = match keys.into_iter().find(|k| k.retired_at_ms.is_none()) {
+            Some(k) => k,
+            None => self.store.insert_first_log_key(&self.make(now_ms)?).await?,
+        };
+        self.open(&current)
+    }
+
+    fn open(&self, key: &StoredLogKey) -> Result<NoteSigner, CheckpointError> {
+        let key_error = |e: &dyn std::fmt::Display| CheckpointError::Key(e.to_string());
+        let verifier = NoteVerifier::parse(&key.verifier).map_err(|e| key_error(&e))?;
+        let seed = self
+            .kek
+            .open(&seal_context(&key.verifier), &key.sealed_seed)
+            .map_err(|e| key_error(&e))?;
+        let signer = NoteSigner::from_seed(verifier.name(), &seed).map_err(|e| key_error(&e))?;
+        if signer.verifier() != verifier {
+            return Err(CheckpointError::Key(format!(
+                "the stored seed does not make the key {}",
+                key.verifier
+            )));
+        }
+        Ok(signer)
+    }
+
+    /// Retires the current key and makes a new one, which signs from the next checkpoint on.
+    /// The retired key's verifier and the new one's.
+    pub async fn rotate(&self, now_ms: i64) -> Result<(String, String), CheckpointError> {
+        let new = self.make(now_ms)?;
+        let old = self.store.rotate_log_key(&new, now_ms).await?;
+        Ok((old.unwrap_or_default(), new.verifier))
+    }
 }
 
 /// What the metrics show of the log.
@@ -134,27 +180,27 @@ impl LogStatus {
 pub struct Checkpointer {
     store: Store,
     tree: TiledTree,
+    keys: LogKeys,
     signer: NoteSigner,
-    origin: String,
     clock: Clock,
     status: Arc<LogStatus>,
 }
 
 impl Checkpointer {
-    /// A checkpointer over `store`'s ledger signing with `signer` under `origin`.
+    /// A checkpointer over `store`'s ledger signing with the current key of `keys`.
     pub async fn new(
         store: Store,
-        signer: NoteSigner,
-        origin: String,
+        keys: LogKeys,
         clock: Clock,
         status: Arc<LogStatus>,
     ) -> Result<Checkpointer, CheckpointError> {
         let tree = TiledTree::load(store.clone()).await?;
+        let signer = keys.current(crate::clock::unix_ms(clock.now())).await?;
         Ok(Checkpointer {
             store,
             tree,
+            keys,
             signer,
-            origin,
             clock,
             status,
         })
@@ -184,8 +230,14 @@ impl Checkpointer {
                 return Ok(None);
             }
         }
+        // A rotation (on any server) takes effect at the next checkpoint.
+        let current = self.keys.current_verifier().await?;
+        if current.as_deref() != Some(self.signer.verifier().encode().as_str()) {
+            let now_ms = crate::clock::unix_ms(self.clock.now());
+            self.signer = self.keys.current(now_ms).await?;
+        }
         let checkpoint = Checkpoint {
-            origin: self.origin.clone(),
+            origin: self.keys.origin().to_string(),
             size,
             root: self.tree.root(),
         };
@@ -205,11 +257,11 @@ impl Checkpointer {
     }
 }
 
-/// Signs checkpoints with `signer` while this server holds the lead, until `cancel`.
+/// Signs checkpoints with the current key of `keys` while this server holds the lead, until
+/// `cancel`.
 pub async fn run(
     store: Store,
-    signer: NoteSigner,
-    origin: String,
+    keys: LogKeys,
     clock: Clock,
     status: Arc<LogStatus>,
     cancel: CancellationToken,
@@ -227,14 +279,9 @@ pub async fn run(
                 let Some(leader) = store.try_lead(Lead::LogCheckpoints).await? else {
                     return Ok(());
                 };
-                let checkpointer = Checkpointer::new(
-                    store.clone(),
-                    signer.clone(),
-                    origin.clone(),
-                    clock.clone(),
-                    status.clone(),
-                )
-                .await?;
+                let checkpointer =
+                    Checkpointer::new(store.clone(), keys.clone(), clock.clone(), status.clone())
+                        .await?;
                 leading = Some((leader, checkpointer));
             }
             let (_, checkpointer) = leading.as_mut().expect("set above");

@@ -195,6 +195,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Retires the current signing key at `now_ms` and makes `new` current, in one
+    /// transaction; the retired key's verifier.
+    pub async fn rotate_log_key(
+        &self,
+        new: &StoredLogKey,
+        now_ms: i64,
+    ) -> Result<Option<String>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<String> =
+            sqlx::query("SELECT verifier FROM log_keys WHERE retired_at_ms IS NULL")
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("verifier"))
+                .transpose()?;
+        sqlx::query("UPDATE log_keys SET retired_at_ms = $1 WHERE retired_at_ms IS NULL")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO log_keys (verifier, sealed_seed, created_at_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(&new.verifier)
+        .bind(&new.sealed_seed)
+        .bind(new.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(old)
+    }
+}
+
 fn checkpoint(r: &sqlx::any::AnyRow) -> Result<StoredCheckpoint, Error> {
     Ok(StoredCheckpoint {
         size: to_u64(r.try_get("size")?, "log_checkpoints.size")?,
