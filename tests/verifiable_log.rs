@@ -193,6 +193,27 @@ async fn checkpoints_are_signed_as_the_ledger_grows_and_stay_consistent_across_r
     );
     assert_eq!(store.checkpoints().await.unwrap().len(), 4);
     store.close().await;
+
+    // Entries a checkpoint covers cut from the end: nothing more is signed either.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("idmint.db").display());
+    let store = Store::open(&Settings { url }, true).await.unwrap();
+    append(&store, 300).await;
+    checkpointer(&store, dir.path()).await.step().await.unwrap();
+    sqlite_exec(dir.path(), "DELETE FROM ledger_entries WHERE seq >= 290").await;
+    let err = checkpointer(&store, dir.path())
+        .await
+        .step()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            idmint::ledger::checkpoints::CheckpointError::Diverged { size: 300 }
+        ),
+        "{err}"
+    );
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

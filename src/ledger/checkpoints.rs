@@ -154,17 +154,11 @@ impl LogKeys {
 /// What the metrics show of the log.
 #[derive(Debug, Default)]
 pub struct LogStatus {
-    size: AtomicU64,
     signed: AtomicU64,
     diverged: AtomicBool,
 }
 
 impl LogStatus {
-    /// Entries under the latest checkpoint this process signed or saw.
-    pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
-    }
-
     /// Checkpoints this process signed.
     pub fn signed(&self) -> u64 {
         self.signed.load(Ordering::Relaxed)
@@ -214,18 +208,17 @@ impl Checkpointer {
         // Read each time: another server may have signed while this one did not lead.
         let last = self.store.latest_checkpoint().await?;
         if let Some(last) = &last {
-            if last.size > size {
-                // Another server signed entries this one has not read yet (or they are gone):
-                // the next step reads on, and checks then.
-                return Ok(None);
-            }
-            let root = self.tree.root_at(last.size).await?;
-            if root[..] != last.root[..] {
+            // What a checkpoint covers was committed before it was signed, and the tree has
+            // read every entry there is: a checkpoint past it means entries were removed.
+            let root = match last.size > size {
+                true => None,
+                false => Some(self.tree.root_at(last.size).await?),
+            };
+            if root.is_none_or(|root| root[..] != last.root[..]) {
                 self.status.diverged.store(true, Ordering::Relaxed);
                 return Err(CheckpointError::Diverged { size: last.size });
             }
             self.status.diverged.store(false, Ordering::Relaxed);
-            self.status.size.fetch_max(last.size, Ordering::Relaxed);
             if last.size == size {
                 return Ok(None);
             }
@@ -252,7 +245,6 @@ impl Checkpointer {
             return Ok(None);
         }
         self.status.signed.fetch_add(1, Ordering::Relaxed);
-        self.status.size.fetch_max(size, Ordering::Relaxed);
         Ok(Some(stored))
     }
 }
