@@ -611,8 +611,7 @@ async fn clone_pg_database(url: &str, n: usize) -> String {
             .await;
         match made {
             Ok(_) => break,
-            Err(e) if attempt < 50 => {
-                let _ = e;
+            Err(_) if attempt < 50 => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(e) => panic!("cannot copy {name}: {e}"),

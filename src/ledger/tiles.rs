@@ -171,7 +171,10 @@ async fn hash_tile(
 ) -> Result<Option<Vec<u8>>, store::Error> {
     if let Some(full) = store.log_tile(level, index).await? {
         // A partial tile is the start of the full one.
-        return Ok(Some(full[..usize::from(width) * 32].to_vec()));
+        return match full.get(..usize::from(width) * 32) {
+            Some(part) if full.len() as u64 == TILE_WIDTH * 32 => Ok(Some(part.to_vec())),
+            _ => Err(store::Error::BadValue("log_tiles.hashes")),
+        };
     }
     if u64::from(width) == TILE_WIDTH {
         return Ok(None);

@@ -91,7 +91,15 @@ impl TiledTree {
             }
             let mut roots = Vec::with_capacity(tiles.len());
             for tile in &tiles {
-                roots.push(reduce(&hashes(tile, "a tile")?));
+                let tile = hashes(tile, "a tile")?;
+                if tile.len() as u64 != TILE_WIDTH {
+                    return Err(TreeError::Inconsistent(format!(
+                        "a full tile of level {} holds {} hashes",
+                        level - 1,
+                        tile.len()
+                    )));
+                }
+                roots.push(reduce(&tile));
             }
             edge.push(roots);
             level += 1;
@@ -203,7 +211,14 @@ impl TiledTree {
                     let tile = self.store.log_tile(level, index).await?.ok_or_else(|| {
                         TreeError::Inconsistent(format!("tile {level}/{index} is not stored"))
                     })?;
-                    view.tiles.insert((level, index), hashes(&tile, "a tile")?);
+                    let tile = hashes(&tile, "a tile")?;
+                    if tile.len() as u64 != TILE_WIDTH {
+                        return Err(TreeError::Inconsistent(format!(
+                            "tile {level}/{index} holds {} hashes, not {TILE_WIDTH}",
+                            tile.len()
+                        )));
+                    }
+                    view.tiles.insert((level, index), tile);
                 }
                 Err(merkle::ProofError::Source(Missing::Beyond(why))) => {
                     return Err(TreeError::OutOfRange(why))
