@@ -311,7 +311,6 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
     }
 }
 
-/// `POST /v1/ca/rotate/{intermediate|root}`: what `idmint ca rotate` calls.
 /// A new checkpoint signing key, recorded in the ledger with who asked; the retired key stays
 /// published so that what it signed can still be checked.
 async fn rotate_ledger_key(state: &AdminState, by: &str) -> Response {
@@ -344,6 +343,7 @@ async fn rotate_ledger_key(state: &AdminState, by: &str) -> Response {
     }
 }
 
+/// `POST /v1/ca/rotate/{intermediate|root|ledger-key}`: what `idmint ca rotate` calls.
 async fn rotate_ca(
     State(state): State<AdminState>,
     Extension(Actor(by)): Extension<Actor>,

@@ -165,7 +165,7 @@ pub async fn run(cmd: AuditCommand, config: Config) -> Result<()> {
             prove(&store, &audit, &config, &serial, checkpoint).await
         }
         AuditCommand::CheckProof { proof, key } => check_proof(&proof, &key),
-        AuditCommand::Verify { checkpoints } => verify(&store, &config, &checkpoints).await,
+        AuditCommand::Verify { checkpoints } => verify(&audit, &config, &checkpoints).await,
     };
     store.close().await;
     result
@@ -271,12 +271,12 @@ async fn checkpoint(audit: &AuditLog, save: Option<PathBuf>) -> Result<()> {
 }
 
 /// The log's keys, and its origin under this configuration.
-async fn log_keys(store: &Store, config: &Config) -> Result<(Vec<NoteVerifier>, String)> {
-    let keys = store
-        .log_keys()
+async fn log_keys(audit: &AuditLog, config: &Config) -> Result<(Vec<NoteVerifier>, String)> {
+    let keys = audit
+        .verifier_keys()
         .await?
         .iter()
-        .map(|k| NoteVerifier::parse(&k.verifier))
+        .map(|k| NoteVerifier::parse(k))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((keys, checkpoints::origin(&config.ca.trust_domain)))
 }
@@ -305,7 +305,7 @@ async fn prove(
         .by_serial(serial)
         .await?
         .ok_or_else(|| anyhow!("no certificate with serial {serial} in the ledger"))?;
-    let (keys, origin) = log_keys(store, config).await?;
+    let (keys, origin) = log_keys(audit, config).await?;
     let (checkpoint, note) = match file {
         Some(path) => read_checkpoint(&path, &keys, &origin)?,
         None => {
@@ -345,8 +345,8 @@ fn check_proof(path: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-async fn verify(store: &Store, config: &Config, files: &[PathBuf]) -> Result<()> {
-    let (keys, origin) = log_keys(store, config).await?;
+async fn verify(audit: &AuditLog, config: &Config, files: &[PathBuf]) -> Result<()> {
+    let (keys, origin) = log_keys(audit, config).await?;
     let mut given = Vec::new();
     for path in files {
         let (checkpoint, _) = read_checkpoint(path, &keys, &origin)?;
@@ -355,7 +355,7 @@ async fn verify(store: &Store, config: &Config, files: &[PathBuf]) -> Result<()>
             source: path.display().to_string(),
         });
     }
-    let report = verify::verify(store, &given).await?;
+    let report = verify::verify(audit.store(), &given).await?;
     if report.findings.is_empty() {
         println!(
             "ledger verified: {} entries, root {}, consistent with {} checkpoints",

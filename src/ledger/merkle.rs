@@ -1,6 +1,6 @@
 //! The ledger as a Merkle tree in the way of RFC 9162 (Certificate Transparency 2.0): the
-//! hashing, the tree's right edge kept as records are appended, and inclusion and consistency
-//! proofs, made and checked.
+//! hashing, the root from the tree's right edge, and inclusion and consistency proofs, made
+//! and checked.
 //!
 //! A proof is made from the hashes of perfect subtrees, asked of a [`Subtrees`]: the store
 //! keeps them in tiles, a test keeps them in memory. Checking a proof needs nothing but the
@@ -43,43 +43,15 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
-/// The right edge of a tree: the roots of the perfect subtrees its leaves fall into, largest
-/// first (one per bit set in the size). Appending a leaf merges the subtrees it completes, so
-/// the root of every size costs O(log n), with no pass over the leaves.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Edge {
-    size: u64,
-    peaks: Vec<Hash>,
-}
-
-impl Edge {
-    /// Appends a leaf hash.
-    pub fn push(&mut self, leaf_hash: Hash) {
-        let mut hash = leaf_hash;
-        // Each trailing one bit of the old size is a subtree the new leaf completes.
-        let mut size = self.size;
-        while size & 1 == 1 {
-            let left = self.peaks.pop().expect("one peak per bit set");
-            hash = node(&left, &hash);
-            size >>= 1;
-        }
-        self.peaks.push(hash);
-        self.size += 1;
-    }
-
-    /// How many leaves.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The tree's root hash.
-    pub fn root(&self) -> Hash {
-        let mut peaks = self.peaks.iter().rev();
-        let Some(last) = peaks.next() else {
-            return empty_root();
-        };
-        peaks.fold(*last, |right, left| node(left, &right))
-    }
+/// The root of a tree from its right edge: the roots of the perfect subtrees its leaves fall
+/// into, largest first (one per bit set in its size). This is how a tree kept by its edge gets
+/// its root in O(log n), with no pass over the leaves.
+pub fn root_of_peaks(peaks: &[Hash]) -> Hash {
+    let mut peaks = peaks.iter().rev();
+    let Some(last) = peaks.next() else {
+        return empty_root();
+    };
+    peaks.fold(*last, |right, left| node(left, &right))
 }
 
 /// Where the hashes of perfect subtrees come from: the subtree at `level` (2^level leaves)
@@ -439,12 +411,21 @@ mod tests {
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
         ];
         let t = tree(8);
-        let mut edge = Edge::default();
-        assert_eq!(hex(&edge.root()), want[0]);
-        for (n, l) in leaves().iter().enumerate() {
-            edge.push(leaf(l));
-            assert_eq!(hex(&edge.root()), want[n + 1], "size {}", n + 1);
-            assert_eq!(hex(&t.root(n as u64 + 1).unwrap()), want[n + 1]);
+        assert_eq!(hex(&root_of_peaks(&[])), want[0]);
+        for size in 1..=8u64 {
+            assert_eq!(hex(&t.root(size).unwrap()), want[size as usize]);
+            // The perfect subtrees of the first `size` leaves, largest first.
+            let mut peaks = Vec::new();
+            let mut start = 0;
+            for level in (0..4u8).rev().filter(|l| size >> l & 1 == 1) {
+                peaks.push(t.subtree(level, start >> level).unwrap());
+                start += 1 << level;
+            }
+            assert_eq!(
+                hex(&root_of_peaks(&peaks)),
+                want[size as usize],
+                "size {size}"
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 //! store, partial ones made from what they cover) and entry bundles, addressed by the paths
 //! the specification gives them, so a generic tlog client can follow and check the ledger.
 
-use super::tree::TILE_WIDTH;
+use super::tree::{full_tile, reduce, TILE_WIDTH};
 use crate::store::{self, Store};
 
 /// What a path under `tile/` names.
@@ -171,10 +171,8 @@ async fn hash_tile(
 ) -> Result<Option<Vec<u8>>, store::Error> {
     if let Some(full) = store.log_tile(level, index).await? {
         // A partial tile is the start of the full one.
-        return match full.get(..usize::from(width) * 32) {
-            Some(part) if full.len() as u64 == TILE_WIDTH * 32 => Ok(Some(part.to_vec())),
-            _ => Err(store::Error::BadValue("log_tiles.hashes")),
-        };
+        let hashes = full_tile(&full).ok_or(store::Error::BadValue("log_tiles.hashes"))?;
+        return Ok(Some(hashes[..usize::from(width)].concat()));
     }
     if u64::from(width) == TILE_WIDTH {
         return Ok(None);
@@ -195,14 +193,8 @@ async fn hash_tile(
     }
     let mut out = Vec::with_capacity(usize::from(width) * 32);
     for tile in &below {
-        let hashes: Vec<super::merkle::Hash> = tile
-            .chunks_exact(32)
-            .map(|c| c.try_into().expect("32 bytes"))
-            .collect();
-        if hashes.len() as u64 != TILE_WIDTH {
-            return Err(store::Error::BadValue("log_tiles.hashes"));
-        }
-        out.extend_from_slice(&super::tree::reduce(&hashes));
+        let hashes = full_tile(tile).ok_or(store::Error::BadValue("log_tiles.hashes"))?;
+        out.extend_from_slice(&reduce(&hashes));
     }
     Ok(Some(out))
 }

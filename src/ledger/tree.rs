@@ -28,18 +28,17 @@ pub enum TreeError {
     OutOfRange(String),
 }
 
-/// A tile's bytes as hashes.
-fn hashes(bytes: &[u8], what: &str) -> Result<Vec<Hash>, TreeError> {
-    if bytes.len() % 32 != 0 {
-        return Err(TreeError::Inconsistent(format!(
-            "{what} is {} bytes, not a whole number of hashes",
-            bytes.len()
-        )));
+/// A stored full tile's hashes; `None` when its bytes are not 256 hashes.
+pub(crate) fn full_tile(bytes: &[u8]) -> Option<Vec<Hash>> {
+    if bytes.len() as u64 != TILE_WIDTH * 32 {
+        return None;
     }
-    Ok(bytes
-        .chunks_exact(32)
-        .map(|c| c.try_into().expect("32 bytes"))
-        .collect())
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect(),
+    )
 }
 
 /// The root of `2^k` consecutive hashes of one level.
@@ -90,15 +89,14 @@ impl TiledTree {
                 )));
             }
             let mut roots = Vec::with_capacity(tiles.len());
-            for tile in &tiles {
-                let tile = hashes(tile, "a tile")?;
-                if tile.len() as u64 != TILE_WIDTH {
-                    return Err(TreeError::Inconsistent(format!(
-                        "a full tile of level {} holds {} hashes",
+            for (at, tile) in (from..).zip(&tiles) {
+                let tile = full_tile(tile).ok_or_else(|| {
+                    TreeError::Inconsistent(format!(
+                        "tile {}/{at} is {} bytes, not 256 hashes",
                         level - 1,
                         tile.len()
-                    )));
-                }
+                    ))
+                })?;
                 roots.push(reduce(&tile));
             }
             edge.push(roots);
@@ -127,11 +125,7 @@ impl TiledTree {
                 }
             }
         }
-        let mut peaks = peaks.into_iter().rev();
-        match peaks.next() {
-            None => merkle::empty_root(),
-            Some(last) => peaks.fold(last, |right, left| merkle::node(&left, &right)),
-        }
+        merkle::root_of_peaks(&peaks)
     }
 
     /// Reads the entries committed since, in seq order up to the first gap, and stores the
@@ -211,14 +205,13 @@ impl TiledTree {
                     let tile = self.store.log_tile(level, index).await?.ok_or_else(|| {
                         TreeError::Inconsistent(format!("tile {level}/{index} is not stored"))
                     })?;
-                    let tile = hashes(&tile, "a tile")?;
-                    if tile.len() as u64 != TILE_WIDTH {
-                        return Err(TreeError::Inconsistent(format!(
-                            "tile {level}/{index} holds {} hashes, not {TILE_WIDTH}",
+                    let hashes = full_tile(&tile).ok_or_else(|| {
+                        TreeError::Inconsistent(format!(
+                            "tile {level}/{index} is {} bytes, not 256 hashes",
                             tile.len()
-                        )));
-                    }
-                    view.tiles.insert((level, index), tile);
+                        ))
+                    })?;
+                    view.tiles.insert((level, index), hashes);
                 }
                 Err(merkle::ProofError::Source(Missing::Beyond(why))) => {
                     return Err(TreeError::OutOfRange(why))

@@ -1,9 +1,9 @@
 //! What one client may cost the server: handshakes in progress before anyone is authenticated,
 //! for each cell its sign requests per second, and for each cell and each admin API caller the
-//! ledger records of its denials. A compromised cell that asks in a loop for what it may not have gets a bounded
-//! number of records: identical denials within a minute are recorded once, at most
-//! `denial_records` a minute are recorded one by one, and whatever was held back (throttled
-//! requests included) goes into one summary record per cell per minute.
+//! ledger records of its denials. A compromised cell that asks in a loop for what it may not
+//! have gets a bounded number of records: identical denials within a minute are recorded once,
+//! at most `denial_records` a minute are recorded one by one, and whatever was held back
+//! (throttled requests included) goes into one summary record per client per minute.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,8 @@
 //! Work that one server at a time does for every server sharing a database: CA maintenance,
-//! polling CF's policy server, and signing the ledger's checkpoints. On PostgreSQL each role is an advisory lock held by a connection
-//! of its own, so it is lost when that connection breaks (the server died, or was cut off) and
-//! another server takes it. On SQLite one process owns the database and always leads.
+//! polling CF's policy server, and signing the ledger's checkpoints. On PostgreSQL each role
+//! is an advisory lock held by a connection of its own, so it is lost when that connection
+//! breaks (the server died, or was cut off) and another server takes it. On SQLite one process
+//! owns the database and always leads.
 
 use super::{Backend, Error, Store};
 
