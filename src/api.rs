@@ -156,6 +156,9 @@ pub enum Denial {
         /// Where the registry places it.
         placed_on: CellId,
     },
+    /// The app, the cell or the credential asking is revoked.
+    #[error("{0}")]
+    Revoked(String),
     /// The server refused, across the network, in these words.
     #[error("{0}")]
     Server(String),

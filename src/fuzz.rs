@@ -101,6 +101,7 @@ fn sds() -> Sds {
             trust_domain: ca.settings().trust_domain.clone(),
             roots_pem: ca.roots_pem(),
             generation: 1,
+            crls_pem: String::new(),
         };
         let allowed = crate::policy::AllowList {
             mode: crate::policy::Mode::Policy,

@@ -107,6 +107,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: rt.ca.roots_pem(),
         generation: 1,
+        crls_pem: String::new(),
     }));
     let instances = dir.path().join("instances");
     let agent = Workloads::new(

@@ -86,6 +86,7 @@ impl Harness {
             trust_domain: rt.config.ca.trust_domain.clone(),
             roots_pem: rt.ca.roots_pem(),
             generation: 1,
+            crls_pem: String::new(),
         }));
         let authority = Arc::new(Switchable {
             ca: rt.ca.clone(),

@@ -76,6 +76,7 @@ impl Harness {
             trust_domain: rt.config.ca.trust_domain.clone(),
             roots_pem: roots_pem.clone(),
             generation: 1,
+            crls_pem: String::new(),
         }));
         let gate = Arc::new(Semaphore::new(if open {
             Semaphore::MAX_PERMITS
@@ -127,6 +128,7 @@ impl Harness {
             trust_domain: b.trust_domain.clone(),
             roots_pem: format!("{}{extra}", self.roots_pem),
             generation: b.generation + 1,
+            crls_pem: String::new(),
         }));
     }
 

@@ -1,8 +1,8 @@
 """A second strict reader of what idmint encodes: Python's `cryptography`, whose DER parser
 refuses what lenient ones accept. Used by the Rust tests; not a tool of its own.
 
-Arguments: KIND=PATH ... with KIND one of cert, csr, key (DER files), or cert=PATH@ISSUER to
-also check the certificate's signature under ISSUER's key. Prints one JSON object per
+Arguments: KIND=PATH ... with KIND one of cert, csr, key, crl (DER files), or cert=PATH@ISSUER
+or crl=PATH@ISSUER to also check the signature under ISSUER's key. Prints one JSON object per
 argument, a line each; exits non-zero, naming the file, at the first one refused.
 """
 
@@ -61,6 +61,23 @@ def request(data):
     return {"subject": name(csr.subject)}
 
 
+def revocation_list(data, issuer):
+    crl = x509.load_der_x509_crl(data)
+    out = {
+        "issuer": name(crl.issuer),
+        "serials": [format(r.serial_number, "x") for r in crl],
+        "number": crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number,
+        "extensions": [[ext.oid.dotted_string, ext.critical] for ext in crl.extensions],
+    }
+    if issuer is not None:
+        with open(issuer, "rb") as f:
+            signer = x509.load_der_x509_certificate(f.read())
+        if not crl.is_signature_valid(signer.public_key()):
+            raise ValueError("the CRL's signature does not verify under its issuer's key")
+        out["signature_verified"] = True
+    return out
+
+
 def key(data):
     serialization.load_der_private_key(data, password=None)
     return {}
@@ -75,7 +92,7 @@ def main(args):
     for arg in args:
         kind, _, path = arg.partition("=")
         issuer = None
-        if kind == "cert" and "@" in path:
+        if kind in ("cert", "crl") and "@" in path:
             path, issuer = path.split("@", 1)
         with open(path, "rb") as f:
             data = f.read()
@@ -86,6 +103,8 @@ def main(args):
                 out = request(data)
             elif kind == "key":
                 out = key(data)
+            elif kind == "crl":
+                out = revocation_list(data, issuer)
             else:
                 sys.exit("unknown kind %r" % kind)
         except Exception as e:  # the test prints the reason with the file

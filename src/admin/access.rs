@@ -30,17 +30,20 @@ pub enum Operation {
     ReadPolicies,
     /// Add or remove policies, or set enforcement modes.
     ChangePolicies,
+    /// Revoke certificates, apps or cells.
+    Revoke,
 }
 
 impl Operation {
     /// Every operation, for tests and documentation.
-    pub const ALL: [Operation; 6] = [
+    pub const ALL: [Operation; 7] = [
         Operation::ReadLedger,
         Operation::ReadPlacements,
         Operation::Place,
         Operation::RotateCa,
         Operation::ReadPolicies,
         Operation::ChangePolicies,
+        Operation::Revoke,
     ];
 }
 
@@ -53,6 +56,7 @@ impl fmt::Display for Operation {
             Operation::RotateCa => "rotate the CA",
             Operation::ReadPolicies => "read policies",
             Operation::ChangePolicies => "change policies",
+            Operation::Revoke => "revoke certificates",
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod instances;
 pub mod listener;
 pub mod log;
 pub mod policies;
+pub mod revoke;
 
 use std::sync::Arc;
 
@@ -69,6 +70,8 @@ pub struct AdminState {
     pub log: Arc<crate::ledger::checkpoints::LogStatus>,
     /// The keys that sign the ledger's checkpoints, for their rotation.
     pub log_keys: crate::ledger::checkpoints::LogKeys,
+    /// What is revoked, and the CRLs.
+    pub revocations: crate::server::revocations::Revocations,
 }
 
 /// The most ledger entries one request returns.
@@ -105,6 +108,9 @@ pub fn router(state: AdminState) -> Router {
             needs(Place, delete(instances::deregister)),
         )
         .route("/v1/ca/rotate/{target}", needs(RotateCa, post(rotate_ca)))
+        .route("/v1/revoke", needs(Revoke, post(revoke::revoke)))
+        .route("/v1/crl", get(revoke::list))
+        .route("/v1/crl/{name}", get(revoke::one))
         .route(
             "/v1/policies",
             needs(ReadPolicies, get(policies::list))
@@ -278,7 +284,8 @@ struct LedgerQuery {
     since_ms: Option<i64>,
     until_ms: Option<i64>,
     cell_id: Option<String>,
-    /// Only certificates valid at this time (Unix seconds).
+    instance_guid: Option<String>,
+    /// Only certificates valid (and not revoked) at this time (Unix seconds).
     valid_at: Option<i64>,
     limit: Option<i64>,
 }
@@ -288,6 +295,15 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
     let app_guid = match q.app_guid.as_deref().map(str::parse::<Guid>).transpose() {
         Ok(g) => g.map(|g| g.to_string()),
         Err(e) => return bad(format!("app_guid: {e}")),
+    };
+    let instance_guid = match q
+        .instance_guid
+        .as_deref()
+        .map(str::parse::<Guid>)
+        .transpose()
+    {
+        Ok(g) => g.map(|g| g.to_string()),
+        Err(e) => return bad(format!("instance_guid: {e}")),
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -300,6 +316,7 @@ async fn ledger(State(state): State<AdminState>, Query(q): Query<LedgerQuery>) -
         until_ms: q.until_ms,
         cell_id: q.cell_id,
         valid_at: q.valid_at,
+        instance_guid,
         limit: Some(limit),
     };
     match state.audit.list(&filter).await {

@@ -95,6 +95,7 @@ pub struct Workloads<A> {
     served: Mutex<HashMap<Guid, Served>>,
     allow_lists: Arc<super::AllowLists>,
     signer: Option<watch::Receiver<String>>,
+    revoked: Option<watch::Receiver<crate::renewal::RevokedSerials>>,
     shutdown: CancellationToken,
 }
 
@@ -121,6 +122,7 @@ impl<A: Authority + 'static> Workloads<A> {
             served: Mutex::new(HashMap::new()),
             allow_lists: Arc::default(),
             signer: None,
+            revoked: None,
             shutdown,
         }
     }
@@ -129,6 +131,16 @@ impl<A: Authority + 'static> Workloads<A> {
     /// intermediate the CA signs with, changes away from the one that issued it.
     pub fn following_signer(mut self, signer: watch::Receiver<String>) -> Self {
         self.signer = Some(signer);
+        self
+    }
+
+    /// Replaces an instance's certificate, with a new key, as soon as `revoked` (the serials
+    /// the CA has revoked, lowercase hex) holds its serial.
+    pub fn following_revocations(
+        mut self,
+        revoked: watch::Receiver<crate::renewal::RevokedSerials>,
+    ) -> Self {
+        self.revoked = Some(revoked);
         self
     }
 
@@ -218,6 +230,9 @@ impl<A: Authority + 'static> Workloads<A> {
         );
         if let Some(signer) = &self.signer {
             keeper = keeper.following_signer(signer.clone());
+        }
+        if let Some(revoked) = &self.revoked {
+            keeper = keeper.following_revocations(revoked.clone());
         }
         let workload = Workload {
             placement: placement.clone(),

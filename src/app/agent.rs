@@ -28,6 +28,7 @@ use crate::ids::CellId;
 use crate::placement::PlacementUpdate;
 use crate::policy::AllowUpdate;
 use crate::proto;
+use crate::renewal::RevokedSerials;
 use crate::sds::{BundleAcks, SdsMetrics};
 
 /// How soon a placement or bundle stream that could not be opened is tried again (on the
@@ -135,6 +136,7 @@ pub async fn start(
         // This agent's own count, whichever server the bundle came from: its sidecars'
         // acknowledgements and its reports of them are by it.
         generation: 1,
+        crls_pem: String::new(),
     }));
     let identity = Arc::new(CellIdentity::new(
         dir,
@@ -145,6 +147,9 @@ pub async fn start(
     // The intermediate the server signs with, as its trust bundle stream says: "" until the
     // stream's first message.
     let (signer_tx, signer) = watch::channel(String::new());
+    // The serials the server's CRLs list: an instance whose certificate is among them gets a
+    // new one at once.
+    let (revoked_tx, revoked) = watch::channel(Arc::default());
     let settings = config.agent_settings();
     let clock = settings.clock.clone();
     let sds_metrics = Arc::new(SdsMetrics::default());
@@ -156,7 +161,8 @@ pub async fn start(
             sds_metrics.clone(),
             shutdown.clone(),
         )
-        .following_signer(signer.clone()),
+        .following_signer(signer.clone())
+        .following_revocations(revoked),
     );
     let _ = health.workloads.set(agent.clone());
     let tasks = vec![
@@ -165,7 +171,7 @@ pub async fn start(
             remote.clone(),
             identity.clone(),
             config.clone(),
-            (bundle_tx, signer_tx),
+            (bundle_tx, signer_tx, revoked_tx),
             (health, sds_metrics.bundle_acks().clone()),
             shutdown.clone(),
         )),
@@ -311,7 +317,11 @@ async fn watch_bundle(
     remote: RemoteAuthority,
     identity: Arc<CellIdentity>,
     config: Config,
-    (tx, signer): (watch::Sender<Arc<Bundle>>, watch::Sender<String>),
+    (tx, signer, revoked): (
+        watch::Sender<Arc<Bundle>>,
+        watch::Sender<String>,
+        watch::Sender<RevokedSerials>,
+    ),
     (health, acks): (Arc<AgentHealth>, Arc<BundleAcks>),
     shutdown: CancellationToken,
 ) {
@@ -354,18 +364,33 @@ async fn watch_bundle(
                         s.clone_from(&b.signing_ca_sha256);
                         changed
                     });
-                    if b.roots_pem != tx.borrow().roots_pem {
+                    let roots_changed = b.roots_pem != tx.borrow().roots_pem;
+                    if roots_changed {
                         if let Err(e) = identity.bundle_changed(&b.roots_pem) {
                             tracing::error!(error = %e, "cannot store the new trust bundle");
                         }
-                        let generation = tx.borrow().generation + 1;
-                        acks.set_current(generation);
-                        tx.send_replace(Arc::new(Bundle {
-                            trust_domain: config.ca.trust_domain.clone(),
-                            roots_pem: b.roots_pem,
-                            generation,
-                        }));
                     }
+                    if b.crls_pem != tx.borrow().crls_pem {
+                        match crate::ca::crl::revoked_serials(&b.crls_pem) {
+                            Ok(serials) => {
+                                revoked.send_replace(Arc::new(serials));
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the server's CRLs are unreadable; kept as they are");
+                                continue;
+                            }
+                        }
+                    } else if !roots_changed {
+                        continue;
+                    }
+                    let generation = tx.borrow().generation + 1;
+                    acks.set_current(generation);
+                    tx.send_replace(Arc::new(Bundle {
+                        trust_domain: config.ca.trust_domain.clone(),
+                        roots_pem: b.roots_pem,
+                        generation,
+                        crls_pem: b.crls_pem,
+                    }));
                 }
                 AFTER_BREAK
             }

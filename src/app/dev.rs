@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::ids::{CellId, Ttl};
 use crate::sds::SdsMetrics;
 use crate::server::allow_watch::AllowWatch;
+use crate::server::revocations::Revoked;
 
 /// How long the local cell's credential lives, in seconds (less under intermediates configured
 /// to live less); it renews half-way.
@@ -76,6 +77,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         max_body: rt.config.admin.max_body,
         log: rt.log.clone(),
         log_keys: rt.log_keys.clone(),
+        revocations: rt.revocations.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Dev {
@@ -156,16 +158,20 @@ async fn start_agent(
     local: Arc<CellIdentity>,
 ) -> Arc<Workloads<RemoteAuthority>> {
     let ca = rt.ca.clone();
+    let mut revocations = rt.revocations.watch();
     let trust_domain = rt.config.ca.trust_domain.clone();
-    let bundle_now = move |ca: &crate::ca::CertificateAuthority| {
+    let bundle_now = move |ca: &crate::ca::CertificateAuthority, revoked: &Revoked| {
         let published = ca.published();
         Bundle {
             trust_domain: trust_domain.clone(),
             roots_pem: published.roots_pem,
             generation: published.generation,
+            crls_pem: revoked.crls_pem.clone(),
         }
     };
-    let first = bundle_now(&ca);
+    let serials = |revoked: &Revoked| Arc::new(revoked.serials.iter().cloned().collect());
+    let (revoked_tx, revoked_rx) = watch::channel(serials(&revocations.borrow_and_update()));
+    let first = bundle_now(&ca, &revocations.borrow());
     let metrics = Arc::new(SdsMetrics::default());
     metrics.bundle_acks().set_current(first.generation);
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(first));
@@ -182,7 +188,8 @@ async fn start_agent(
             metrics.clone(),
             rt.shutdown_token(),
         )
-        .following_signer(ca.signer()),
+        .following_signer(ca.signer())
+        .following_revocations(revoked_rx),
     );
     // Sockets of instances registered before this start exist before "ready" is printed.
     let mut placements = rt.registry.watch(Some(local_cell()));
@@ -207,8 +214,22 @@ async fn start_agent(
             tokio::select! {
                 _ = token.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
+                changed = revocations.changed() => if changed.is_err() { break },
             }
-            let next = bundle_now(&ca);
+            let revoked = revocations.borrow_and_update().clone();
+            revoked_tx.send_if_modified(|held| {
+                let now = serials(&revoked);
+                let changed = *held != now;
+                *held = now;
+                changed
+            });
+            let next = bundle_now(&ca, &revoked);
+            if next.crls_pem != bundle_tx.borrow().crls_pem
+                && next.roots_pem == bundle_tx.borrow().roots_pem
+            {
+                bundle_tx.send_replace(Arc::new(next));
+                continue;
+            }
             if next.roots_pem == bundle_tx.borrow().roots_pem {
                 continue;
             }

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::ledger::{checkpoints, AuditLog, Ledger};
 use crate::server::change_feed::ChangeFollower;
 use crate::server::policy_server::{PolicyServerClient, PollMetrics, Poller};
+use crate::server::revocations::Revocations;
 use crate::server::{IssuanceService, Policies, Registry};
 use crate::store::Store;
 
@@ -48,6 +49,8 @@ pub struct Runtime {
     pub log: Arc<crate::ledger::checkpoints::LogStatus>,
     /// The keys that sign the ledger's checkpoints.
     pub log_keys: checkpoints::LogKeys,
+    /// What is revoked, and the CRLs that say so.
+    pub revocations: Revocations,
     /// Woken when another server sharing the database changed the CA.
     ca_changed: Arc<tokio::sync::Notify>,
     store: Store,
@@ -112,9 +115,27 @@ impl Runtime {
                 return Err(client.err().expect("one of the two failed").into());
             }
         };
+        let revocations = Revocations::load(
+            store.clone(),
+            ca.clone(),
+            log_keys.kek(),
+            ledger.clone(),
+            clock.clone(),
+        )
+        .await;
+        let revocations = match revocations {
+            Ok(r) => r,
+            Err(e) => {
+                shutdown.cancel();
+                let _ = writer.await;
+                return Err(e.context("cannot load the revocations"));
+            }
+        };
         let mut rt = Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone())
-                .with_limits(config.server.limits),
+                .with_limits(config.server.limits)
+                .with_revocations(revocations.clone()),
+            revocations,
             audit: AuditLog::new(store.clone()),
             registry,
             policies,
@@ -144,6 +165,8 @@ impl Runtime {
         rt.spawn("ledger checkpoints", move |token| {
             checkpoints::run(store, keys, clock, status, token)
         });
+        let revocations = rt.revocations.clone();
+        rt.spawn("revocations", move |token| revocations.run(token));
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);
         rt.policies.learn(placements.next().await);
@@ -157,6 +180,7 @@ impl Runtime {
                 rt.registry.clone(),
                 rt.policies.clone(),
                 rt.ca_changed.clone(),
+                rt.revocations.changed(),
                 rt.clock.clone(),
                 last_change,
             );

@@ -72,6 +72,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         max_body: rt.config.admin.max_body,
         log: rt.log.clone(),
         log_keys: rt.log_keys.clone(),
+        revocations: rt.revocations.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Server {

@@ -133,6 +133,7 @@ async fn measure(
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: rt.ca.roots_pem(),
         generation: 1,
+        crls_pem: String::new(),
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let agent = Workloads::new(

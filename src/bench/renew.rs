@@ -48,6 +48,7 @@ async fn measure(
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: rt.ca.roots_pem(),
         generation: rt.ca.generation(),
+        crls_pem: String::new(),
     }));
     let agent = Workloads::new(
         Arc::new(rt.issuance.clone()),

@@ -49,6 +49,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: roots_pem.clone(),
         generation: 1,
+        crls_pem: String::new(),
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let sds_dir = dir.join("sds");
@@ -130,6 +131,7 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
         trust_domain: rt.config.ca.trust_domain.clone(),
         roots_pem: format!("{roots_pem}{}", new_root.cert.pem()),
         generation: 2,
+        crls_pem: String::new(),
     }));
     let everyone = wait_for(
         || acks(&metrics) >= acks_before + instances as u64,

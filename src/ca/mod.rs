@@ -3,6 +3,7 @@
 mod authority;
 mod bootstrap;
 mod cert_info;
+pub mod crl;
 pub mod csr;
 mod dev_credentials;
 mod kek;

@@ -10,6 +10,7 @@ mod dev;
 mod instance;
 mod issue;
 mod policy;
+mod revoke;
 mod role;
 mod server;
 mod table;
@@ -67,6 +68,8 @@ enum Command {
     /// Container-to-container policies and enforcement modes on the running service.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Revoke a certificate, an instance's, an app's or a cell's, before they expire.
+    Revoke(revoke::RevokeArgs),
     /// Validate the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -180,6 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Audit(cmd) => audit::run(cmd, config).await,
         Command::Instance(cmd) => instance::run(cmd, config).await,
         Command::Policy(cmd) => policy::run(cmd, config).await,
+        Command::Revoke(args) => revoke::run(args, config).await,
         Command::Config(ConfigCommand::Check) => {
             match &config.file {
                 Some(f) => println!("# config OK (file {}, environment, flags)", f.display()),

@@ -80,6 +80,11 @@ impl LogKeys {
         }
     }
 
+    /// The key-encryption key the signing keys are sealed with (the CA's).
+    pub fn kek(&self) -> Arc<Kek> {
+        self.kek.clone()
+    }
+
     /// The log's origin line (and its keys' name).
     pub fn origin(&self) -> &str {
         &self.origin

@@ -1,9 +1,10 @@
 //! One certificate kept current: obtained, renewed at a share of its lifetime with jitter,
 //! and renewed at once when the CA starts signing with another intermediate. The certificate
-//! is published on a `watch`; a failed attempt leaves the current one in service and is tried
+//! is published on a `watch`, and renewed at once, with a new key, when it is revoked; a failed attempt leaves the current one in service and is tried
 //! again after a delay that shrinks as its expiry nears. Instance identities, the cell's own
 //! credential and the server API's certificate are each kept by one of these.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::schedule::{random_draw, retry_delay, Schedule, RETRY_MIN};
 use crate::clock::Clock;
+
+/// The serials (lowercase hex) the CA has revoked, as the CRLs list them.
+pub type RevokedSerials = Arc<HashSet<String>>;
 
 /// What a keeper needs to know of the certificates it keeps.
 pub trait Kept: Send + Sync + 'static {
@@ -59,6 +63,7 @@ pub struct Keeper<R: Renewer> {
     schedule: Schedule,
     clock: Clock,
     signer: Option<watch::Receiver<String>>,
+    revoked: Option<watch::Receiver<RevokedSerials>>,
     current: watch::Sender<Option<Arc<R::Cert>>>,
     /// When the current certificate's lifetime counts from (when it arrived).
     since: Option<OffsetDateTime>,
@@ -75,6 +80,7 @@ impl<R: Renewer> Keeper<R> {
             schedule,
             clock,
             signer: None,
+            revoked: None,
             current: watch::Sender::new(None),
             since: None,
             attempts: watch::Sender::new(Attempts::default()),
@@ -96,6 +102,13 @@ impl<R: Renewer> Keeper<R> {
         self
     }
 
+    /// Follows `revoked`, the serials (lowercase hex) the CA has revoked: when it comes to
+    /// hold the current certificate's, a new one is obtained at once.
+    pub fn following_revocations(mut self, revoked: watch::Receiver<RevokedSerials>) -> Self {
+        self.revoked = Some(revoked);
+        self
+    }
+
     /// The certificate in service, as it changes; `None` until the first one arrives.
     pub fn certificates(&self) -> watch::Receiver<Option<Arc<R::Cert>>> {
         self.current.subscribe()
@@ -110,23 +123,30 @@ impl<R: Renewer> Keeper<R> {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut failures = 0u32;
         let mut next = match (self.current.borrow().as_ref(), self.since) {
+            _ if self.is_revoked() => self.clock.now(),
             (Some(cert), Some(since)) => self.renewal_point(since, cert.not_after()),
             _ => self.clock.now(),
         };
         // Published here, then after each attempt: a wake-up that changes nothing says nothing.
         self.attempts.send_modify(|a| a.next = Some(next));
         loop {
-            let signer = tokio::select! {
+            tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.clock.sleep_until(next) => None,
-                signer = next_signer(&mut self.signer) => Some(signer),
-            };
-            if let Some(signer) = signer {
-                if !self.signed_by_other_than(&signer) {
-                    continue;
+                _ = self.clock.sleep_until(next) => {}
+                signer = next_signer(&mut self.signer) => {
+                    if !self.signed_by_other_than(&signer) {
+                        continue;
+                    }
+                    tracing::info!(certificate = %self.what, signer = %signer,
+                        "the CA signs with a new intermediate; renewing under it");
                 }
-                tracing::info!(certificate = %self.what, signer = %signer,
-                    "the CA signs with a new intermediate; renewing under it");
+                () = next_revocation(&mut self.revoked) => {
+                    if !self.is_revoked() {
+                        continue;
+                    }
+                    tracing::warn!(certificate = %self.what,
+                        "the certificate was revoked; replacing it with a new key");
+                }
             }
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -199,6 +219,28 @@ impl<R: Renewer> Keeper<R> {
             Some(cert) => cert.issuer_sha256() != Some(signer),
             None => true,
         }
+    }
+}
+
+impl<R: Renewer> Keeper<R> {
+    /// Whether the CA has revoked the current certificate.
+    fn is_revoked(&self) -> bool {
+        let (Some(revoked), Some(cert)) = (&self.revoked, self.current.borrow().clone()) else {
+            return false;
+        };
+        let revoked = revoked.borrow().clone();
+        revoked.contains(cert.serial_hex())
+    }
+}
+
+/// Resolves when the revoked serials change; never once there is none to follow.
+async fn next_revocation(revoked: &mut Option<watch::Receiver<RevokedSerials>>) {
+    let Some(rx) = revoked.as_mut() else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *revoked = None;
+        std::future::pending::<()>().await;
     }
 }
 

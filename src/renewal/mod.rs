@@ -5,5 +5,5 @@
 mod keeper;
 pub mod schedule;
 
-pub use keeper::{Attempts, Keeper, Kept, Renewer};
+pub use keeper::{Attempts, Keeper, Kept, Renewer, RevokedSerials};
 pub use schedule::Schedule;

@@ -122,13 +122,26 @@ fn tls_certificate(name: &str, identity: &Identity) -> Secret {
     }
 }
 
+/// A validation context with nothing set but the CRLs, while there are any: only the leaf
+/// is checked against them, so one CRL per issuing intermediate is all Envoy needs.
+fn with_crls(bundle: &Bundle) -> CertificateValidationContext {
+    if bundle.crls_pem.is_empty() {
+        return CertificateValidationContext::default();
+    }
+    CertificateValidationContext {
+        crl: inline(&bundle.crls_pem),
+        only_verify_leaf_cert_crl: true,
+        ..Default::default()
+    }
+}
+
 fn roots(name: &str, bundle: &Bundle) -> Secret {
     Secret {
         name: name.to_string(),
         r#type: Some(secret::Type::ValidationContext(
             CertificateValidationContext {
                 trusted_ca: inline(&bundle.roots_pem),
-                ..Default::default()
+                ..with_crls(bundle)
             },
         )),
     }
@@ -171,7 +184,7 @@ fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
             CertificateValidationContext {
                 trusted_ca: inline(&bundle.roots_pem),
                 match_typed_subject_alt_names: matchers,
-                ..Default::default()
+                ..with_crls(bundle)
             },
         )),
     }
@@ -197,7 +210,7 @@ fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
                         value: config.encode_to_vec(),
                     }),
                 }),
-                ..Default::default()
+                ..with_crls(bundle)
             },
         )),
     }

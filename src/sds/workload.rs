@@ -37,6 +37,8 @@ pub struct Bundle {
     /// The CA generation this content was taken at; a sidecar that acknowledged it has every
     /// root published up to then.
     pub generation: u64,
+    /// The CRLs, PEM, concatenated, while any certificate is revoked; empty otherwise.
+    pub crls_pem: String,
 }
 
 /// One served instance, as its SDS server sees it.

@@ -314,6 +314,8 @@ pub struct Client {
     pub principal: Principal,
     /// How long the certificate was issued for (not counting its back-dating).
     pub lifetime: Duration,
+    /// Its serial, lowercase hex as the ledger has it.
+    pub serial_hex: String,
 }
 
 /// Who is at the other end of a server API connection: a client, or why its certificate,
@@ -347,6 +349,7 @@ pub(crate) fn client_of(der: &[u8], settings: &Settings) -> Result<Client, Princ
     Ok(Client {
         principal,
         lifetime: issued_for,
+        serial_hex: crate::ca::encode_hex(cert.raw_serial()),
     })
 }
 

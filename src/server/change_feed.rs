@@ -1,5 +1,5 @@
 //! Takes up the changes that other servers sharing the database make to the placements, the
-//! policies and the CA (which CA maintenance reloads when woken): woken by PostgreSQL's announcements, and reading the change feed by number
+//! policies, the CA and the revocations (which CA maintenance and the CRLs reload when woken): woken by PostgreSQL's announcements, and reading the change feed by number
 //! after every wake, every reconnect and every few seconds, so that a lost announcement or a
 //! broken connection delays a change but never loses it.
 
@@ -34,6 +34,8 @@ pub struct ChangeFollower {
     policies: Policies,
     /// Woken when another server changed the CA, for CA maintenance to take it up.
     ca_changed: Arc<Notify>,
+    /// Woken when another server revoked something, for the CRLs to be signed again.
+    revocations_changed: Arc<Notify>,
     clock: Clock,
     /// The last change taken up.
     last: i64,
@@ -48,6 +50,7 @@ impl ChangeFollower {
         registry: Registry,
         policies: Policies,
         ca_changed: Arc<Notify>,
+        revocations_changed: Arc<Notify>,
         clock: Clock,
         last: i64,
     ) -> ChangeFollower {
@@ -56,6 +59,7 @@ impl ChangeFollower {
             registry,
             policies,
             ca_changed,
+            revocations_changed,
             clock,
             last,
             failing: false,
@@ -133,11 +137,12 @@ impl ChangeFollower {
                 self.registry.reload().await?;
                 self.policies.take_up().await?;
                 self.ca_changed.notify_one();
+                self.revocations_changed.notify_one();
                 self.last = upto;
                 continue;
             }
             let mut instances = BTreeSet::new();
-            let (mut policies, mut ca) = (false, false);
+            let (mut policies, mut ca, mut revocations) = (false, false, false);
             for c in &changes {
                 match c.topic {
                     Topic::Placement => match c.subject.parse::<Guid>() {
@@ -150,6 +155,7 @@ impl ChangeFollower {
                     },
                     Topic::Policy => policies = true,
                     Topic::Ca => ca = true,
+                    Topic::Revocation => revocations = true,
                 }
             }
             let instances: Vec<Guid> = instances.into_iter().collect();
@@ -159,6 +165,9 @@ impl ChangeFollower {
             }
             if ca {
                 self.ca_changed.notify_one();
+            }
+            if revocations {
+                self.revocations_changed.notify_one();
             }
             self.last = last.seq;
             if (changes.len() as i64) < BATCH {

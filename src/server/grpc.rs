@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +19,7 @@ use super::api_tls::{self, ApiTls, Client, Peer};
 use super::fleet::{FleetReports, ReportError};
 use super::placing;
 use super::registry::Registry;
+use super::revocations::Revoked;
 use super::{IssuanceService, Policies};
 use crate::api::{self, Caller};
 use crate::ca::{CertificateAuthority, Principal, PrincipalError};
@@ -83,8 +84,38 @@ impl IdentityApi {
             .map_err(Status::from)
     }
 
+    /// The client, unless its credential, or its cell, is revoked.
+    fn unrevoked_client<'r, T>(&self, req: &'r Request<T>) -> Result<&'r Client, Status> {
+        let client = Self::client(req)?;
+        match self.revoked(client) {
+            Some(refusal) => Err(refusal),
+            None => Ok(client),
+        }
+    }
+
+    /// The refusal of `client` when its credential or its cell is revoked. Checked at each
+    /// call and at each request on a sign stream, so that a stream opened before the
+    /// revocation signs nothing after it.
+    fn revoked(&self, client: &Client) -> Option<Status> {
+        let revoked = self.issuance.revocations()?.now();
+        if revoked.serials.contains(&client.serial_hex) {
+            return Some(Status::permission_denied(format!(
+                "this credential (serial {}) is revoked; enrol again",
+                client.serial_hex
+            )));
+        }
+        match &client.principal {
+            Principal::Cell(cell) if revoked.cells.contains(cell.as_str()) => {
+                Some(Status::permission_denied(format!(
+                    "cell {cell} is revoked: its credential is refused"
+                )))
+            }
+            _ => None,
+        }
+    }
+
     fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        Self::client(req).map(|c| c.principal.clone())
+        self.unrevoked_client(req).map(|c| c.principal.clone())
     }
 
     /// Whose placements `caller` asked for: a cell always gets its own, whatever it names;
@@ -172,7 +203,7 @@ impl IdentityApi {
     /// the stream cannot deliver (too large, not decodable) ends the stream with that status.
     async fn answer_stream(
         self,
-        caller: Principal,
+        caller: Client,
         mut incoming: Streaming<pb::SignStreamRequest>,
         answers: mpsc::Sender<Result<pb::SignStreamResult, Status>>,
     ) {
@@ -200,9 +231,10 @@ impl IdentityApi {
             };
             let (api, caller, answers) = (self.clone(), caller.clone(), answers.clone());
             self.tasks.spawn(async move {
-                let outcome = match next.request {
-                    Some(request) => api.sign_one(&caller, request).await,
-                    None => Err(Status::invalid_argument("request: missing")),
+                let outcome = match (next.request, api.revoked(&caller)) {
+                    (_, Some(refusal)) => Err(refusal),
+                    (Some(request), None) => api.sign_one(&caller.principal, request).await,
+                    (None, None) => Err(Status::invalid_argument("request: missing")),
                 };
                 // A caller that went away still had its certificate recorded; nothing to undo.
                 let _ = answers.send(Ok(stream_result(next.id, outcome))).await;
@@ -278,7 +310,7 @@ impl IdentityRpc for IdentityApi {
         &self,
         request: Request<Streaming<pb::SignStreamRequest>>,
     ) -> Result<Response<SignResultStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.unrevoked_client(&request)?.clone();
         let incoming = request.into_inner();
         let (answers, out) = mpsc::channel(MAX_STREAM_IN_FLIGHT);
         self.tasks
@@ -295,31 +327,39 @@ impl IdentityRpc for IdentityApi {
         self.caller(&request)?;
         let ca = self.ca.clone();
         let changes = ca.watch();
-        let bundle = |ca: &CertificateAuthority| {
+        let revoked = self.issuance.revocations().map(|r| r.watch());
+        let bundle = |ca: &CertificateAuthority, revoked: &Option<watch::Receiver<_>>| {
             let published = ca.published();
             pb::Bundle {
                 trust_domain: ca.settings().trust_domain.as_str().to_string(),
                 roots_pem: published.roots_pem,
                 generation: published.generation,
                 signing_ca_sha256: published.signing_ca_sha256,
+                crls_pem: revoked
+                    .as_ref()
+                    .map(|r: &watch::Receiver<Arc<Revoked>>| r.borrow().crls_pem.clone())
+                    .unwrap_or_default(),
             }
         };
-        let first = bundle(&ca);
-        // Sent when the roots or the signing intermediate change, not for every generation.
+        // Sent when the roots, the signing intermediate or the CRLs change, not for every
+        // generation.
         let stream = futures_util::stream::unfold(
-            (ca, changes, Some(first), None),
-            move |(ca, mut changes, pending, mut last)| async move {
-                let mut next = pending;
+            (ca, changes, revoked, None),
+            move |(ca, mut changes, mut revoked, last)| async move {
                 loop {
-                    if let Some(b) = next.take() {
-                        let seen = Some((b.roots_pem.clone(), b.signing_ca_sha256.clone()));
-                        if seen != last {
-                            last = seen;
-                            return Some((Ok(b), (ca, changes, None, last)));
-                        }
+                    let b = bundle(&ca, &revoked);
+                    let seen = Some((
+                        b.roots_pem.clone(),
+                        b.signing_ca_sha256.clone(),
+                        b.crls_pem.clone(),
+                    ));
+                    if seen != last {
+                        return Some((Ok(b), (ca, changes, revoked, seen)));
                     }
-                    changes.changed().await.ok()?;
-                    next = Some(bundle(&ca));
+                    tokio::select! {
+                        changed = changes.changed() => changed.ok()?,
+                        changed = next_change(&mut revoked) => changed?,
+                    }
                 }
             },
         );
@@ -361,7 +401,7 @@ impl IdentityRpc for IdentityApi {
         &self,
         request: Request<pb::RenewCredentialRequest>,
     ) -> Result<Response<pb::RenewedCredential>, Status> {
-        let client = Self::client(&request)?.clone();
+        let client = self.unrevoked_client(&request)?.clone();
         let req = request.into_inner();
         // Never longer than the credential presented: renewing cannot extend what enrolment
         // granted.
@@ -538,4 +578,12 @@ pub async fn serve(
         );
     }
     served
+}
+
+/// The next change of `rx`: `None` once its sender is gone; never while there is none.
+async fn next_change<T>(rx: &mut Option<watch::Receiver<T>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
 }

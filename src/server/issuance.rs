@@ -11,6 +11,7 @@ use crate::ids::Ttl;
 use crate::ledger::Ledger;
 use crate::placement::Placement;
 use crate::server::limits::{self, Limits};
+use crate::server::revocations::Revocations;
 use crate::server::Registry;
 use crate::store::{EntryKind, LedgerRecord};
 
@@ -23,6 +24,8 @@ pub struct IssuanceService {
     clock: Clock,
     /// What each client may cost; nothing is limited unless set.
     limits: Option<Arc<Limits>>,
+    /// The apps and cells that get no certificate; none unless set.
+    revocations: Option<Revocations>,
 }
 
 impl IssuanceService {
@@ -40,7 +43,26 @@ impl IssuanceService {
             registry,
             clock,
             limits: None,
+            revocations: None,
         }
+    }
+
+    /// The same service, refusing what `revocations` says is revoked.
+    pub fn with_revocations(self, revocations: Revocations) -> Self {
+        IssuanceService {
+            revocations: Some(revocations),
+            ..self
+        }
+    }
+
+    /// The revocations followed, when set.
+    pub fn revocations(&self) -> Option<&Revocations> {
+        self.revocations.as_ref()
+    }
+
+    /// Why `app` on `cell` gets no certificate, when it is revoked.
+    fn revoked(&self, app: &str, cell: &str) -> Option<String> {
+        self.revocations.as_ref()?.now().refusal(app, cell)
     }
 
     /// The same service, holding clients to `limits`.
@@ -155,6 +177,11 @@ impl IssuanceService {
         ttl: Ttl,
         now: OffsetDateTime,
     ) -> Result<Credential, Error> {
+        if let Principal::Cell(cell) = principal {
+            if let Some(why) = self.revoked("", cell.as_str()) {
+                return Err(Error::PermissionDenied(Denial::Revoked(why)));
+            }
+        }
         let cred = self
             .ca
             .issue_principal(principal, ttl, now)
@@ -200,6 +227,15 @@ impl IssuanceService {
         req: SignRequest,
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
+        let p = &req.placement;
+        if let Some(why) = self.revoked(p.app_guid.as_str(), p.cell_id.as_str()) {
+            tracing::info!(instance = %p.instance_guid, %why, "issuance denied");
+            self.ledger
+                .append(denial_record(p, &why, now))
+                .await
+                .map_err(unavailable)?;
+            return Err(Error::PermissionDenied(Denial::Revoked(why)));
+        }
         let issued = if self.ca.signs_slowly() {
             let (ca, placement, csr) = (self.ca.clone(), req.placement.clone(), req.csr.clone());
             tokio::task::spawn_blocking(move || ca.issue(&placement, &csr, req.ttl, now))

@@ -12,6 +12,7 @@ pub mod placing;
 pub mod policies;
 pub mod policy_server;
 pub mod registry;
+pub mod revocations;
 mod status;
 
 pub use issuance::IssuanceService;

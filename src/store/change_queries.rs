@@ -20,6 +20,8 @@ pub enum Topic {
     Policy,
     /// The CA: a rotation step (the subject is empty: the CA is reloaded whole).
     Ca,
+    /// A revocation (the subject is empty: the revocations are reloaded whole).
+    Revocation,
 }
 
 impl Topic {
@@ -28,6 +30,7 @@ impl Topic {
             Topic::Placement => "placement",
             Topic::Policy => "policy",
             Topic::Ca => "ca",
+            Topic::Revocation => "revocation",
         }
     }
 }
@@ -119,6 +122,7 @@ impl Store {
                     "placement" => Topic::Placement,
                     "policy" => Topic::Policy,
                     "ca" => Topic::Ca,
+                    "revocation" => Topic::Revocation,
                     _ => return Err(Error::BadValue("changes.topic")),
                 };
                 Ok(Change {

@@ -169,8 +169,10 @@ impl Store {
              WHERE ($1 IS NULL OR app_guid = $2) AND ($3 IS NULL OR serial = $4) \
                AND ($5 IS NULL OR recorded_at_ms >= $6) AND ($7 IS NULL OR recorded_at_ms < $8) \
                AND ($9 IS NULL OR cell_id = $10) \
-               AND ($11 IS NULL OR (kind = 'issued' AND not_before <= $12 AND not_after > $13)) \
-             ORDER BY seq DESC LIMIT $14"
+               AND ($11 IS NULL OR (kind = 'issued' AND not_before <= $12 AND not_after > $13 \
+                    AND NOT EXISTS (SELECT 1 FROM revoked_certs r WHERE r.serial = ledger_entries.serial))) \
+               AND ($14 IS NULL OR instance_guid = $15) \
+             ORDER BY seq DESC LIMIT $16"
         );
         let limit = filter.limit.unwrap_or(i64::MAX);
         let rows = sqlx::query(&sql)
@@ -187,6 +189,8 @@ impl Store {
             .bind(filter.valid_at)
             .bind(filter.valid_at)
             .bind(filter.valid_at)
+            .bind(&filter.instance_guid)
+            .bind(&filter.instance_guid)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;

@@ -13,6 +13,7 @@ mod placement_queries;
 mod policy_queries;
 mod postgres;
 mod records;
+mod revocation_queries;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub use lead::{Lead, Leader};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use log_queries::{StoredCheckpoint, StoredLogKey};
 pub use records::{CaRecord, EntryKind, LedgerEntry, LedgerFilter, LedgerRecord};
+pub use revocation_queries::{RevokedCert, RevokedSubject};
 
 /// How long a query waits for a connection.
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

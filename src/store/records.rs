@@ -16,6 +16,8 @@ pub enum EntryKind {
     Policy,
     /// An instance was registered or deregistered.
     Placement,
+    /// Certificates, an app or a cell were revoked.
+    Revocation,
 }
 
 impl EntryKind {
@@ -27,6 +29,7 @@ impl EntryKind {
             EntryKind::Ca => "ca",
             EntryKind::Policy => "policy",
             EntryKind::Placement => "placement",
+            EntryKind::Revocation => "revocation",
         }
     }
 
@@ -37,6 +40,7 @@ impl EntryKind {
             "ca" => Some(EntryKind::Ca),
             "policy" => Some(EntryKind::Policy),
             "placement" => Some(EntryKind::Placement),
+            "revocation" => Some(EntryKind::Revocation),
             _ => None,
         }
     }
@@ -133,7 +137,10 @@ pub struct LedgerFilter {
     pub until_ms: Option<i64>,
     /// Only entries of this cell.
     pub cell_id: Option<String>,
-    /// Only certificates valid at this time (Unix seconds): issued, not before it, not after.
+    /// Only entries of this instance.
+    pub instance_guid: Option<String>,
+    /// Only certificates valid at this time (Unix seconds): issued, not before it, not after,
+    /// and not revoked.
     pub valid_at: Option<i64>,
     /// At most this many (the newest).
     pub limit: Option<i64>,

@@ -167,8 +167,8 @@ pub fn webpki_verify(
     Ok(())
 }
 
-/// One DER structure for [`python_strict`]: `cert`, `csr` or `key`, and for a certificate
-/// optionally its issuer's certificate, to check the signature as well.
+/// One DER structure for [`python_strict`]: `cert`, `csr`, `key` or `crl`, and for a
+/// certificate optionally, for a CRL always, its issuer's certificate, to check the signature.
 pub struct PyItem<'a> {
     pub kind: &'static str,
     pub der: &'a [u8],
@@ -195,6 +195,13 @@ impl<'a> PyItem<'a> {
             kind: "key",
             der,
             issuer: None,
+        }
+    }
+    pub fn crl(der: &'a [u8], issuer: &'a [u8]) -> Self {
+        PyItem {
+            kind: "crl",
+            der,
+            issuer: Some(issuer),
         }
     }
 }
