@@ -108,6 +108,32 @@ async fn an_intermediate_rotated_on_request_signs_at_once_and_is_what_a_restart_
     let rt = runtime(dir.path(), &[], Clock::system()).await;
     assert_eq!(rt.ca.intermediate().fingerprint, new.fingerprint);
     assert_eq!(issue(&rt).await.chain_der[0], new.der);
+    // A leaf of the retired intermediate, revoked after the restart, is in that
+    // intermediate's CRL: its key is still held, sealed, and every intermediate with live
+    // leaves has a CRL.
+    rt.revocations
+        .revoke(
+            &idmint::server::revocations::Target::Serial(before.serial_hex.clone()),
+            idmint::ca::crl::Reason::Superseded,
+            "test",
+        )
+        .await
+        .unwrap();
+    let revoked = rt.revocations.now();
+    let issuers: Vec<&str> = revoked
+        .crls
+        .iter()
+        .map(|c| c.issuer_fingerprint.as_str())
+        .collect();
+    assert!(issuers.contains(&old.fingerprint.as_str()), "{issuers:?}");
+    assert!(issuers.contains(&new.fingerprint.as_str()), "{issuers:?}");
+    let old_crl = revoked
+        .crls
+        .iter()
+        .find(|c| c.issuer_fingerprint == old.fingerprint)
+        .unwrap();
+    let read = python_strict(dir.path(), &[PyItem::crl(&old_crl.der, &old.der)]);
+    assert_eq!(read[0]["serials"][0], before.serial_hex);
     rt.shutdown().await;
 }
 

@@ -177,6 +177,48 @@ async fn issue_and_verify(dir: &Path, name: &str, key_header: &str) {
         1,
         "chain is the operator's intermediate"
     );
+    // Revoked, the leaf is listed in a CRL the operator's intermediate signs (we hold its
+    // key), which openssl and Python's cryptography check against it.
+    use idmint::server::revocations::Target;
+    rt.revocations
+        .revoke(
+            &Target::Serial(svid.cert.serial_hex.clone()),
+            idmint::ca::crl::Reason::KeyCompromise,
+            "test",
+        )
+        .await
+        .unwrap();
+    let revoked = rt.revocations.now();
+    let inter = &svid.cert.chain_der[0];
+    let crl = revoked
+        .crls
+        .iter()
+        .find(|c| c.issuer_fingerprint == idmint::ca::sha256_hex(inter))
+        .expect("a CRL for the operator's intermediate");
+    assert!(revoked.crls_pem.contains("BEGIN X509 CRL"));
+    std::fs::write(dir.join(format!("{name}.crl")), &crl.der).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}-inter.pem")),
+        idmint::ca::cert_pem(inter),
+    )
+    .unwrap();
+    let (ok, out) = openssl(
+        dir,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &format!("{name}.crl"),
+            "-CAfile",
+            &format!("{name}-inter.pem"),
+            "-noout",
+            "-verify",
+        ],
+    );
+    assert!(ok && out.contains("verify OK"), "{name}: {out}");
+    let read = python_strict(dir, &[PyItem::crl(&crl.der, inter)]);
+    assert_eq!(read[0]["signature_verified"], true, "{name}");
     // The operator's intermediate key stays in its file; the KEK seals only the ledger's
     // checkpoint signing key.
     let store = rt.store();
