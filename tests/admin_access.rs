@@ -415,3 +415,42 @@ fn a_caller_refused_in_a_loop_adds_a_bounded_number_of_records() {
         "{metrics}"
     );
 }
+
+#[test]
+fn revocation_is_the_admins_and_a_revoked_role_credential_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idmint = Idmint::start(tmp.path());
+    let admin = Credential::enroll(&idmint, &tmp.path().join("admin"), "admin", Some("ops"));
+    let auditor = Credential::enroll(&idmint, &tmp.path().join("aud"), "auditor", Some("sec"));
+    assert_eq!(
+        python(&idmint, Some(&auditor), "GET", "/v1/ledger", None).0,
+        200
+    );
+    let serial = {
+        let pem = std::fs::read(&auditor.cert).unwrap();
+        let block = pem::parse_many(&pem).unwrap().remove(0);
+        let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+        idmint::ca::encode_hex(cert.raw_serial())
+    };
+    let body = serde_json::json!({"serial": serial, "reason": "key-compromise"}).to_string();
+    // The auditor may not revoke, even itself; nothing changes.
+    let (code, why) = python(&idmint, Some(&auditor), "POST", "/v1/revoke", Some(&body));
+    assert_eq!(code, 403, "{why}");
+    assert_eq!(
+        python(&idmint, Some(&auditor), "GET", "/v1/ledger", None).0,
+        200
+    );
+    // The admin may; from then on the auditor's credential is refused, naming why.
+    let (code, answer) = python(&idmint, Some(&admin), "POST", "/v1/revoke", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    let (code, why) = python(&idmint, Some(&auditor), "GET", "/v1/ledger", None);
+    assert_eq!(code, 403);
+    assert!(why.contains("revoked"), "{why}");
+    let reasons = ledger_reasons(&idmint);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&serial) && r.contains(&format!("spiffe://{TD}/admin/ops"))),
+        "{reasons:?}"
+    );
+}

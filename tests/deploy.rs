@@ -266,6 +266,8 @@ fn the_alert_rules_check_and_pass_their_unit_tests() {
         "IdmintServerUnreachable",
         "IdmintLedgerDiverged",
         "IdmintCheckpointsStalled",
+        "IdmintCrlsStale",
+        "IdmintIntermediateWithoutCrl",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert}");

@@ -402,6 +402,50 @@ fn present(
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A provider sidecar like app B's, validating its peers with the `ALL` secret instead of
+/// `c2c-validation-context`: its listening port, once it has its secrets.
+fn provider_validating_with_all(
+    d: &std::path::Path,
+    socket: &str,
+    backend: u16,
+) -> (u16, common::envoy::Running) {
+    use common::envoy::*;
+    let (admin, listen) = (common::free_port(), common::free_port());
+    let yaml = bootstrap_template("provider")
+        .replace("{{SDS_SOCKET}}", socket)
+        .replace("{{SDS_API}}", "GRPC")
+        .replace("{{ADMIN_PORT}}", &admin.to_string())
+        .replace("{{LISTEN_PORT}}", &listen.to_string())
+        .replace("{{UPSTREAM_PORT}}", &backend.to_string())
+        .replace("name: c2c-validation-context", "name: ALL");
+    assert!(!yaml.contains("{{"), "unfilled placeholder");
+    std::fs::write(d.join("provider-all.yaml"), yaml).unwrap();
+    let child = std::process::Command::new(envoy_bin())
+        .args(["--disable-hot-restart", "--log-level", "info", "-c"])
+        .arg(d.join("provider-all.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("provider-all.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let sidecar = |name: &str| {
+        let Some((200, body)) = common::http_get(admin, &format!("/stats?filter=^{name}$")) else {
+            return 0;
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the SPIFFE-validating provider's secrets",
+        Duration::from_secs(30),
+        || sidecar("sds.default.update_success") >= 1 && sidecar("sds.ALL.update_success") >= 1,
+    );
+    assert_eq!(sidecar("sds.ALL.update_rejected"), 0);
+    (listen, running)
+}
+
 fn serial_of(cert: &std::path::Path) -> String {
     let pem = std::fs::read(cert).unwrap();
     let block = pem::parse_many(&pem).unwrap().remove(0);
@@ -449,6 +493,8 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
     std::fs::copy(files.join("instance.key"), &old_key).unwrap();
     let old_serial = serial_of(&old_cert);
     assert_eq!(present(d, &old_cert, &old_key, provider.listen), "200");
+    let (all_provider, _running) = provider_validating_with_all(d, &sock_b, backend);
+    assert_eq!(present(d, &old_cert, &old_key, all_provider), "200");
 
     let out = idmint.cli(&[
         "revoke",
@@ -490,6 +536,14 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
     std::fs::copy(files.join("instance.key"), &new_key).unwrap();
     assert_eq!(present(d, &new_cert, &new_key, provider.listen), "200");
     assert!(present(d, &old_cert, &old_key, provider.listen).starts_with("refused"));
+    // A provider validating with `ALL` refuses it too: Envoy's SPIFFE validator, which `ALL`
+    // is while nothing is revoked, ignores CRLs, so `ALL` changed to the standard validator.
+    wait_for(
+        "the ALL provider to refuse the revoked certificate",
+        Duration::from_secs(10),
+        || present(d, &old_cert, &old_key, all_provider).starts_with("refused"),
+    );
+    assert_eq!(present(d, &new_cert, &new_key, all_provider), "200");
     // Revoking it again changes nothing.
     let again = idmint.cli(&[
         "revoke",

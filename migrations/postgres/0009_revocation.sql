@@ -5,7 +5,6 @@ ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_check;
 ALTER TABLE ledger_entries
     ADD CONSTRAINT ledger_entries_kind_check
     CHECK (kind IN ('issued', 'denied', 'ca', 'policy', 'placement', 'revocation'));
-CREATE INDEX ledger_entries_instance ON ledger_entries (instance_guid, seq);
 
 ALTER TABLE changes DROP CONSTRAINT changes_topic_check;
 ALTER TABLE changes

@@ -28,7 +28,6 @@ ALTER TABLE ledger_entries_v9 RENAME TO ledger_entries;
 CREATE INDEX ledger_entries_app ON ledger_entries (app_guid, seq);
 CREATE INDEX ledger_entries_time ON ledger_entries (recorded_at_ms);
 CREATE INDEX ledger_entries_cell ON ledger_entries (cell_id, seq);
-CREATE INDEX ledger_entries_instance ON ledger_entries (instance_guid, seq);
 
 CREATE TABLE changes_v9 (
     seq      BIGINT NOT NULL PRIMARY KEY,

@@ -98,8 +98,8 @@ impl Role {
 pub enum Caller {
     /// Plain HTTP: no one in particular.
     Anonymous,
-    /// Mutual TLS whose certificate names a principal.
-    Principal(Principal),
+    /// Mutual TLS whose certificate names a principal; and the certificate's serial (hex).
+    Principal(Principal, String),
     /// Mutual TLS whose certificate chains to our roots but names no principal.
     Unrecognised(PrincipalError),
     /// The Unix socket, from the service's own user (or root).
@@ -125,7 +125,7 @@ impl Caller {
             Caller::Anonymous => Err(Refusal::Unauthenticated),
             Caller::Socket { .. } => Ok(()),
             Caller::Unrecognised(why) => Err(Refusal::Forbidden(why.to_string())),
-            Caller::Principal(p) => match Role::of(p) {
+            Caller::Principal(p, _) => match Role::of(p) {
                 Some(role) if role.allows(op) => Ok(()),
                 Some(role) => Err(Refusal::Forbidden(format!(
                     "{} has the {} role, which may not {op}",
@@ -144,7 +144,7 @@ impl Caller {
     pub fn describe(&self, settings: &Settings) -> String {
         match self {
             Caller::Anonymous => "an unauthenticated client".into(),
-            Caller::Principal(p) => p.spiffe_id(settings),
+            Caller::Principal(p, _) => p.spiffe_id(settings),
             Caller::Unrecognised(why) => format!("a client certificate that {why}"),
             Caller::Socket { uid } => format!("the admin socket (uid {uid})"),
         }
@@ -225,7 +225,13 @@ pub async fn require(
     next: Next,
 ) -> Response {
     let settings = state.ca.settings();
-    match caller.may(op, settings) {
+    let verdict = match &caller {
+        Caller::Principal(_, serial) if state.revocations.now().serials.contains(serial) => Err(
+            Refusal::Forbidden(format!("this credential (serial {serial}) is revoked")),
+        ),
+        _ => caller.may(op, settings),
+    };
+    match verdict {
         Ok(()) if too_large(&request, state.max_body) => {
             state.refusals.too_large();
             let msg = format!(
@@ -281,7 +287,7 @@ mod tests {
         use Operation::*;
         let s = Settings::defaults();
         let allowed = |p: Principal| -> Vec<Operation> {
-            let caller = Caller::Principal(p);
+            let caller = Caller::Principal(p, "40".into());
             Operation::ALL
                 .into_iter()
                 .filter(|op| caller.may(*op, &s).is_ok())
@@ -305,7 +311,7 @@ mod tests {
             assert_eq!(Caller::Anonymous.may(op, &s), Err(Refusal::Unauthenticated));
             assert_eq!(Caller::Socket { uid: 7 }.may(op, &s), Ok(()));
         }
-        let cell = Caller::Principal(Principal::Cell("cell-1".parse().unwrap()));
+        let cell = Caller::Principal(Principal::Cell("cell-1".parse().unwrap()), "40".into());
         let Err(Refusal::Forbidden(why)) = cell.may(Operation::Place, &s) else {
             panic!("a cell was let in");
         };

@@ -73,7 +73,7 @@ impl AdminListener {
                 let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                 let caller = match leaf.map(|der| crate::server::api_tls::client_of(der, &settings))
                 {
-                    Some(Ok(client)) => Caller::Principal(client.principal),
+                    Some(Ok(client)) => Caller::Principal(client.principal, client.serial_hex),
                     Some(Err(why)) => Caller::Unrecognised(why),
                     None => Caller::Anonymous,
                 };

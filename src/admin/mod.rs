@@ -160,6 +160,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         limits.render(&mut text);
     }
     log_metrics(&state, now, &mut text).await;
+    revocation_metrics(&state, now, &mut text);
     policy_counts(&state.policies, &mut text);
     if let Some(polls) = &state.policy_polls {
         polls.render(now, &mut text);
@@ -193,6 +194,34 @@ fn server_metrics(state: &AdminState, out: &mut String) {
             u8::from(control.leads()),
         );
     }
+}
+
+/// What is revoked, and whether the CRLs that say so are fresh and complete.
+fn revocation_metrics(state: &AdminState, now: time::OffsetDateTime, out: &mut String) {
+    let revoked = state.revocations.now();
+    write_metric(
+        out,
+        "idmint_revoked_certificates",
+        "gauge",
+        "Revoked certificates that have not expired: what the CRLs list.",
+        revoked.serials.len(),
+    );
+    if let Some(at) = revoked.signed_at {
+        write_metric(
+            out,
+            "idmint_crl_age_seconds",
+            "gauge",
+            "Seconds since this server last signed its CRLs (they are valid for 24 hours).",
+            (now - at).whole_seconds().max(0),
+        );
+    }
+    write_metric(
+        out,
+        "idmint_intermediates_without_crl",
+        "gauge",
+        "Intermediates with live leaves that could not sign a CRL: while anything is revoked, sidecars refuse what they issued.",
+        revoked.signers.len().saturating_sub(revoked.crls.len()),
+    );
 }
 
 /// The ledger's size, what the latest checkpoint covers and how old it is, and whether this

@@ -119,7 +119,7 @@ impl Runtime {
             store.clone(),
             ca.clone(),
             log_keys.kek(),
-            ledger.clone(),
+            (ledger.clone(), registry.clone()),
             clock.clone(),
         )
         .await;

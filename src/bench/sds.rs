@@ -1,6 +1,8 @@
 //! `idmint bench sds`: K instances served by one agent, each with a simulated sidecar holding a
-//! `ROOTCA` and a `default` stream on its own socket; then a trust bundle change pushed to all.
-//! The sidecars run in a child process so the agent's memory is measured alone.
+//! `ROOTCA` and a `default` stream on its own socket; then a trust bundle change pushed to all:
+//! a new root, or with `--revoke` a revocation (one certificate revoked through the server's
+//! revocation path, the CRLs it signs pushed in every `ROOTCA`). The sidecars run in a child
+//! process so the agent's memory is measured alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,8 +18,10 @@ use tonic::Streaming;
 
 use super::{bench_placement, bench_runtime, fresh_bench_dir, process_cpu_seconds, raise_fd_limit};
 use crate::agent::{Bundle, Settings as AgentSettings, Workloads};
+use crate::ca::crl::Reason;
 use crate::config::Config;
 use crate::sds::{client, SdsMetrics, SECRET_TYPE};
+use crate::server::revocations::Target;
 
 /// Targets from the SDS issue.
 const TARGET_ALL_ACKED: Duration = Duration::from_secs(1);
@@ -32,17 +36,26 @@ const FD_SLACK: u64 = 128;
 /// Streams the simulated sidecars open at once while connecting.
 const CONNECT_CONCURRENCY: usize = 256;
 
-pub async fn run(config: Config, instances: usize) -> Result<()> {
+/// What reaches every sidecar in the measured change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A second root joins the bundle.
+    NewRoot,
+    /// One certificate is revoked: the CRLs join every validation context.
+    Revocation,
+}
+
+pub async fn run(config: Config, instances: usize, change: Change) -> Result<()> {
     ensure!(instances > 0, "--instances must be at least 1");
     // One listening socket and one connection per instance, plus the database and slack.
     raise_fd_limit(2 * instances as u64 + FD_SLACK)?;
     let dir = fresh_bench_dir()?;
-    let result = measure(config, instances, &dir).await;
+    let result = measure(config, instances, change, &dir).await;
     std::fs::remove_dir_all(&dir).ok();
     result
 }
 
-async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
+async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -> Result<()> {
     let rt = bench_runtime(config, dir).await?;
     let roots_pem = rt.ca.roots_pem();
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
@@ -119,19 +132,38 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
     let rss_after = rss_bytes()?;
     let per_stream = (rss_after.saturating_sub(rss_before)) as f64 / streams.max(1) as f64;
 
-    // The change: a second root joins the bundle.
+    // The change: a second root joins the bundle, or a certificate is revoked.
     let new_root = rcgen::generate_simple_self_signed(vec!["bench-new-root.invalid".to_string()])?;
+    let revoked = agent
+        .cert_status(&bench_placement(0, &cell).instance_guid)
+        .await
+        .and_then(|s| s.serial_hex)
+        .context("instance 0 has no certificate")?;
     let acks_before = acks(&metrics);
     let pushes_before = metrics.pushes_total();
     let cpu_before = process_cpu_seconds();
     let start = Instant::now();
     child_in.write_all(b"go\n").await?;
     child_in.flush().await?;
+    let (roots_pem, crls_pem) = match change {
+        Change::NewRoot => (format!("{roots_pem}{}", new_root.cert.pem()), String::new()),
+        Change::Revocation => {
+            // Recorded in the ledger, stored, and the CRLs signed again, as `idmint revoke`.
+            rt.revocations
+                .revoke(
+                    &Target::Serial(revoked),
+                    Reason::KeyCompromise,
+                    "idmint bench sds",
+                )
+                .await?;
+            (roots_pem, rt.revocations.now().crls_pem.clone())
+        }
+    };
     bundle_tx.send_replace(Arc::new(Bundle {
         trust_domain: rt.config.ca.trust_domain.clone(),
-        roots_pem: format!("{roots_pem}{}", new_root.cert.pem()),
+        roots_pem,
         generation: 2,
-        crls_pem: String::new(),
+        crls_pem,
     }));
     let everyone = wait_for(
         || acks(&metrics) >= acks_before + instances as u64,
@@ -168,7 +200,11 @@ async fn measure(config: Config, instances: usize, dir: &Path) -> Result<()> {
 
     let ms = |us: f64| us / 1000.0;
     println!();
-    println!("idmint bench sds: {instances} instances on one agent, {streams} SDS streams (ROOTCA + default each)");
+    let what = match change {
+        Change::NewRoot => "a new root",
+        Change::Revocation => "a revocation (CRLs in every ROOTCA)",
+    };
+    println!("idmint bench sds: {instances} instances on one agent, {streams} SDS streams (ROOTCA + default each); the change: {what}");
     println!();
     println!("| measure | value | target |");
     println!("|---|---:|---:|");

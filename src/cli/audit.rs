@@ -51,7 +51,7 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The certificates of an app that are valid now (or at --at): issued, and not expired.
+    /// The certificates of an app that are valid now (or at --at): issued, not expired, not revoked.
     Valid {
         /// The app.
         #[arg(long)]

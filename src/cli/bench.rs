@@ -48,6 +48,10 @@ pub enum BenchCommand {
         /// How many instances (each with a ROOTCA and a default stream).
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
+        /// Measure a revocation reaching every sidecar (its CRLs in every ROOTCA) instead of a
+        /// new root.
+        #[arg(long)]
+        revoke: bool,
     },
     /// One agent's provider sidecars under 100,000 c2c policies: loading them, and one change
     /// reaching exactly the sidecars it concerns.
@@ -135,7 +139,14 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             kills,
             postgres_url,
         } => bench::failover::run(config, kills, &postgres_url).await,
-        BenchCommand::Sds { instances } => bench::sds::run(config, instances).await,
+        BenchCommand::Sds { instances, revoke } => {
+            let change = if revoke {
+                bench::sds::Change::Revocation
+            } else {
+                bench::sds::Change::NewRoot
+            };
+            bench::sds::run(config, instances, change).await
+        }
         BenchCommand::Log { entries, proofs } => bench::log::run(entries, proofs).await,
         BenchCommand::Policy {
             instances,

@@ -153,29 +153,36 @@ fn roots(name: &str, bundle: &Bundle) -> Secret {
 /// to mean "any SAN".
 pub const MATCHES_NO_ONE: &str = "spiffe://\u{2205}/no app may reach this one";
 
-/// A provider's validation context: our roots, and the SPIFFE IDs its app accepts.
-fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
-    let uri = |pattern: MatchPattern| SubjectAltNameMatcher {
+fn uri_matcher(pattern: MatchPattern) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
         san_type: SanType::Uri as i32,
         matcher: Some(StringMatcher {
             match_pattern: Some(pattern),
             ignore_case: false,
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// Any workload of the trust domain: its SPIFFE IDs all start so.
+fn trust_domain_matcher(bundle: &Bundle) -> SubjectAltNameMatcher {
+    uri_matcher(MatchPattern::Prefix(format!(
+        "spiffe://{}/",
+        bundle.trust_domain
+    )))
+}
+
+/// A provider's validation context: our roots, and the SPIFFE IDs its app accepts.
+fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
     let matchers = match allowed.mode {
-        // Any workload of the trust domain: its IDs all start so.
-        Mode::TrustDomain => vec![uri(MatchPattern::Prefix(format!(
-            "spiffe://{}/",
-            bundle.trust_domain
-        )))],
+        Mode::TrustDomain => vec![trust_domain_matcher(bundle)],
         Mode::Policy if allowed.sources.is_empty() => {
-            vec![uri(MatchPattern::Exact(MATCHES_NO_ONE.to_string()))]
+            vec![uri_matcher(MatchPattern::Exact(MATCHES_NO_ONE.to_string()))]
         }
         Mode::Policy => allowed
             .sources
             .iter()
-            .map(|id| uri(MatchPattern::Exact(id.clone())))
+            .map(|id| uri_matcher(MatchPattern::Exact(id.clone())))
             .collect(),
     };
     Secret {
@@ -190,7 +197,23 @@ fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
     }
 }
 
+/// `ALL`: Envoy's SPIFFE certificate validator for the trust domain. That validator does not
+/// check CRLs (a revoked peer passes it), so while anything is revoked the same trust is said
+/// with the standard validator instead: our roots, any SPIFFE ID of the trust domain, and the
+/// CRLs.
 fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
+    if !bundle.crls_pem.is_empty() {
+        return Secret {
+            name: name.to_string(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(&bundle.roots_pem),
+                    match_typed_subject_alt_names: vec![trust_domain_matcher(bundle)],
+                    ..with_crls(bundle)
+                },
+            )),
+        };
+    }
     let config = SpiffeCertValidatorConfig {
         trust_domains: vec![spiffe_cert_validator_config::TrustDomain {
             name: bundle.trust_domain.as_str().to_string(),
@@ -210,7 +233,7 @@ fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
                         value: config.encode_to_vec(),
                     }),
                 }),
-                ..with_crls(bundle)
+                ..Default::default()
             },
         )),
     }

@@ -16,6 +16,7 @@ use crate::ca::{CaCert, CaKey, CertificateAuthority, Kek, Role};
 use crate::clock::{unix_ms, Clock};
 use crate::ids::{CellId, Guid};
 use crate::ledger::Ledger;
+use crate::server::Registry;
 use crate::store::{
     EntryKind, LedgerEntry, LedgerFilter, LedgerRecord, RevokedCert, RevokedSubject, Store,
 };
@@ -130,6 +131,7 @@ struct Inner {
     ca: Arc<CertificateAuthority>,
     kek: Arc<Kek>,
     ledger: Ledger,
+    registry: Registry,
     clock: Clock,
     state: watch::Sender<Arc<Revoked>>,
     /// Woken when another server revoked something.
@@ -147,7 +149,7 @@ impl Revocations {
         store: Store,
         ca: Arc<CertificateAuthority>,
         kek: Arc<Kek>,
-        ledger: Ledger,
+        (ledger, registry): (Ledger, Registry),
         clock: Clock,
     ) -> anyhow::Result<Revocations> {
         let r = Revocations(Arc::new(Inner {
@@ -155,6 +157,7 @@ impl Revocations {
             ca,
             kek,
             ledger,
+            registry,
             clock,
             state: watch::Sender::new(Arc::default()),
             changed: Arc::default(),
@@ -310,8 +313,14 @@ impl Revocations {
                 Ok(vec![entry])
             }
             Target::Instance(instance) => {
+                // Through its app's index when it is registered: an index of its own would
+                // cost every issuance a random write.
+                let placed = self.0.registry.find(instance).await.map_err(|e| {
+                    RevokeError::Unavailable(format!("cannot read the registry: {e}"))
+                })?;
                 let all = issued(LedgerFilter {
                     instance_guid: Some(instance.to_string()),
+                    app_guid: placed.map(|p| p.app_guid.to_string()),
                     ..LedgerFilter::default()
                 })
                 .await?;

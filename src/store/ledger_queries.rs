@@ -170,9 +170,10 @@ impl Store {
                AND ($5 IS NULL OR recorded_at_ms >= $6) AND ($7 IS NULL OR recorded_at_ms < $8) \
                AND ($9 IS NULL OR cell_id = $10) \
                AND ($11 IS NULL OR (kind = 'issued' AND not_before <= $12 AND not_after > $13 \
-                    AND NOT EXISTS (SELECT 1 FROM revoked_certs r WHERE r.serial = ledger_entries.serial))) \
-               AND ($14 IS NULL OR instance_guid = $15) \
-             ORDER BY seq DESC LIMIT $16"
+                    AND NOT EXISTS (SELECT 1 FROM revoked_certs r \
+                        WHERE r.serial = ledger_entries.serial AND r.revoked_at_ms < $14))) \
+               AND ($15 IS NULL OR instance_guid = $16) \
+             ORDER BY seq DESC LIMIT $17"
         );
         let limit = filter.limit.unwrap_or(i64::MAX);
         let rows = sqlx::query(&sql)
@@ -189,6 +190,12 @@ impl Store {
             .bind(filter.valid_at)
             .bind(filter.valid_at)
             .bind(filter.valid_at)
+            // Revoked within that second or before it.
+            .bind(
+                filter
+                    .valid_at
+                    .map(|t| t.saturating_add(1).saturating_mul(1000)),
+            )
             .bind(&filter.instance_guid)
             .bind(&filter.instance_guid)
             .bind(limit)

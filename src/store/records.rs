@@ -137,7 +137,7 @@ pub struct LedgerFilter {
     pub until_ms: Option<i64>,
     /// Only entries of this cell.
     pub cell_id: Option<String>,
-    /// Only entries of this instance.
+    /// Only entries of this instance (no index: give its app too where it is known).
     pub instance_guid: Option<String>,
     /// Only certificates valid at this time (Unix seconds): issued, not before it, not after,
     /// and not revoked.
