@@ -402,6 +402,82 @@ fn present(
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Bad revocation requests, from the CLI and to the API, each get a clear error and change
+/// nothing.
+fn refuses_bad_revocations(idmint: &common::dev::Idmint) {
+    let ledger = || {
+        let (code, body) =
+            common::socket_request(&idmint.admin_socket(), "GET", "/v1/ledger?limit=10000", "")
+                .unwrap();
+        assert_eq!(code, 200);
+        body
+    };
+    let before = ledger();
+    for (args, says) in [
+        (
+            &["--serial", "zz:zz", "--reason", "superseded"][..],
+            "not a hexadecimal serial",
+        ),
+        (
+            &["--serial", "40ab", "--reason", "because"],
+            "not a revocation reason",
+        ),
+        (
+            &["--serial", "40ab", "--reason", "superseded"],
+            "no certificate with serial 40ab",
+        ),
+        (
+            &["--app", "not-a-guid", "--reason", "superseded"],
+            "app_guid",
+        ),
+        (
+            &[
+                "--instance",
+                "3c3c3c3c-0000-4000-8000-000000000009",
+                "--reason",
+                "superseded",
+            ],
+            "no certificate was ever issued",
+        ),
+        (
+            &[
+                "--serial",
+                "40ab",
+                "--app",
+                &common::dev::app(1),
+                "--reason",
+                "superseded",
+            ],
+            "cannot be used with",
+        ),
+        (&["--reason", "superseded"], "required"),
+    ] {
+        let out = idmint.cli(&[&["revoke"][..], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was taken");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    for (body, says) in [
+        (r#"{"serial": 5, "reason": "superseded"}"#, "invalid type"),
+        (r#"{"serial": "40ab"}"#, "reason"),
+        (r#"{"reason": "superseded"}"#, "exactly one"),
+        (
+            r#"{"serial": "40ab", "cell_id": "c", "reason": "superseded"}"#,
+            "exactly one",
+        ),
+        (
+            r#"{"serial": "40ab", "reason": "superseded", "note": 1}"#,
+            "unknown field",
+        ),
+    ] {
+        let (code, why) =
+            common::socket_request(&idmint.admin_socket(), "POST", "/v1/revoke", body).unwrap();
+        assert!(code == 400 || code == 422, "{body}: {code} {why}");
+        assert!(why.contains(says), "{body}: {why}");
+    }
+    assert_eq!(ledger(), before, "nothing recorded");
+}
+
 /// A provider sidecar like app B's, validating its peers with the `ALL` secret instead of
 /// `c2c-validation-context`: its listening port, once it has its secrets.
 fn provider_validating_with_all(

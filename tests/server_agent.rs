@@ -155,6 +155,76 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     );
 }
 
+fn serial_of(cert_pem: &str) -> String {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+    idmint::ca::encode_hex(pem.parse_x509().unwrap().raw_serial())
+}
+
+#[test]
+fn a_revoked_instance_is_re_keyed_by_its_agent_and_a_revoked_cell_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let server = Server {
+        process: Some(Server::start(dir, api_port, &admin, "1h")),
+        data: dir.join("server"),
+        admin: admin.clone(),
+        api_port,
+        dir: dir.to_path_buf(),
+    };
+    server.register(INSTANCE, APP, "cell-1");
+    server.register(ON_CELL_2, APP, "cell-2");
+    let (_agent1, data1, _) = server.agent("cell-1");
+    let (_agent2, data2, _) = server.agent("cell-2");
+    let files = |data: &Path, instance: &str| data.join("instances").join(instance);
+    let read = |data: &Path, instance: &str, name: &str| {
+        std::fs::read_to_string(files(data, instance).join(name)).unwrap_or_default()
+    };
+    wait_until("both instances' files", Duration::from_secs(20), || {
+        !read(&data1, INSTANCE, "instance.crt").is_empty()
+            && !read(&data2, ON_CELL_2, "instance.crt").is_empty()
+    });
+    let (old_cert, old_key) = (
+        read(&data1, INSTANCE, "instance.crt"),
+        read(&data1, INSTANCE, "instance.key"),
+    );
+
+    // The instance: its agent learns of it from the CRLs the server streams, and gets a new
+    // certificate with a new key at once, though it had most of an hour left.
+    let said = server.cli(&["revoke", "--instance", INSTANCE, "--reason", "superseded"]);
+    assert!(said.contains(&serial_of(&old_cert)), "{said}");
+    let took = wait_until("the re-keyed instance", Duration::from_secs(10), || {
+        read(&data1, INSTANCE, "instance.crt") != old_cert
+    });
+    assert_ne!(read(&data1, INSTANCE, "instance.key"), old_key);
+    assert_ne!(
+        serial_of(&read(&data1, INSTANCE, "instance.crt")),
+        serial_of(&old_cert)
+    );
+    eprintln!("re-keyed {took:?} after the revocation");
+
+    // The cell: its instance's certificate is revoked, and nothing replaces it.
+    let held = read(&data2, ON_CELL_2, "instance.crt");
+    server.cli(&["revoke", "--cell", "cell-2", "--reason", "key-compromise"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        read(&data2, ON_CELL_2, "instance.crt"),
+        held,
+        "nothing new for a revoked cell"
+    );
+    let ledger: Vec<serde_json::Value> =
+        serde_json::from_str(&server.cli(&["audit", "list", "--json", "--limit", "10000"]))
+            .unwrap();
+    let issued_on_cell_2 = ledger
+        .iter()
+        .filter(|e| e["kind"] == "issued" && e["instance_guid"] == ON_CELL_2)
+        .count();
+    assert_eq!(
+        issued_on_cell_2, 1,
+        "only the certificate issued before the revocation"
+    );
+}
+
 #[test]
 fn an_agent_renews_its_cell_credential_and_reconnects_with_it_after_the_first_one_expired() {
     let tmp = tempfile::tempdir().unwrap();
