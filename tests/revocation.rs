@@ -561,6 +561,7 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
         Duration::from_secs(20),
         through,
     );
+    refuses_bad_revocations(&idmint);
 
     // The consumer's certificate and key as its agent holds them now.
     let files = idmint.data.join("instances").join(instance(1));
