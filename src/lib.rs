@@ -24,3 +24,4 @@ pub mod sds;
 pub mod server;
 pub mod spiffe;
 pub mod store;
+pub mod workload_api;

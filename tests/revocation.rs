@@ -683,4 +683,27 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
         common::socket_request(&idmint.admin_socket(), "GET", &pem_path, "").unwrap();
     assert_eq!(code, 200);
     assert!(crl_pem.starts_with("-----BEGIN X509 CRL-----"), "{crl_pem}");
+    // The DER form, fetched over plain HTTP as any relying party would, with no credential.
+    let der_path = list["crls"][0]["der"].as_str().unwrap();
+    let script = "import sys, urllib.request\n\
+        from cryptography import x509\n\
+        r = urllib.request.urlopen('http://127.0.0.1:%s%s' % (sys.argv[1], sys.argv[2]))\n\
+        crl = x509.load_der_x509_crl(r.read())\n\
+        print(r.headers['Content-Type'], ' '.join(format(e.serial_number, 'x') for e in crl))\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &idmint.admin.to_string(), der_path])
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python"),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("application/pkix-crl "), "{said}");
+    assert!(said.contains(&old_serial), "{said}");
 }

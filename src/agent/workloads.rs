@@ -217,6 +217,9 @@ impl<A: Authority + 'static> Workloads<A> {
             .instance_dir
             .as_ref()
             .map(|dir| dir.join(placement.instance_guid.as_str()));
+        if let Some(dir) = &files {
+            write_endpoint_file(dir, &socket)?;
+        }
         let mut keeper = Keeper::new(
             InstanceRenewer {
                 authority: self.authority.clone(),
@@ -449,6 +452,17 @@ impl<A: Authority + 'static> Renewer for InstanceRenewer<A> {
     fn failed(&self) {
         self.metrics.failed();
     }
+}
+
+/// The name of the file, beside the instance identity files, that tells an app where its
+/// SPIFFE Workload API is, in the form the SPIFFE Workload Endpoint standard gives it.
+pub const ENDPOINT_FILE: &str = "spiffe-endpoint.env";
+
+/// Writes [`ENDPOINT_FILE`] into `dir`: `SPIFFE_ENDPOINT_SOCKET=unix://<socket>`.
+fn write_endpoint_file(dir: &Path, socket: &Path) -> Result<(), crate::files::Error> {
+    crate::files::create_dir_all(dir)?;
+    let line = format!("SPIFFE_ENDPOINT_SOCKET=unix://{}\n", socket.display());
+    crate::files::write_atomic(&dir.join(ENDPOINT_FILE), line.as_bytes(), 0o644)
 }
 
 /// Writes Diego's `instance.crt` (leaf, then chain) and `instance.key` (0600) into `dir`, each

@@ -1,7 +1,9 @@
-//! Envoy's Secret Discovery Service over one Unix socket per instance. Who is asking is the
-//! socket it connected to, never what it says in `node.id`.
+//! Envoy's Secret Discovery Service over one Unix socket per instance, with the SPIFFE Workload
+//! API beside it on the same socket. Who is asking is the socket it connected to, never what it
+//! says in `node.id`.
 
 mod acks;
+mod authority;
 pub mod client;
 mod delta;
 mod metrics;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub use acks::{AckSlot, BundleAcks};
@@ -84,11 +87,16 @@ pub async fn serve(
         "agent.max_message",
         metrics.message_hits(),
     );
+    let workload_api = crate::workload_api::WorkloadApi::new(workload.clone(), cancel.clone());
+    let workload_api = crate::workload_api::SpiffeWorkloadApiServer::new(workload_api)
+        .max_decoding_message_size(limits.max_message);
     let sds = service::Sds::new(workload, metrics, slots, cancel.clone());
     let service = messages.service(transport::SdsRoutes::new(sds, limits.max_message));
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(authority::AuthorityFix::new));
     let result = tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(messages.service(workload_api))
         .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await;
     if let Err(e) = result {

@@ -1,0 +1,154 @@
+//! The SPIFFE Workload API on each instance's socket, called by a stock gRPC client of another
+//! language (Python's grpcio, default options) as an app would: the SVID and bundles, the
+//! stream following a revocation and the re-keying it brings, and what bad calls get.
+
+// Tests wait on real processes and databases with real deadlines, and own the tasks they start.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::dev::*;
+
+/// Runs `tests/workload_client.py` on `socket`: one JSON value per line it printed.
+fn client(socket: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/workload_client.py"
+        ))
+        .arg(socket)
+        .args(args)
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python"),
+        )
+        .output()
+        .expect("python3 with grpcio (make test installs it into .tools/python)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn serial_of(cert_pem: &Path) -> String {
+    let pem = std::fs::read(cert_pem).unwrap();
+    let block = pem::parse_many(&pem).unwrap().remove(0);
+    let (_, c) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+    format!("{:x}", c.serial)
+}
+
+/// The Python example in docs/workload-api.md.
+fn doc_example() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/workload-api.md"))
+        .unwrap();
+    let marker = "<!-- workload-api-example: python -->";
+    let after = &doc[doc.find(marker).expect("the example's marker") + marker.len()..];
+    let start = after.find("```python\n").unwrap() + "```python\n".len();
+    let end = after[start..].find("```").unwrap();
+    after[start..start + end].to_string()
+}
+
+#[test]
+fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let idmint = Idmint::start(dir.path());
+    idmint.register(1);
+    let files = idmint.data.join("instances").join(instance(1));
+    let endpoint = files.join("spiffe-endpoint.env");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !files.join("instance.crt").exists() {
+        assert!(Instant::now() < deadline, "no identity files");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = std::fs::read_to_string(&endpoint).unwrap();
+    let socket = line
+        .trim()
+        .strip_prefix("SPIFFE_ENDPOINT_SOCKET=unix://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    assert!(Path::new(&socket).is_absolute(), "{socket}");
+
+    // The documented example, as an app runs it with the file in its environment.
+    let out = Command::new("python3")
+        .args(["-c", &doc_example()])
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{socket}"))
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python"),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("spiffe_id {}", spiffe_id(1))),
+        "{said}"
+    );
+
+    // The SVID: the instance's certificate, its chain, a key that is its own, the roots.
+    let got = client(&socket, &["svid"]);
+    let svid = &got[0]["svids"][0];
+    assert_eq!(svid["spiffe_id"], spiffe_id(1));
+    assert_eq!(svid["serial"], serial_of(&files.join("instance.crt")));
+    assert_eq!(svid["key_matches"], true);
+    assert_eq!(svid["chain"], 2, "leaf and intermediate");
+    assert_eq!(svid["roots"], 1);
+    assert_eq!(got[0]["crls"], 0, "nothing revoked");
+    let bundles = client(&socket, &["bundles"]);
+    assert_eq!(bundles[0]["bundles"]["spiffe://cf.internal"], 1);
+
+    // Bad calls: no security header; JWT-SVIDs, which are not issued.
+    let refused = client(&socket, &["no-header"]);
+    assert_eq!(refused[0]["code"], "INVALID_ARGUMENT");
+    assert!(refused[0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("workload.spiffe.io"));
+    let jwt = client(&socket, &["jwt"]);
+    assert_eq!(jwt[0]["code"], "UNIMPLEMENTED");
+
+    // A stream follows: the instance revoked, it gets the CRL, then its new SVID.
+    let old = serial_of(&files.join("instance.crt"));
+    let follower = {
+        let socket = socket.clone();
+        std::thread::spawn(move || client(&socket, &["follow", "3"]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = idmint.cli(&[
+        "revoke",
+        "--instance",
+        &instance(1),
+        "--reason",
+        "superseded",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = follower.join().unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0]["svids"][0]["serial"], old);
+    let last = &seen[2];
+    assert_ne!(last["svids"][0]["serial"], old);
+    assert_eq!(last["svids"][0]["key_matches"], true);
+    assert_eq!(last["crls"], 1, "the CRL listing the old one");
+
+    // Deregistered: the endpoint file goes with the instance's other files.
+    let out = idmint.cli(&["instance", "deregister", &instance(1)]);
+    assert!(out.status.success());
+    assert!(!endpoint.exists());
+}

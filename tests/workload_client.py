@@ -1,0 +1,127 @@
+"""A stock gRPC client of another language (Python's grpcio, default options) calling the SPIFFE
+Workload API on an instance's socket, as an app would. No generated code: requests are empty
+messages and responses are decoded here, field by field, so that nothing of idmint's is used.
+
+Arguments: SOCKET MODE [N]. MODE is svid (the first FetchX509SVID response), follow (N of
+them), bundles (the first FetchX509Bundles response), no-header (FetchX509SVID without the
+security header), jwt (FetchJWTSVID). Prints one JSON object per response; a call that fails
+prints {"code": ..., "details": ...}.
+"""
+
+import json
+import sys
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+
+def varint(data, i):
+    shift = value = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def fields(data):
+    """(number, bytes) of each length-delimited field of a protobuf message."""
+    i, out = 0, []
+    while i < len(data):
+        key, i = varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            n, i = varint(data, i)
+            out.append((number, data[i:i + n]))
+            i += n
+        elif wire == 0:
+            _, i = varint(data, i)
+        else:
+            raise ValueError("unexpected wire type %d" % wire)
+    return out
+
+
+def certificates(der):
+    """Concatenated DER certificates, split (each is one SEQUENCE with a long-form length)."""
+    out = []
+    while der:
+        assert der[0] == 0x30
+        if der[1] & 0x80:
+            k = der[1] & 0x7F
+            n = 2 + k + int.from_bytes(der[2:2 + k], "big")
+        else:
+            n = 2 + der[1]
+        out.append(x509.load_der_x509_certificate(der[:n]))
+        der = der[n:]
+    return out
+
+
+def svid_response(data):
+    out = {"svids": [], "crls": 0, "federated": 0}
+    for number, value in fields(data):
+        if number == 1:
+            svid = dict(fields(value))
+            chain = certificates(svid.get(2, b""))
+            key = serialization.load_der_private_key(svid.get(3, b""), password=None)
+            pub = lambda k: k.public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+            out["svids"].append({
+                "spiffe_id": svid.get(1, b"").decode(),
+                "serial": format(chain[0].serial_number, "x"),
+                "chain": len(chain),
+                "key_matches": pub(key.public_key()) == pub(chain[0].public_key()),
+                "roots": len(certificates(svid.get(4, b""))),
+            })
+        elif number == 2:
+            x509.load_der_x509_crl(value)
+            out["crls"] += 1
+        elif number == 3:
+            out["federated"] += 1
+    return out
+
+
+def bundles_response(data):
+    out = {"bundles": {}, "crls": 0}
+    for number, value in fields(data):
+        if number == 1:
+            x509.load_der_x509_crl(value)
+            out["crls"] += 1
+        elif number == 2:
+            entry = dict(fields(value))
+            out["bundles"][entry[1].decode()] = len(certificates(entry.get(2, b"")))
+    return out
+
+
+def main(socket, mode, n=1):
+    channel = grpc.insecure_channel("unix:" + socket)
+    header = (("workload.spiffe.io", "true"),)
+    raw = dict(request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+    try:
+        if mode in ("svid", "follow", "no-header"):
+            call = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID", **raw)
+            stream = call(None, metadata=() if mode == "no-header" else header, timeout=30)
+            for i, message in enumerate(stream):
+                print(json.dumps(svid_response(message)), flush=True)
+                if i + 1 >= n:
+                    break
+        elif mode == "bundles":
+            call = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509Bundles", **raw)
+            print(json.dumps(bundles_response(next(call(None, metadata=header, timeout=30)))))
+        elif mode == "jwt":
+            audience = b"\x0a\x03api"  # JWTSVIDRequest.audience = ["api"]
+            call = channel.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID",
+                                       request_serializer=lambda _: audience,
+                                       response_deserializer=lambda b: b)
+            call(None, metadata=header, timeout=30)
+            print(json.dumps({"code": "OK"}))
+        else:
+            sys.exit("unknown mode %r" % mode)
+    except grpc.RpcError as e:
+        print(json.dumps({"code": e.code().name, "details": e.details()}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
