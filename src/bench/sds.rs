@@ -1,8 +1,9 @@
 //! `idmint bench sds`: K instances served by one agent, each with a simulated sidecar holding a
 //! `ROOTCA` and a `default` stream on its own socket; then a trust bundle change pushed to all:
 //! a new root, or with `--revoke` a revocation (one certificate revoked through the server's
-//! revocation path, the CRLs it signs pushed in every `ROOTCA`). The sidecars run in a child
-//! process so the agent's memory is measured alone.
+//! revocation path, the CRLs it signs pushed in every `ROOTCA`). With `--workload-api` the
+//! clients are apps holding one Workload API `FetchX509SVID` stream each instead of sidecars.
+//! The clients run in a child process so the agent's memory is measured alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +23,9 @@ use crate::ca::crl::Reason;
 use crate::config::Config;
 use crate::sds::{client, SdsMetrics, SECRET_TYPE};
 use crate::server::revocations::Target;
+use crate::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use crate::workload_api::proto::{X509svidRequest, X509svidResponse};
+use crate::workload_api::SECURITY_HEADER;
 
 /// Targets from the SDS issue.
 const TARGET_ALL_ACKED: Duration = Duration::from_secs(1);
@@ -45,17 +49,31 @@ pub enum Change {
     Revocation,
 }
 
-pub async fn run(config: Config, instances: usize, change: Change) -> Result<()> {
+/// Who listens on the sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clients {
+    /// Sidecars: a `ROOTCA` and a `default` SDS stream each, ACKing what arrives.
+    Sds,
+    /// Apps: one Workload API `FetchX509SVID` stream each.
+    WorkloadApi,
+}
+
+pub async fn run(config: Config, instances: usize, change: Change, clients: Clients) -> Result<()> {
     ensure!(instances > 0, "--instances must be at least 1");
     // One listening socket and one connection per instance, plus the database and slack.
     raise_fd_limit(2 * instances as u64 + FD_SLACK)?;
     let dir = fresh_bench_dir()?;
-    let result = measure(config, instances, change, &dir).await;
+    let result = measure(config, instances, (change, clients), &dir).await;
     std::fs::remove_dir_all(&dir).ok();
     result
 }
 
-async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -> Result<()> {
+async fn measure(
+    config: Config,
+    instances: usize,
+    (change, clients): (Change, Clients),
+    dir: &Path,
+) -> Result<()> {
     let rt = bench_runtime(config, dir).await?;
     let roots_pem = rt.ca.roots_pem();
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle {
@@ -98,16 +116,20 @@ async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -
     }
     let rss_before = rss_bytes()?;
 
-    println!("connecting {instances} simulated sidecars, 2 streams each (not timed)…");
+    let wl = clients == Clients::WorkloadApi;
+    match clients {
+        Clients::Sds => {
+            println!("connecting {instances} simulated sidecars, 2 streams each (not timed)…")
+        }
+        Clients::WorkloadApi => {
+            println!("connecting {instances} Workload API clients, 1 stream each (not timed)…")
+        }
+    }
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
-        .args([
-            "bench",
-            "sds-clients",
-            "--count",
-            &instances.to_string(),
-            "--sockets-dir",
-        ])
+        .args(["bench", "sds-clients", "--count", &instances.to_string()])
+        .args(wl.then_some("--workload-api"))
+        .arg("--sockets-dir")
         .arg(
             agent
                 .socket_path(&bench_placement(0, &cell).instance_guid)
@@ -121,14 +143,21 @@ async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -
     let mut child_in = child.stdin.take().unwrap();
     let mut child_out = BufReader::new(child.stdout.take().unwrap()).lines();
     expect_line(&mut child_out, "ready").await?;
-    // Initial ACKs are in once the counters show them: one per stream.
-    wait_for(
-        || acks(&metrics) >= 2 * instances as u64,
-        Duration::from_secs(120),
-    )
-    .await
-    .with_context(|| format!("first ACKs: {} of {}", acks(&metrics), 2 * instances))?;
-    let streams = metrics.streams_open();
+    // Initial ACKs are in once the counters show them: one per stream. An app's stream has
+    // its first response once the child says it is ready.
+    if !wl {
+        wait_for(
+            || acks(&metrics) >= 2 * instances as u64,
+            Duration::from_secs(120),
+        )
+        .await
+        .with_context(|| format!("first ACKs: {} of {}", acks(&metrics), 2 * instances))?;
+    }
+    let streams = if wl {
+        instances as i64
+    } else {
+        metrics.streams_open()
+    };
     let rss_after = rss_bytes()?;
     let per_stream = (rss_after.saturating_sub(rss_before)) as f64 / streams.max(1) as f64;
 
@@ -165,20 +194,25 @@ async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -
         generation: 2,
         crls_pem,
     }));
-    let everyone = wait_for(
-        || acks(&metrics) >= acks_before + instances as u64,
-        CHANGE_WAIT,
-    )
-    .await;
-    let all_acked = start.elapsed();
-    let cpu = process_cpu_seconds() - cpu_before;
+    let everyone = if wl {
+        // The apps send no ACK: the child's report says when the last one had the change.
+        Ok(())
+    } else {
+        wait_for(
+            || acks(&metrics) >= acks_before + instances as u64,
+            CHANGE_WAIT,
+        )
+        .await
+    };
+    let mut all_acked = start.elapsed();
+    let mut cpu = process_cpu_seconds() - cpu_before;
     let acked = acks(&metrics) - acks_before;
     let pushed = metrics.pushes_total() - pushes_before;
     // The sidecars report their latencies only once every one of them has the change.
     let lat = if everyone.is_ok() {
-        let line = child_out
-            .next_line()
-            .await?
+        let line = tokio::time::timeout(CHANGE_WAIT, child_out.next_line())
+            .await
+            .with_context(|| format!("not every client had the change within {CHANGE_WAIT:?}"))??
             .context("sidecars ended early")?;
         let lat: Vec<f64> = line
             .strip_prefix("latencies_us ")
@@ -190,6 +224,10 @@ async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -
             lat.len() == 3,
             "unexpected report from the sidecars: {line}"
         );
+        if wl {
+            all_acked = Duration::from_secs_f64(lat[2] / 1e6);
+            cpu = process_cpu_seconds() - cpu_before;
+        }
         Some(lat)
     } else {
         None
@@ -204,19 +242,39 @@ async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -
         Change::NewRoot => "a new root",
         Change::Revocation => "a revocation (CRLs in every ROOTCA)",
     };
-    println!("idmint bench sds: {instances} instances on one agent, {streams} SDS streams (ROOTCA + default each); the change: {what}");
+    let (streams_are, all_have_it) = if wl {
+        (
+            "Workload API FetchX509SVID streams",
+            "bundle change received by every app (the slowest one's clock)",
+        )
+    } else {
+        (
+            "SDS streams (ROOTCA + default each)",
+            "bundle change ACKed by every sidecar (agent's count)",
+        )
+    };
+    println!("idmint bench sds: {instances} instances on one agent, {streams} {streams_are}; the change: {what}");
     println!();
     println!("| measure | value | target |");
     println!("|---|---:|---:|");
-    println!("| sidecars pushed the change / ACKed it | {pushed} / {acked} of {instances} | all |");
+    if !wl {
+        println!(
+            "| sidecars pushed the change / ACKed it | {pushed} / {acked} of {instances} | all |"
+        );
+    }
     if let Some(lat) = &lat {
         println!(
-            "| bundle change ACKed by every sidecar (agent's count) | {:.0} ms | ≤ 1000 ms |",
+            "| {all_have_it} | {:.0} ms | ≤ 1000 ms |",
             all_acked.as_secs_f64() * 1000.0
         );
-        println!("| per-sidecar push + ACK, p50 | {:.1} ms | |", ms(lat[0]));
-        println!("| per-sidecar push + ACK, p99 | {:.1} ms | |", ms(lat[1]));
-        println!("| per-sidecar push + ACK, max | {:.1} ms | |", ms(lat[2]));
+        let each = if wl {
+            "per-app update received"
+        } else {
+            "per-sidecar push + ACK"
+        };
+        println!("| {each}, p50 | {:.1} ms | |", ms(lat[0]));
+        println!("| {each}, p99 | {:.1} ms | |", ms(lat[1]));
+        println!("| {each}, max | {:.1} ms | |", ms(lat[2]));
     } else {
         println!(
             "| bundle change ACKed by every sidecar | not within {} s | ≤ 1000 ms |",
@@ -237,7 +295,7 @@ async fn measure(config: Config, instances: usize, change: Change, dir: &Path) -
     let met =
         lat.is_some() && all_acked <= TARGET_ALL_ACKED && per_stream <= TARGET_BYTES_PER_STREAM;
     println!(
-        "targets (all ACKed within 1 s, ≤ 16 KiB per stream): {}",
+        "targets (all updated within 1 s, ≤ 16 KiB per stream): {}",
         if met { "met" } else { "NOT met" }
     );
     Ok(())
@@ -282,8 +340,10 @@ pub(super) fn rss_bytes() -> Result<u64> {
 
 /// The simulated sidecars (`idmint bench sds-clients`): connect to every socket in `dir`, open
 /// a `ROOTCA` and a `default` stream on each, ACK what arrives, print `ready`; after `go` on
-/// stdin, report how long each took to receive and ACK the changed `ROOTCA`.
-pub async fn clients(dir: PathBuf, count: usize) -> Result<()> {
+/// stdin, report how long each took to receive and ACK the changed `ROOTCA`. With
+/// [`Clients::WorkloadApi`], apps instead: one `FetchX509SVID` stream each, and how long each
+/// took to receive its next update.
+pub async fn clients(dir: PathBuf, count: usize, clients: Clients) -> Result<()> {
     raise_fd_limit(count as u64 + FD_SLACK)?;
     let mut sockets: Vec<PathBuf> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -312,7 +372,7 @@ pub async fn clients(dir: PathBuf, count: usize) -> Result<()> {
         );
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await.expect("gate open");
-            let mut sidecar = match Sidecar::open(&socket).await {
+            let mut sidecar = match Peer::open(&socket, clients).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e)).await;
@@ -321,7 +381,7 @@ pub async fn clients(dir: PathBuf, count: usize) -> Result<()> {
             };
             drop(permit);
             let _ = ready_tx.send(Ok(())).await;
-            match sidecar.await_roots_change().await {
+            match sidecar.await_change().await {
                 Ok(()) => {
                     if let Some(start) = go.get() {
                         done.lock().unwrap().push(start.elapsed());
@@ -367,6 +427,45 @@ pub async fn clients(dir: PathBuf, count: usize) -> Result<()> {
     let _ = stdin.next_line().await;
     tasks.abort_all();
     Ok(())
+}
+
+/// One client of an instance's socket: a sidecar or an app.
+enum Peer {
+    Sidecar(Box<Sidecar>),
+    App(Box<Streaming<X509svidResponse>>),
+}
+
+impl Peer {
+    async fn open(socket: &Path, clients: Clients) -> Result<Peer> {
+        Ok(match clients {
+            Clients::Sds => Peer::Sidecar(Box::new(Sidecar::open(socket).await?)),
+            Clients::WorkloadApi => Peer::App(Box::new(open_x509_svid_stream(socket).await?)),
+        })
+    }
+
+    /// Waits for the bundle change: a new `ROOTCA` version (ACKed), or the app's next update.
+    async fn await_change(&mut self) -> Result<()> {
+        match self {
+            Peer::Sidecar(s) => s.await_roots_change().await,
+            Peer::App(stream) => {
+                stream.message().await?.context("stream ended")?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An app's `FetchX509SVID` stream on `socket`, once its first response has come.
+async fn open_x509_svid_stream(socket: &Path) -> Result<Streaming<X509svidResponse>> {
+    let channel = client::channel(socket).await?;
+    let mut api = SpiffeWorkloadApiClient::new(channel);
+    let mut request = tonic::Request::new(X509svidRequest {});
+    request
+        .metadata_mut()
+        .insert(SECURITY_HEADER, "true".parse().expect("ASCII"));
+    let mut stream = api.fetch_x509svid(request).await?.into_inner();
+    stream.message().await?.context("stream ended")?;
+    Ok(stream)
 }
 
 /// One simulated sidecar: a `ROOTCA` and a `default` stream on its instance's socket.

@@ -52,6 +52,9 @@ pub enum BenchCommand {
         /// new root.
         #[arg(long)]
         revoke: bool,
+        /// Apps on the SPIFFE Workload API (one FetchX509SVID stream each) instead of sidecars.
+        #[arg(long)]
+        workload_api: bool,
     },
     /// One agent's provider sidecars under 100,000 c2c policies: loading them, and one change
     /// reaching exactly the sidecars it concerns.
@@ -111,6 +114,9 @@ pub enum BenchCommand {
         /// The directory of SDS sockets.
         #[arg(long)]
         sockets_dir: std::path::PathBuf,
+        /// Open one Workload API FetchX509SVID stream on each instead of SDS streams.
+        #[arg(long)]
+        workload_api: bool,
     },
 }
 
@@ -139,13 +145,17 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             kills,
             postgres_url,
         } => bench::failover::run(config, kills, &postgres_url).await,
-        BenchCommand::Sds { instances, revoke } => {
+        BenchCommand::Sds {
+            instances,
+            revoke,
+            workload_api,
+        } => {
             let change = if revoke {
                 bench::sds::Change::Revocation
             } else {
                 bench::sds::Change::NewRoot
             };
-            bench::sds::run(config, instances, change).await
+            bench::sds::run(config, instances, change, clients(workload_api)).await
         }
         BenchCommand::Log { entries, proofs } => bench::log::run(entries, proofs).await,
         BenchCommand::Policy {
@@ -160,8 +170,18 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             ttl,
             seconds,
         } => bench::renew::run(config, instances, ttl, Duration::from_secs(seconds)).await,
-        BenchCommand::SdsClients { count, sockets_dir } => {
-            bench::sds::clients(sockets_dir, count).await
-        }
+        BenchCommand::SdsClients {
+            count,
+            sockets_dir,
+            workload_api,
+        } => bench::sds::clients(sockets_dir, count, clients(workload_api)).await,
+    }
+}
+
+fn clients(workload_api: bool) -> bench::sds::Clients {
+    if workload_api {
+        bench::sds::Clients::WorkloadApi
+    } else {
+        bench::sds::Clients::Sds
     }
 }

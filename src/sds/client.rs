@@ -10,9 +10,14 @@ pub type SdsClient = SecretDiscoveryServiceClient<Channel>;
 
 /// Connects to the SDS socket at `path`.
 pub async fn connect(path: &Path) -> Result<SdsClient, tonic::transport::Error> {
+    Ok(SecretDiscoveryServiceClient::new(channel(path).await?))
+}
+
+/// A gRPC channel to the Unix socket at `path`.
+pub async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_path_buf();
     // The URI is required by the API and unused: the connector below decides where to go.
-    let channel = Endpoint::from_static("http://sds.invalid")
+    Endpoint::from_static("http://sds.invalid")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -20,6 +25,5 @@ pub async fn connect(path: &Path) -> Result<SdsClient, tonic::transport::Error> 
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
-        .await?;
-    Ok(SecretDiscoveryServiceClient::new(channel))
+        .await
 }
