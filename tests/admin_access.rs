@@ -426,12 +426,7 @@ fn revocation_is_the_admins_and_a_revoked_role_credential_is_refused() {
         python(&idmint, Some(&auditor), "GET", "/v1/ledger", None).0,
         200
     );
-    let serial = {
-        let pem = std::fs::read(&auditor.cert).unwrap();
-        let block = pem::parse_many(&pem).unwrap().remove(0);
-        let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
-        idmint::ca::encode_hex(cert.raw_serial())
-    };
+    let serial = common::serial_of_pem(&std::fs::read(&auditor.cert).unwrap());
     let body = serde_json::json!({"serial": serial, "reason": "key-compromise"}).to_string();
     // The auditor may not revoke, even itself; nothing changes.
     let (code, why) = python(&idmint, Some(&auditor), "POST", "/v1/revoke", Some(&body));

@@ -153,11 +153,7 @@ async fn revoked_cells_credentials_and_apps_get_nothing() {
     assert_eq!(revocations(&rt).await, 1);
 
     // A cell credential revoked by serial: it can neither sign nor renew; the other cell can.
-    let cell2_serial = {
-        let der = pem::parse(&cell2_pem.chain).unwrap();
-        let (_, cert) = x509_parser::parse_x509_certificate(der.contents()).unwrap();
-        idmint::ca::encode_hex(cert.raw_serial())
-    };
+    let cell2_serial = common::serial_of_pem(cell2_pem.chain.as_bytes());
     rt.revocations
         .revoke(&Target::Serial(cell2_serial), Reason::KeyCompromise, by)
         .await
@@ -367,12 +363,7 @@ async fn revocations_reach_every_server_sharing_postgresql() {
 /// Presents `cert` and `key` (PEM files) to the TLS listener on `port` and asks for `/`:
 /// the HTTP status, or why there was none. Python's ssl module: a client that is neither
 /// Envoy nor ours.
-fn present(
-    dir: &std::path::Path,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    port: u16,
-) -> String {
+fn present(cert: &std::path::Path, key: &std::path::Path, port: u16) -> String {
     let script = "import socket, ssl, sys\n\
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
         ctx.check_hostname = False\n\
@@ -386,20 +377,15 @@ fn present(
         \x20           print(head.split(b' ')[1].decode() if head else 'closed')\n\
         except (OSError, ssl.SSLError) as e:\n\
         \x20   print('refused', e)\n";
-    let out = std::process::Command::new("python3")
-        .current_dir(dir)
-        .args(["-c", script])
-        .arg(cert)
-        .arg(key)
-        .arg(port.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let port = port.to_string();
+    let args = [
+        "-c",
+        script,
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        &port,
+    ];
+    common::python3(&args, &[]).trim().to_string()
 }
 
 /// Bad revocation requests, from the CLI and to the API, each get a clear error and change
@@ -523,10 +509,7 @@ fn provider_validating_with_all(
 }
 
 fn serial_of(cert: &std::path::Path) -> String {
-    let pem = std::fs::read(cert).unwrap();
-    let block = pem::parse_many(&pem).unwrap().remove(0);
-    let (_, c) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
-    idmint::ca::encode_hex(c.raw_serial())
+    common::serial_of_pem(&std::fs::read(cert).unwrap())
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -569,9 +552,9 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
     std::fs::copy(files.join("instance.crt"), &old_cert).unwrap();
     std::fs::copy(files.join("instance.key"), &old_key).unwrap();
     let old_serial = serial_of(&old_cert);
-    assert_eq!(present(d, &old_cert, &old_key, provider.listen), "200");
+    assert_eq!(present(&old_cert, &old_key, provider.listen), "200");
     let (all_provider, _running) = provider_validating_with_all(d, &sock_b, backend);
-    assert_eq!(present(d, &old_cert, &old_key, all_provider), "200");
+    assert_eq!(present(&old_cert, &old_key, all_provider), "200");
 
     let out = idmint.cli(&[
         "revoke",
@@ -590,7 +573,7 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
     wait_for(
         "the provider to refuse the revoked certificate",
         Duration::from_secs(10),
-        || present(d, &old_cert, &old_key, provider.listen).starts_with("refused"),
+        || present(&old_cert, &old_key, provider.listen).starts_with("refused"),
     );
     // ...while the agent has replaced it, with a new key, and requests go through again.
     wait_for(
@@ -611,16 +594,16 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
     let (new_cert, new_key) = (d.join("new.crt"), d.join("new.key"));
     std::fs::copy(files.join("instance.crt"), &new_cert).unwrap();
     std::fs::copy(files.join("instance.key"), &new_key).unwrap();
-    assert_eq!(present(d, &new_cert, &new_key, provider.listen), "200");
-    assert!(present(d, &old_cert, &old_key, provider.listen).starts_with("refused"));
+    assert_eq!(present(&new_cert, &new_key, provider.listen), "200");
+    assert!(present(&old_cert, &old_key, provider.listen).starts_with("refused"));
     // A provider validating with `ALL` refuses it too: Envoy's SPIFFE validator, which `ALL`
     // is while nothing is revoked, ignores CRLs, so `ALL` changed to the standard validator.
     wait_for(
         "the ALL provider to refuse the revoked certificate",
         Duration::from_secs(10),
-        || present(d, &old_cert, &old_key, all_provider).starts_with("refused"),
+        || present(&old_cert, &old_key, all_provider).starts_with("refused"),
     );
-    assert_eq!(present(d, &new_cert, &new_key, all_provider), "200");
+    assert_eq!(present(&new_cert, &new_key, all_provider), "200");
     // Revoking it again changes nothing.
     let again = idmint.cli(&[
         "revoke",
@@ -663,7 +646,7 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
         Duration::from_secs(10),
         || !through(),
     );
-    assert!(present(d, &new_cert, &new_key, provider.listen).starts_with("refused"));
+    assert!(present(&new_cert, &new_key, provider.listen).starts_with("refused"));
     // Its agent asks again (its certificate was revoked) and is refused; nothing is issued.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(issued(&app(1)), before, "no certificate for a revoked app");
@@ -690,20 +673,7 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
         r = urllib.request.urlopen('http://127.0.0.1:%s%s' % (sys.argv[1], sys.argv[2]))\n\
         crl = x509.load_der_x509_crl(r.read())\n\
         print(r.headers['Content-Type'], ' '.join(format(e.serial_number, 'x') for e in crl))\n";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &idmint.admin.to_string(), der_path])
-        .env(
-            "PYTHONPATH",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python"),
-        )
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::python3(&["-c", script, &idmint.admin.to_string(), der_path], &[]);
     assert!(said.starts_with("application/pkix-crl "), "{said}");
     assert!(said.contains(&old_serial), "{said}");
 }

@@ -156,8 +156,7 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
 }
 
 fn serial_of(cert_pem: &str) -> String {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
-    idmint::ca::encode_hex(pem.parse_x509().unwrap().raw_serial())
+    serial_of_pem(cert_pem.as_bytes())
 }
 
 #[test]

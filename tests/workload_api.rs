@@ -8,42 +8,21 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dev::*;
 
 /// Runs `tests/workload_client.py` on `socket`: one JSON value per line it printed.
 fn client(socket: &str, args: &[&str]) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/workload_client.py"
-        ))
-        .arg(socket)
-        .args(args)
-        .env(
-            "PYTHONPATH",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python"),
-        )
-        .output()
-        .expect("python3 with grpcio (make test installs it into .tools/python)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload_client.py");
+    common::python3(&[&[script, socket][..], args].concat(), &[])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
 fn serial_of(cert_pem: &Path) -> String {
-    let pem = std::fs::read(cert_pem).unwrap();
-    let block = pem::parse_many(&pem).unwrap().remove(0);
-    let (_, c) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
-    format!("{:x}", c.serial)
+    common::serial_of_pem(&std::fs::read(cert_pem).unwrap())
 }
 
 /// The Python example in docs/workload-api.md.
@@ -78,20 +57,10 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     assert!(Path::new(&socket).is_absolute(), "{socket}");
 
     // The documented example, as an app runs it with the file in its environment.
-    let out = Command::new("python3")
-        .args(["-c", &doc_example()])
-        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{socket}"))
-        .env(
-            "PYTHONPATH",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python"),
-        )
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let endpoint_env = format!("unix://{socket}");
+    let said = common::python3(
+        &["-c", &doc_example()],
+        &[("SPIFFE_ENDPOINT_SOCKET", &endpoint_env)],
     );
     assert!(
         said.contains(&format!("spiffe_id {}", spiffe_id(1))),

@@ -331,24 +331,21 @@ impl Revocations {
                 }
                 Ok(all.into_iter().filter(still_valid).collect())
             }
-            Target::App(app) => Ok(issued(LedgerFilter {
-                app_guid: Some(app.to_string()),
-                valid_at: Some(unix),
-                ..LedgerFilter::default()
-            })
-            .await?
-            .into_iter()
-            .filter(still_valid)
-            .collect()),
-            Target::Cell(cell) => Ok(issued(LedgerFilter {
-                cell_id: Some(cell.to_string()),
-                valid_at: Some(unix),
-                ..LedgerFilter::default()
-            })
-            .await?
-            .into_iter()
-            .filter(still_valid)
-            .collect()),
+            Target::App(_) | Target::Cell(_) => {
+                let (app_guid, cell_id) = match target {
+                    Target::App(app) => (Some(app.to_string()), None),
+                    Target::Cell(cell) => (None, Some(cell.to_string())),
+                    _ => (None, None),
+                };
+                let live = issued(LedgerFilter {
+                    app_guid,
+                    cell_id,
+                    valid_at: Some(unix),
+                    ..LedgerFilter::default()
+                })
+                .await?;
+                Ok(live.into_iter().filter(still_valid).collect())
+            }
         }
     }
 

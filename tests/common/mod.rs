@@ -399,3 +399,28 @@ fn http_exchange(
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
 }
+
+/// Runs `python3 ARGS` with the packages `make test` installs (.tools/python) and `env`; its
+/// standard output. Fails the test, with Python's error, if it fails.
+pub fn python3(args: &[&str], env: &[(&str, &str)]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .output()
+        .expect("python3 must be installed (make test provides its packages)");
+    assert!(
+        out.status.success(),
+        "python3 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The serial (lowercase hex, as the ledger writes it) of the first certificate in `pem`.
+pub fn serial_of_pem(pem: &[u8]) -> String {
+    let block = pem::parse_many(pem).unwrap().remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+    idmint::ca::encode_hex(cert.raw_serial())
+}
