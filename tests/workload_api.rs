@@ -121,3 +121,60 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     assert!(out.status.success());
     assert!(!endpoint.exists());
 }
+
+/// The SPIFFE Workload API client of the Rust `spiffe` crate, as an app would hold it: an
+/// X.509 source on the endpoint the instance's file names, following a renewal (10 s
+/// certificates) and a rotation of the intermediate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_spiffe_library_follows_renewals_and_a_ca_rotation() {
+    use spiffe::{TrustDomain, X509Source};
+    let dir = tempfile::tempdir().unwrap();
+    let idmint = Idmint::start_with(dir.path(), &["ca.leaf_ttl=10s"]);
+    idmint.register(1);
+    let endpoint = idmint
+        .data
+        .join("instances")
+        .join(instance(1))
+        .join("spiffe-endpoint.env");
+    let line = std::fs::read_to_string(&endpoint).unwrap();
+    let address = line.trim().strip_prefix("SPIFFE_ENDPOINT_SOCKET=").unwrap();
+    let source = tokio::time::timeout(
+        Duration::from_secs(20),
+        X509Source::builder().endpoint(address).build(),
+    )
+    .await
+    .expect("the source syncs")
+    .expect("the source syncs");
+    let svid = source.svid().unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), spiffe_id(1));
+    assert_eq!(svid.cert_chain().len(), 2);
+    let td = TrustDomain::new("cf.internal").unwrap();
+    let bundles = source.bundle_set().unwrap();
+    assert_eq!(bundles.get(&td).unwrap().authorities().len(), 1);
+
+    // A renewal reaches it without asking.
+    let first = svid.leaf().as_bytes().to_vec();
+    let wait_for = |what: &'static str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the renewed SVID", &|| {
+        source.svid().unwrap().leaf().as_bytes() != first.as_slice()
+    });
+
+    // A new intermediate: the source's SVID is re-issued under it at once.
+    let before = source.svid().unwrap().cert_chain()[1].as_bytes().to_vec();
+    let out = idmint.cli(&["ca", "rotate", "intermediate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("an SVID under the new intermediate", &|| {
+        source.svid().unwrap().cert_chain()[1].as_bytes() != before.as_slice()
+    });
+    source.shutdown().await;
+}
