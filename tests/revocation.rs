@@ -660,7 +660,10 @@ fn envoy_refuses_a_revoked_peer_until_its_agent_renews_and_a_revoked_app_for_goo
     let serials = list["revoked_serials"].as_array().unwrap();
     assert!(serials.iter().any(|s| s == &old_serial));
     assert!(serials.iter().any(|s| s == &serial_of(&new_cert)));
-    assert_eq!(list["revoked_apps"][0], app(1));
+    assert!(
+        list.get("revoked_apps").is_none(),
+        "the open list names no app"
+    );
     let pem_path = list["crls"][0]["pem"].as_str().unwrap().to_string();
     let (code, crl_pem) =
         common::socket_request(&idmint.admin_socket(), "GET", &pem_path, "").unwrap();

@@ -97,7 +97,8 @@ struct CrlListing {
     pem: String,
 }
 
-/// `GET /v1/crl`: where each intermediate's CRL is, and what is revoked.
+/// `GET /v1/crl`: where each intermediate's CRL is, and the serials they list. Open like the
+/// CRLs themselves; which apps and cells are refused is in the ledger, for its readers.
 pub async fn list(State(state): State<AdminState>) -> Response {
     let now = state.revocations.now();
     let crls: Vec<CrlListing> = now
@@ -112,16 +113,8 @@ pub async fn list(State(state): State<AdminState>) -> Response {
     Json(serde_json::json!({
         "crls": crls,
         "revoked_serials": now.serials,
-        "revoked_apps": sorted(&now.apps),
-        "revoked_cells": sorted(&now.cells),
     }))
     .into_response()
-}
-
-fn sorted(set: &std::collections::HashSet<String>) -> Vec<&String> {
-    let mut v: Vec<&String> = set.iter().collect();
-    v.sort();
-    v
 }
 
 /// `GET /v1/crl/{issuer}.crl` (DER) or `.pem`.

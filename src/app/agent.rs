@@ -370,17 +370,19 @@ async fn watch_bundle(
                             tracing::error!(error = %e, "cannot store the new trust bundle");
                         }
                     }
-                    if b.crls_pem != tx.borrow().crls_pem {
-                        match crate::ca::crl::revoked_serials(&b.crls_pem) {
+                    let mut crls_pem = b.crls_pem;
+                    if crls_pem != tx.borrow().crls_pem {
+                        match crate::ca::crl::revoked_serials(&crls_pem) {
                             Ok(serials) => {
                                 revoked.send_replace(Arc::new(serials));
                             }
                             Err(e) => {
-                                tracing::error!(error = %e, "the server's CRLs are unreadable; kept as they are");
-                                continue;
+                                tracing::error!(error = %e, "the server's CRLs are unreadable; the ones held stay");
+                                crls_pem.clone_from(&tx.borrow().crls_pem);
                             }
                         }
-                    } else if !roots_changed {
+                    }
+                    if !roots_changed && crls_pem == tx.borrow().crls_pem {
                         continue;
                     }
                     let generation = tx.borrow().generation + 1;
@@ -389,7 +391,7 @@ async fn watch_bundle(
                         trust_domain: config.ca.trust_domain.clone(),
                         roots_pem: b.roots_pem,
                         generation,
-                        crls_pem: b.crls_pem,
+                        crls_pem,
                     }));
                 }
                 AFTER_BREAK

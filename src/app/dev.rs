@@ -224,13 +224,12 @@ async fn start_agent(
                 changed
             });
             let next = bundle_now(&ca, &revoked);
-            if next.crls_pem != bundle_tx.borrow().crls_pem
-                && next.roots_pem == bundle_tx.borrow().roots_pem
-            {
-                bundle_tx.send_replace(Arc::new(next));
-                continue;
-            }
-            if next.roots_pem == bundle_tx.borrow().roots_pem {
+            let held = bundle_tx.borrow().clone();
+            if next.roots_pem == held.roots_pem {
+                // Only the CRLs changed (or nothing): no file to rewrite.
+                if next.crls_pem != held.crls_pem {
+                    bundle_tx.send_replace(Arc::new(next));
+                }
                 continue;
             }
             if let Err(e) =
