@@ -1,8 +1,9 @@
-//! One certificate kept current: obtained, renewed at a share of its lifetime with jitter,
-//! and renewed at once when the CA starts signing with another intermediate. The certificate
-//! is published on a `watch`, and renewed at once, with a new key, when it is revoked; a failed attempt leaves the current one in service and is tried
-//! again after a delay that shrinks as its expiry nears. Instance identities, the cell's own
-//! credential and the server API's certificate are each kept by one of these.
+//! One certificate kept current: obtained, renewed at a share of its lifetime with jitter, and
+//! renewed at once when the CA starts signing with another intermediate or revokes it (each
+//! renewal brings a new key). The certificate is published on a `watch`; a failed attempt
+//! leaves the current one in service and is tried again after a delay that shrinks as its
+//! expiry nears. Instance identities, the cell's own credential and the server API's
+//! certificate are each kept by one of these.
 
 use std::collections::HashSet;
 use std::future::Future;

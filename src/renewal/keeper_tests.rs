@@ -273,6 +273,33 @@ async fn a_new_signing_intermediate_renews_at_once_and_the_same_one_does_not() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_revoked_certificate_is_replaced_at_once_and_other_revocations_change_nothing() {
+    let (keeper, ca) = keeper(HOUR);
+    let (revoked, revoked_rx) = watch::channel(Arc::default());
+    let k = Running::start(keeper.following_revocations(revoked_rx), ca);
+    k.live(Duration::from_secs(60)).await;
+    assert_eq!(k.ca.asked().len(), 1);
+    let first = k.serial().unwrap();
+
+    // Another certificate is revoked: nothing to do.
+    revoked.send_replace(Arc::new(["someone-else".to_string()].into()));
+    k.live(Duration::from_secs(1)).await;
+    assert_eq!(k.ca.asked().len(), 1);
+
+    // This one is: replaced within the second.
+    revoked.send_replace(Arc::new(["someone-else".to_string(), first.clone()].into()));
+    k.live(Duration::from_secs(1)).await;
+    assert_eq!(k.ca.asked().len(), 2);
+    assert_ne!(k.serial().unwrap(), first);
+
+    // The list stays: the new certificate is not in it, so it is kept until its time.
+    revoked.send_replace(Arc::new(["someone-else".to_string(), first].into()));
+    k.live(Duration::from_secs(60)).await;
+    assert_eq!(k.ca.asked().len(), 2);
+    k.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_certificate_it_starts_with_is_renewed_on_its_own_schedule() {
     let clock = Clock::following_tokio(START);
     let ca = FakeCa::new(clock.clone(), HOUR);
