@@ -225,11 +225,13 @@ pub async fn require(
     next: Next,
 ) -> Response {
     let settings = state.ca.settings();
-    let verdict = match &caller {
-        Caller::Principal(_, serial) if state.revocations.now().serials.contains(serial) => Err(
-            Refusal::Forbidden(format!("this credential (serial {serial}) is revoked")),
-        ),
-        _ => caller.may(op, settings),
+    let revoked = match &caller {
+        Caller::Principal(_, serial) => state.revocations.now().credential_refusal(serial, None),
+        _ => None,
+    };
+    let verdict = match revoked {
+        Some(why) => Err(Refusal::Forbidden(why)),
+        None => caller.may(op, settings),
     };
     match verdict {
         Ok(()) if too_large(&request, state.max_body) => {

@@ -210,6 +210,15 @@ impl<R: Renewer> Keeper<R> {
         scheduled.max(self.clock.now() + RETRY_MIN)
     }
 
+    /// Whether the CA has revoked the current certificate.
+    fn is_revoked(&self) -> bool {
+        let (Some(revoked), Some(cert)) = (&self.revoked, self.current.borrow().clone()) else {
+            return false;
+        };
+        let revoked = revoked.borrow().clone();
+        revoked.contains(cert.serial_hex())
+    }
+
     /// Whether the CA now signs with `signer` and the current certificate came from another
     /// intermediate (or there is none yet).
     fn signed_by_other_than(&self, signer: &str) -> bool {
@@ -220,17 +229,6 @@ impl<R: Renewer> Keeper<R> {
             Some(cert) => cert.issuer_sha256() != Some(signer),
             None => true,
         }
-    }
-}
-
-impl<R: Renewer> Keeper<R> {
-    /// Whether the CA has revoked the current certificate.
-    fn is_revoked(&self) -> bool {
-        let (Some(revoked), Some(cert)) = (&self.revoked, self.current.borrow().clone()) else {
-            return false;
-        };
-        let revoked = revoked.borrow().clone();
-        revoked.contains(cert.serial_hex())
     }
 }
 

@@ -122,29 +122,43 @@ fn tls_certificate(name: &str, identity: &Identity) -> Secret {
     }
 }
 
-/// A validation context with nothing set but the CRLs, while there are any: only the leaf
-/// is checked against them, so one CRL per issuing intermediate is all Envoy needs.
-fn with_crls(bundle: &Bundle) -> CertificateValidationContext {
-    if bundle.crls_pem.is_empty() {
-        return CertificateValidationContext::default();
-    }
-    CertificateValidationContext {
-        crl: inline(&bundle.crls_pem),
-        only_verify_leaf_cert_crl: true,
-        ..Default::default()
+/// A validation context secret: `context`, with the CRLs added while there are any (only the
+/// leaf is checked against them, so one CRL per issuing intermediate is all Envoy needs).
+fn validation_context(
+    name: &str,
+    bundle: &Bundle,
+    context: CertificateValidationContext,
+) -> Secret {
+    let context = if bundle.crls_pem.is_empty() {
+        context
+    } else {
+        CertificateValidationContext {
+            crl: inline(&bundle.crls_pem),
+            only_verify_leaf_cert_crl: true,
+            ..context
+        }
+    };
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::ValidationContext(context)),
     }
 }
 
+/// Our roots, and peers whose SAN matches one of `matchers` (any, when there are none).
+fn trusting_roots(name: &str, bundle: &Bundle, matchers: Vec<SubjectAltNameMatcher>) -> Secret {
+    validation_context(
+        name,
+        bundle,
+        CertificateValidationContext {
+            trusted_ca: inline(&bundle.roots_pem),
+            match_typed_subject_alt_names: matchers,
+            ..Default::default()
+        },
+    )
+}
+
 fn roots(name: &str, bundle: &Bundle) -> Secret {
-    Secret {
-        name: name.to_string(),
-        r#type: Some(secret::Type::ValidationContext(
-            CertificateValidationContext {
-                trusted_ca: inline(&bundle.roots_pem),
-                ..with_crls(bundle)
-            },
-        )),
-    }
+    trusting_roots(name, bundle, Vec::new())
 }
 
 /// What a SPIFFE ID in a URI SAN can never be: the path of a SPIFFE ID is ASCII letters,
@@ -185,16 +199,7 @@ fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
             .map(|id| uri_matcher(MatchPattern::Exact(id.clone())))
             .collect(),
     };
-    Secret {
-        name: name.to_string(),
-        r#type: Some(secret::Type::ValidationContext(
-            CertificateValidationContext {
-                trusted_ca: inline(&bundle.roots_pem),
-                match_typed_subject_alt_names: matchers,
-                ..with_crls(bundle)
-            },
-        )),
-    }
+    trusting_roots(name, bundle, matchers)
 }
 
 /// `ALL`: Envoy's SPIFFE certificate validator for the trust domain. That validator does not
@@ -203,16 +208,7 @@ fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
 /// CRLs.
 fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
     if !bundle.crls_pem.is_empty() {
-        return Secret {
-            name: name.to_string(),
-            r#type: Some(secret::Type::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: inline(&bundle.roots_pem),
-                    match_typed_subject_alt_names: vec![trust_domain_matcher(bundle)],
-                    ..with_crls(bundle)
-                },
-            )),
-        };
+        return trusting_roots(name, bundle, vec![trust_domain_matcher(bundle)]);
     }
     let config = SpiffeCertValidatorConfig {
         trust_domains: vec![spiffe_cert_validator_config::TrustDomain {
@@ -222,19 +218,18 @@ fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
         }],
         ..Default::default()
     };
-    Secret {
-        name: name.to_string(),
-        r#type: Some(secret::Type::ValidationContext(
-            CertificateValidationContext {
-                custom_validator_config: Some(TypedExtensionConfig {
-                    name: "envoy.tls.cert_validator.spiffe".to_string(),
-                    typed_config: Some(Any {
-                        type_url: SPIFFE_VALIDATOR_TYPE.to_string(),
-                        value: config.encode_to_vec(),
-                    }),
+    validation_context(
+        name,
+        bundle,
+        CertificateValidationContext {
+            custom_validator_config: Some(TypedExtensionConfig {
+                name: "envoy.tls.cert_validator.spiffe".to_string(),
+                typed_config: Some(Any {
+                    type_url: SPIFFE_VALIDATOR_TYPE.to_string(),
+                    value: config.encode_to_vec(),
                 }),
-                ..Default::default()
-            },
-        )),
-    }
+            }),
+            ..Default::default()
+        },
+    )
 }

@@ -1,7 +1,8 @@
 //! Takes up the changes that other servers sharing the database make to the placements, the
-//! policies, the CA and the revocations (which CA maintenance and the CRLs reload when woken): woken by PostgreSQL's announcements, and reading the change feed by number
-//! after every wake, every reconnect and every few seconds, so that a lost announcement or a
-//! broken connection delays a change but never loses it.
+//! policies, the CA and the revocations (which CA maintenance and the CRLs reload when woken):
+//! woken by PostgreSQL's announcements, and reading the change feed by number after every
+//! wake, every reconnect and every few seconds, so that a lost announcement or a broken
+//! connection delays a change but never loses it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

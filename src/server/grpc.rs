@@ -97,21 +97,15 @@ impl IdentityApi {
     /// call and at each request on a sign stream, so that a stream opened before the
     /// revocation signs nothing after it.
     fn revoked(&self, client: &Client) -> Option<Status> {
-        let revoked = self.issuance.revocations()?.now();
-        if revoked.serials.contains(&client.serial_hex) {
-            return Some(Status::permission_denied(format!(
-                "this credential (serial {}) is revoked; enrol again",
-                client.serial_hex
-            )));
-        }
-        match &client.principal {
-            Principal::Cell(cell) if revoked.cells.contains(cell.as_str()) => {
-                Some(Status::permission_denied(format!(
-                    "cell {cell} is revoked: its credential is refused"
-                )))
-            }
+        let cell = match &client.principal {
+            Principal::Cell(cell) => Some(cell.as_str()),
             _ => None,
-        }
+        };
+        self.issuance
+            .revocations()?
+            .now()
+            .credential_refusal(&client.serial_hex, cell)
+            .map(Status::permission_denied)
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {

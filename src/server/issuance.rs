@@ -11,7 +11,7 @@ use crate::ids::Ttl;
 use crate::ledger::Ledger;
 use crate::placement::Placement;
 use crate::server::limits::{self, Limits};
-use crate::server::revocations::Revocations;
+use crate::server::revocations::{Revocations, Revoked};
 use crate::server::Registry;
 use crate::store::{EntryKind, LedgerRecord};
 
@@ -60,9 +60,9 @@ impl IssuanceService {
         self.revocations.as_ref()
     }
 
-    /// Why `app` on `cell` gets no certificate, when it is revoked.
-    fn revoked(&self, app: &str, cell: &str) -> Option<String> {
-        self.revocations.as_ref()?.now().refusal(app, cell)
+    /// What is revoked now, when this service follows revocations.
+    fn revoked(&self) -> Option<Arc<Revoked>> {
+        Some(self.revocations.as_ref()?.now())
     }
 
     /// The same service, holding clients to `limits`.
@@ -178,7 +178,7 @@ impl IssuanceService {
         now: OffsetDateTime,
     ) -> Result<Credential, Error> {
         if let Principal::Cell(cell) = principal {
-            if let Some(why) = self.revoked("", cell.as_str()) {
+            if let Some(why) = self.revoked().and_then(|r| r.cell_refusal(cell.as_str())) {
                 return Err(Error::PermissionDenied(Denial::Revoked(why)));
             }
         }
@@ -228,7 +228,10 @@ impl IssuanceService {
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
         let p = &req.placement;
-        if let Some(why) = self.revoked(p.app_guid.as_str(), p.cell_id.as_str()) {
+        let refusal = self
+            .revoked()
+            .and_then(|r| r.refusal(p.app_guid.as_str(), p.cell_id.as_str()));
+        if let Some(why) = refusal {
             tracing::info!(instance = %p.instance_guid, %why, "issuance denied");
             self.ledger
                 .append(denial_record(p, &why, now))

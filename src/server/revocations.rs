@@ -114,11 +114,28 @@ impl Revoked {
     pub fn refusal(&self, app: &str, cell: &str) -> Option<String> {
         if self.apps.contains(app) {
             Some(format!("app {app} is revoked: it gets no certificate"))
-        } else if self.cells.contains(cell) {
-            Some(format!("cell {cell} is revoked: it gets no certificate"))
         } else {
-            None
+            self.cell_refusal(cell)
         }
+    }
+
+    /// Why `cell` gets no certificate, when it is revoked.
+    pub fn cell_refusal(&self, cell: &str) -> Option<String> {
+        self.cells
+            .contains(cell)
+            .then(|| format!("cell {cell} is revoked: it gets no certificate"))
+    }
+
+    /// Why a caller presenting the credential with `serial`, issued to `cell` when it is a
+    /// cell's, is refused, when it is: the server API and the admin API ask alike.
+    pub fn credential_refusal(&self, serial: &str, cell: Option<&str>) -> Option<String> {
+        if self.serials.contains(serial) {
+            return Some(format!(
+                "this credential (serial {serial}) is revoked; enrol again"
+            ));
+        }
+        let cell = cell.filter(|c| self.cells.contains(*c))?;
+        Some(format!("cell {cell} is revoked: its credential is refused"))
     }
 }
 
