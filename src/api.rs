@@ -71,6 +71,28 @@ impl SignedCert {
     }
 }
 
+/// A request for a JWT-SVID for one placed instance.
+#[derive(Clone, Debug)]
+pub struct JwtRequest {
+    /// The instance the token is for.
+    pub placement: Placement,
+    /// Who the token is for; checked with [`crate::jwt::token::check_audience`].
+    pub audience: Vec<String>,
+}
+
+/// A JWT-SVID the server issued and recorded.
+#[derive(Clone, Debug)]
+pub struct SignedJwt {
+    /// Its subject.
+    pub spiffe_id: String,
+    /// The token, compact serialization.
+    pub token: String,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+    /// Position of the issuance record in the ledger.
+    pub ledger_seq: i64,
+}
+
 /// Why the authority did not issue. The message is for an operator to act on.
 #[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
@@ -120,11 +142,23 @@ pub enum Cause {
     /// The placement registry could not be read.
     #[error("the placement registry cannot be read: {0}")]
     Registry(String),
+    /// No JWT-SVID can be signed now.
+    #[error(transparent)]
+    Jwt(Arc<crate::jwt::keys::Error>),
+    /// The audience asked for is not one a token can carry.
+    #[error("{0}")]
+    Audience(String),
 }
 
 impl From<ca::Error> for Cause {
     fn from(e: ca::Error) -> Cause {
         Cause::Ca(Arc::new(e))
+    }
+}
+
+impl From<crate::jwt::keys::Error> for Cause {
+    fn from(e: crate::jwt::keys::Error) -> Cause {
+        Cause::Jwt(Arc::new(e))
     }
 }
 
@@ -168,6 +202,12 @@ pub enum Denial {
 pub trait Authority: Send + Sync {
     /// Issues a certificate. Returns only once the issuance is durable in the ledger.
     fn sign(&self, request: SignRequest) -> impl Future<Output = Result<SignedCert, Error>> + Send;
+
+    /// Issues a JWT-SVID. Returns only once its record is durable in the ledger.
+    fn sign_jwt(
+        &self,
+        request: JwtRequest,
+    ) -> impl Future<Output = Result<SignedJwt, Error>> + Send;
 
     /// The trust bundle (root certificates, DER) that verifies what this authority issues.
     fn trust_bundle(&self) -> impl Future<Output = Result<Vec<Vec<u8>>, Error>> + Send;

@@ -72,6 +72,13 @@ pub const KEYS: &[&str] = &[
     "agent.max_streams",
     "agent.max_message",
     "agent.sds_socket_mode",
+    "bundle_endpoint.spiffe_listen",
+    "bundle_endpoint.web_listen",
+    "bundle_endpoint.web_cert_file",
+    "bundle_endpoint.web_key_file",
+    "bundle_endpoint.refresh_hint",
+    "jwt.svid_ttl",
+    "jwt.key_ttl",
     "policy.default_mode",
     "policy.source",
     "policy.server.url",
@@ -112,6 +119,27 @@ struct Raw {
     agent: RawAgent,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    jwt: RawJwt,
+    #[serde(default)]
+    bundle_endpoint: RawBundleEndpoint,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBundleEndpoint {
+    spiffe_listen: Option<String>,
+    web_listen: Option<String>,
+    web_cert_file: Option<PathBuf>,
+    web_key_file: Option<PathBuf>,
+    refresh_hint: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    svid_ttl: Option<String>,
+    key_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,6 +343,10 @@ pub struct Config {
     pub agent: AgentSettings,
     /// Container-to-container policies.
     pub policy: PolicySettings,
+    /// JWT-SVIDs and their signing keys.
+    pub jwt: crate::jwt::Settings,
+    /// The SPIFFE bundle endpoint, when served.
+    pub bundle_endpoint: crate::server::bundle_endpoint::Settings,
     /// The config file read, if any.
     pub file: Option<PathBuf>,
 }
@@ -463,6 +495,25 @@ impl Config {
             "max_body".into(),
             toml::Value::Integer(self.admin.max_body as i64),
         );
+        let mut jwt = toml::Table::new();
+        jwt.insert("svid_ttl".into(), text(&self.jwt.svid_ttl.to_string()));
+        jwt.insert("key_ttl".into(), text(&self.jwt.key_ttl.to_string()));
+        root.insert("jwt".into(), toml::Value::Table(jwt));
+        let mut endpoint = toml::Table::new();
+        let be = &self.bundle_endpoint;
+        if let Some(listen) = be.spiffe_listen {
+            endpoint.insert("spiffe_listen".into(), text(&listen.to_string()));
+        }
+        if let Some(web) = &be.web {
+            endpoint.insert("web_listen".into(), text(&web.listen.to_string()));
+            endpoint.insert("web_cert_file".into(), path(&web.cert_file));
+            endpoint.insert("web_key_file".into(), path(&web.key_file));
+        }
+        endpoint.insert(
+            "refresh_hint".into(),
+            text(&format!("{}s", be.refresh_hint.as_secs())),
+        );
+        root.insert("bundle_endpoint".into(), toml::Value::Table(endpoint));
         root.insert("store".into(), toml::Value::Table(store));
         root.insert("ca".into(), toml::Value::Table(ca));
         root.insert("admin".into(), toml::Value::Table(admin));
@@ -588,6 +639,86 @@ fn ttl(key: &'static str, value: Option<String>, default: &str) -> Result<Ttl, E
         .map_err(|e| invalid(key, e))
 }
 
+/// How long JWT-SVIDs and their keys live: a token at most as long as its key signs, and a
+/// key for at least a minute, so that its successor is published for at least ten seconds.
+fn jwt_settings(raw: RawJwt, clock_skew: Ttl) -> Result<crate::jwt::Settings, Error> {
+    let svid_ttl = ttl("jwt.svid_ttl", raw.svid_ttl, "5m")?;
+    let key_ttl = ttl("jwt.key_ttl", raw.key_ttl, "24h")?;
+    if key_ttl.as_secs() < 60 {
+        return Err(invalid(
+            "jwt.key_ttl",
+            format!("{key_ttl} is shorter than 1m"),
+        ));
+    }
+    if svid_ttl > key_ttl {
+        return Err(invalid(
+            "jwt.svid_ttl",
+            format!("{svid_ttl} is longer than jwt.key_ttl {key_ttl}"),
+        ));
+    }
+    Ok(crate::jwt::Settings {
+        svid_ttl,
+        key_ttl,
+        clock_skew: clock_skew.duration(),
+    })
+}
+
+/// Where the SPIFFE bundle endpoint listens: each profile only when its address is set, and
+/// `https_web` only with its certificate and key.
+fn bundle_endpoint_settings(
+    raw: RawBundleEndpoint,
+) -> Result<crate::server::bundle_endpoint::Settings, Error> {
+    use crate::server::bundle_endpoint::{Settings, WebProfile};
+    let address = |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, Error> {
+        match v.as_deref() {
+            None | Some("") => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|e| invalid(key, format!("not an address:port: {e}"))),
+        }
+    };
+    let spiffe_listen = address("bundle_endpoint.spiffe_listen", raw.spiffe_listen)?;
+    let web_listen = address("bundle_endpoint.web_listen", raw.web_listen)?;
+    let given = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    let (cert, key) = (given(raw.web_cert_file), given(raw.web_key_file));
+    let web = match (web_listen, cert, key) {
+        (None, None, None) => None,
+        (Some(listen), Some(cert_file), Some(key_file)) => Some(WebProfile {
+            listen,
+            cert_file,
+            key_file,
+        }),
+        (None, _, _) => {
+            return Err(invalid(
+                "bundle_endpoint.web_listen",
+                "required when bundle_endpoint.web_cert_file or web_key_file is set",
+            ))
+        }
+        (Some(_), None, _) => {
+            return Err(invalid(
+                "bundle_endpoint.web_cert_file",
+                "required for the https_web profile (the web-PKI certificate chain, PEM)",
+            ))
+        }
+        (Some(_), _, None) => {
+            return Err(invalid(
+                "bundle_endpoint.web_key_file",
+                "required for the https_web profile (the certificate's private key, PEM)",
+            ))
+        }
+    };
+    let refresh_hint = short_duration("bundle_endpoint.refresh_hint", raw.refresh_hint, "5m")?;
+    if refresh_hint.as_secs() < 1 {
+        return Err(invalid("bundle_endpoint.refresh_hint", "at least 1s"));
+    }
+    Ok(Settings {
+        web,
+        spiffe_listen,
+        refresh_hint,
+    })
+}
+
 fn validate(raw: Raw) -> Result<Config, Error> {
     let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("idmint-data"));
     let trust_domain: TrustDomain = raw
@@ -612,6 +743,8 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         "1h",
     )?;
     let clock_skew = ttl("ca.clock_skew", raw.ca.clock_skew, "30s")?;
+    let jwt = jwt_settings(raw.jwt, clock_skew)?;
+    let bundle_endpoint = bundle_endpoint_settings(raw.bundle_endpoint)?;
     if intermediate_ttl > root_ttl {
         return Err(invalid(
             "ca.intermediate_ttl",
@@ -827,6 +960,8 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             max_message: max_sds_message,
             sds_socket_mode,
         },
+        jwt,
+        bundle_endpoint,
         policy: PolicySettings {
             default_mode,
             server: policy_server,

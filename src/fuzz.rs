@@ -102,6 +102,7 @@ fn sds() -> Sds {
             roots_pem: ca.roots_pem(),
             generation: 1,
             crls_pem: String::new(),
+            jwt_keys_json: String::new(),
         };
         let allowed = crate::policy::AllowList {
             mode: crate::policy::Mode::Policy,
@@ -118,6 +119,7 @@ fn sds() -> Sds {
             identity,
             bundle,
             allowed,
+            jwt: None,
         }
     });
     let metrics = Arc::new(SdsMetrics::default());

@@ -14,6 +14,7 @@ pub mod config;
 pub mod files;
 pub mod fuzz;
 pub mod ids;
+pub mod jwt;
 pub mod ledger;
 pub mod message_limit;
 pub mod placement;

@@ -78,7 +78,10 @@ async fn ca_and_ledger_live_in_postgresql_and_survive_a_restart() {
         .await
         .unwrap()
         .expect("recorded");
-    assert_eq!(entry.seq, 0);
+    assert_eq!(
+        entry.seq, 1,
+        "after the record of the first JWT signing key"
+    );
     assert_eq!(entry.record.kind, EntryKind::Issued);
     assert_eq!(
         entry.record.cert_der.as_deref(),
@@ -139,10 +142,12 @@ async fn two_runtimes_on_one_database_keep_the_ledger_dense() {
         })
         .await
         .unwrap();
+    // The first JWT signing key's record, made by one of the two, then the certificates.
+    assert_eq!(entries[0].record.kind, EntryKind::Ca);
     let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
-        (0..2 * EACH as i64).collect::<Vec<_>>(),
+        (0..=2 * EACH as i64).collect::<Vec<_>>(),
         "dense from 0, no repeats"
     );
     let serials: HashSet<_> = entries

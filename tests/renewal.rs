@@ -60,6 +60,13 @@ impl Authority for Switchable {
         Ok(SignedCert::recorded(issued, 0))
     }
 
+    async fn sign_jwt(&self, _: api::JwtRequest) -> Result<api::SignedJwt, api::Error> {
+        Err(api::Error::Unavailable(api::Cause::Server {
+            code: tonic::Code::Unimplemented,
+            message: "this test's authority issues no JWT-SVIDs".into(),
+        }))
+    }
+
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, api::Error> {
         Ok(self.ca.roots().into_iter().map(|r| r.der).collect())
     }
@@ -87,6 +94,7 @@ impl Harness {
             roots_pem: rt.ca.roots_pem(),
             generation: 1,
             crls_pem: String::new(),
+            jwt_keys_json: String::new(),
         }));
         let authority = Arc::new(Switchable {
             ca: rt.ca.clone(),

@@ -45,6 +45,13 @@ impl Authority for Gated {
         self.inner.sign(request).await
     }
 
+    async fn sign_jwt(&self, _: api::JwtRequest) -> Result<api::SignedJwt, api::Error> {
+        Err(api::Error::Unavailable(api::Cause::Server {
+            code: tonic::Code::Unimplemented,
+            message: "this test's authority issues no JWT-SVIDs".into(),
+        }))
+    }
+
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, api::Error> {
         self.inner.trust_bundle().await
     }
@@ -77,6 +84,7 @@ impl Harness {
             roots_pem: roots_pem.clone(),
             generation: 1,
             crls_pem: String::new(),
+            jwt_keys_json: String::new(),
         }));
         let gate = Arc::new(Semaphore::new(if open {
             Semaphore::MAX_PERMITS
@@ -129,6 +137,7 @@ impl Harness {
             roots_pem: format!("{}{extra}", self.roots_pem),
             generation: b.generation + 1,
             crls_pem: String::new(),
+            jwt_keys_json: String::new(),
         }));
     }
 

@@ -25,12 +25,12 @@ fn serial_of(cert_pem: &Path) -> String {
     common::serial_of_pem(&std::fs::read(cert_pem).unwrap())
 }
 
-/// The Python example in docs/workload-api.md.
-fn doc_example() -> String {
+/// The Python example in docs/workload-api.md marked `name`.
+fn doc_example(name: &str) -> String {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/workload-api.md"))
         .unwrap();
-    let marker = "<!-- workload-api-example: python -->";
-    let after = &doc[doc.find(marker).expect("the example's marker") + marker.len()..];
+    let marker = format!("<!-- workload-api-example: {name} -->");
+    let after = &doc[doc.find(&marker).expect("the example's marker") + marker.len()..];
     let start = after.find("```python\n").unwrap() + "```python\n".len();
     let end = after[start..].find("```").unwrap();
     after[start..start + end].to_string()
@@ -58,14 +58,14 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
 
     // The documented example, as an app runs it with the file in its environment.
     let endpoint_env = format!("unix://{socket}");
-    let said = common::python3(
-        &["-c", &doc_example()],
-        &[("SPIFFE_ENDPOINT_SOCKET", &endpoint_env)],
-    );
+    let env = [("SPIFFE_ENDPOINT_SOCKET", endpoint_env.as_str())];
+    let said = common::python3(&["-c", &doc_example("python")], &env);
     assert!(
         said.contains(&format!("spiffe_id {}", spiffe_id(1))),
         "{said}"
     );
+    let said = common::python3(&["-c", &doc_example("python-jwt")], &env);
+    assert_eq!(said.trim(), format!("valid for {}", spiffe_id(1)));
 
     // The SVID: the instance's certificate, its chain, a key that is its own, the roots.
     let got = client(&socket, &["svid"]);
@@ -79,7 +79,18 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     let bundles = client(&socket, &["bundles"]);
     assert_eq!(bundles[0]["bundles"]["spiffe://cf.internal"], 1);
 
-    // Bad calls: no security header; JWT-SVIDs, which are not issued.
+    // A JWT-SVID for two audiences, its ES256 signature checked by Python's cryptography
+    // against the JWK set of FetchJWTBundles.
+    let jwt = client(&socket, &["jwt", "api", "queue"]);
+    assert_eq!(jwt[0]["verified"], true, "{jwt:?}");
+    assert_eq!(jwt[0]["spiffe_id"], spiffe_id(1));
+    let claims = &jwt[0]["claims"];
+    assert_eq!(claims["sub"], spiffe_id(1));
+    assert_eq!(claims["aud"], serde_json::json!(["api", "queue"]));
+    let life = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(life, 300, "5 minutes by default");
+
+    // Bad calls: no security header; a JWT-SVID for no audience.
     let refused = client(&socket, &["no-header"]);
     assert_eq!(refused[0]["code"], "INVALID_ARGUMENT");
     assert!(refused[0]["details"]
@@ -87,7 +98,8 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
         .unwrap()
         .contains("workload.spiffe.io"));
     let jwt = client(&socket, &["jwt"]);
-    assert_eq!(jwt[0]["code"], "UNIMPLEMENTED");
+    assert_eq!(jwt[0]["code"], "INVALID_ARGUMENT");
+    assert!(jwt[0]["details"].as_str().unwrap().contains("audience"));
 
     // A stream follows: the instance revoked, it gets the CRL, then its new SVID.
     let old = serial_of(&files.join("instance.crt"));

@@ -4,16 +4,20 @@ messages and responses are decoded here, field by field, so that nothing of idmi
 
 Arguments: SOCKET MODE [N]. MODE is svid (the first FetchX509SVID response), follow (N of
 them), bundles (the first FetchX509Bundles response), no-header (FetchX509SVID without the
-security header), jwt (FetchJWTSVID). Prints one JSON object per response; a call that fails
-prints {"code": ..., "details": ...}.
+security header), jwt AUDIENCE... (FetchJWTSVID, then the token checked here, with Python's
+cryptography, against the JWK set FetchJWTBundles gives). Prints one JSON object per response;
+a call that fails prints {"code": ..., "details": ...}.
 """
 
+import base64
 import json
 import sys
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 
 def varint(data, i):
@@ -95,7 +99,61 @@ def bundles_response(data):
     return out
 
 
-def main(socket, mode, n=1):
+def encode_varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def b64url(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def check_jwt(token, jwks):
+    """The token's claims once its ES256 signature checks against its key in `jwks`."""
+    head, body, sig = token.split(".")
+    header = json.loads(b64url(head))
+    assert header["alg"] == "ES256", header
+    key = next(k for k in jwks["keys"] if k.get("kid") == header["kid"])
+    assert key["use"] == "jwt-svid" and key["kty"] == "EC" and key["crv"] == "P-256", key
+    public = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(b64url(key["x"]), "big"),
+        int.from_bytes(b64url(key["y"]), "big"),
+        ec.SECP256R1(),
+    ).public_key()
+    raw = b64url(sig)
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    public.verify(der, (head + "." + body).encode(), ec.ECDSA(hashes.SHA256()))
+    return header, json.loads(b64url(body))
+
+
+def fetch_jwt(channel, header, audiences):
+    request = b"".join(b"\x0a" + encode_varint(len(a)) + a for a in (a.encode() for a in audiences))
+    call = channel.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID",
+                               request_serializer=lambda _: request,
+                               response_deserializer=lambda b: b)
+    svid = dict(fields(dict(fields(call(None, metadata=header, timeout=30)))[1]))
+    bundles = channel.unary_stream("/SpiffeWorkloadAPI/FetchJWTBundles",
+                                   request_serializer=lambda _: b"",
+                                   response_deserializer=lambda b: b)
+    first = next(bundles(None, metadata=header, timeout=30))
+    jwks = {}
+    for number, value in fields(first):
+        entry = dict(fields(value))
+        jwks[entry[1].decode()] = json.loads(entry[2])
+    token = svid[2].decode()
+    trust_domain = "spiffe://" + svid[1].decode().split("/")[2]
+    jwt_header, claims = check_jwt(token, jwks[trust_domain])
+    return {"spiffe_id": svid[1].decode(), "token": token, "kid": jwt_header["kid"],
+            "claims": claims, "verified": True}
+
+
+def main(socket, mode, n=1, rest=()):
     channel = grpc.insecure_channel("unix:" + socket)
     header = (("workload.spiffe.io", "true"),)
     raw = dict(request_serializer=lambda _: b"", response_deserializer=lambda b: b)
@@ -111,12 +169,7 @@ def main(socket, mode, n=1):
             call = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509Bundles", **raw)
             print(json.dumps(bundles_response(next(call(None, metadata=header, timeout=30)))))
         elif mode == "jwt":
-            audience = b"\x0a\x03api"  # JWTSVIDRequest.audience = ["api"]
-            call = channel.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID",
-                                       request_serializer=lambda _: audience,
-                                       response_deserializer=lambda b: b)
-            call(None, metadata=header, timeout=30)
-            print(json.dumps({"code": "OK"}))
+            print(json.dumps(fetch_jwt(channel, header, rest)))
         else:
             sys.exit("unknown mode %r" % mode)
     except grpc.RpcError as e:
@@ -124,4 +177,7 @@ def main(socket, mode, n=1):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    if sys.argv[2] == "jwt":
+        main(sys.argv[1], "jwt", rest=sys.argv[3:])
+    else:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::api::{self, Authority, Cause, Denial, SignRequest, SignedCert};
+use crate::api::{self, Authority, Cause, Denial, JwtRequest, SignRequest, SignedCert, SignedJwt};
 use crate::proto as pb;
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::sign_stream_result::Outcome;
@@ -461,6 +461,36 @@ impl Authority for RemoteAuthority {
             not_before: unix_time(reply.not_before)?,
             not_after: unix_time(reply.not_after)?,
             capped: reply.capped,
+            ledger_seq: reply.ledger_seq,
+        })
+    }
+
+    async fn sign_jwt(&self, request: JwtRequest) -> Result<SignedJwt, api::Error> {
+        let wire = pb::SignJwtSvidRequest {
+            instance_guid: request.placement.instance_guid.to_string(),
+            audience: request.audience,
+        };
+        // As for certificates: a server gone away, the next one.
+        let tries = self.servers.len() + 1;
+        let mut tried = 0;
+        let reply = loop {
+            tried += 1;
+            let turn = self.turn();
+            match self.client().sign_jwt_svid(wire.clone()).await {
+                Ok(reply) => break reply.into_inner(),
+                Err(status) if !server_gone(&status) || tried >= tries => {
+                    return Err(error(status))
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status, "a JWT-SVID request failed for want of a server; trying the next");
+                    self.fail_over(turn);
+                }
+            }
+        };
+        Ok(SignedJwt {
+            spiffe_id: reply.spiffe_id,
+            token: reply.token,
+            expires_at: reply.expires_at,
             ledger_seq: reply.ledger_seq,
         })
     }

@@ -243,6 +243,7 @@ impl<A: Authority + 'static> Workloads<A> {
             identity: keeper.certificates(),
             bundle: self.bundle.clone(),
             allowed: self.allow_lists.of(&placement.app_guid),
+            jwt: Some(self.authority.clone()),
         };
         let attempts_rx = keeper.attempts();
         let mut tasks = JoinSet::new();

@@ -137,6 +137,7 @@ pub async fn start(
         // acknowledgements and its reports of them are by it.
         generation: 1,
         crls_pem: String::new(),
+        jwt_keys_json: String::new(),
     }));
     let identity = Arc::new(CellIdentity::new(
         dir,
@@ -382,16 +383,24 @@ async fn watch_bundle(
                             }
                         }
                     }
-                    if !roots_changed && crls_pem == tx.borrow().crls_pem {
+                    let jwt_changed = b.jwt_keys_json != tx.borrow().jwt_keys_json;
+                    let sidecars_see = roots_changed || crls_pem != tx.borrow().crls_pem;
+                    if !sidecars_see && !jwt_changed {
                         continue;
                     }
-                    let generation = tx.borrow().generation + 1;
-                    acks.set_current(generation);
+                    // A new generation only for what sidecars are sent: they acknowledge
+                    // nothing for JWT keys, which only the Workload API serves.
+                    let mut generation = tx.borrow().generation;
+                    if sidecars_see {
+                        generation += 1;
+                        acks.set_current(generation);
+                    }
                     tx.send_replace(Arc::new(Bundle {
                         trust_domain: config.ca.trust_domain.clone(),
                         roots_pem: b.roots_pem,
                         generation,
                         crls_pem,
+                        jwt_keys_json: b.jwt_keys_json,
                     }));
                 }
                 AFTER_BREAK

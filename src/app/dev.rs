@@ -159,6 +159,8 @@ async fn start_agent(
 ) -> Arc<Workloads<RemoteAuthority>> {
     let ca = rt.ca.clone();
     let mut revocations = rt.revocations.watch();
+    let jwt = rt.jwt.clone();
+    let mut jwt_changes = jwt.watch();
     let trust_domain = rt.config.ca.trust_domain.clone();
     let bundle_now = move |ca: &crate::ca::CertificateAuthority, revoked: &Revoked| {
         let published = ca.published();
@@ -167,6 +169,7 @@ async fn start_agent(
             roots_pem: published.roots_pem,
             generation: published.generation,
             crls_pem: revoked.crls_pem.clone(),
+            jwt_keys_json: crate::jwt::jwt_keys_json(&jwt.now().published),
         }
     };
     let serials = |revoked: &Revoked| Arc::new(revoked.serials.iter().cloned().collect());
@@ -215,6 +218,7 @@ async fn start_agent(
                 _ = token.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
                 changed = revocations.changed() => if changed.is_err() { break },
+                changed = jwt_changes.changed() => if changed.is_err() { break },
             }
             let revoked = revocations.borrow_and_update().clone();
             revoked_tx.send_if_modified(|held| {
@@ -226,8 +230,8 @@ async fn start_agent(
             let next = bundle_now(&ca, &revoked);
             let held = bundle_tx.borrow().clone();
             if next.roots_pem == held.roots_pem {
-                // Only the CRLs changed (or nothing): no file to rewrite.
-                if next.crls_pem != held.crls_pem {
+                // Only the CRLs or the JWT keys changed (or nothing): no file to rewrite.
+                if next.crls_pem != held.crls_pem || next.jwt_keys_json != held.jwt_keys_json {
                     bundle_tx.send_replace(Arc::new(next));
                 }
                 continue;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::{self, CertificateAuthority, Init};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::jwt::JwtKeys;
 use crate::ledger::{checkpoints, AuditLog, Ledger};
 use crate::server::change_feed::ChangeFollower;
 use crate::server::policy_server::{PolicyServerClient, PollMetrics, Poller};
@@ -51,6 +52,8 @@ pub struct Runtime {
     pub log_keys: checkpoints::LogKeys,
     /// What is revoked, and the CRLs that say so.
     pub revocations: Revocations,
+    /// The keys that sign JWT-SVIDs.
+    pub jwt: Arc<JwtKeys>,
     /// Woken when another server sharing the database changed the CA.
     ca_changed: Arc<tokio::sync::Notify>,
     store: Store,
@@ -131,11 +134,29 @@ impl Runtime {
                 return Err(e.context("cannot load the revocations"));
             }
         };
+        let jwt = JwtKeys::load(
+            config.jwt,
+            store.clone(),
+            log_keys.kek(),
+            ledger.clone(),
+            clock.clone(),
+        )
+        .await;
+        let jwt = match jwt {
+            Ok(j) => j,
+            Err(e) => {
+                shutdown.cancel();
+                let _ = writer.await;
+                return Err(anyhow::Error::new(e).context("cannot load the JWT-SVID signing keys"));
+            }
+        };
         let mut rt = Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone())
                 .with_limits(config.server.limits)
-                .with_revocations(revocations.clone()),
+                .with_revocations(revocations.clone())
+                .with_jwt(jwt.clone()),
             revocations,
+            jwt,
             audit: AuditLog::new(store.clone()),
             registry,
             policies,
@@ -167,6 +188,8 @@ impl Runtime {
         });
         let revocations = rt.revocations.clone();
         rt.spawn("revocations", move |token| revocations.run(token));
+        let jwt = rt.jwt.clone();
+        rt.spawn("JWT signing keys", move |token| jwt.run(token));
         // The apps placed before this start are known before any allow list is asked for.
         let mut placements = rt.registry.watch(None);
         rt.policies.learn(placements.next().await);

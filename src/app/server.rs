@@ -18,6 +18,7 @@ use crate::ca::{Init, Mode, Principal};
 use crate::config::Config;
 use crate::sds::SdsMetrics;
 use crate::server::api_tls::ApiTls;
+use crate::server::bundle_endpoint::{self, BundleSource};
 use crate::server::fleet::FleetReports;
 use crate::server::grpc::{self, IdentityApi};
 
@@ -113,6 +114,7 @@ pub(crate) async fn start_api(
     )
     .await?;
     let admin_tls = tls.admin_configs();
+    start_bundle_endpoint(rt, tls.bundle_configs()).await?;
     let service = IdentityApi::new(
         rt.issuance.clone(),
         rt.registry.clone(),
@@ -130,6 +132,53 @@ pub(crate) async fn start_api(
         }
     });
     Ok((addr, admin_tls))
+}
+
+/// Serves the SPIFFE bundle endpoint on each profile configured: `https_spiffe` with the
+/// server's own certificate as `spiffe_tls` follows it, `https_web` with the configured one.
+async fn start_bundle_endpoint(
+    rt: &mut Runtime,
+    spiffe_tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+) -> Result<()> {
+    let settings = rt.config.bundle_endpoint.clone();
+    let source = BundleSource::new(
+        rt.ca.clone(),
+        rt.jwt.clone(),
+        rt.store().clone(),
+        rt.clock.clone(),
+        settings.refresh_hint,
+    );
+    if let Some(listen) = settings.spiffe_listen {
+        let listener = TcpListener::bind(listen).await.with_context(|| {
+            format!(
+                "cannot listen on {listen} for the bundle endpoint (bundle_endpoint.spiffe_listen)"
+            )
+        })?;
+        tracing::info!(address = %listener.local_addr()?, "SPIFFE bundle endpoint (https_spiffe)");
+        let source = source.clone();
+        rt.spawn("bundle endpoint https_spiffe", move |token| {
+            bundle_endpoint::serve(listener, spiffe_tls, source, token)
+        });
+    }
+    if let Some(web) = settings.web {
+        let config = bundle_endpoint::web_config(&web)
+            .map_err(|e| anyhow::anyhow!("bundle_endpoint.web_cert_file: {e}"))?;
+        let listener = TcpListener::bind(web.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} for the bundle endpoint (bundle_endpoint.web_listen)",
+                web.listen
+            )
+        })?;
+        tracing::info!(address = %listener.local_addr()?, "SPIFFE bundle endpoint (https_web)");
+        let (tx, rx) = watch::channel(config);
+        rt.spawn("bundle endpoint web certificate", move |token| {
+            bundle_endpoint::follow_web_cert(web, tx, token)
+        });
+        rt.spawn("bundle endpoint https_web", move |token| {
+            bundle_endpoint::serve(listener, rx, source, token)
+        });
+    }
+    Ok(())
 }
 
 /// The admin API's TLS configuration, following the server's certificate.

@@ -134,6 +134,7 @@ async fn measure(
         roots_pem: rt.ca.roots_pem(),
         generation: 1,
         crls_pem: String::new(),
+        jwt_keys_json: String::new(),
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let agent = Workloads::new(

@@ -49,6 +49,7 @@ async fn measure(
         roots_pem: rt.ca.roots_pem(),
         generation: rt.ca.generation(),
         crls_pem: String::new(),
+        jwt_keys_json: String::new(),
     }));
     let agent = Workloads::new(
         Arc::new(rt.issuance.clone()),

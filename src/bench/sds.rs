@@ -81,6 +81,7 @@ async fn measure(
         roots_pem: roots_pem.clone(),
         generation: 1,
         crls_pem: String::new(),
+        jwt_keys_json: String::new(),
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let sds_dir = dir.join("sds");
@@ -193,6 +194,7 @@ async fn measure(
         roots_pem,
         generation: 2,
         crls_pem,
+        jwt_keys_json: String::new(),
     }));
     let everyone = if wl {
         // The apps send no ACK: the child's report says when the last one had the change.

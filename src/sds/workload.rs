@@ -1,12 +1,15 @@
 //! What an instance's SDS server serves: the instance's own identity and the trust bundle,
 //! each published on a `watch` by whoever keeps them (the agent).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::api::{self, Authority, JwtRequest, SignedJwt};
 use crate::placement::Placement;
 use crate::policy::AllowList;
 use crate::spiffe::TrustDomain;
@@ -39,6 +42,8 @@ pub struct Bundle {
     pub generation: u64,
     /// The CRLs, PEM, concatenated, while any certificate is revoked; empty otherwise.
     pub crls_pem: String,
+    /// The keys that check JWT-SVIDs, a JWK set; empty when the server sends none.
+    pub jwt_keys_json: String,
 }
 
 /// One served instance, as its SDS server sees it.
@@ -54,4 +59,29 @@ pub struct Workload {
     pub bundle: watch::Receiver<Arc<Bundle>>,
     /// Whom the instance's app accepts as a provider; `None` until the server has said.
     pub allowed: watch::Receiver<Option<Arc<AllowList>>>,
+    /// Where its JWT-SVIDs come from; `None` where none are issued.
+    pub jwt: Option<Arc<dyn JwtIssuer>>,
+}
+
+/// How an instance's JWT-SVIDs are obtained: from the authority, which records each one.
+pub trait JwtIssuer: Send + Sync {
+    /// A JWT-SVID for `placement`, for `audience`.
+    fn issue<'a>(
+        &'a self,
+        placement: &Placement,
+        audience: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<SignedJwt, api::Error>> + Send + 'a>>;
+}
+
+impl<A: Authority> JwtIssuer for A {
+    fn issue<'a>(
+        &'a self,
+        placement: &Placement,
+        audience: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<SignedJwt, api::Error>> + Send + 'a>> {
+        Box::pin(self.sign_jwt(JwtRequest {
+            placement: placement.clone(),
+            audience,
+        }))
+    }
 }

@@ -58,6 +58,9 @@ pub struct ApiTls {
     config: watch::Sender<Arc<ServerConfig>>,
     /// The same credential and client check for the admin API, which speaks HTTP/1.1.
     admin_config: watch::Sender<Arc<ServerConfig>>,
+    /// The same credential without a client check, for the SPIFFE bundle endpoint's
+    /// `https_spiffe` profile.
+    bundle_config: watch::Sender<Arc<ServerConfig>>,
 }
 
 impl ApiTls {
@@ -78,6 +81,7 @@ impl ApiTls {
         let first = own.obtain().await?;
         let config = server_config(ca, &first, API_ALPN)?;
         let admin_config = server_config(ca, &first, ADMIN_ALPN)?;
+        let bundle_config = bundle_config(&first)?;
         let since = clock.now();
         let keeper = Keeper::new(own, "server API certificate", schedule, clock)
             .starting_with(first, since)
@@ -87,7 +91,13 @@ impl ApiTls {
             keeper,
             config: watch::channel(config).0,
             admin_config: watch::channel(admin_config).0,
+            bundle_config: watch::channel(bundle_config).0,
         })
+    }
+
+    /// The configuration the bundle endpoint's `https_spiffe` connections get, as it changes.
+    pub fn bundle_configs(&self) -> watch::Receiver<Arc<ServerConfig>> {
+        self.bundle_config.subscribe()
     }
 
     /// The configuration the admin API's TLS connections get, as it changes.
@@ -119,12 +129,14 @@ impl ApiTls {
                 match (
                     server_config(ca, &cred, API_ALPN),
                     server_config(ca, &cred, ADMIN_ALPN),
+                    bundle_config(&cred),
                 ) {
-                    (Ok(config), Ok(admin)) => {
+                    (Ok(config), Ok(admin), Ok(bundle)) => {
                         self.config.send_replace(config);
                         self.admin_config.send_replace(admin);
+                        self.bundle_config.send_replace(bundle);
                     }
-                    (Err(e), _) | (_, Err(e)) => {
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                         tracing::error!(error = %e, "cannot update the server API's TLS")
                     }
                 }
@@ -209,6 +221,16 @@ fn server_config(
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The bundle endpoint's `https_spiffe` TLS: `own`, and no client certificate asked for.
+fn bundle_config(own: &Credential) -> Result<Arc<ServerConfig>, Error> {
+    let chain = std::iter::once(&own.issued.cert_der)
+        .chain(&own.issued.chain_der)
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own.key_pkcs8.as_slice()));
+    Ok(super::bundle_endpoint::public_config(chain, &key)?)
 }
 
 /// Connections on `listener` whose handshakes completed with the configuration current when

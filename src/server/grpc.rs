@@ -134,40 +134,7 @@ impl IdentityApi {
             s => Some(Ttl::from_secs(s.into()).expect("non-zero")),
         };
         let now = self.issuance.clock().now();
-        let (who, placement) = match caller {
-            // `sign_as` looks the instance up and certifies it as registered; an unregistered
-            // one is refused with only its GUID and the cell recorded, so these stand-ins
-            // go nowhere.
-            Principal::Cell(cell) => (
-                Caller::Cell(cell.clone()),
-                Placement {
-                    instance_guid: instance.clone(),
-                    app_guid: instance,
-                    space_guid: None,
-                    org_guid: None,
-                    cell_id: cell.clone(),
-                    container_ip: None,
-                },
-            ),
-            Principal::Admin(_) => match self
-                .registry
-                .find(&instance)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?
-            {
-                Some(p) => (Caller::Operator, p),
-                None => {
-                    return Err(Status::not_found(format!(
-                        "no instance {instance} is registered"
-                    )))
-                }
-            },
-            _ => {
-                return Err(Status::permission_denied(
-                    "only cells and admins get certificates",
-                ))
-            }
-        };
+        let (who, placement) = self.placement_for(caller, instance).await?;
         let signed = self
             .issuance
             .sign_as(
@@ -190,6 +157,44 @@ impl IdentityApi {
             capped: signed.capped,
             ledger_seq: signed.ledger_seq,
         })
+    }
+
+    /// Who is asking, and for which placement: a cell for an instance by GUID (`sign_as`
+    /// looks it up and certifies it as registered; an unregistered one is refused with only
+    /// its GUID and the cell recorded, so the stand-ins here go nowhere), an admin for a
+    /// registered instance.
+    async fn placement_for(
+        &self,
+        caller: &Principal,
+        instance: Guid,
+    ) -> Result<(Caller, Placement), Status> {
+        match caller {
+            Principal::Cell(cell) => Ok((
+                Caller::Cell(cell.clone()),
+                Placement {
+                    instance_guid: instance.clone(),
+                    app_guid: instance,
+                    space_guid: None,
+                    org_guid: None,
+                    cell_id: cell.clone(),
+                    container_ip: None,
+                },
+            )),
+            Principal::Admin(_) => match self
+                .registry
+                .find(&instance)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+            {
+                Some(p) => Ok((Caller::Operator, p)),
+                None => Err(Status::not_found(format!(
+                    "no instance {instance} is registered"
+                ))),
+            },
+            _ => Err(Status::permission_denied(
+                "only cells and admins get certificates",
+            )),
+        }
     }
 
     /// Answers the sign requests of one stream, each in a task of its own so that they are
@@ -312,6 +317,35 @@ impl IdentityRpc for IdentityApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
+    async fn sign_jwt_svid(
+        &self,
+        request: Request<pb::SignJwtSvidRequest>,
+    ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let instance: Guid = parse("instance_guid", &req.instance_guid)?;
+        crate::jwt::token::check_audience(&req.audience).map_err(Status::invalid_argument)?;
+        let (who, placement) = self.placement_for(&caller, instance).await?;
+        let now = self.issuance.clock().now();
+        let signed = self
+            .issuance
+            .sign_jwt_as(
+                &who,
+                api::JwtRequest {
+                    placement,
+                    audience: req.audience,
+                },
+                now,
+            )
+            .await?;
+        Ok(Response::new(pb::SignJwtSvidResponse {
+            spiffe_id: signed.spiffe_id,
+            token: signed.token,
+            expires_at: signed.expires_at,
+            ledger_seq: signed.ledger_seq,
+        }))
+    }
+
     type WatchBundleStream = BundleStream;
 
     async fn watch_bundle(
@@ -322,7 +356,9 @@ impl IdentityRpc for IdentityApi {
         let ca = self.ca.clone();
         let changes = ca.watch();
         let revoked = self.issuance.revocations().map(|r| r.watch());
-        let bundle = |ca: &CertificateAuthority, revoked: &Option<watch::Receiver<_>>| {
+        let jwt = self.issuance.jwt().cloned();
+        let jwt_changes = jwt.as_ref().map(|k| k.watch());
+        let bundle = move |ca: &CertificateAuthority, revoked: &Option<watch::Receiver<_>>| {
             let published = ca.published();
             pb::Bundle {
                 trust_domain: ca.settings().trust_domain.as_str().to_string(),
@@ -333,26 +369,35 @@ impl IdentityRpc for IdentityApi {
                     .as_ref()
                     .map(|r: &watch::Receiver<Arc<Revoked>>| r.borrow().crls_pem.clone())
                     .unwrap_or_default(),
+                jwt_keys_json: jwt
+                    .as_ref()
+                    .map(|k| crate::jwt::jwt_keys_json(&k.now().published))
+                    .unwrap_or_default(),
             }
         };
-        // Sent when the roots, the signing intermediate or the CRLs change, not for every
-        // generation.
+        // Sent when the roots, the signing intermediate, the CRLs or the JWT keys change, not
+        // for every generation.
         let stream = futures_util::stream::unfold(
-            (ca, changes, revoked, None),
-            move |(ca, mut changes, mut revoked, last)| async move {
-                loop {
-                    let b = bundle(&ca, &revoked);
-                    let seen = Some((
-                        b.roots_pem.clone(),
-                        b.signing_ca_sha256.clone(),
-                        b.crls_pem.clone(),
-                    ));
-                    if seen != last {
-                        return Some((Ok(b), (ca, changes, revoked, seen)));
-                    }
-                    tokio::select! {
-                        changed = changes.changed() => changed.ok()?,
-                        changed = next_change(&mut revoked) => changed?,
+            (ca, changes, revoked, jwt_changes, None),
+            move |(ca, mut changes, mut revoked, mut jwt_changes, last)| {
+                let bundle = bundle.clone();
+                async move {
+                    loop {
+                        let b = bundle(&ca, &revoked);
+                        let seen = Some((
+                            b.roots_pem.clone(),
+                            b.signing_ca_sha256.clone(),
+                            b.crls_pem.clone(),
+                            b.jwt_keys_json.clone(),
+                        ));
+                        if seen != last {
+                            return Some((Ok(b), (ca, changes, revoked, jwt_changes, seen)));
+                        }
+                        tokio::select! {
+                            changed = changes.changed() => changed.ok()?,
+                            changed = next_change(&mut revoked) => changed?,
+                            changed = next_change(&mut jwt_changes) => changed?,
+                        }
                     }
                 }
             },

@@ -4,10 +4,13 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::api::{Authority, Caller, Cause, Denial, Error, SignRequest, SignedCert};
+use crate::api::{
+    Authority, Caller, Cause, Denial, Error, JwtRequest, SignRequest, SignedCert, SignedJwt,
+};
 use crate::ca::{self, CertificateAuthority, Credential, Issued, Principal};
 use crate::clock::Clock;
 use crate::ids::Ttl;
+use crate::jwt::JwtKeys;
 use crate::ledger::Ledger;
 use crate::placement::Placement;
 use crate::server::limits::{self, Limits};
@@ -26,6 +29,8 @@ pub struct IssuanceService {
     limits: Option<Arc<Limits>>,
     /// The apps and cells that get no certificate; none unless set.
     revocations: Option<Revocations>,
+    /// The keys that sign JWT-SVIDs; none are issued unless set.
+    jwt: Option<Arc<JwtKeys>>,
 }
 
 impl IssuanceService {
@@ -44,7 +49,21 @@ impl IssuanceService {
             clock,
             limits: None,
             revocations: None,
+            jwt: None,
         }
+    }
+
+    /// The same service, issuing JWT-SVIDs signed with `keys`.
+    pub fn with_jwt(self, keys: Arc<JwtKeys>) -> Self {
+        IssuanceService {
+            jwt: Some(keys),
+            ..self
+        }
+    }
+
+    /// The JWT-SVID signing keys, when set.
+    pub fn jwt(&self) -> Option<&Arc<JwtKeys>> {
+        self.jwt.as_ref()
     }
 
     /// The same service, refusing what `revocations` says is revoked.
@@ -114,60 +133,137 @@ impl IssuanceService {
         mut req: SignRequest,
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
-        if let Caller::Cell(cell) = caller {
-            let now_ms = crate::clock::unix_ms(now);
-            if let Some(limits) = &self.limits {
-                if !limits.admit_sign(cell, now_ms) {
-                    return Err(Error::Unavailable(Cause::Throttled(format!(
-                        "cell {cell} is over its sign rate (server.cell_sign_rate); retry later"
-                    ))));
-                }
-            }
-            let instance = req.placement.instance_guid.clone();
-            let registered = self
-                .registry
-                .find(&instance)
-                .await
-                .map_err(|e| Error::Unavailable(Cause::Registry(e.to_string())))?;
-            let denial = match &registered {
-                None => Some(Denial::NotRegistered {
-                    cell: cell.clone(),
-                    instance: instance.clone(),
-                }),
-                Some(p) if p.cell_id != *cell => Some(Denial::PlacedElsewhere {
-                    cell: cell.clone(),
-                    instance: instance.clone(),
-                    placed_on: p.cell_id.clone(),
-                }),
-                Some(_) => None,
-            };
-            if let Some(denial) = denial {
-                let reason = denial.to_string();
-                let recorded = self
-                    .limits
-                    .as_ref()
-                    .is_none_or(|l| l.record_denial(cell, instance.as_str(), &reason, now_ms));
-                if !recorded {
-                    return Err(Error::PermissionDenied(denial));
-                }
-                tracing::warn!(%cell, %instance, %reason, "issuance denied");
-                // What the registry says about the instance, never what the cell claimed.
-                let mut record = match &registered {
-                    Some(p) => denial_record(p, &reason, now),
-                    None => {
-                        let mut r = denial_record(&req.placement, &reason, now);
-                        (r.app_guid, r.space_guid, r.org_guid, r.container_ip) =
-                            (None, None, None, None);
-                        r
-                    }
-                };
-                record.cell_id = Some(cell.to_string());
-                self.ledger.append(record).await.map_err(unavailable)?;
-                return Err(Error::PermissionDenied(denial));
-            }
-            req.placement = registered.expect("checked above");
-        }
+        req.placement = self.placed_for(caller, req.placement, now).await?;
         self.sign_at(req, now).await
+    }
+
+    /// A JWT-SVID for `caller`, placed as [`IssuanceService::sign_as`] places a certificate.
+    pub async fn sign_jwt_as(
+        &self,
+        caller: &Caller,
+        mut req: JwtRequest,
+        now: OffsetDateTime,
+    ) -> Result<SignedJwt, Error> {
+        req.placement = self.placed_for(caller, req.placement, now).await?;
+        self.sign_jwt_at(req, now).await
+    }
+
+    /// The placement `caller` may have an identity for: an operator's as given, a cell's as
+    /// the registry has it, when the registry places it on that cell. A cell's denial is
+    /// recorded.
+    async fn placed_for(
+        &self,
+        caller: &Caller,
+        placement: Placement,
+        now: OffsetDateTime,
+    ) -> Result<Placement, Error> {
+        let Caller::Cell(cell) = caller else {
+            return Ok(placement);
+        };
+        let now_ms = crate::clock::unix_ms(now);
+        if let Some(limits) = &self.limits {
+            if !limits.admit_sign(cell, now_ms) {
+                return Err(Error::Unavailable(Cause::Throttled(format!(
+                    "cell {cell} is over its sign rate (server.cell_sign_rate); retry later"
+                ))));
+            }
+        }
+        let instance = placement.instance_guid.clone();
+        let registered = self
+            .registry
+            .find(&instance)
+            .await
+            .map_err(|e| Error::Unavailable(Cause::Registry(e.to_string())))?;
+        let denial = match &registered {
+            None => Denial::NotRegistered {
+                cell: cell.clone(),
+                instance: instance.clone(),
+            },
+            Some(p) if p.cell_id != *cell => Denial::PlacedElsewhere {
+                cell: cell.clone(),
+                instance: instance.clone(),
+                placed_on: p.cell_id.clone(),
+            },
+            Some(p) => return Ok(p.clone()),
+        };
+        let reason = denial.to_string();
+        let recorded = self
+            .limits
+            .as_ref()
+            .is_none_or(|l| l.record_denial(cell, instance.as_str(), &reason, now_ms));
+        if !recorded {
+            return Err(Error::PermissionDenied(denial));
+        }
+        tracing::warn!(%cell, %instance, %reason, "issuance denied");
+        // What the registry says about the instance, never what the cell claimed.
+        let mut record = match &registered {
+            Some(p) => denial_record(p, &reason, now),
+            None => {
+                let mut r = denial_record(&placement, &reason, now);
+                (r.app_guid, r.space_guid, r.org_guid, r.container_ip) = (None, None, None, None);
+                r
+            }
+        };
+        record.cell_id = Some(cell.to_string());
+        self.ledger.append(record).await.map_err(unavailable)?;
+        Err(Error::PermissionDenied(denial))
+    }
+
+    /// Refuses, and records the refusal, when `p`'s app or cell is revoked.
+    async fn refuse_revoked(&self, p: &Placement, now: OffsetDateTime) -> Result<(), Error> {
+        let refusal = self
+            .revoked()
+            .and_then(|r| r.refusal(p.app_guid.as_str(), p.cell_id.as_str()));
+        let Some(why) = refusal else { return Ok(()) };
+        tracing::info!(instance = %p.instance_guid, %why, "issuance denied");
+        self.ledger
+            .append(denial_record(p, &why, now))
+            .await
+            .map_err(unavailable)?;
+        Err(Error::PermissionDenied(Denial::Revoked(why)))
+    }
+
+    /// [`Authority::sign_jwt`] at an explicit time.
+    pub async fn sign_jwt_at(
+        &self,
+        req: JwtRequest,
+        now: OffsetDateTime,
+    ) -> Result<SignedJwt, Error> {
+        let Some(jwt) = &self.jwt else {
+            return Err(unavailable(crate::jwt::keys::Error::NoActiveKey));
+        };
+        crate::jwt::token::check_audience(&req.audience)
+            .map_err(|e| Error::Refused(Cause::Audience(e)))?;
+        let p = &req.placement;
+        self.refuse_revoked(p, now).await?;
+        let subject = self
+            .ca
+            .settings()
+            .id_template
+            .render(&self.ca.settings().trust_domain, p.id_values())
+            .map_err(|e| Error::Refused(ca::Error::from(e).into()))?;
+        let issued = jwt
+            .issue(subject.as_str(), req.audience, now)
+            .map_err(unavailable)?;
+        let record = LedgerRecord {
+            serial: Some(issued.token_sha256()),
+            spiffe_id: Some(issued.claims.subject.clone()),
+            not_before: Some(issued.claims.issued_at),
+            not_after: Some(issued.claims.expires_at),
+            issuer_fingerprint: Some(issued.kid.clone()),
+            reason: Some(format!(
+                "audience {}",
+                serde_json::Value::from(issued.claims.audience.clone())
+            )),
+            ..placement_record(p, EntryKind::JwtSvid, now)
+        };
+        let seq = self.ledger.append(record).await.map_err(unavailable)?;
+        Ok(SignedJwt {
+            spiffe_id: issued.claims.subject,
+            token: issued.token,
+            expires_at: issued.claims.expires_at,
+            ledger_seq: seq,
+        })
     }
 
     /// A credential for `principal`, recorded in the ledger before it is returned.
@@ -227,18 +323,7 @@ impl IssuanceService {
         req: SignRequest,
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
-        let p = &req.placement;
-        let refusal = self
-            .revoked()
-            .and_then(|r| r.refusal(p.app_guid.as_str(), p.cell_id.as_str()));
-        if let Some(why) = refusal {
-            tracing::info!(instance = %p.instance_guid, %why, "issuance denied");
-            self.ledger
-                .append(denial_record(p, &why, now))
-                .await
-                .map_err(unavailable)?;
-            return Err(Error::PermissionDenied(Denial::Revoked(why)));
-        }
+        self.refuse_revoked(&req.placement, now).await?;
         let issued = if self.ca.signs_slowly() {
             let (ca, placement, csr) = (self.ca.clone(), req.placement.clone(), req.csr.clone());
             tokio::task::spawn_blocking(move || ca.issue(&placement, &csr, req.ttl, now))
@@ -278,6 +363,10 @@ impl IssuanceService {
 impl Authority for IssuanceService {
     async fn sign(&self, req: SignRequest) -> Result<SignedCert, Error> {
         self.sign_at(req, self.clock.now()).await
+    }
+
+    async fn sign_jwt(&self, req: JwtRequest) -> Result<SignedJwt, Error> {
+        self.sign_jwt_at(req, self.clock.now()).await
     }
 
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, Error> {

@@ -6,6 +6,7 @@
 mod ack_queries;
 mod ca_queries;
 mod change_queries;
+mod jwt_key_queries;
 mod lead;
 mod ledger_queries;
 mod log_queries;
@@ -24,6 +25,7 @@ use sqlx::{Any, AnyPool};
 pub use ack_queries::HeldBundle;
 pub use ca_queries::CaChange;
 pub use change_queries::{Change, ChangeListener, Heard, Topic};
+pub use jwt_key_queries::{JwtKeyChange, JwtKeyRecord};
 pub use lead::{Lead, Leader};
 pub use ledger_queries::{LedgerAppender, MAX_APPEND};
 pub use log_queries::{StoredCheckpoint, StoredLogKey};

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// What a ledger entry records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A certificate was issued.
     Issued,
@@ -18,6 +18,9 @@ pub enum EntryKind {
     Placement,
     /// Certificates, an app or a cell were revoked.
     Revocation,
+    /// A JWT-SVID was issued: `serial` holds the SHA-256 of the token, `issuer_fingerprint`
+    /// the signing key's ID, `reason` the audiences.
+    JwtSvid,
 }
 
 impl EntryKind {
@@ -30,6 +33,7 @@ impl EntryKind {
             EntryKind::Policy => "policy",
             EntryKind::Placement => "placement",
             EntryKind::Revocation => "revocation",
+            EntryKind::JwtSvid => "jwt_svid",
         }
     }
 
@@ -41,6 +45,7 @@ impl EntryKind {
             "policy" => Some(EntryKind::Policy),
             "placement" => Some(EntryKind::Placement),
             "revocation" => Some(EntryKind::Revocation),
+            "jwt_svid" => Some(EntryKind::JwtSvid),
             _ => None,
         }
     }
@@ -53,7 +58,7 @@ pub struct LedgerRecord {
     pub kind: EntryKind,
     /// When the server decided, in Unix milliseconds.
     pub recorded_at_ms: i64,
-    /// Certificate serial, lowercase hex (issued only).
+    /// Certificate serial, lowercase hex (issued only); for a JWT-SVID, the token's SHA-256.
     pub serial: Option<String>,
     /// The certificate's SPIFFE ID (issued only).
     pub spiffe_id: Option<String>,

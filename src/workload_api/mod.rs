@@ -2,12 +2,15 @@
 //! bundle its sidecar gets, for the app itself and any SPIFFE client library. As with SDS, who
 //! is asking is the socket, never anything in the request.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::api::SignedJwt;
+use crate::jwt::{Invalid, Validated};
 use crate::sds::{Bundle, Identity, Workload};
 
 /// The messages and service generated from `proto/workload.proto`.
@@ -18,9 +21,9 @@ pub mod proto {
 
 use proto::spiffe_workload_api_server::SpiffeWorkloadApi;
 use proto::{
-    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
-    X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
 };
 
 pub use proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -35,12 +38,18 @@ type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct WorkloadApi {
     workload: Workload,
     stopping: CancellationToken,
+    /// JWT-SVIDs handed out, by sorted audience.
+    tokens: tokio::sync::Mutex<HashMap<Vec<String>, CachedJwt>>,
 }
 
 impl WorkloadApi {
     /// The API of `workload`; its streams end, UNAVAILABLE, at `stopping`.
     pub fn new(workload: Workload, stopping: CancellationToken) -> WorkloadApi {
-        WorkloadApi { workload, stopping }
+        WorkloadApi {
+            workload,
+            stopping,
+            tokens: Default::default(),
+        }
     }
 
     /// Refuses a call without the security header, or while the instance has no identity.
@@ -155,7 +164,110 @@ fn x509_bundles_response(_: &Workload, _: &Identity, bundle: &Bundle) -> X509Bun
     }
 }
 
-const NO_JWT: &str = "this idmint issues no JWT-SVIDs yet: use the X.509-SVID (FetchX509SVID)";
+fn jwt_bundles_response(_: &Workload, _: &Identity, bundle: &Bundle) -> JwtBundlesResponse {
+    JwtBundlesResponse {
+        bundles: [(
+            format!("spiffe://{}", bundle.trust_domain),
+            own_jwt_keys(bundle).into_bytes(),
+        )]
+        .into(),
+    }
+}
+
+/// The trust domain's JWT keys as a JWK set, empty when the server sent none.
+fn own_jwt_keys(bundle: &Bundle) -> String {
+    if bundle.jwt_keys_json.is_empty() {
+        crate::jwt::jwt_keys_json(&[])
+    } else {
+        bundle.jwt_keys_json.clone()
+    }
+}
+
+/// Most JWT-SVIDs kept per instance for reuse.
+const CACHED_TOKENS: usize = 64;
+
+impl WorkloadApi {
+    /// A token for `audience`: one handed out before while it has more than half its life
+    /// left (as SPIRE's agent does), else a new one from the authority.
+    async fn jwt_svid(&self, audience: Vec<String>) -> Result<SignedJwt, Status> {
+        let Some(issuer) = &self.workload.jwt else {
+            return Err(Status::unavailable("this agent issues no JWT-SVIDs"));
+        };
+        let mut key = audience.clone();
+        key.sort();
+        key.dedup();
+        let now = crate::clock::Clock::system().now().unix_timestamp();
+        if let Some(t) = self.tokens.lock().await.get(&key) {
+            if t.expires_at - now > t.lifetime / 2 {
+                return Ok(t.signed.clone());
+            }
+        }
+        let signed = issuer
+            .issue(&self.workload.placement, audience)
+            .await
+            .map_err(Status::from)?;
+        let mut tokens = self.tokens.lock().await;
+        if tokens.len() >= CACHED_TOKENS {
+            tokens.retain(|_, t| t.expires_at > now);
+            if tokens.len() >= CACHED_TOKENS {
+                tokens.clear();
+            }
+        }
+        tokens.insert(
+            key,
+            CachedJwt {
+                lifetime: (signed.expires_at - now).max(0),
+                expires_at: signed.expires_at,
+                signed: signed.clone(),
+            },
+        );
+        Ok(signed)
+    }
+
+    /// Checks `token` for `audience` against the bundles this instance holds.
+    fn validate(&self, token: &str, audience: &str) -> Result<Validated, Invalid> {
+        let bundle = self.workload.bundle.borrow().clone();
+        let own = bundle.trust_domain.as_str().to_string();
+        let keys = |td: &str| -> Option<Vec<crate::jwt::Jwk>> {
+            if td != own {
+                return None;
+            }
+            let doc = crate::jwt::BundleDoc::parse(own_jwt_keys(&bundle).as_bytes()).ok()?;
+            Some(doc.jwt_keys)
+        };
+        let now = crate::clock::Clock::system().now().unix_timestamp();
+        crate::jwt::token::validate(token, audience, keys, now)
+    }
+}
+
+/// A token handed out, kept for reuse.
+struct CachedJwt {
+    signed: SignedJwt,
+    expires_at: i64,
+    lifetime: i64,
+}
+
+/// A JSON value as a protobuf one.
+fn proto_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(proto_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(proto_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn proto_struct(o: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: o.iter().map(|(k, v)| (k.clone(), proto_value(v))).collect(),
+    }
+}
 
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
@@ -184,7 +296,22 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented(NO_JWT))
+        let req = request.into_inner();
+        if !req.spiffe_id.is_empty() && req.spiffe_id != self.workload.spiffe_id {
+            return Err(Status::permission_denied(format!(
+                "this workload's only SPIFFE ID is {}, not {}",
+                self.workload.spiffe_id, req.spiffe_id
+            )));
+        }
+        crate::jwt::token::check_audience(&req.audience).map_err(Status::invalid_argument)?;
+        let signed = self.jwt_svid(req.audience).await?;
+        Ok(Response::new(JwtsvidResponse {
+            svids: vec![Jwtsvid {
+                spiffe_id: signed.spiffe_id,
+                svid: signed.token,
+                hint: String::new(),
+            }],
+        }))
     }
 
     async fn fetch_jwt_bundles(
@@ -192,7 +319,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented(NO_JWT))
+        Ok(Response::new(self.follow(jwt_bundles_response)))
     }
 
     async fn validate_jwtsvid(
@@ -200,7 +327,20 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented(NO_JWT))
+        let req = request.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be given"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be given"));
+        }
+        let valid = self
+            .validate(&req.svid, &req.audience)
+            .map_err(|e| Status::invalid_argument(format!("the JWT-SVID is not valid: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: valid.subject.as_str().to_string(),
+            claims: Some(proto_struct(&valid.claims)),
+        }))
     }
 }
 
@@ -235,6 +375,7 @@ mod tests {
             roots_pem: pem("CERTIFICATE", roots),
             generation: 1,
             crls_pem: crl.map(|c| pem("X509 CRL", c)).unwrap_or_default(),
+            jwt_keys_json: String::new(),
         })
     }
 
@@ -262,6 +403,7 @@ mod tests {
             identity: identity_rx,
             bundle: bundle_rx,
             allowed,
+            jwt: None,
         };
         let stop = CancellationToken::new();
         Fixture {
@@ -350,19 +492,145 @@ mod tests {
         assert_eq!(last.code(), tonic::Code::Unavailable);
     }
 
-    #[tokio::test]
-    async fn jwt_calls_say_they_are_not_served() {
-        let f = fixture();
+    /// Signs for the fixture's workload with a key of its own and counts what it signed.
+    struct TestIssuer {
+        key: crate::jwt::SigningKey,
+        issued: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::sds::JwtIssuer for TestIssuer {
+        fn issue<'a>(
+            &'a self,
+            _: &Placement,
+            audience: Vec<String>,
+        ) -> Pin<
+            Box<dyn std::future::Future<Output = Result<SignedJwt, crate::api::Error>> + Send + 'a>,
+        > {
+            let n = self
+                .issued
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = crate::clock::Clock::system().now().unix_timestamp();
+            let claims = crate::jwt::Claims {
+                subject: "spiffe://td/app".into(),
+                audience,
+                expires_at: now + 300,
+                issued_at: now,
+                token_id: n.to_string(),
+            };
+            let token = self.key.sign(&claims).unwrap();
+            Box::pin(async move {
+                Ok(SignedJwt {
+                    spiffe_id: claims.subject,
+                    token,
+                    expires_at: claims.expires_at,
+                    ledger_seq: n as i64,
+                })
+            })
+        }
+    }
+
+    fn jwt_fixture() -> (Fixture, Arc<TestIssuer>) {
+        let mut f = fixture();
+        let (key, _) = crate::jwt::SigningKey::generate().unwrap();
+        let jwks = crate::jwt::jwt_keys_json(&[key.public()]);
+        let issuer = Arc::new(TestIssuer {
+            key,
+            issued: Default::default(),
+        });
+        let mut workload = f.api.workload.clone();
+        workload.jwt = Some(issuer.clone());
+        f.api = WorkloadApi::new(workload, f.stop.clone());
+        let mut b = (*f.bundle.borrow()).as_ref().clone();
+        b.jwt_keys_json = jwks;
+        f.bundle.send_replace(Arc::new(b));
         f.identity.send_replace(Some(identity(1)));
-        let r = f
+        (f, issuer)
+    }
+
+    fn fetch(aud: &[&str]) -> Request<JwtsvidRequest> {
+        with_header(JwtsvidRequest {
+            audience: aud.iter().map(|a| a.to_string()).collect(),
+            spiffe_id: String::new(),
+        })
+    }
+
+    fn validate(svid: &str, audience: &str) -> Request<ValidateJwtsvidRequest> {
+        with_header(ValidateJwtsvidRequest {
+            audience: audience.into(),
+            svid: svid.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_jwt_svid_validates_for_its_audience_and_is_reused_while_fresh() {
+        let (f, issuer) = jwt_fixture();
+        let got = f.api.fetch_jwtsvid(fetch(&["api", "db"])).await.unwrap();
+        let svid = got.into_inner().svids.remove(0);
+        assert_eq!(svid.spiffe_id, "spiffe://td/app");
+        let valid = f
             .api
-            .fetch_jwtsvid(with_header(JwtsvidRequest {
+            .validate_jwtsvid(validate(&svid.svid, "db"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(valid.spiffe_id, "spiffe://td/app");
+        assert!(valid.claims.unwrap().fields.contains_key("exp"));
+        let wrong = f.api.validate_jwtsvid(validate(&svid.svid, "other")).await;
+        let wrong = wrong.err().unwrap();
+        assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+        assert!(wrong.message().contains("audiences"), "{}", wrong.message());
+
+        // The same audiences in another order: the same token, not a new one.
+        let again = f.api.fetch_jwtsvid(fetch(&["db", "api"])).await.unwrap();
+        assert_eq!(again.into_inner().svids[0].svid, svid.svid);
+        assert_eq!(issuer.issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let other = f.api.fetch_jwtsvid(fetch(&["queue"])).await.unwrap();
+        assert_ne!(other.into_inner().svids[0].svid, svid.svid);
+
+        let mut bundles = f
+            .api
+            .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let jwks = bundles.next().await.unwrap().unwrap().bundles["spiffe://td"].clone();
+        let doc = crate::jwt::BundleDoc::parse(&jwks).unwrap();
+        assert_eq!(doc.jwt_keys, vec![issuer.key.public()]);
+    }
+
+    #[tokio::test]
+    async fn bad_jwt_requests_get_clear_errors() {
+        let (f, _) = jwt_fixture();
+        let too_many: Vec<String> = (0..17).map(|i| i.to_string()).collect();
+        let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let long = "a".repeat(300);
+        for aud in [&[][..], &too_many[..], &[""][..], &[long.as_str()][..]] {
+            let status = f.api.fetch_jwtsvid(fetch(aud)).await.err().unwrap();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{aud:?}");
+        }
+        let mut other = fetch(&["api"]);
+        other.get_mut().spiffe_id = "spiffe://td/someone-else".into();
+        let status = f.api.fetch_jwtsvid(other).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let no_header = f
+            .api
+            .fetch_jwtsvid(Request::new(JwtsvidRequest {
                 audience: vec!["api".into()],
                 spiffe_id: String::new(),
             }))
             .await;
-        let status = r.err().unwrap();
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
-        assert!(status.message().contains("X.509"), "{}", status.message());
+        assert_eq!(
+            no_header.err().unwrap().code(),
+            tonic::Code::InvalidArgument
+        );
+        for (svid, aud) in [("", "api"), ("x.y.z", ""), ("not a jwt", "api")] {
+            let status = f
+                .api
+                .validate_jwtsvid(validate(svid, aud))
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{svid:?}");
+        }
     }
 }
