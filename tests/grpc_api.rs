@@ -68,6 +68,50 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
         .expect("a denial");
     assert_eq!(denial.record.cell_id.as_deref(), Some("cell-1"));
     assert_eq!(denial.record.instance_guid.as_deref(), Some(OTHER));
+    // JWT-SVIDs likewise: for its own instance, and not for another cell's.
+    use idmint::api::{Authority, JwtRequest};
+    let jwt = |instance: &str, audience: &[&str]| JwtRequest {
+        placement: on_cell(instance, "cell-1"),
+        audience: audience.iter().map(|a| a.to_string()).collect(),
+    };
+    let token = cell1.sign_jwt(jwt(INSTANCE, &["api"])).await.unwrap();
+    assert_eq!(token.spiffe_id, expected_spiffe_id());
+    let denials = |rt: &idmint::app::Runtime| {
+        let audit = rt.audit.clone();
+        async move {
+            let all = audit.list(&LedgerFilter::default()).await.unwrap();
+            all.iter()
+                .filter(|e| e.record.kind == EntryKind::Denied)
+                .count()
+        }
+    };
+    let before = denials(&rt).await;
+    let err = cell1.sign_jwt(jwt(OTHER, &["api"])).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.to_string().contains("placed on cell cell-2")),
+        "{err:?}"
+    );
+    assert_eq!(denials(&rt).await, before + 1, "the JWT denial is recorded");
+    let last = rt.audit.list(&LedgerFilter::default()).await.unwrap();
+    let last = last
+        .iter()
+        .rfind(|e| e.record.kind == EntryKind::Denied)
+        .unwrap();
+    assert!(last
+        .record
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("JWT-SVID: cell cell-1"));
+    let count = rt.audit.entry_count().await.unwrap();
+    let err = cell1.sign_jwt(jwt(INSTANCE, &[])).await.unwrap_err();
+    assert!(matches!(&err, Error::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("audience"), "{err}");
+    assert_eq!(
+        rt.audit.entry_count().await.unwrap(),
+        count,
+        "nothing recorded"
+    );
     // A cell may not place instances (off by default on a server), and sees only its own.
     let refused = cell1
         .client()

@@ -228,6 +228,20 @@ async fn revoked_cells_credentials_and_apps_get_nothing() {
     let last = last.last().unwrap();
     assert_eq!(last.record.kind, EntryKind::Denied);
     assert!(last.record.reason.as_deref().unwrap().contains("revoked"));
+    // No JWT-SVID for the revoked app either.
+    let jwt = idmint::api::Authority::sign_jwt(
+        &fresh,
+        idmint::api::JwtRequest {
+            placement: on_cell("4d4d4d4d-0000-4000-8000-000000000007", "cell-3"),
+            audience: vec!["api".into()],
+        },
+    )
+    .await;
+    let err = jwt.expect_err("a JWT-SVID for a revoked app");
+    assert!(
+        err.to_string().contains(&format!("app {APP} is revoked")),
+        "{err}"
+    );
     stop(rt, cancel, served).await;
 }
 

@@ -133,7 +133,9 @@ impl IssuanceService {
         mut req: SignRequest,
         now: OffsetDateTime,
     ) -> Result<SignedCert, Error> {
-        req.placement = self.placed_for(caller, req.placement, now).await?;
+        req.placement = self
+            .placed_for(caller, req.placement, Asked::Certificate, now)
+            .await?;
         self.sign_at(req, now).await
     }
 
@@ -144,17 +146,20 @@ impl IssuanceService {
         mut req: JwtRequest,
         now: OffsetDateTime,
     ) -> Result<SignedJwt, Error> {
-        req.placement = self.placed_for(caller, req.placement, now).await?;
+        req.placement = self
+            .placed_for(caller, req.placement, Asked::JwtSvid, now)
+            .await?;
         self.sign_jwt_at(req, now).await
     }
 
     /// The placement `caller` may have an identity for: an operator's as given, a cell's as
     /// the registry has it, when the registry places it on that cell. A cell's denial is
-    /// recorded.
+    /// recorded, saying what was `asked` for.
     async fn placed_for(
         &self,
         caller: &Caller,
         placement: Placement,
+        asked: Asked,
         now: OffsetDateTime,
     ) -> Result<Placement, Error> {
         let Caller::Cell(cell) = caller else {
@@ -186,7 +191,10 @@ impl IssuanceService {
             },
             Some(p) => return Ok(p.clone()),
         };
-        let reason = denial.to_string();
+        let reason = match asked {
+            Asked::Certificate => denial.to_string(),
+            Asked::JwtSvid => format!("JWT-SVID: {denial}"),
+        };
         let recorded = self
             .limits
             .as_ref()
@@ -372,6 +380,13 @@ impl Authority for IssuanceService {
     async fn trust_bundle(&self) -> Result<Vec<Vec<u8>>, Error> {
         Ok(self.ca.roots().iter().map(|r| r.der.clone()).collect())
     }
+}
+
+/// What a cell asked for, as its denial records it.
+#[derive(Clone, Copy)]
+enum Asked {
+    Certificate,
+    JwtSvid,
 }
 
 fn unavailable(e: impl Into<Cause>) -> Error {
