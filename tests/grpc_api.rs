@@ -69,7 +69,7 @@ async fn cells_get_only_their_own_instances_over_mutual_tls() {
     assert_eq!(denial.record.cell_id.as_deref(), Some("cell-1"));
     assert_eq!(denial.record.instance_guid.as_deref(), Some(OTHER));
     // JWT-SVIDs likewise: for its own instance, and not for another cell's.
-    use idmint::api::{Authority, JwtRequest};
+    use idmint::api::JwtRequest;
     let jwt = |instance: &str, audience: &[&str]| JwtRequest {
         placement: on_cell(instance, "cell-1"),
         audience: audience.iter().map(|a| a.to_string()).collect(),
