@@ -65,14 +65,11 @@ async fn the_rust_spiffe_library_fetches_and_validates_jwt_svids() {
     assert_eq!(svid.spiffe_id().to_string(), spiffe_id(1));
     assert_eq!(svid.audience(), ["api", "queue"]);
 
-    // Recorded: the token's hash, its subject, audiences, expiry and key.
-    let out = idmint.cli(&[
-        "audit",
-        "list",
-        "--serial",
-        &sha256_hex(svid.token().as_bytes()),
-        "--json",
-    ]);
+    // Recorded under its jti: its subject, audiences, expiry, key and the token's hash.
+    let payload = svid.token().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    let jti = claims["jti"].as_str().unwrap();
+    let out = idmint.cli(&["audit", "list", "--serial", jti, "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -85,10 +82,10 @@ async fn the_rust_spiffe_library_fetches_and_validates_jwt_svids() {
     assert_eq!(entry["instance_guid"], instance(1));
     assert_eq!(entry["issuer_fingerprint"], svid.key_id());
     assert_eq!(entry["not_after"], svid.expiry().unix_timestamp());
-    assert!(entry["reason"]
-        .as_str()
-        .unwrap()
-        .contains(r#"["api","queue"]"#));
+    let details: serde_json::Value =
+        serde_json::from_str(entry["reason"].as_str().unwrap()).unwrap();
+    assert_eq!(details["audience"], serde_json::json!(["api", "queue"]));
+    assert_eq!(details["token_sha256"], sha256_hex(svid.token().as_bytes()));
 
     // Valid for each audience: through the Workload API, and with the crate's own verifier
     // against the JWT bundle the source holds.

@@ -7,6 +7,7 @@
 
 pub mod failover;
 pub mod issue;
+pub mod jwt;
 pub mod log;
 pub mod policy;
 pub mod remote;

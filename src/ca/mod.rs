@@ -36,6 +36,7 @@ pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZA
 pub use kek::{decode_hex, encode_hex, Kek};
 pub use keys::{CaKey, SignatureScheme};
 pub use principal::{is_person_name, Principal, PrincipalError};
+pub use serial::time_ordered_id;
 
 use crate::ids::Ttl;
 use crate::spiffe::{IdTemplate, TemplateError, TrustDomain};

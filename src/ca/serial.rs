@@ -21,6 +21,12 @@ pub(super) fn random_serial(now: OffsetDateTime) -> Result<[u8; 16], Error> {
     Ok(serial)
 }
 
+/// A [`random_serial`] as lowercase hex: a unique ID that sorts by time, so the ledger's
+/// serial index stays append-only for what it names (a JWT-SVID's `jti`).
+pub fn time_ordered_id(now: OffsetDateTime) -> Result<String, Error> {
+    Ok(super::encode_hex(&random_serial(now)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

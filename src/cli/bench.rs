@@ -33,6 +33,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         servers: usize,
     },
+    /// Issue JWT-SVIDs through the service path, ledger durable on SQLite, beside the raw
+    /// ES256 signing ceiling.
+    Jwt {
+        /// How many JWT-SVIDs.
+        #[arg(long, default_value_t = 40_000)]
+        count: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
     /// Kill (SIGKILL) the server an agent uses, again and again, and time until its next
     /// certificate: two servers on a fresh PostgreSQL database.
     Failover {
@@ -141,6 +151,9 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<()> {
             postgres_url,
             servers,
         } => bench::remote::run(config, count, concurrency, store, &postgres_url, servers).await,
+        BenchCommand::Jwt { count, concurrency } => {
+            bench::jwt::run(config, count, concurrency).await
+        }
         BenchCommand::Failover {
             kills,
             postgres_url,

@@ -201,16 +201,13 @@ impl JwtKeys {
         now: OffsetDateTime,
     ) -> Result<IssuedJwt, Error> {
         let signer = self.now().signer.clone().ok_or(Error::NoActiveKey)?;
-        let mut id = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-            .map_err(|_| Error::Key("the system random number generator failed".into()))?;
         let issued_at = now.unix_timestamp();
         let claims = Claims {
             subject: subject.to_string(),
             audience,
             expires_at: issued_at + self.settings.svid_ttl.as_secs() as i64,
             issued_at,
-            token_id: crate::ca::encode_hex(&id),
+            token_id: crate::ca::time_ordered_id(now).map_err(|e| Error::Key(e.to_string()))?,
         };
         let token = signer.sign(&claims).map_err(Error::Key)?;
         Ok(IssuedJwt {

@@ -124,7 +124,8 @@ pub struct Claims {
     pub expires_at: i64,
     /// `iat`, Unix seconds.
     pub issued_at: i64,
-    /// `jti`: random, so that no two tokens are alike.
+    /// `jti`: unique, so that no two tokens are alike (the issuing millisecond, then 80
+    /// random bits, hex); the ledger records the token under it.
     pub token_id: String,
 }
 

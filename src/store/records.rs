@@ -18,8 +18,8 @@ pub enum EntryKind {
     Placement,
     /// Certificates, an app or a cell were revoked.
     Revocation,
-    /// A JWT-SVID was issued: `serial` holds the SHA-256 of the token, `issuer_fingerprint`
-    /// the signing key's ID, `reason` the audiences.
+    /// A JWT-SVID was issued: `serial` holds its `jti`, `issuer_fingerprint` the signing
+    /// key's ID, `reason` its audiences and the SHA-256 of the token, as JSON.
     JwtSvid,
 }
 
@@ -58,7 +58,7 @@ pub struct LedgerRecord {
     pub kind: EntryKind,
     /// When the server decided, in Unix milliseconds.
     pub recorded_at_ms: i64,
-    /// Certificate serial, lowercase hex (issued only); for a JWT-SVID, the token's SHA-256.
+    /// Certificate serial, lowercase hex (issued only); for a JWT-SVID, its `jti`.
     pub serial: Option<String>,
     /// The certificate's SPIFFE ID (issued only).
     pub spiffe_id: Option<String>,
