@@ -123,6 +123,20 @@ struct Raw {
     jwt: RawJwt,
     #[serde(default)]
     bundle_endpoint: RawBundleEndpoint,
+    #[serde(default)]
+    federation: Vec<RawForeign>,
+}
+
+/// One `[[federation]]` table: a foreign trust domain's bundle endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForeign {
+    trust_domain: Option<String>,
+    bundle_endpoint_url: Option<String>,
+    profile: Option<String>,
+    endpoint_spiffe_id: Option<String>,
+    bundle_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -347,6 +361,8 @@ pub struct Config {
     pub jwt: crate::jwt::Settings,
     /// The SPIFFE bundle endpoint, when served.
     pub bundle_endpoint: crate::server::bundle_endpoint::Settings,
+    /// The foreign trust domains federated with this one (`[[federation]]`, file only).
+    pub federation: Vec<crate::server::federation::Foreign>,
     /// The config file read, if any.
     pub file: Option<PathBuf>,
 }
@@ -514,6 +530,33 @@ impl Config {
             text(&format!("{}s", be.refresh_hint.as_secs())),
         );
         root.insert("bundle_endpoint".into(), toml::Value::Table(endpoint));
+        let federation: Vec<toml::Value> = self
+            .federation
+            .iter()
+            .map(|f| {
+                use crate::server::federation::Profile;
+                let mut t = toml::Table::new();
+                t.insert("trust_domain".into(), text(f.trust_domain.as_str()));
+                t.insert("bundle_endpoint_url".into(), text(&f.url.to_string()));
+                t.insert("profile".into(), text(f.profile.name()));
+                match &f.profile {
+                    Profile::Web { ca_file: Some(ca) } => {
+                        t.insert("ca_file".into(), path(ca));
+                    }
+                    Profile::Web { ca_file: None } => {}
+                    Profile::Spiffe { endpoint_id } => {
+                        t.insert("endpoint_spiffe_id".into(), text(endpoint_id.as_str()));
+                    }
+                }
+                if let Some(file) = &f.bundle_file {
+                    t.insert("bundle_file".into(), path(file));
+                }
+                toml::Value::Table(t)
+            })
+            .collect();
+        if !federation.is_empty() {
+            root.insert("federation".into(), toml::Value::Array(federation));
+        }
         root.insert("store".into(), toml::Value::Table(store));
         root.insert("ca".into(), toml::Value::Table(ca));
         root.insert("admin".into(), toml::Value::Table(admin));
@@ -719,6 +762,96 @@ fn bundle_endpoint_settings(
     })
 }
 
+/// The `[[federation]]` tables: each a trust domain other than ours, named once, with an
+/// `https` endpoint URL and what its profile needs. `https_spiffe` endpoints must be
+/// self-serving (their SPIFFE ID in the trust domain they serve) and come with a first bundle.
+fn federation_settings(
+    raw: Vec<RawForeign>,
+    own: &TrustDomain,
+) -> Result<Vec<crate::server::federation::Foreign>, Error> {
+    use crate::server::federation::{Foreign, Profile};
+    const KEY: &str = "federation";
+    let mut out: Vec<Foreign> = Vec::new();
+    for (i, f) in raw.into_iter().enumerate() {
+        let at = |what: String| invalid(KEY, format!("entry {}: {what}", i + 1));
+        let url_text = f
+            .bundle_endpoint_url
+            .ok_or_else(|| at("bundle_endpoint_url is required".into()))?;
+        let url: http::Uri = url_text
+            .parse()
+            .map_err(|e| at(format!("bundle_endpoint_url {url_text:?}: {e}")))?;
+        if url.scheme_str() != Some("https") || url.host().is_none() {
+            return Err(at(format!(
+                "bundle_endpoint_url {url_text:?} must be https://host[:port]/path"
+            )));
+        }
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(at(
+                "bundle_endpoint_url must not carry user information".into()
+            ));
+        }
+        let named: Option<TrustDomain> = f
+            .trust_domain
+            .as_deref()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e: crate::spiffe::Error| at(e.to_string()))
+            })
+            .transpose()?;
+        let (trust_domain, profile) = match f.profile.as_deref() {
+            Some("https_web") => {
+                if f.endpoint_spiffe_id.is_some() {
+                    return Err(at(
+                        "endpoint_spiffe_id is for the https_spiffe profile".into()
+                    ));
+                }
+                let td = named.ok_or_else(|| at("trust_domain is required".into()))?;
+                (td, Profile::Web { ca_file: f.ca_file })
+            }
+            Some("https_spiffe") => {
+                let id: crate::spiffe::SpiffeId = f
+                    .endpoint_spiffe_id
+                    .ok_or_else(|| at("endpoint_spiffe_id is required with https_spiffe".into()))?
+                    .parse()
+                    .map_err(|e: crate::spiffe::Error| at(e.to_string()))?;
+                let td = id.trust_domain();
+                if named.as_ref().is_some_and(|n| *n != td) {
+                    return Err(at(format!(
+                        "the endpoint {} is not in trust domain {}: only self-serving https_spiffe endpoints are supported",
+                        id.as_str(),
+                        named.unwrap_or(td)
+                    )));
+                }
+                if f.bundle_file.is_none() {
+                    return Err(at("bundle_file (the trust domain's bundle, exchanged out of band) is required with https_spiffe".into()));
+                }
+                if f.ca_file.is_some() {
+                    return Err(at("ca_file is for the https_web profile".into()));
+                }
+                (td, Profile::Spiffe { endpoint_id: id })
+            }
+            other => {
+                return Err(at(format!(
+                    "profile must be https_web or https_spiffe, not {other:?}"
+                )))
+            }
+        };
+        if trust_domain == *own {
+            return Err(at(format!("{trust_domain} is this trust domain")));
+        }
+        if out.iter().any(|o| o.trust_domain == trust_domain) {
+            return Err(at(format!("{trust_domain} is named twice")));
+        }
+        out.push(Foreign {
+            trust_domain,
+            url,
+            profile,
+            bundle_file: f.bundle_file,
+        });
+    }
+    Ok(out)
+}
+
 fn validate(raw: Raw) -> Result<Config, Error> {
     let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("idmint-data"));
     let trust_domain: TrustDomain = raw
@@ -745,6 +878,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
     let clock_skew = ttl("ca.clock_skew", raw.ca.clock_skew, "30s")?;
     let jwt = jwt_settings(raw.jwt, clock_skew)?;
     let bundle_endpoint = bundle_endpoint_settings(raw.bundle_endpoint)?;
+    let federation = federation_settings(raw.federation, &trust_domain)?;
     if intermediate_ttl > root_ttl {
         return Err(invalid(
             "ca.intermediate_ttl",
@@ -929,6 +1063,13 @@ fn validate(raw: Raw) -> Result<Config, Error> {
             root_rotate_at,
             root_activation_max_wait,
             clock_skew,
+            root_min_publish: if bundle_endpoint.web.is_some()
+                || bundle_endpoint.spiffe_listen.is_some()
+            {
+                bundle_endpoint.refresh_hint * 3
+            } else {
+                std::time::Duration::ZERO
+            },
         },
         store: store::Settings { url: store_url },
         admin: AdminSettings {
@@ -962,6 +1103,7 @@ fn validate(raw: Raw) -> Result<Config, Error> {
         },
         jwt,
         bundle_endpoint,
+        federation,
         policy: PolicySettings {
             default_mode,
             server: policy_server,
@@ -1344,5 +1486,49 @@ mod tests {
         o.push(("policy.server.poll_every", "250ms"));
         o.push(("policy.server.max_answer_bytes", "0"));
         assert_eq!(key_of(&o), "policy.server.max_answer_bytes");
+    }
+
+    #[test]
+    fn federation_entries_are_checked_and_name_what_is_wrong() {
+        let spiffe = "[[federation]]\nbundle_endpoint_url = \"https://b.example:8443/bundle\"\n\
+                      profile = \"https_spiffe\"\nendpoint_spiffe_id = \"spiffe://b.example/server\"\n\
+                      bundle_file = \"b.json\"\n";
+        let web = "[[federation]]\ntrust_domain = \"c.example\"\n\
+                   bundle_endpoint_url = \"https://c.example/\"\nprofile = \"https_web\"\n";
+        let ok = Config::from_toml_str(&format!("{spiffe}{web}")).unwrap();
+        assert_eq!(ok.federation.len(), 2);
+        let shown = Config::from_toml_str(&ok.to_redacted_toml()).unwrap();
+        assert_eq!(shown.federation, ok.federation, "config show reads back");
+        assert_eq!(ok.federation[0].trust_domain.as_str(), "b.example");
+        assert_eq!(ok.federation[1].profile.name(), "https_web");
+        for (bad, says) in [
+            (spiffe.replace("https://b", "http://b"), "must be https"),
+            (
+                spiffe.replace("bundle_file = \"b.json\"\n", ""),
+                "bundle_file",
+            ),
+            (spiffe.replace("https_spiffe", "https"), "profile must be"),
+            (
+                format!("{spiffe}trust_domain = \"other.example\"\n"),
+                "self-serving",
+            ),
+            (
+                web.replace("trust_domain = \"c.example\"\n", ""),
+                "trust_domain is required",
+            ),
+            (
+                web.replace("c.example\"", "cf.internal\""),
+                "is this trust domain",
+            ),
+            (format!("{web}{web}"), "named twice"),
+            (
+                web.replace("https://c.example/", "https://user@c.example/"),
+                "user information",
+            ),
+            (format!("{web}surprise = 1\n"), "surprise"),
+        ] {
+            let err = Config::from_toml_str(&bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

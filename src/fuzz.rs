@@ -103,6 +103,7 @@ fn sds() -> Sds {
             generation: 1,
             crls_pem: String::new(),
             jwt_keys_json: String::new(),
+            federated: Vec::new(),
         };
         let allowed = crate::policy::AllowList {
             mode: crate::policy::Mode::Policy,

@@ -37,6 +37,33 @@ pub fn placement_to_wire(p: &crate::placement::Placement) -> Placement {
     }
 }
 
+/// The wire form of a federated bundle.
+pub fn foreign_to_wire(f: &crate::sds::ForeignBundle) -> ForeignBundle {
+    ForeignBundle {
+        trust_domain: f.trust_domain.to_string(),
+        roots_pem: f.roots_pem.clone(),
+        jwt_keys_json: f.jwt_keys_json.clone(),
+    }
+}
+
+/// Federated bundles from their wire form; one naming no valid trust domain, or ours, is left
+/// out (a server never sends one).
+pub fn foreign_from_wire(
+    wire: Vec<ForeignBundle>,
+    own: &crate::spiffe::TrustDomain,
+) -> Vec<crate::sds::ForeignBundle> {
+    wire.into_iter()
+        .filter_map(|f| {
+            let trust_domain: crate::spiffe::TrustDomain = f.trust_domain.parse().ok()?;
+            (trust_domain != *own).then_some(crate::sds::ForeignBundle {
+                trust_domain,
+                roots_pem: f.roots_pem,
+                jwt_keys_json: f.jwt_keys_json,
+            })
+        })
+        .collect()
+}
+
 /// A placement from its wire form, or which field is wrong and why.
 pub fn placement_from_wire(p: Placement) -> Result<crate::placement::Placement, String> {
     Ok(crate::placement::Placement {

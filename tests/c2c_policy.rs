@@ -28,6 +28,7 @@ fn consumer(dir: &std::path::Path, name: &str, socket: &str, provider: &Sidecar)
             peer: &spiffe_id(2),
             upstream: provider.listen,
             cert_name: None,
+            validation_name: None,
             max_connection_duration: NEW_CONNECTION_EACH_REQUEST,
         },
     );
@@ -48,6 +49,7 @@ fn provider(dir: &std::path::Path, socket: &str, api: &str, backend: u16) -> Sid
             peer: "",
             upstream: backend,
             cert_name: None,
+            validation_name: None,
             max_connection_duration: "600s",
         },
     );

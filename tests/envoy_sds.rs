@@ -75,6 +75,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(3),
             upstream: provider.listen,
             cert_name: None,
+            validation_name: None,
             max_connection_duration: "600s",
         },
     );
@@ -97,6 +98,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(2),
             upstream: provider.listen,
             cert_name: Some(&spiffe_id(2)),
+            validation_name: None,
             max_connection_duration: "600s",
         },
     );
@@ -133,6 +135,7 @@ fn two_sidecars_get_their_identities_over_sds_and_talk_mtls() {
             peer: &spiffe_id(2),
             upstream: provider.listen,
             cert_name: None,
+            validation_name: None,
             max_connection_duration: "600s",
         },
     );

@@ -109,6 +109,7 @@ async fn instance_files_work_for_plain_tls_are_renewed_and_removed() {
         generation: 1,
         crls_pem: String::new(),
         jwt_keys_json: String::new(),
+        federated: Vec::new(),
     }));
     let instances = dir.path().join("instances");
     let agent = Workloads::new(

@@ -221,6 +221,9 @@ async fn jwt_keys_rotate_with_overlap_on_one_postgres_shared_by_two_servers() {
     let old_token = a
         .issue("spiffe://td/app", vec!["api".into()], now())
         .unwrap();
+    // The bundle's sequence, as the bundle endpoint gives it: it grows when a key is
+    // published or removed, and only then.
+    let first_sequence = store.bundle_sequence().await.unwrap();
     validates(&old_token.token, &b, now()).unwrap();
 
     // At five sixths of its signing time a successor is published; the old key still signs.
@@ -233,6 +236,8 @@ async fn jwt_keys_rotate_with_overlap_on_one_postgres_shared_by_two_servers() {
     assert_eq!(published(&a).len(), 2);
     assert_eq!(published(&a), published(&b));
     assert_eq!(signer(&a), first);
+    let prepared_sequence = store.bundle_sequence().await.unwrap();
+    assert!(prepared_sequence > first_sequence);
 
     // At the end of its signing time the successor signs; the old key stays published.
     manual.advance(Duration::from_secs(600));
@@ -247,6 +252,7 @@ async fn jwt_keys_rotate_with_overlap_on_one_postgres_shared_by_two_servers() {
     assert_eq!(late.kid, second);
     let just_before = now();
     assert_eq!(published(&b).len(), 2);
+    assert_eq!(store.bundle_sequence().await.unwrap(), prepared_sequence);
     validates(&late.token, &b, just_before).unwrap();
 
     // Once the last token of the old key has expired (and the clock skew), it leaves.
@@ -255,6 +261,7 @@ async fn jwt_keys_rotate_with_overlap_on_one_postgres_shared_by_two_servers() {
     b.maintain().await.unwrap();
     assert_eq!(published(&a), vec![second.clone()]);
     assert_eq!(published(&b), vec![second.clone()]);
+    assert!(store.bundle_sequence().await.unwrap() > prepared_sequence);
     assert!(matches!(
         validates(&old_token.token, &b, just_before),
         Err(token::Invalid::UnknownKey { .. })
@@ -305,34 +312,6 @@ fn fetch_bundle(
     serde_json::from_str(out.trim()).unwrap()
 }
 
-/// A web-PKI certificate authority of the test's own and a certificate it issued for
-/// localhost: what an operator's public CA would give for the `https_web` profile.
-fn web_certificate(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test web CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let (ca_file, cert_file, key_file) = (
-        dir.join("web-ca.pem"),
-        dir.join("web.pem"),
-        dir.join("web.key"),
-    );
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    std::fs::write(&cert_file, leaf.pem()).unwrap();
-    common::write_private(&key_file, key.serialize_pem());
-    (ca_file, cert_file, key_file)
-}
-
 /// The bundle endpoint, fetched by a stock HTTPS client over both profiles: the same JWK set
 /// (the roots with `x5c`, the JWT keys with `kid`, a sequence and a refresh hint), over the
 /// configured web certificate or the server's own SVID; a JWT-SVID validates against it with
@@ -340,7 +319,7 @@ fn web_certificate(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundle_endpoint_serves_the_trust_domain_over_both_profiles() {
     let dir = tempfile::tempdir().unwrap();
-    let (web_ca, web_cert, web_key) = web_certificate(dir.path());
+    let (web_ca, web_cert, web_key) = common::web_certificate(dir.path());
     let (spiffe_port, web_port) = (common::free_port(), common::free_port());
     let idmint = Idmint::start_with(
         dir.path(),

@@ -95,6 +95,7 @@ impl Harness {
             generation: 1,
             crls_pem: String::new(),
             jwt_keys_json: String::new(),
+            federated: Vec::new(),
         }));
         let authority = Arc::new(Switchable {
             ca: rt.ca.clone(),

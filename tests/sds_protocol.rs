@@ -85,6 +85,7 @@ impl Harness {
             generation: 1,
             crls_pem: String::new(),
             jwt_keys_json: String::new(),
+            federated: Vec::new(),
         }));
         let gate = Arc::new(Semaphore::new(if open {
             Semaphore::MAX_PERMITS
@@ -138,6 +139,7 @@ impl Harness {
             generation: b.generation + 1,
             crls_pem: String::new(),
             jwt_keys_json: String::new(),
+            federated: Vec::new(),
         }));
     }
 

@@ -5,7 +5,8 @@ messages and responses are decoded here, field by field, so that nothing of idmi
 Arguments: SOCKET MODE [N]. MODE is svid (the first FetchX509SVID response), follow (N of
 them), bundles (the first FetchX509Bundles response), no-header (FetchX509SVID without the
 security header), jwt AUDIENCE... (FetchJWTSVID, then the token checked here, with Python's
-cryptography, against the JWK set FetchJWTBundles gives). Prints one JSON object per response;
+cryptography, against the JWK set FetchJWTBundles gives), validate AUDIENCE TOKEN
+(ValidateJWTSVID: the subject it names). Prints one JSON object per response;
 a call that fails prints {"code": ..., "details": ...}.
 """
 
@@ -170,6 +171,15 @@ def main(socket, mode, n=1, rest=()):
             print(json.dumps(bundles_response(next(call(None, metadata=header, timeout=30)))))
         elif mode == "jwt":
             print(json.dumps(fetch_jwt(channel, header, rest)))
+        elif mode == "validate":
+            audience, token = (v.encode() for v in rest)
+            request = (b"\x0a" + encode_varint(len(audience)) + audience
+                       + b"\x12" + encode_varint(len(token)) + token)
+            call = channel.unary_unary("/SpiffeWorkloadAPI/ValidateJWTSVID",
+                                       request_serializer=lambda _: request,
+                                       response_deserializer=lambda b: b)
+            answer = dict(fields(call(None, metadata=header, timeout=30)))
+            print(json.dumps({"spiffe_id": answer[1].decode()}))
         else:
             sys.exit("unknown mode %r" % mode)
     except grpc.RpcError as e:
@@ -177,7 +187,7 @@ def main(socket, mode, n=1, rest=()):
 
 
 if __name__ == "__main__":
-    if sys.argv[2] == "jwt":
-        main(sys.argv[1], "jwt", rest=sys.argv[3:])
+    if sys.argv[2] in ("jwt", "validate"):
+        main(sys.argv[1], sys.argv[2], rest=sys.argv[3:])
     else:
         main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)

@@ -72,6 +72,8 @@ pub struct AdminState {
     pub log_keys: crate::ledger::checkpoints::LogKeys,
     /// What is revoked, and the CRLs.
     pub revocations: crate::server::revocations::Revocations,
+    /// The federated trust domains' bundles and how fetching them goes.
+    pub federation: Arc<crate::server::federation::Federation>,
 }
 
 /// The most ledger entries one request returns.
@@ -161,6 +163,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
     log_metrics(&state, now, &mut text).await;
     revocation_metrics(&state, now, &mut text);
+    state.federation.render_metrics(&mut text);
     policy_counts(&state.policies, &mut text);
     if let Some(polls) = &state.policy_polls {
         polls.render(now, &mut text);

@@ -138,6 +138,7 @@ pub async fn start(
         generation: 1,
         crls_pem: String::new(),
         jwt_keys_json: String::new(),
+        federated: Vec::new(),
     }));
     let identity = Arc::new(CellIdentity::new(
         dir,
@@ -384,12 +385,17 @@ async fn watch_bundle(
                         }
                     }
                     let jwt_changed = b.jwt_keys_json != tx.borrow().jwt_keys_json;
-                    let sidecars_see = roots_changed || crls_pem != tx.borrow().crls_pem;
+                    let federated =
+                        crate::proto::foreign_from_wire(b.federated, &config.ca.trust_domain);
+                    let sidecars_see = roots_changed
+                        || crls_pem != tx.borrow().crls_pem
+                        || federated != tx.borrow().federated;
                     if !sidecars_see && !jwt_changed {
                         continue;
                     }
-                    // A new generation only for what sidecars are sent: they acknowledge
-                    // nothing for JWT keys, which only the Workload API serves.
+                    // A new generation only for what sidecars are sent (the federated bundles
+                    // are, in ALL): they acknowledge nothing for JWT keys, which only the
+                    // Workload API serves.
                     let mut generation = tx.borrow().generation;
                     if sidecars_see {
                         generation += 1;
@@ -401,6 +407,7 @@ async fn watch_bundle(
                         generation,
                         crls_pem,
                         jwt_keys_json: b.jwt_keys_json,
+                        federated,
                     }));
                 }
                 AFTER_BREAK

@@ -78,6 +78,7 @@ pub async fn start(config: Config) -> Result<Dev> {
         log: rt.log.clone(),
         log_keys: rt.log_keys.clone(),
         revocations: rt.revocations.clone(),
+        federation: rt.federation.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Dev {
@@ -161,6 +162,8 @@ async fn start_agent(
     let mut revocations = rt.revocations.watch();
     let jwt = rt.jwt.clone();
     let mut jwt_changes = jwt.watch();
+    let federation = rt.federation.clone();
+    let mut federation_changes = federation.watch();
     let trust_domain = rt.config.ca.trust_domain.clone();
     let bundle_now = move |ca: &crate::ca::CertificateAuthority, revoked: &Revoked| {
         let published = ca.published();
@@ -170,6 +173,7 @@ async fn start_agent(
             generation: published.generation,
             crls_pem: revoked.crls_pem.clone(),
             jwt_keys_json: crate::jwt::jwt_keys_json(&jwt.now().published),
+            federated: federation.now().to_vec(),
         }
     };
     let serials = |revoked: &Revoked| Arc::new(revoked.serials.iter().cloned().collect());
@@ -219,6 +223,7 @@ async fn start_agent(
                 changed = changes.changed() => if changed.is_err() { break },
                 changed = revocations.changed() => if changed.is_err() { break },
                 changed = jwt_changes.changed() => if changed.is_err() { break },
+                changed = federation_changes.changed() => if changed.is_err() { break },
             }
             let revoked = revocations.borrow_and_update().clone();
             revoked_tx.send_if_modified(|held| {
@@ -230,8 +235,13 @@ async fn start_agent(
             let next = bundle_now(&ca, &revoked);
             let held = bundle_tx.borrow().clone();
             if next.roots_pem == held.roots_pem {
-                // Only the CRLs or the JWT keys changed (or nothing): no file to rewrite.
-                if next.crls_pem != held.crls_pem || next.jwt_keys_json != held.jwt_keys_json {
+                // Only the CRLs, the JWT keys or a federated bundle changed (or nothing): no
+                // file to rewrite.
+                let same = Bundle {
+                    generation: held.generation,
+                    ..next.clone()
+                } == *held;
+                if !same {
                     bundle_tx.send_replace(Arc::new(next));
                 }
                 continue;

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::jwt::JwtKeys;
 use crate::ledger::{checkpoints, AuditLog, Ledger};
 use crate::server::change_feed::ChangeFollower;
+use crate::server::federation::Federation;
 use crate::server::policy_server::{PolicyServerClient, PollMetrics, Poller};
 use crate::server::revocations::Revocations;
 use crate::server::{IssuanceService, Policies, Registry};
@@ -54,6 +55,8 @@ pub struct Runtime {
     pub revocations: Revocations,
     /// The keys that sign JWT-SVIDs.
     pub jwt: Arc<JwtKeys>,
+    /// The bundles of the foreign trust domains federated with this one.
+    pub federation: Arc<Federation>,
     /// Woken when another server sharing the database changed the CA.
     ca_changed: Arc<tokio::sync::Notify>,
     store: Store,
@@ -150,6 +153,14 @@ impl Runtime {
                 return Err(anyhow::Error::new(e).context("cannot load the JWT-SVID signing keys"));
             }
         };
+        let federation = match Federation::new(config.federation.clone(), clock.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                shutdown.cancel();
+                let _ = writer.await;
+                return Err(anyhow::anyhow!(e));
+            }
+        };
         let mut rt = Runtime {
             issuance: IssuanceService::new(ca.clone(), ledger, registry.clone(), clock.clone())
                 .with_limits(config.server.limits)
@@ -157,6 +168,7 @@ impl Runtime {
                 .with_jwt(jwt.clone()),
             revocations,
             jwt,
+            federation,
             audit: AuditLog::new(store.clone()),
             registry,
             policies,

@@ -74,6 +74,7 @@ pub async fn start(config: Config, api: ApiOptions) -> Result<Server> {
         log: rt.log.clone(),
         log_keys: rt.log_keys.clone(),
         revocations: rt.revocations.clone(),
+        federation: rt.federation.clone(),
     };
     let admin_addr = start_admin(&mut rt, admin, admin_tls, state)?;
     Ok(Server {
@@ -126,6 +127,9 @@ pub(crate) async fn start_api(
         Some(fleet) => service.with_fleet_reports(fleet),
         None => service,
     };
+    let service = service.with_federation(rt.federation.watch());
+    let federation = rt.federation.clone();
+    rt.spawn("federation", move |token| federation.run(token));
     rt.spawn("server API", move |token| async move {
         if let Err(e) = grpc::serve(listener, service, tls, token).await {
             tracing::error!(error = %e, "server API failed");

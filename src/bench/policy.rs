@@ -135,6 +135,7 @@ async fn measure(
         generation: 1,
         crls_pem: String::new(),
         jwt_keys_json: String::new(),
+        federated: Vec::new(),
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let agent = Workloads::new(

@@ -50,6 +50,7 @@ async fn measure(
         generation: rt.ca.generation(),
         crls_pem: String::new(),
         jwt_keys_json: String::new(),
+        federated: Vec::new(),
     }));
     let agent = Workloads::new(
         Arc::new(rt.issuance.clone()),

@@ -82,6 +82,7 @@ async fn measure(
         generation: 1,
         crls_pem: String::new(),
         jwt_keys_json: String::new(),
+        federated: Vec::new(),
     }));
     let metrics = Arc::new(SdsMetrics::default());
     let sds_dir = dir.join("sds");
@@ -195,6 +196,7 @@ async fn measure(
         generation: 2,
         crls_pem,
         jwt_keys_json: String::new(),
+        federated: Vec::new(),
     }));
     let everyone = if wl {
         // The apps send no ACK: the child's report says when the last one had the change.

@@ -139,7 +139,12 @@ impl Maintenance {
             leaf_ttl: s.leaf_ttl.duration(),
             clock_skew: s.clock_skew.duration(),
             root_rotate_at: s.root_rotate_at,
-            root_activation_max_wait: s.root_activation_max_wait.duration(),
+            // A root published for federation waits at least that long, whatever the setting.
+            root_activation_max_wait: s
+                .root_activation_max_wait
+                .duration()
+                .max(s.root_min_publish),
+            root_min_publish: s.root_min_publish,
         };
         Ok(Some(Maintenance {
             rotator,

@@ -141,6 +141,10 @@ pub struct Settings {
     /// How far peers' clocks may lag ours: certificates are back-dated by it, and a retired
     /// root stays trusted this long after its last leaf expired.
     pub clock_skew: Ttl,
+    /// The least time a new root is published before it signs: three refresh hints while a
+    /// bundle endpoint is served, so that federated trust domains, which fetch at that pace,
+    /// hold it first (the SPIFFE Federation standard's advice); none otherwise.
+    pub root_min_publish: std::time::Duration,
 }
 
 #[cfg(test)]

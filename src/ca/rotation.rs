@@ -96,6 +96,9 @@ pub struct Policy {
     pub root_rotate_at: f64,
     /// How long a prepared root waits for every sidecar's acknowledgement before it signs anyway.
     pub root_activation_max_wait: Duration,
+    /// How long a prepared root is published, at least, before it signs (federated trust
+    /// domains fetch it at their pace, not ours); never longer than the maximum wait.
+    pub root_min_publish: Duration,
 }
 
 /// What the sidecars have acknowledged.
@@ -173,7 +176,8 @@ pub fn next_step(
         }
     }
     if let Some(root) = of(Role::Root, State::Prepared).next_back() {
-        let acked = acks == FleetAck::HasPreparedRoot;
+        let published_long_enough = now >= root.created_at + policy.root_min_publish;
+        let acked = acks == FleetAck::HasPreparedRoot && published_long_enough;
         let timed_out =
             now >= activation_deadline(root.created_at, policy.root_activation_max_wait);
         let intermediate = of(Role::Intermediate, State::Prepared)
@@ -251,6 +255,7 @@ mod tests {
             clock_skew: Duration::from_secs(30),
             root_rotate_at: 0.75,
             root_activation_max_wait: Duration::from_secs(3600),
+            root_min_publish: Duration::ZERO,
         }
     }
 
@@ -348,6 +353,24 @@ mod tests {
                 without_every_ack: false
             })
         );
+        // Served to federated trust domains: acknowledged or not, it waits out its least
+        // publication time first.
+        let federated = Policy {
+            root_min_publish: Duration::from_secs(15 * 60),
+            ..p
+        };
+        assert_eq!(
+            next_step(&certs, now, &federated, FleetAck::HasPreparedRoot),
+            None
+        );
+        let published = T0 + days(750) + time::Duration::minutes(15);
+        assert!(matches!(
+            next_step(&certs, published, &federated, FleetAck::HasPreparedRoot),
+            Some(Step::ActivateRoot {
+                without_every_ack: false,
+                ..
+            })
+        ));
         // After the maximum wait it signs anyway, and says so.
         let late = T0 + days(750) + time::Duration::hours(1);
         assert_eq!(

@@ -27,7 +27,9 @@ impl ByKind {
         match kind {
             SecretKind::Certificate => &self.tls_certificate,
             SecretKind::C2cValidation => &self.c2c_validation_context,
-            SecretKind::Roots | SecretKind::SpiffeValidator => &self.validation_context,
+            SecretKind::Roots | SecretKind::SpiffeValidator | SecretKind::ForeignRoots => {
+                &self.validation_context
+            }
         }
     }
 }

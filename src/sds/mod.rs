@@ -29,7 +29,7 @@ pub use metrics::SdsMetrics;
 pub use names::{classify, Refused, SecretKind};
 pub use secrets::SECRET_TYPE;
 pub use slots::SdsLimits;
-pub use workload::{Bundle, Identity, JwtIssuer, Workload};
+pub use workload::{Bundle, ForeignBundle, Identity, JwtIssuer, Workload};
 
 /// Creates the socket at `path` with permission bits `mode` (and its directory, 0700, so no
 /// other user of this host reaches it). A stale socket file from an earlier run is replaced;

@@ -14,6 +14,9 @@ pub enum SecretKind {
     /// A provider's validation context: our roots, and only the SPIFFE IDs of the apps its
     /// app's policies allow (or any of the trust domain, in `trust-domain` mode).
     C2cValidation,
+    /// A validation context trusting a federated trust domain's roots, for its workloads only
+    /// (asked for by the trust domain's ID, `spiffe://<foreign td>`).
+    ForeignRoots,
 }
 
 impl SecretKind {
@@ -21,7 +24,9 @@ impl SecretKind {
     pub fn label(self) -> &'static str {
         match self {
             SecretKind::Certificate => "tls_certificate",
-            SecretKind::Roots | SecretKind::SpiffeValidator => "validation_context",
+            SecretKind::Roots | SecretKind::SpiffeValidator | SecretKind::ForeignRoots => {
+                "validation_context"
+            }
             SecretKind::C2cValidation => "c2c_validation_context",
         }
     }
@@ -40,8 +45,8 @@ impl fmt::Display for Refused {
             f,
             "secret {:?} is not this instance's; it may ask for its own certificate (default, its \
              SPIFFE ID, id-cert-and-key, c2c-cert-and-key), the trust bundle (ROOTCA, the trust \
-             domain's ID, id-validation-context, ALL) and what its app accepts as a provider \
-             (c2c-validation-context)",
+             domain's ID, id-validation-context, ALL), a federated trust domain's bundle (its \
+             ID) and what its app accepts as a provider (c2c-validation-context)",
             self.name
         )
     }
@@ -58,10 +63,16 @@ pub fn classify(name: &str, own_id: &str, td_id: &str) -> Result<SecretKind, Ref
         "c2c-validation-context" => Ok(SecretKind::C2cValidation),
         n if n == own_id => Ok(SecretKind::Certificate),
         n if n == td_id => Ok(SecretKind::Roots),
+        n if foreign_trust_domain(n).is_some() => Ok(SecretKind::ForeignRoots),
         _ => Err(Refused {
             name: name.to_string(),
         }),
     }
+}
+
+/// The trust domain a trust domain ID (`spiffe://<td>`, no path) names.
+pub fn foreign_trust_domain(name: &str) -> Option<crate::spiffe::TrustDomain> {
+    name.strip_prefix("spiffe://")?.parse().ok()
 }
 
 #[cfg(test)]
@@ -84,13 +95,19 @@ mod tests {
             classify("c2c-validation-context", OWN, TD),
             Ok(SecretKind::C2cValidation)
         );
+        // Another trust domain's ID: its federated bundle, served once held.
+        assert_eq!(
+            classify("spiffe://other.org", OWN, TD),
+            Ok(SecretKind::ForeignRoots)
+        );
     }
 
     #[test]
     fn another_workloads_id_and_unknown_names_are_refused() {
         for n in [
             "spiffe://cf.internal/org/o/space/s/app/b",
-            "spiffe://other.org",
+            "spiffe://other.org/app",
+            "spiffe://Other.org",
             "rootca",
             "",
             "default ",

@@ -81,6 +81,8 @@ impl Sources {
                 let allowed = self.allowed.borrow().clone()?;
                 c2c_validation(name, &self.bundle.borrow(), &allowed)
             }
+            // Held until the federated trust domain's bundle is there.
+            SecretKind::ForeignRoots => foreign_roots(name, &self.bundle.borrow())?,
         };
         let bytes = secret.encode_to_vec();
         Some(Built {
@@ -202,20 +204,51 @@ fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
     trusting_roots(name, bundle, matchers)
 }
 
-/// `ALL`: Envoy's SPIFFE certificate validator for the trust domain. That validator does not
-/// check CRLs (a revoked peer passes it), so while anything is revoked the same trust is said
-/// with the standard validator instead: our roots, any SPIFFE ID of the trust domain, and the
-/// CRLs.
+/// `spiffe://<foreign td>`: the federated trust domain's roots, for its SPIFFE IDs only;
+/// `None` while its bundle is not held. Our CRLs say nothing of its certificates.
+fn foreign_roots(name: &str, bundle: &Bundle) -> Option<Secret> {
+    let td = super::names::foreign_trust_domain(name)?;
+    let foreign = bundle.foreign(td.as_str())?;
+    Some(Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: inline(&foreign.roots_pem),
+                match_typed_subject_alt_names: vec![uri_matcher(MatchPattern::Prefix(format!(
+                    "spiffe://{td}/"
+                )))],
+                ..Default::default()
+            },
+        )),
+    })
+}
+
+/// `ALL`: Envoy's SPIFFE certificate validator, each trust domain (ours, and every federated
+/// one with roots) checked against its own bundle only. That validator does not check CRLs
+/// (a revoked peer passes it), so while anything is revoked the same trust in our own trust
+/// domain is said with the standard validator instead (our roots, any of our SPIFFE IDs, the
+/// CRLs); federated peers are then trusted through `spiffe://<their td>` alone, since one
+/// standard validation context cannot keep trust domains apart.
 fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
     if !bundle.crls_pem.is_empty() {
         return trusting_roots(name, bundle, vec![trust_domain_matcher(bundle)]);
     }
-    let config = SpiffeCertValidatorConfig {
-        trust_domains: vec![spiffe_cert_validator_config::TrustDomain {
-            name: bundle.trust_domain.as_str().to_string(),
-            trust_bundle: inline(&bundle.roots_pem),
+    let own = spiffe_cert_validator_config::TrustDomain {
+        name: bundle.trust_domain.as_str().to_string(),
+        trust_bundle: inline(&bundle.roots_pem),
+        ..Default::default()
+    };
+    let foreign = bundle
+        .federated
+        .iter()
+        .filter(|f| !f.roots_pem.is_empty())
+        .map(|f| spiffe_cert_validator_config::TrustDomain {
+            name: f.trust_domain.as_str().to_string(),
+            trust_bundle: inline(&f.roots_pem),
             ..Default::default()
-        }],
+        });
+    let config = SpiffeCertValidatorConfig {
+        trust_domains: std::iter::once(own).chain(foreign).collect(),
         ..Default::default()
     };
     validation_context(

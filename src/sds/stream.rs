@@ -41,14 +41,31 @@ impl Ctx {
         self.workload.placement.instance_guid.as_str()
     }
 
-    /// The kind of `name`, or `PERMISSION_DENIED` (logged and counted) when it is not ours.
+    /// The kind of `name`, or `PERMISSION_DENIED` (logged and counted) when it is not ours,
+    /// or names a trust domain whose bundle is not held (not federated, or not fetched yet).
     pub fn classify(&self, name: &str) -> Result<SecretKind, Status> {
-        classify(name, &self.workload.spiffe_id, &self.td_id).map_err(|refused| {
+        let refuse = |why: String| {
             self.metrics.refused();
             tracing::warn!(instance = %self.instance(), spiffe_id = %self.workload.spiffe_id,
-                asked_for = %refused.name, "refused a secret that is not this instance's");
-            Status::permission_denied(refused.to_string())
-        })
+                asked_for = %name, "refused a secret that is not this instance's");
+            Status::permission_denied(why)
+        };
+        let kind = classify(name, &self.workload.spiffe_id, &self.td_id)
+            .map_err(|refused| refuse(refused.to_string()))?;
+        if kind == SecretKind::ForeignRoots
+            && self
+                .workload
+                .bundle
+                .borrow()
+                .foreign(&name["spiffe://".len()..])
+                .is_none()
+        {
+            return Err(refuse(format!(
+                "secret {name:?}: no bundle of that trust domain is held here (it is not \
+                 federated with this one, or its bundle has not been fetched yet)"
+            )));
+        }
+        Ok(kind)
     }
 }
 

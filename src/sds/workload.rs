@@ -44,6 +44,29 @@ pub struct Bundle {
     pub crls_pem: String,
     /// The keys that check JWT-SVIDs, a JWK set; empty when the server sends none.
     pub jwt_keys_json: String,
+    /// The bundles of the trust domains federated with this one, by trust domain name; each
+    /// is kept apart from the others and from our own.
+    pub federated: Vec<ForeignBundle>,
+}
+
+/// A federated trust domain's bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignBundle {
+    /// Its trust domain.
+    pub trust_domain: TrustDomain,
+    /// Its roots, PEM, concatenated.
+    pub roots_pem: String,
+    /// Its JWT keys, a JWK set.
+    pub jwt_keys_json: String,
+}
+
+impl Bundle {
+    /// The federated bundle of `trust_domain`, when one is held.
+    pub fn foreign(&self, trust_domain: &str) -> Option<&ForeignBundle> {
+        self.federated
+            .iter()
+            .find(|f| f.trust_domain.as_str() == trust_domain)
+    }
 }
 
 /// One served instance, as its SDS server sees it.

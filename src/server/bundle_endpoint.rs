@@ -87,14 +87,14 @@ impl BundleSource {
         }
     }
 
-    /// The bundle now, as JSON. Its `spiffe_sequence` is the time, in Unix milliseconds, of
-    /// the last change to its keys as the store records it, so every server sharing the
-    /// database gives the same number for the same bundle, and a later bundle a larger one.
+    /// The bundle now, as JSON. Its `spiffe_sequence` is the store's (see
+    /// [`Store::bundle_sequence`]), so every server sharing the database gives the same
+    /// number for the same bundle, and a later bundle a larger one.
     pub async fn document(&self) -> Result<String, String> {
         let roots: Vec<Vec<u8>> = self.ca.roots().into_iter().map(|r| r.der).collect();
         let mut sequence = self
             .store
-            .bundle_changed_ms()
+            .bundle_sequence()
             .await
             .map_err(|e| format!("cannot read when the bundle changed: {e}"))?;
         if matches!(self.ca.settings().mode, Mode::Upstream(_)) {
@@ -103,7 +103,7 @@ impl BundleSource {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if seen.0 != roots {
-                *seen = (roots.clone(), unix_ms(self.clock.now()));
+                *seen = (roots.clone(), unix_ms(self.clock.now()) * 1000);
             }
             sequence = sequence.max(seen.1);
         }

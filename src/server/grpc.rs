@@ -41,6 +41,8 @@ pub struct IdentityApi {
     /// Where cells' reports of their sidecars' bundles go; `None` where only the sidecars of
     /// this process count (`idmint dev`).
     fleet: Option<FleetReports>,
+    /// The foreign trust domains' bundles, sent with ours; none unless set.
+    federated: Option<watch::Receiver<Arc<Vec<crate::sds::ForeignBundle>>>>,
     /// Cancelled when the server stops: sign streams take no more requests and end, so
     /// that shutdown does not wait for agents to close them.
     stopping: CancellationToken,
@@ -64,6 +66,7 @@ impl IdentityApi {
             ca,
             cells_register_own,
             fleet: None,
+            federated: None,
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -72,6 +75,15 @@ impl IdentityApi {
     /// Keeps the cells' reports of their sidecars' trust bundles in `fleet`.
     pub fn with_fleet_reports(mut self, fleet: FleetReports) -> Self {
         self.fleet = Some(fleet);
+        self
+    }
+
+    /// Sends the federated bundles `federated` holds with the trust bundle.
+    pub fn with_federation(
+        mut self,
+        federated: watch::Receiver<Arc<Vec<crate::sds::ForeignBundle>>>,
+    ) -> Self {
+        self.federated = Some(federated);
         self
     }
 
@@ -358,6 +370,8 @@ impl IdentityRpc for IdentityApi {
         let revoked = self.issuance.revocations().map(|r| r.watch());
         let jwt = self.issuance.jwt().cloned();
         let jwt_changes = jwt.as_ref().map(|k| k.watch());
+        let federated = self.federated.clone();
+        let federation_changes = self.federated.clone();
         let bundle = move |ca: &CertificateAuthority, revoked: &Option<watch::Receiver<_>>| {
             let published = ca.published();
             pb::Bundle {
@@ -373,35 +387,39 @@ impl IdentityRpc for IdentityApi {
                     .as_ref()
                     .map(|k| crate::jwt::jwt_keys_json(&k.now().published))
                     .unwrap_or_default(),
+                federated: federated
+                    .as_ref()
+                    .map(|f| f.borrow().iter().map(pb::foreign_to_wire).collect())
+                    .unwrap_or_default(),
             }
         };
-        // Sent when the roots, the signing intermediate, the CRLs or the JWT keys change, not
-        // for every generation.
-        let stream = futures_util::stream::unfold(
-            (ca, changes, revoked, jwt_changes, None),
-            move |(ca, mut changes, mut revoked, mut jwt_changes, last)| {
+        // Sent when the roots, the signing intermediate, the CRLs, the JWT keys or a
+        // federated bundle change, not for every generation.
+        let watches = (changes, revoked, jwt_changes, federation_changes);
+        let stream =
+            futures_util::stream::unfold((ca, watches, None), move |(ca, mut watches, last)| {
                 let bundle = bundle.clone();
                 async move {
                     loop {
-                        let b = bundle(&ca, &revoked);
-                        let seen = Some((
-                            b.roots_pem.clone(),
-                            b.signing_ca_sha256.clone(),
-                            b.crls_pem.clone(),
-                            b.jwt_keys_json.clone(),
-                        ));
+                        let b = bundle(&ca, &watches.1);
+                        // Everything but the generation.
+                        let seen = Some(pb::Bundle {
+                            generation: 0,
+                            ..b.clone()
+                        });
                         if seen != last {
-                            return Some((Ok(b), (ca, changes, revoked, jwt_changes, seen)));
+                            return Some((Ok(b), (ca, watches, seen)));
                         }
+                        let (changes, revoked, jwt_changes, federation_changes) = &mut watches;
                         tokio::select! {
                             changed = changes.changed() => changed.ok()?,
-                            changed = next_change(&mut revoked) => changed?,
-                            changed = next_change(&mut jwt_changes) => changed?,
+                            changed = next_change(revoked) => changed?,
+                            changed = next_change(jwt_changes) => changed?,
+                            changed = next_change(federation_changes) => changed?,
                         }
                     }
                 }
-            },
-        );
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -5,6 +5,7 @@ pub mod allow_watch;
 pub mod api_tls;
 pub mod bundle_endpoint;
 pub mod change_feed;
+pub mod federation;
 pub mod fleet;
 pub mod grpc;
 mod issuance;

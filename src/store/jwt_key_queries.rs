@@ -134,29 +134,33 @@ impl Store {
         Ok(true)
     }
 
-    /// When the published trust bundle last changed, in Unix milliseconds: a root made or
-    /// pruned, a JWT signing key made or removed. The same on every server sharing the
-    /// database, and later for every later change.
-    pub async fn bundle_changed_ms(&self) -> Result<i64, Error> {
+    /// A number that grows with every change to the published trust bundle (a root made or
+    /// pruned, a JWT signing key made or removed) and is the same on every server sharing
+    /// the database: the time of the latest change in Unix milliseconds, times 1000, plus
+    /// the count of such changes (mod 1000). Root times are whole seconds, taken as the end
+    /// of their second; the count tells apart changes within one.
+    pub async fn bundle_sequence(&self) -> Result<i64, Error> {
         let roots = sqlx::query(
-            "SELECT COALESCE(MAX(created_at), 0) AS made, COALESCE(MAX(pruned_at), 0) AS pruned \
-             FROM ca_certs WHERE role = 'root'",
+            "SELECT COALESCE(MAX(created_at), 0) AS made, COALESCE(MAX(pruned_at), 0) AS pruned, \
+             COUNT(*) AS n, COUNT(pruned_at) AS n_pruned FROM ca_certs WHERE role = 'root'",
         )
         .fetch_one(&self.pool)
         .await?;
         let keys = sqlx::query(
             "SELECT COALESCE(MAX(created_at_ms), 0) AS made, \
-             COALESCE(MAX(removed_at_ms), 0) AS removed FROM jwt_keys",
+             COALESCE(MAX(removed_at_ms), 0) AS removed, COUNT(*) AS n, \
+             COUNT(removed_at_ms) AS n_removed FROM jwt_keys",
         )
         .fetch_one(&self.pool)
         .await?;
-        let root_ms = 1000
-            * roots
-                .try_get::<i64, _>("made")?
-                .max(roots.try_get("pruned")?);
-        let key_ms = keys
-            .try_get::<i64, _>("made")?
-            .max(keys.try_get("removed")?);
-        Ok(root_ms.max(key_ms))
+        let get = |row: &sqlx::any::AnyRow, column: &str| row.try_get::<i64, _>(column);
+        let root_s = get(&roots, "made")?.max(get(&roots, "pruned")?);
+        let root_ms = if root_s > 0 { root_s * 1000 + 999 } else { 0 };
+        let key_ms = get(&keys, "made")?.max(get(&keys, "removed")?);
+        let count = get(&roots, "n")?
+            + get(&roots, "n_pruned")?
+            + get(&keys, "n")?
+            + get(&keys, "n_removed")?;
+        Ok(root_ms.max(key_ms) * 1000 + count % 1000)
     }
 }

@@ -149,28 +149,41 @@ fn x509_svid_response(workload: &Workload, id: &Identity, bundle: &Bundle) -> X5
             hint: String::new(),
         }],
         crl: ders(&bundle.crls_pem),
-        federated_bundles: Default::default(),
+        federated_bundles: federated_roots(bundle).collect(),
     }
+}
+
+/// Each federated trust domain's roots, DER, concatenated, by trust domain ID.
+fn federated_roots(bundle: &Bundle) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
+    bundle
+        .federated
+        .iter()
+        .map(|f| (f.trust_domain.id_string(), ders(&f.roots_pem).concat()))
 }
 
 fn x509_bundles_response(_: &Workload, _: &Identity, bundle: &Bundle) -> X509BundlesResponse {
     X509BundlesResponse {
         crl: ders(&bundle.crls_pem),
-        bundles: [(
-            format!("spiffe://{}", bundle.trust_domain),
+        bundles: std::iter::once((
+            bundle.trust_domain.id_string(),
             ders(&bundle.roots_pem).concat(),
-        )]
-        .into(),
+        ))
+        .chain(federated_roots(bundle))
+        .collect(),
     }
 }
 
 fn jwt_bundles_response(_: &Workload, _: &Identity, bundle: &Bundle) -> JwtBundlesResponse {
     JwtBundlesResponse {
-        bundles: [(
-            format!("spiffe://{}", bundle.trust_domain),
-            own_jwt_keys(bundle).into_bytes(),
-        )]
-        .into(),
+        bundles: std::iter::once((bundle.trust_domain.id_string(), own_jwt_keys(bundle)))
+            .chain(
+                bundle
+                    .federated
+                    .iter()
+                    .map(|f| (f.trust_domain.id_string(), f.jwt_keys_json.clone())),
+            )
+            .map(|(td, jwks)| (td, jwks.into_bytes()))
+            .collect(),
     }
 }
 
@@ -228,12 +241,14 @@ impl WorkloadApi {
     fn validate(&self, token: &str, audience: &str) -> Result<Validated, Invalid> {
         let bundle = self.workload.bundle.borrow().clone();
         let own = bundle.trust_domain.as_str().to_string();
+        // The keys of the token's own trust domain only: ours, or a federated one's.
         let keys = |td: &str| -> Option<Vec<crate::jwt::Jwk>> {
-            if td != own {
-                return None;
-            }
-            let doc = crate::jwt::BundleDoc::parse(own_jwt_keys(&bundle).as_bytes()).ok()?;
-            Some(doc.jwt_keys)
+            let jwks = if td == own {
+                own_jwt_keys(&bundle)
+            } else {
+                bundle.foreign(td)?.jwt_keys_json.clone()
+            };
+            Some(crate::jwt::BundleDoc::parse(jwks.as_bytes()).ok()?.jwt_keys)
         };
         let now = crate::clock::Clock::system().now().unix_timestamp();
         crate::jwt::token::validate(token, audience, keys, now)
@@ -376,6 +391,7 @@ mod tests {
             generation: 1,
             crls_pem: crl.map(|c| pem("X509 CRL", c)).unwrap_or_default(),
             jwt_keys_json: String::new(),
+            federated: Vec::new(),
         })
     }
 

@@ -37,9 +37,17 @@ impl Idmint {
 
     /// Starts `idmint dev` with extra `--set KEY=VALUE` settings.
     pub fn start_with(dir: &Path, settings: &[&str]) -> Idmint {
+        Self::start_configured(dir, None, settings)
+    }
+
+    /// Starts `idmint dev` with a config file and extra `--set KEY=VALUE` settings.
+    pub fn start_configured(dir: &Path, config: Option<&Path>, settings: &[&str]) -> Idmint {
         let data = dir.join("idmint-data");
         let admin = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_idmint"));
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
         cmd.arg("--data-dir")
             .arg(&data)
             .args(["--set", &format!("admin.listen=127.0.0.1:{admin}")])

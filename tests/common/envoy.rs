@@ -58,6 +58,9 @@ pub struct EnvoyConfig<'a> {
     pub upstream: u16,
     /// Replaces the certificate's secret name, to ask for something else.
     pub cert_name: Option<&'a str>,
+    /// Replaces the validation context's secret name (`ROOTCA` for a consumer,
+    /// `c2c-validation-context` for a provider).
+    pub validation_name: Option<&'a str>,
     /// How long a consumer keeps one connection to the provider.
     pub max_connection_duration: &'a str,
 }
@@ -74,6 +77,11 @@ pub fn start_envoy(dir: &Path, name: &str, c: EnvoyConfig<'_>) -> Sidecar {
         .replace("{{MAX_CONNECTION_DURATION}}", c.max_connection_duration);
     if let Some(cert_name) = c.cert_name {
         yaml = yaml.replace("- name: default", &format!("- name: \"{cert_name}\""));
+    }
+    if let Some(validation) = c.validation_name {
+        for name in ["name: ROOTCA", "name: c2c-validation-context"] {
+            yaml = yaml.replace(name, &format!("name: \"{validation}\""));
+        }
     }
     assert!(!yaml.contains("{{"), "unfilled placeholder in {name}");
     let path = dir.join(format!("{name}.yaml"));
@@ -143,6 +151,7 @@ pub fn start_pair(
             peer: id_a,
             upstream: backend,
             cert_name: None,
+            validation_name: None,
             max_connection_duration: "600s",
         },
     );
@@ -156,6 +165,7 @@ pub fn start_pair(
             peer: id_b,
             upstream: provider.listen,
             cert_name: None,
+            validation_name: None,
             max_connection_duration,
         },
     );

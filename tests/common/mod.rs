@@ -424,3 +424,31 @@ pub fn serial_of_pem(pem: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
     idmint::ca::encode_hex(cert.raw_serial())
 }
+
+/// A web-PKI certificate authority of the test's own and a certificate it issued for
+/// localhost: what an operator's public CA would give for the `https_web` profile.
+pub fn web_certificate(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test web CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("web-ca.pem"),
+        dir.join("web.pem"),
+        dir.join("web.key"),
+    );
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    write_private(&key_file, key.serialize_pem());
+    (ca_file, cert_file, key_file)
+}
