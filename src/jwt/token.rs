@@ -47,6 +47,8 @@ pub struct SigningKey {
     kid: String,
     pair: EcdsaKeyPair,
     rng: SystemRandom,
+    /// The token header, base64url: the same for every token this key signs.
+    header: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -63,7 +65,13 @@ impl SigningKey {
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
                 .map_err(|e| format!("not an ECDSA P-256 PKCS#8 key: {e}"))?;
         let kid = key_id(pair.public_key().as_ref());
-        Ok(SigningKey { kid, pair, rng })
+        let header = B64.encode(json!({"alg": "ES256", "kid": kid, "typ": "JWT"}).to_string());
+        Ok(SigningKey {
+            kid,
+            pair,
+            rng,
+            header,
+        })
     }
 
     /// A fresh key, and its PKCS#8 DER for sealing.
@@ -87,19 +95,23 @@ impl SigningKey {
 
     /// A token saying `claims`, signed.
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
-        let header = json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
-        let body = json!({
-            "sub": claims.subject,
-            "aud": claims.audience,
-            "exp": claims.expires_at,
-            "iat": claims.issued_at,
-            "jti": claims.token_id,
-        });
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(body.to_string())
-        );
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            sub: &'a str,
+            aud: &'a [String],
+            exp: i64,
+            iat: i64,
+            jti: &'a str,
+        }
+        let body = serde_json::to_vec(&Body {
+            sub: &claims.subject,
+            aud: &claims.audience,
+            exp: claims.expires_at,
+            iat: claims.issued_at,
+            jti: &claims.token_id,
+        })
+        .map_err(|e| e.to_string())?;
+        let signing_input = format!("{}.{}", self.header, B64.encode(body));
         let sig = self
             .pair
             .sign(&self.rng, signing_input.as_bytes())
