@@ -26,6 +26,11 @@ struct Server {
 impl Server {
     fn start(dir: &Path, api_port: u16, admin: &str, leaf_ttl: &str) -> Running {
         let mut cmd = idmint(&dir.join("server"));
+        // The server's config file, when the test wrote one (federation is set only there).
+        let config = dir.join("server.toml");
+        if config.exists() {
+            cmd.arg("--config").arg(config);
+        }
         cmd.args(["--set", &format!("admin.listen={admin}")])
             .args(["--set", &format!("ca.leaf_ttl={leaf_ttl}")])
             .args(["server", "--listen", &format!("127.0.0.1:{api_port}")]);
@@ -86,6 +91,20 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (api_port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    // A federated trust domain whose endpoint is not reachable: its bundle from the file is
+    // what the server holds and hands to the agents.
+    let partner = partner_root();
+    std::fs::write(dir.join("partner.pem"), &partner).unwrap();
+    std::fs::write(
+        dir.join("server.toml"),
+        format!(
+            "[[federation]]\nbundle_endpoint_url = \"https://127.0.0.1:1/\"\n\
+             profile = \"https_spiffe\"\nendpoint_spiffe_id = \"spiffe://partner.example/bundle\"\n\
+             bundle_file = \"{}\"\n",
+            dir.join("partner.pem").display()
+        ),
+    )
+    .unwrap();
     let mut server = Server {
         process: Some(Server::start(dir, api_port, &admin, "10s")),
         data: dir.join("server"),
@@ -138,6 +157,28 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     assert!(metrics.contains("idmint_sds_streams_open"), "{metrics}");
     assert!(metrics.contains("idmint_agent_renewals_total"), "{metrics}");
 
+    // Through the agent's Workload API: a JWT-SVID the server signed over the cell's
+    // connection, checked against the JWT keys the server streamed to the agent; and the
+    // federated trust domain's bundle beside ours.
+    let socket = data1.join("sds").join(format!("{INSTANCE}.sock"));
+    let workload = |args: &[&str]| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload_client.py");
+        let out = python3(
+            &[&[script, socket.to_str().unwrap()][..], args].concat(),
+            &[],
+        );
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+    };
+    let jwt = workload(&["jwt", "orders"]);
+    assert_eq!(jwt["verified"], true, "{jwt}");
+    assert_eq!(jwt["spiffe_id"], expected_spiffe_id());
+    let bundles = workload(&["bundles"]);
+    assert_eq!(
+        bundles["bundles"]["spiffe://partner.example"], 1,
+        "{bundles}"
+    );
+    assert_eq!(bundles["bundles"]["spiffe://cf.internal"], 1);
+
     // The server goes away: the agents keep what they serve; when it is back, renewals resume.
     server.process.take();
     let before = std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap();
@@ -153,6 +194,14 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
         Duration::from_secs(30),
         || std::fs::read_to_string(files(&data1, INSTANCE).join("instance.crt")).unwrap() != before,
     );
+}
+
+/// A root of another trust domain, PEM.
+fn partner_root() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
 }
 
 fn serial_of(cert_pem: &str) -> String {
