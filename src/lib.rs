@@ -11,6 +11,7 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod error_text;
 pub mod files;
 pub mod fuzz;
 pub mod ids;

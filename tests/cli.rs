@@ -848,6 +848,13 @@ fn issue_benchmarks_run_in_process_and_remote_and_report_against_the_ceiling() {
         local.contains("| idmint issue path: CA + ledger committed before each answer |"),
         "{local}"
     );
+    // JWT-SVIDs: each recorded (the run checks the ledger holds one record per token).
+    let jwt = ok(idmint(&data).args(["bench", "jwt", "--count", "200", "--concurrency", "16"]));
+    assert!(
+        jwt.contains("| idmint JWT-SVID path: placement, revocation check, ledger committed before each answer |"),
+        "{jwt}"
+    );
+    assert!(jwt.contains("target: at least 50% of the ceiling"), "{jwt}");
     let remote = ok(idmint(&data).args(small).arg("--remote"));
     assert!(
         remote.contains("| agents → 1 server API(s) (gRPC, mutual TLS) → CA + ledger |"),

@@ -150,7 +150,7 @@ impl RemoteAuthority {
                         moves: Arc::default(),
                     })
                 }
-                Err(e) => failures.push(format!("{url}: {}", describe(&e))),
+                Err(e) => failures.push(format!("{url}: {}", crate::error_text::with_causes(&e))),
             }
         }
         Err(ConnectError::Unreachable(failures))
@@ -405,18 +405,6 @@ fn spread(cert_chain_pem: &str, n: usize) -> usize {
     let digest = ring::digest::digest(&ring::digest::SHA256, cert_chain_pem.as_bytes());
     let head = u64::from_be_bytes(digest.as_ref()[..8].try_into().expect("8 bytes"));
     (head % n as u64) as usize
-}
-
-/// A transport error with its causes, which name what went wrong (refused, TLS, DNS).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn unix_time(t: i64) -> Result<time::OffsetDateTime, api::Error> {

@@ -121,44 +121,37 @@ impl Runtime {
                 return Err(client.err().expect("one of the two failed").into());
             }
         };
-        let revocations = Revocations::load(
-            store.clone(),
-            ca.clone(),
-            log_keys.kek(),
-            (ledger.clone(), registry.clone()),
-            clock.clone(),
-        )
-        .await;
-        let revocations = match revocations {
-            Ok(r) => r,
-            Err(e) => {
-                shutdown.cancel();
-                let _ = writer.await;
-                return Err(e.context("cannot load the revocations"));
-            }
+        // What the issuance path needs besides the CA and the ledger; one failure stops the
+        // ledger writer before the start gives up.
+        let loaded = async {
+            let revocations = Revocations::load(
+                store.clone(),
+                ca.clone(),
+                log_keys.kek(),
+                (ledger.clone(), registry.clone()),
+                clock.clone(),
+            )
+            .await
+            .context("cannot load the revocations")?;
+            let jwt = JwtKeys::load(
+                config.jwt,
+                store.clone(),
+                log_keys.kek(),
+                ledger.clone(),
+                clock.clone(),
+            )
+            .await
+            .context("cannot load the JWT-SVID signing keys")?;
+            let federation = Federation::new(config.federation.clone(), clock.clone())
+                .map_err(anyhow::Error::msg)?;
+            Ok::<_, anyhow::Error>((revocations, jwt, federation))
         };
-        let jwt = JwtKeys::load(
-            config.jwt,
-            store.clone(),
-            log_keys.kek(),
-            ledger.clone(),
-            clock.clone(),
-        )
-        .await;
-        let jwt = match jwt {
-            Ok(j) => j,
+        let (revocations, jwt, federation) = match loaded.await {
+            Ok(loaded) => loaded,
             Err(e) => {
                 shutdown.cancel();
                 let _ = writer.await;
-                return Err(anyhow::Error::new(e).context("cannot load the JWT-SVID signing keys"));
-            }
-        };
-        let federation = match Federation::new(config.federation.clone(), clock.clone()) {
-            Ok(f) => f,
-            Err(e) => {
-                shutdown.cancel();
-                let _ = writer.await;
-                return Err(anyhow::anyhow!(e));
+                return Err(e);
             }
         };
         let mut rt = Runtime {

@@ -116,33 +116,12 @@ async fn issue_path(
     let recorded = rt.audit.entry_count().await? - recorded_before;
     let keys = rt.jwt.clone();
     let now = rt.clock.now();
-    let keys_rate = tokio::task::spawn_blocking(move || -> Result<f64> {
-        let per = count.div_ceil(cores);
-        let start = Instant::now();
-        std::thread::scope(|scope| -> Result<()> {
-            let handles: Vec<_> = (0..cores)
-                .map(|_| {
-                    let keys = &keys;
-                    scope.spawn(move || -> Result<()> {
-                        for _ in 0..per {
-                            let audience = vec!["bench-api".to_string()];
-                            std::hint::black_box(keys.issue(
-                                "spiffe://bench/app",
-                                audience,
-                                now,
-                            )?);
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
-            }
+    let keys_rate = tokio::task::spawn_blocking(move || {
+        on_every_core(count, cores, || {
+            let audience = vec!["bench-api".to_string()];
+            std::hint::black_box(keys.issue("spiffe://bench/app", audience, now)?);
             Ok(())
-        })?;
-        Ok((per * cores) as f64 / start.elapsed().as_secs_f64())
+        })
     })
     .await??;
     rt.shutdown().await;
@@ -164,34 +143,40 @@ fn es256_ceiling(count: usize, threads: usize) -> Result<f64> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
         .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    let key = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+        &rng,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let input = vec![0x5au8; 420];
+    on_every_core(count, threads, || {
+        let sig = key
+            .sign(&rng, &input)
+            .map_err(|_| anyhow::anyhow!("sign failed"))?;
+        std::hint::black_box(sig);
+        Ok(())
+    })
+}
+
+/// `work` done `count` times in all over `threads` threads; how many times a second.
+fn on_every_core(
+    count: usize,
+    threads: usize,
+    work: impl Fn() -> Result<()> + Sync,
+) -> Result<f64> {
     let per = count.div_ceil(threads);
     let start = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (pkcs8, input) = (&pkcs8, &input);
-                scope.spawn(move || -> Result<()> {
-                    let rng = SystemRandom::new();
-                    let key = EcdsaKeyPair::from_pkcs8(
-                        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                        pkcs8.as_ref(),
-                        &rng,
-                    )
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    for _ in 0..per {
-                        let sig = key
-                            .sign(&rng, input)
-                            .map_err(|_| anyhow::anyhow!("sign failed"))?;
-                        std::hint::black_box(sig);
-                    }
-                    Ok(())
-                })
+                let work = &work;
+                scope.spawn(move || -> Result<()> { (0..per).try_for_each(|_| work()) })
             })
             .collect();
         for h in handles {
             h.join()
-                .map_err(|_| anyhow::anyhow!("ceiling thread panicked"))??;
+                .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))??;
         }
         Ok(())
     })?;

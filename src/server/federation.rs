@@ -546,7 +546,7 @@ async fn get_once(
         .connect(name, tcp)
         .await
         .map_err(|e| FetchError::Tls(address.clone(), e.to_string()))?;
-    let http = |e: hyper::Error| FetchError::Http(with_causes(&e));
+    let http = |e: hyper::Error| FetchError::Http(crate::error_text::with_causes(&e));
     let stream = CloseNotifyOptional(stream);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -577,7 +577,7 @@ async fn get_once(
                 if e.is::<http_body_util::LengthLimitError>() {
                     FetchError::TooLarge
                 } else {
-                    FetchError::Http(with_causes(e.as_ref()))
+                    FetchError::Http(crate::error_text::with_causes(e.as_ref()))
                 }
             })?
             .to_bytes()
@@ -630,18 +630,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CloseNotifyOpti
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
-}
-
-/// An error with its causes: hyper's own says only "connection error".
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Checks an `https_spiffe` endpoint: its chain against the held roots of its trust domain,
