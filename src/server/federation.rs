@@ -94,8 +94,6 @@ pub struct Held {
     pub good_at: OffsetDateTime,
     /// Failed fetches since then.
     pub failures: u64,
-    /// The last failure, for the log and the status.
-    pub last_error: Option<String>,
 }
 
 /// Why a fetch was not taken.
@@ -166,7 +164,6 @@ impl Federation {
                         doc,
                         good_at: now,
                         failures: 0,
-                        last_error: None,
                     },
                 );
             }
@@ -245,7 +242,7 @@ impl Federation {
             let wait = match self.refresh(&f).await {
                 Ok(hint) => hint,
                 Err(e) => {
-                    let first = self.failed(&f, &e);
+                    let first = self.failed(&f);
                     if first {
                         tracing::warn!(trust_domain = %f.trust_domain, error = %e,
                             "federation: cannot refresh the bundle; the last good one stays");
@@ -292,7 +289,6 @@ impl Federation {
                 doc,
                 good_at: self.clock.now(),
                 failures: 0,
-                last_error: None,
             },
         );
         if changed {
@@ -303,12 +299,11 @@ impl Federation {
     }
 
     /// Notes a failed fetch; true when it is the first since the last good one.
-    fn failed(&self, f: &Foreign, e: &FetchError) -> bool {
+    fn failed(&self, f: &Foreign) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         match held.get_mut(f.trust_domain.as_str()) {
             Some(h) => {
                 h.failures += 1;
-                h.last_error = Some(e.to_string());
                 h.failures == 1
             }
             None => true,
