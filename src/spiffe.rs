@@ -63,7 +63,7 @@ impl fmt::Display for TrustDomain {
 }
 
 /// A SPIFFE ID: `spiffe://<trust domain>/<path>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
     full: String,
     trust_domain_len: usize,

@@ -33,7 +33,7 @@ fn id(n: u8) -> String {
 
 fn policy(source: u8, destination: u8, port: i64) -> Policy {
     Policy {
-        source: g(source),
+        source: g(source).into(),
         destination: g(destination),
         protocol: Protocol::Tcp,
         ports: PortRange::new(port, port).unwrap(),

@@ -183,6 +183,87 @@ fn two_foundations_federate_through_their_bundle_endpoints() {
         "the provider saw A's app: {body}"
     );
 
+    // In policy mode, B's app 2 lets in A's app 1 by its SPIFFE ID, and not A's app 3: a
+    // provider on c2c-validation-context accepts the one, refuses the other.
+    let cli_b = |args: &[&str]| {
+        let out = b.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let a1 = id_in(TD_A, 1);
+    cli_b(&["policy", "add", "--source", &a1, "--destination", &app(2)]);
+    cli_b(&["policy", "mode", "set", "policy", "--app", &app(2)]);
+    // Bad sources: an ID of B's own trust domain (apps here go by GUID), not a SPIFFE ID.
+    for (bad, says) in [
+        (id_in(TD_B, 4), "name this foundation's apps by app GUID"),
+        ("spiffe://fa.example/a b".to_string(), "source"),
+    ] {
+        let out = b.cli(&["policy", "add", "--source", &bad, "--destination", &app(2)]);
+        assert!(!out.status.success(), "{bad} was taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    let guarded = start_envoy(
+        &dir_b,
+        "provider-b-policy",
+        EnvoyConfig {
+            role: "provider",
+            socket: &sock_b,
+            api: "GRPC",
+            peer: &a1,
+            upstream: backend,
+            cert_name: None,
+            validation_name: None,
+            max_connection_duration: "600s",
+        },
+    );
+    let sock_a3 = a.register(3);
+    let consumer_for = |name: &str, socket: &str| {
+        start_envoy(
+            &dir_a,
+            name,
+            EnvoyConfig {
+                role: "consumer",
+                socket,
+                api: "GRPC",
+                peer: &peer_b,
+                upstream: guarded.listen,
+                cert_name: None,
+                validation_name: Some(&validation_b),
+                max_connection_duration: "600s",
+            },
+        )
+    };
+    let (allowed, refused) = (
+        consumer_for("consumer-a1", &sock_a),
+        consumer_for("consumer-a3", &sock_a3),
+    );
+    let mut answer = None;
+    wait_until(
+        "A's app 1 through B's policy",
+        Duration::from_secs(20),
+        || {
+            answer = common::http_get(allowed.listen, "/");
+            answer.as_ref().is_some_and(|(status, _)| *status == 200)
+        },
+    );
+    // Refused by the provider, not for want of its own secrets: it has both, and its peer
+    // (the same provider) just let app 1 in.
+    wait_until("A's app 3's sidecar ready", Duration::from_secs(20), || {
+        stat(&refused, "sds.default.update_success") >= 1
+            && stat(&refused, "sds.spiffe_fb.example.update_success") >= 1
+    });
+    for _ in 0..3 {
+        let not_let_in = common::http_get(refused.listen, "/");
+        assert!(
+            not_let_in.as_ref().is_none_or(|(status, _)| *status != 200),
+            "A's app 3 got through: {not_let_in:?}"
+        );
+    }
+
     // A JWT-SVID of B's app validates on A's socket, against B's keys.
     let jwt = workload(&sock_b, &["jwt", "orders"]);
     let token = jwt[0]["token"].as_str().unwrap();

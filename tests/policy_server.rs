@@ -27,7 +27,7 @@ fn g(n: u8) -> Guid {
 
 fn policy(source: u8, destination: u8) -> Policy {
     Policy {
-        source: g(source),
+        source: g(source).into(),
         destination: g(destination),
         protocol: Protocol::Tcp,
         ports: PortRange::new(8080, 8080).unwrap(),

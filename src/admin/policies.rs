@@ -79,6 +79,9 @@ async fn change(state: AdminState, by: String, body: Bytes, adding: bool) -> Res
         Err(e @ policies::Error::NotHere { .. }) => {
             (StatusCode::CONFLICT, format!("{e}\n")).into_response()
         }
+        Err(e @ policies::Error::OwnTrustDomain(_)) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }

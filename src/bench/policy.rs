@@ -88,7 +88,7 @@ fn policy_set(apps: usize) -> BTreeSet<Policy> {
 
 fn policy(source: Guid, destination: Guid) -> Policy {
     Policy {
-        source,
+        source: source.into(),
         destination,
         protocol: Protocol::Tcp,
         ports: PortRange::new(8080, 8080).expect("a port"),

@@ -9,7 +9,9 @@ use super::table;
 use crate::admin::policies::{Changed, ModeJson, ModesJson};
 use crate::config::Config;
 use crate::ids::Guid;
-use crate::policy::{parse_policy_server_answer, policy_list_json, Mode, PortRange, Protocol};
+use crate::policy::{
+    parse_policy_server_answer, policy_list_json, Mode, PortRange, Protocol, Source,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
@@ -34,9 +36,10 @@ pub enum PolicyCommand {
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
-    /// The app that opens connections.
+    /// The app that opens connections (its GUID), or a workload of a federated trust domain
+    /// (its SPIFFE ID).
     #[arg(long)]
-    source: Guid,
+    source: Source,
     /// The app that accepts them.
     #[arg(long)]
     destination: Guid,

@@ -12,7 +12,7 @@ pub use allow::{AllowList, AllowUpdate};
 pub use mode::{Mode, Modes, Scope};
 pub use model::{
     parse_policy_list, parse_policy_server_answer, policy_list_json, AllowSets, Origin, Policy,
-    PortRange, Protocol,
+    PortRange, Protocol, Source,
 };
 
 use crate::ids;
@@ -55,6 +55,9 @@ pub enum PolicyError {
         /// Why.
         error: ids::Error,
     },
+    /// The source is neither an app GUID nor a SPIFFE ID.
+    #[error("source.id: {0}")]
+    Source(String),
     /// Neither `tcp` nor `udp`.
     #[error("destination.protocol: {0:?} is neither \"tcp\" nor \"udp\"")]
     Protocol(String),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{Error, PolicyError};
 use crate::ids::Guid;
+use crate::spiffe::SpiffeId;
 
 /// The transport a policy opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,12 +118,67 @@ impl FromStr for Origin {
     }
 }
 
-/// Instances of app `source` may connect to instances of app `destination` over `protocol`
-/// on `ports`.
+/// Who a policy lets in: an app of this foundation, by GUID, or a workload of a federated
+/// trust domain, by SPIFFE ID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// An app here.
+    App(Guid),
+    /// A workload of another trust domain (boxed: apps are the common case and stay small).
+    Foreign(Box<SpiffeId>),
+}
+
+impl Source {
+    /// The app, when the source is one of ours.
+    pub fn app(&self) -> Option<&Guid> {
+        match self {
+            Source::App(g) => Some(g),
+            Source::Foreign(_) => None,
+        }
+    }
+}
+
+impl From<Guid> for Source {
+    fn from(g: Guid) -> Source {
+        Source::App(g)
+    }
+}
+
+impl FromStr for Source {
+    type Err = PolicyError;
+
+    /// A SPIFFE ID when it starts `spiffe://`, an app GUID otherwise.
+    fn from_str(s: &str) -> Result<Source, PolicyError> {
+        if s.starts_with("spiffe://") {
+            let id: SpiffeId = s
+                .parse()
+                .map_err(|e: crate::spiffe::Error| PolicyError::Source(e.to_string()))?;
+            return Ok(Source::Foreign(Box::new(id)));
+        }
+        s.parse::<Guid>()
+            .map(Source::App)
+            .map_err(|error| PolicyError::App {
+                side: "source",
+                error,
+            })
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::App(g) => f.write_str(g.as_str()),
+            Source::Foreign(id) => f.write_str(id.as_str()),
+        }
+    }
+}
+
+/// Instances of `source` may connect to instances of app `destination` over `protocol` on
+/// `ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Policy {
-    /// The app that opens connections.
-    pub source: Guid,
+    /// What opens connections: an app here, or a federated trust domain's workload.
+    pub source: Source,
     /// The app that accepts them.
     pub destination: Guid,
     /// Over what.
@@ -189,7 +245,7 @@ impl WirePolicy {
                 .map_err(|error| PolicyError::App { side, error })
         };
         Ok(Policy {
-            source: app("source", &self.source.id)?,
+            source: self.source.id.parse()?,
             destination: app("destination", &self.destination.id)?,
             protocol: self.destination.protocol.parse()?,
             ports: PortRange::new(self.destination.ports.start, self.destination.ports.end)?,
@@ -237,7 +293,7 @@ pub fn policy_list_json<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> s
         .into_iter()
         .map(|p| {
             serde_json::json!({
-                "source": {"id": p.source.as_str()},
+                "source": {"id": p.source.to_string()},
                 "destination": {
                     "id": p.destination.as_str(),
                     "protocol": p.protocol.to_string(),
@@ -255,8 +311,9 @@ pub fn policy_list_json<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> s
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowSets {
     /// Destination → source → how many policies allow that pair.
-    by_destination: HashMap<Guid, BTreeMap<Guid, usize>>,
-    /// Source → the destinations it may reach.
+    by_destination: HashMap<Guid, BTreeMap<Source, usize>>,
+    /// Source app → the destinations it may reach (a foreign source's SPIFFE ID never
+    /// changes, so nothing follows it).
     by_source: HashMap<Guid, BTreeSet<Guid>>,
 }
 
@@ -283,10 +340,12 @@ impl AllowSets {
         if *count > 1 {
             return false;
         }
-        self.by_source
-            .entry(p.source.clone())
-            .or_default()
-            .insert(p.destination.clone());
+        if let Some(app) = p.source.app() {
+            self.by_source
+                .entry(app.clone())
+                .or_default()
+                .insert(p.destination.clone());
+        }
         true
     }
 
@@ -307,17 +366,19 @@ impl AllowSets {
         if sources.is_empty() {
             self.by_destination.remove(&p.destination);
         }
-        if let Some(destinations) = self.by_source.get_mut(&p.source) {
-            destinations.remove(&p.destination);
-            if destinations.is_empty() {
-                self.by_source.remove(&p.source);
+        if let Some(app) = p.source.app() {
+            if let Some(destinations) = self.by_source.get_mut(app) {
+                destinations.remove(&p.destination);
+                if destinations.is_empty() {
+                    self.by_source.remove(app);
+                }
             }
         }
         true
     }
 
-    /// The apps that may reach `destination`; empty when none may.
-    pub fn sources(&self, destination: &Guid) -> impl Iterator<Item = &Guid> {
+    /// What may reach `destination`; empty when nothing may.
+    pub fn sources(&self, destination: &Guid) -> impl Iterator<Item = &Source> {
         self.by_destination
             .get(destination)
             .into_iter()

@@ -31,17 +31,23 @@ fn the_policy_servers_answer_is_read_whole_and_duplicates_count_once() {
     ]);
     let policies = parse_policy_server_answer(json.as_bytes()).unwrap();
     assert_eq!(policies.len(), 2);
-    let first = policies.iter().find(|p| p.source == guid(A)).unwrap();
+    let first = policies
+        .iter()
+        .find(|p| p.source == guid(A).into())
+        .unwrap();
     assert_eq!(first.destination, guid(B));
     assert_eq!(first.protocol, Protocol::Tcp);
     assert_eq!((first.ports.start(), first.ports.end()), (8080, 8080));
     assert_eq!(first.to_string(), format!("{A} -> {B} tcp:8080"));
-    let second = policies.iter().find(|p| p.source == guid(C)).unwrap();
+    let second = policies
+        .iter()
+        .find(|p| p.source == guid(C).into())
+        .unwrap();
     assert_eq!(second.to_string(), format!("{C} -> {B} udp:9000-9100"));
     // Tags are optional; upper-case GUIDs are the same apps.
     let bare = r#"{"total_policies":1,"policies":[{"source":{"id":"A0A0A0A0-0000-4000-8000-00000000000A"},"destination":{"id":"b0b0b0b0-0000-4000-8000-00000000000b","protocol":"tcp","ports":{"start":1,"end":65535}}}]}"#;
     let read = parse_policy_server_answer(bare.as_bytes()).unwrap();
-    assert_eq!(read.iter().next().unwrap().source, guid(A));
+    assert_eq!(read.iter().next().unwrap().source, guid(A).into());
     assert!(parse_policy_server_answer(answer(&[]).as_bytes())
         .unwrap()
         .is_empty());
@@ -134,17 +140,17 @@ fn allow_sets_name_every_source_of_a_destination_whatever_the_ports() {
     let policies = parse_policy_server_answer(json.as_bytes()).unwrap();
     let sets = AllowSets::of(&policies);
     assert_eq!(sets.destinations(), 2);
-    let to_b: Vec<&Guid> = sets.sources(&guid(B)).collect();
-    assert_eq!(to_b, [&guid(A), &guid(C)]);
-    let to_c: Vec<&Guid> = sets.sources(&guid(C)).collect();
-    assert_eq!(to_c, [&guid(B)]);
+    let to_b: Vec<&Source> = sets.sources(&guid(B)).collect();
+    assert_eq!(to_b, [&guid(A).into(), &guid(C).into()]);
+    let to_c: Vec<&Source> = sets.sources(&guid(C)).collect();
+    assert_eq!(to_c, [&guid(B).into()]);
     assert_eq!(sets.sources(&guid(A)).count(), 0, "nobody may reach A");
 }
 
 #[test]
 fn a_pair_stays_allowed_until_its_last_policy_goes() {
     let on = |port| Policy {
-        source: guid(A),
+        source: guid(A).into(),
         destination: guid(B),
         protocol: Protocol::Tcp,
         ports: PortRange::new(port, port).unwrap(),

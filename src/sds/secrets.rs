@@ -16,7 +16,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::names::SecretKind;
-use super::{Bundle, Identity, Workload};
+use super::{Bundle, ForeignBundle, Identity, Workload};
 use crate::ca::sha256_hex;
 use crate::policy::{AllowList, Mode};
 
@@ -188,7 +188,11 @@ fn trust_domain_matcher(bundle: &Bundle) -> SubjectAltNameMatcher {
     )))
 }
 
-/// A provider's validation context: our roots, and the SPIFFE IDs its app accepts.
+/// A provider's validation context: our roots, and the SPIFFE IDs its app accepts. When a
+/// policy lets in workloads of federated trust domains whose bundles are held, the same
+/// matchers go with Envoy's SPIFFE validator instead, so that each trust domain is checked
+/// against its own bundle only; that validator ignores CRLs, so while anything is revoked the
+/// foreign sources are not let in (one standard context cannot keep trust domains apart).
 fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
     let matchers = match allowed.mode {
         Mode::TrustDomain => vec![trust_domain_matcher(bundle)],
@@ -201,7 +205,21 @@ fn c2c_validation(name: &str, bundle: &Bundle, allowed: &AllowList) -> Secret {
             .map(|id| uri_matcher(MatchPattern::Exact(id.clone())))
             .collect(),
     };
-    trusting_roots(name, bundle, matchers)
+    let foreign: Vec<&ForeignBundle> = match allowed.mode {
+        Mode::TrustDomain => Vec::new(),
+        Mode::Policy => bundle
+            .federated
+            .iter()
+            .filter(|f| {
+                let prefix = format!("spiffe://{}/", f.trust_domain);
+                allowed.sources.iter().any(|id| id.starts_with(&prefix))
+            })
+            .collect(),
+    };
+    if foreign.is_empty() || !bundle.crls_pem.is_empty() {
+        return trusting_roots(name, bundle, matchers);
+    }
+    spiffe_validation(name, bundle, foreign, matchers)
 }
 
 /// `spiffe://<foreign td>`: the federated trust domain's roots, for its SPIFFE IDs only;
@@ -233,14 +251,24 @@ fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
     if !bundle.crls_pem.is_empty() {
         return trusting_roots(name, bundle, vec![trust_domain_matcher(bundle)]);
     }
+    spiffe_validation(name, bundle, bundle.federated.iter().collect(), Vec::new())
+}
+
+/// Envoy's SPIFFE validator over our bundle and each of `foreign` with roots, then `matchers`
+/// (none: any SPIFFE ID the bundles certify).
+fn spiffe_validation(
+    name: &str,
+    bundle: &Bundle,
+    foreign: Vec<&ForeignBundle>,
+    matchers: Vec<SubjectAltNameMatcher>,
+) -> Secret {
     let own = spiffe_cert_validator_config::TrustDomain {
         name: bundle.trust_domain.as_str().to_string(),
         trust_bundle: inline(&bundle.roots_pem),
         ..Default::default()
     };
-    let foreign = bundle
-        .federated
-        .iter()
+    let foreign = foreign
+        .into_iter()
         .filter(|f| !f.roots_pem.is_empty())
         .map(|f| spiffe_cert_validator_config::TrustDomain {
             name: f.trust_domain.as_str().to_string(),
@@ -262,7 +290,83 @@ fn spiffe_validator(name: &str, bundle: &Bundle) -> Secret {
                     value: config.encode_to_vec(),
                 }),
             }),
+            match_typed_subject_alt_names: matchers,
             ..Default::default()
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const FOREIGN_APP: &str = "spiffe://partner.example/app/orders";
+
+    fn bundle(crls: bool, federated: bool) -> Bundle {
+        Bundle {
+            trust_domain: "cf.internal".parse().unwrap(),
+            roots_pem: "OUR ROOTS".into(),
+            generation: 1,
+            crls_pem: if crls { "CRLS".into() } else { String::new() },
+            jwt_keys_json: String::new(),
+            federated: if federated {
+                vec![ForeignBundle {
+                    trust_domain: "partner.example".parse().unwrap(),
+                    roots_pem: "THEIR ROOTS".into(),
+                    jwt_keys_json: String::new(),
+                }]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn context(secret: &Secret) -> &CertificateValidationContext {
+        match &secret.r#type {
+            Some(secret::Type::ValidationContext(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn trust_domains(c: &CertificateValidationContext) -> Vec<String> {
+        let config = c.custom_validator_config.as_ref().expect("SPIFFE validator");
+        let any = config.typed_config.as_ref().unwrap();
+        SpiffeCertValidatorConfig::decode(any.value.as_slice())
+            .unwrap()
+            .trust_domains
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_foreign_source_is_trusted_through_its_own_bundle_and_never_while_anything_is_revoked() {
+        let allowed = AllowList {
+            mode: Mode::Policy,
+            sources: BTreeSet::from([
+                FOREIGN_APP.to_string(),
+                "spiffe://cf.internal/app/a".to_string(),
+            ]),
+        };
+        // Held: the SPIFFE validator, each trust domain its own bundle, exact matchers.
+        let secret = c2c_validation("c2c", &bundle(false, true), &allowed);
+        let c = context(&secret);
+        assert_eq!(trust_domains(c), ["cf.internal", "partner.example"]);
+        assert_eq!(c.match_typed_subject_alt_names.len(), 2);
+        assert!(c.trusted_ca.is_none(), "no merged bundle");
+
+        // Revocations in force: our roots alone, with the CRLs; the foreign source cannot
+        // chain to them.
+        let secret = c2c_validation("c2c", &bundle(true, true), &allowed);
+        let c = context(&secret);
+        assert!(c.custom_validator_config.is_none());
+        assert_eq!(c.trusted_ca, inline("OUR ROOTS"));
+        assert_eq!(c.crl, inline("CRLS"));
+
+        // Its bundle not held: our roots alone.
+        let secret = c2c_validation("c2c", &bundle(false, false), &allowed);
+        assert!(context(&secret).custom_validator_config.is_none());
+    }
 }

@@ -14,7 +14,7 @@ use crate::clock::{unix_ms, Clock};
 use crate::ids::Guid;
 use crate::ledger::Ledger;
 use crate::placement::{Placement, PlacementUpdate};
-use crate::policy::{AllowList, AllowSets, Mode, Modes, Origin, Policy, Scope};
+use crate::policy::{AllowList, AllowSets, Mode, Modes, Origin, Policy, Scope, Source};
 use crate::spiffe::{IdTemplate, IdValues, TrustDomain};
 use crate::store::{EntryKind, LedgerRecord, Store};
 
@@ -28,6 +28,10 @@ pub enum Error {
     /// The ledger could not record the change, so it was undone.
     #[error("the change could not be recorded, so it was not made: {0}")]
     Ledger(#[from] crate::ledger::Error),
+    /// A source SPIFFE ID in this trust domain: its apps are named by GUID, so that the ID
+    /// follows their org and space.
+    #[error("source {0} is in this trust domain; name this foundation's apps by app GUID")]
+    OwnTrustDomain(String),
     /// Policies here come from elsewhere (`policy.source`).
     #[error("policies here come from {} (policy.source = \"{}\"); change them there", in_force.describe(), in_force.as_str())]
     NotHere {
@@ -143,6 +147,13 @@ impl Policies {
     /// they are. Returns those that were new.
     pub async fn add(&self, policies: &BTreeSet<Policy>, by: &str) -> Result<Vec<Policy>, Error> {
         self.only_from(Origin::Store)?;
+        for p in policies {
+            if let Source::Foreign(id) = &p.source {
+                if id.trust_domain() == self.trust_domain {
+                    return Err(Error::OwnTrustDomain(id.as_str().to_string()));
+                }
+            }
+        }
         let _changing = self.changing.lock().await;
         let new: Vec<Policy> = {
             let state = self.read();
@@ -223,8 +234,15 @@ impl Policies {
         let record = |p: &Policy, verb: &str| LedgerRecord {
             app_guid: Some(p.destination.to_string()),
             reason: Some(format!(
-                "policy {verb}: app {} may reach app {} ({} ports {}); from {from}, {how}",
-                p.source, p.destination, p.protocol, p.ports
+                "policy {verb}: {} {} may reach app {} ({} ports {}); from {from}, {how}",
+                match p.source {
+                    Source::App(_) => "app",
+                    Source::Foreign(_) => "workload",
+                },
+                p.source,
+                p.destination,
+                p.protocol,
+                p.ports
             )),
             ..LedgerRecord::bare(EntryKind::Policy, now)
         };
@@ -384,7 +402,10 @@ impl Policies {
         let sources = state
             .allow
             .sources(app)
-            .filter_map(|source| self.spiffe_id(source, state.apps.get(source)))
+            .filter_map(|source| match source {
+                Source::App(app) => self.spiffe_id(app, state.apps.get(app)),
+                Source::Foreign(id) => Some(id.as_str().to_string()),
+            })
             .collect();
         AllowList { mode, sources }
     }
@@ -407,7 +428,7 @@ impl Policies {
         state
             .policies
             .iter()
-            .filter(|p| app.is_none_or(|a| p.source == *a || p.destination == *a))
+            .filter(|p| app.is_none_or(|a| p.source.app() == Some(a) || p.destination == *a))
             .cloned()
             .collect()
     }
@@ -515,13 +536,13 @@ mod tests {
     use crate::policy::{PortRange, Protocol};
 
     fn p(source: u8, port: i64) -> Policy {
-        let g = |n: u8| {
+        let g = |n: u8| -> Guid {
             format!("{n:08x}-0000-4000-8000-000000000000")
                 .parse()
                 .unwrap()
         };
         Policy {
-            source: g(source),
+            source: g(source).into(),
             destination: g(0),
             protocol: Protocol::Tcp,
             ports: PortRange::new(port, port).unwrap(),
