@@ -331,7 +331,6 @@ async fn a_cell_renews_its_credential_with_its_own_key_and_keeps_working_across_
     let m = Maintenance::new(
         rt.ca.clone(),
         rt.store().clone(),
-        rt.issuance.ledger().clone(),
         tokio::sync::watch::channel(None).1,
         rt.clock.clone(),
     )

@@ -250,7 +250,7 @@ async fn a_writer_cancelled_inside_its_transaction_leaves_no_transaction_open() 
         .unwrap();
     let cancelled = tokio::time::timeout(
         Duration::from_millis(500),
-        store.apply_ca_changes(&[], &[], 0),
+        store.apply_ca_changes(&[], &[], &[], 0),
     )
     .await;
     assert!(cancelled.is_err(), "the writer waited for the lock");
@@ -282,10 +282,13 @@ async fn a_writer_cancelled_inside_its_transaction_leaves_no_transaction_open() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::timeout(Duration::from_secs(5), store.apply_ca_changes(&[], &[], 0))
-        .await
-        .expect("the next writer is not blocked")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        store.apply_ca_changes(&[], &[], &[], 0),
+    )
+    .await
+    .expect("the next writer is not blocked")
+    .unwrap();
     other.close().await.unwrap();
     store.close().await;
     drop_pg_database(&url).await;
@@ -384,4 +387,57 @@ fn a_server_on_postgresql_starts_in_a_new_data_directory_and_logs_no_notices() {
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(drop_pg_database(&url));
+}
+
+/// A CA step and its ledger records commit together: a step that fails leaves neither, one
+/// that succeeds leaves both, numbered after what the ledger writer appended.
+#[tokio::test]
+async fn a_ca_step_and_its_ledger_records_commit_together() {
+    use idmint::store::{CaChange, LedgerRecord};
+    let url = fresh_pg_database("ca_step").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), &url, Init::CreateIfMissing).await;
+    let store = rt.store().clone();
+    let before = rt.audit.entry_count().await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let mut event = LedgerRecord {
+        reason: Some("test step".into()),
+        ..LedgerRecord::bare(EntryKind::Ca, now)
+    };
+    event.leaf_hash = idmint::ledger::leaf_hash(&event);
+    let unknown = CaChange {
+        fingerprint: "00".repeat(32),
+        state: Some("retired"),
+        activated_at: None,
+        retired_at: Some(now.unix_timestamp()),
+        pruned_at: None,
+    };
+    let failed = store
+        .apply_ca_changes(&[], &[unknown], std::slice::from_ref(&event), 0)
+        .await;
+    assert!(failed.is_err(), "a change of no certificate is refused");
+    assert_eq!(
+        rt.audit.entry_count().await.unwrap(),
+        before,
+        "nor recorded"
+    );
+
+    store
+        .apply_ca_changes(&[], &[], std::slice::from_ref(&event), 0)
+        .await
+        .unwrap();
+    // The ledger writer carries on after it, densely.
+    let svid = agent::obtain_svid(&rt.issuance, placement(), None)
+        .await
+        .unwrap();
+    assert_eq!(svid.cert.ledger_seq, before + 1);
+    let entries = rt.audit.list(&LedgerFilter::default()).await.unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..=before + 1).collect::<Vec<_>>());
+    assert_eq!(
+        entries[before as usize].record.reason.as_deref(),
+        Some("test step")
+    );
+    rt.shutdown().await;
+    drop_pg_database(&url).await;
 }

@@ -133,15 +133,9 @@ impl Runtime {
             )
             .await
             .context("cannot load the revocations")?;
-            let jwt = JwtKeys::load(
-                config.jwt,
-                store.clone(),
-                log_keys.kek(),
-                ledger.clone(),
-                clock.clone(),
-            )
-            .await
-            .context("cannot load the JWT-SVID signing keys")?;
+            let jwt = JwtKeys::load(config.jwt, store.clone(), log_keys.kek(), clock.clone())
+                .await
+                .context("cannot load the JWT-SVID signing keys")?;
             let federation = Federation::new(config.federation.clone(), clock.clone())
                 .map_err(anyhow::Error::msg)?;
             Ok::<_, anyhow::Error>((revocations, jwt, federation))

@@ -235,13 +235,7 @@ pub(super) fn start_ca_maintenance(
         rt.spawn("upstream CA files", move |token| watch.run(clock, token));
         return Ok(None);
     }
-    let maintenance = Maintenance::new(
-        rt.ca.clone(),
-        rt.store().clone(),
-        ledger,
-        fleet,
-        rt.clock.clone(),
-    )?;
+    let maintenance = Maintenance::new(rt.ca.clone(), rt.store().clone(), fleet, rt.clock.clone())?;
     let Some(maintenance) = maintenance else {
         return Ok(None);
     };

@@ -15,7 +15,6 @@ use crate::ca::rotate::{CaEvent, Rotator, Target};
 use crate::ca::rotation::{self, FleetAck, Policy, State, Step};
 use crate::ca::{CertificateAuthority, Error, Role};
 use crate::clock::Clock;
-use crate::ledger::Ledger;
 use crate::store::{EntryKind, Lead, Leader, LedgerRecord, Store};
 
 /// How often the schedule is checked.
@@ -108,7 +107,6 @@ pub struct Maintenance {
     /// Whether `leader` is held, for the metrics.
     leads: Arc<AtomicBool>,
     ca: Arc<CertificateAuthority>,
-    ledger: Ledger,
     policy: Policy,
     /// The lowest bundle generation every connected sidecar has acknowledged (`None`: no
     /// sidecar connected).
@@ -127,7 +125,6 @@ impl Maintenance {
     pub fn new(
         ca: Arc<CertificateAuthority>,
         store: Store,
-        ledger: Ledger,
         fleet: watch::Receiver<Option<u64>>,
         clock: Clock,
     ) -> Result<Option<Maintenance>, Error> {
@@ -152,7 +149,6 @@ impl Maintenance {
             leader: None,
             leads: Arc::default(),
             ca,
-            ledger,
             policy,
             fleet,
             published: None,
@@ -302,7 +298,8 @@ impl Maintenance {
         Ok(said)
     }
 
-    /// Carries out one step, records its events and returns them as sentences.
+    /// Carries out one step (recorded in the ledger in the same transaction) and returns its
+    /// events as sentences.
     async fn apply(&mut self, step: &Step, now: OffsetDateTime) -> Result<Vec<String>, Error> {
         let events = self.rotator.apply(step, now).await?;
         if let Step::PrepareRoot = step {
@@ -324,10 +321,6 @@ impl Maintenance {
         let mut said = Vec::with_capacity(events.len());
         for e in &events {
             tracing::info!(role = e.cert.role.as_str(), fingerprint = %e.cert.fingerprint, "{}", e.what);
-            self.ledger
-                .append(ca_record(e, now))
-                .await
-                .map_err(|err| Error::Inconsistent(format!("recording a CA event: {err}")))?;
             said.push(format!(
                 "{} {}: {}",
                 e.cert.role.as_str(),

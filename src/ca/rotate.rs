@@ -148,8 +148,18 @@ impl Rotator {
             plan.events.push(event(r, what)?);
         }
         let now_ms = crate::clock::unix_ms(now);
+        // The step and its ledger records commit together: no CA change goes unrecorded.
+        let records: Vec<_> = plan
+            .events
+            .iter()
+            .map(|e| {
+                let mut r = super::maintenance::ca_record(e, now);
+                r.leaf_hash = crate::ledger::leaf_hash(&r);
+                r
+            })
+            .collect();
         self.store
-            .apply_ca_changes(&plan.new, &plan.changes, now_ms)
+            .apply_ca_changes(&plan.new, &plan.changes, &records, now_ms)
             .await?;
         self.reload().await?;
         Ok(plan.events)

@@ -17,7 +17,6 @@ use super::token::{Claims, SigningKey};
 use crate::ca::{rotation::State, Kek};
 use crate::clock::{unix_ms, Clock};
 use crate::ids::Ttl;
-use crate::ledger::Ledger;
 use crate::store::{EntryKind, JwtKeyChange, JwtKeyRecord, LedgerRecord, Store};
 
 /// Share of a key's signing time after which its successor is published.
@@ -49,8 +48,6 @@ pub enum Error {
     Sealed(#[from] crate::ca::Error),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
-    #[error("the ledger cannot record the JWT key change: {0}")]
-    Ledger(#[from] crate::ledger::Error),
 }
 
 /// What the schedule needs to know about one key.
@@ -145,7 +142,6 @@ pub struct JwtKeys {
     changed: watch::Sender<u64>,
     store: Store,
     kek: Arc<Kek>,
-    ledger: Ledger,
     clock: Clock,
 }
 
@@ -155,7 +151,6 @@ impl JwtKeys {
         settings: Settings,
         store: Store,
         kek: Arc<Kek>,
-        ledger: Ledger,
         clock: Clock,
     ) -> Result<Arc<JwtKeys>, Error> {
         let keys = Arc::new(JwtKeys {
@@ -168,7 +163,6 @@ impl JwtKeys {
             changed: watch::Sender::new(0),
             store,
             kek,
-            ledger,
             clock,
         });
         keys.maintain().await?;
@@ -225,12 +219,18 @@ impl JwtKeys {
         let steps = due(&views(&records), now_ms, &self.settings);
         if !steps.is_empty() {
             let (changes, events) = self.plan(&steps, now)?;
+            // The changes and their ledger records commit together.
+            let events: Vec<LedgerRecord> = events
+                .into_iter()
+                .map(|mut r| {
+                    r.leaf_hash = crate::ledger::leaf_hash(&r);
+                    r
+                })
+                .collect();
             let read = seen(&records);
-            if self.store.change_jwt_keys(&read, &changes, now_ms).await? {
-                for event in events {
-                    self.ledger.append(event).await?;
-                }
-            }
+            self.store
+                .change_jwt_keys(&read, &changes, &events, now_ms)
+                .await?;
             records = self.store.jwt_keys().await?;
         }
         if self.now().seen != seen(&records) {

@@ -331,7 +331,10 @@ mod tests {
     }
 
     fn trust_domains(c: &CertificateValidationContext) -> Vec<String> {
-        let config = c.custom_validator_config.as_ref().expect("SPIFFE validator");
+        let config = c
+            .custom_validator_config
+            .as_ref()
+            .expect("SPIFFE validator");
         let any = config.typed_config.as_ref().unwrap();
         SpiffeCertValidatorConfig::decode(any.value.as_slice())
             .unwrap()

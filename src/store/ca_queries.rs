@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::{CaRecord, Error, Store, Topic};
+use super::{CaRecord, Error, LedgerRecord, Store, Topic};
 
 /// One change of a CA certificate's state, by fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,12 +65,14 @@ impl Store {
         Ok(true)
     }
 
-    /// Writes new CA certificates and state changes in one transaction: a rotation step is
-    /// stored whole or not at all, and announced to the servers sharing the database.
+    /// Writes new CA certificates, state changes and the ledger records of the step in one
+    /// transaction: a rotation step is stored and recorded whole or not at all, and announced
+    /// to the servers sharing the database.
     pub async fn apply_ca_changes(
         &self,
         new: &[CaRecord],
         changes: &[CaChange],
+        events: &[LedgerRecord],
         now_ms: i64,
     ) -> Result<(), Error> {
         let mut tx = self.begin_exclusive().await?;
@@ -96,6 +98,7 @@ impl Store {
                 return Err(Error::BadValue("ca_certs.fingerprint"));
             }
         }
+        super::ledger_queries::append_in(&mut tx, self.backend, events).await?;
         self.record_change(&mut tx, Topic::Ca, "", now_ms).await?;
         tx.commit().await?;
         Ok(())

@@ -62,16 +62,20 @@ impl Store {
             .collect()
     }
 
-    /// Applies `changes` in one transaction, announced as a CA change, but only if the keys
-    /// and their states are still `seen` (kid, state): when another server changed them
-    /// first, nothing is written and false is returned.
+    /// Applies `changes` and appends their ledger records `events` in one transaction,
+    /// announced as a CA change, but only if the keys and their states are still `seen`
+    /// (kid, state): when another server changed them first, nothing is written and false is
+    /// returned.
     pub async fn change_jwt_keys(
         &self,
         seen: &[(String, String)],
         changes: &[JwtKeyChange],
+        events: &[super::LedgerRecord],
         now_ms: i64,
     ) -> Result<bool, Error> {
-        let mut tx = self.begin_change().await?;
+        // The writers' lock first, then the feed's, as CA changes take them.
+        let mut tx = self.begin_exclusive().await?;
+        self.lock_changes(&mut tx).await?;
         let rows = sqlx::query("SELECT kid, state FROM jwt_keys ORDER BY created_at_ms, kid")
             .fetch_all(&mut *tx)
             .await?;
@@ -128,6 +132,7 @@ impl Store {
                 }
             }
         }
+        super::ledger_queries::append_in(&mut tx, self.backend, events).await?;
         self.record_change(&mut tx, Topic::Ca, "jwt", now_ms)
             .await?;
         tx.commit().await?;

@@ -247,6 +247,28 @@ impl Store {
     }
 }
 
+/// Appends `records` (leaf hashes set) to the ledger inside `tx`, which holds the writers' lock
+/// (SQLite's write transaction, PostgreSQL's advisory lock): how a change and its ledger
+/// records commit together. Returns the first sequence number. The ledger writer, should it
+/// have counted on those numbers, finds them taken and reads the next one again.
+pub(super) async fn append_in(
+    tx: &mut AnyConnection,
+    backend: Backend,
+    records: &[LedgerRecord],
+) -> Result<i64, Error> {
+    let first = next_seq(tx).await?;
+    if !records.is_empty() {
+        bind_records(
+            sqlx::query(&insert_sql(records.len(), backend)),
+            first,
+            records,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(first)
+}
+
 /// A multi-row INSERT. SQLite gets anonymous `?` placeholders: with numbered ones, SQLite
 /// looks each name up by scanning a list, which makes binding a large statement quadratic.
 /// Binds `records`, numbered from `first`, to an INSERT made by [`insert_sql`].

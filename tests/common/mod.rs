@@ -280,7 +280,6 @@ pub fn maintenance(
     idmint::ca::maintenance::Maintenance::new(
         rt.ca.clone(),
         rt.store().clone(),
-        rt.issuance.ledger().clone(),
         fleet,
         rt.clock.clone(),
     )
