@@ -133,6 +133,9 @@ pub struct Federation {
     foreign: Vec<Foreign>,
     held: Mutex<BTreeMap<String, Held>>,
     published: watch::Sender<Arc<Vec<ForeignBundle>>>,
+    /// The trust domains whose fetches fail while none of their bundles is held yet, so that
+    /// a run of failures is logged once.
+    failing_unheld: Mutex<std::collections::BTreeSet<String>>,
     clock: Clock,
     web_roots: Mutex<BTreeMap<String, Arc<RootCertStore>>>,
 }
@@ -172,6 +175,7 @@ impl Federation {
             foreign,
             held: Mutex::new(held),
             published: watch::Sender::new(Arc::default()),
+            failing_unheld: Mutex::default(),
             clock,
             web_roots: Mutex::default(),
         });
@@ -291,6 +295,10 @@ impl Federation {
                 failures: 0,
             },
         );
+        self.failing_unheld
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(f.trust_domain.as_str());
         if changed {
             tracing::info!(trust_domain = %f.trust_domain, "federation: new bundle taken up");
             self.publish();
@@ -306,7 +314,11 @@ impl Federation {
                 h.failures += 1;
                 h.failures == 1
             }
-            None => true,
+            None => self
+                .failing_unheld
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(f.trust_domain.to_string()),
         }
     }
 
