@@ -96,6 +96,12 @@ fn dev_starts_serves_and_stops_cleanly_on_ctrl_c() {
         }
     };
     let all = printed.join("\n");
+    // The server made its first JWT signing key, which `ca show` lists.
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(idmint(&data).args(["ca", "show", "--json"]))).unwrap();
+    let keys = shown["jwt_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{shown}");
+    assert_eq!(keys[0]["state"], "active");
     for what in [
         "data directory",
         "database",
@@ -379,6 +385,9 @@ fn ca_show_lists_root_and_intermediate_in_both_forms() {
     assert_eq!(fp.len(), 64);
     let table = ok(idmint(&data).args(["ca", "show"]));
     assert!(table.contains(fp), "{table}");
+    // JWT signing keys are made by the server, which has not run yet.
+    assert_eq!(json["jwt_keys"], serde_json::json!([]));
+    assert!(table.contains("JWT-SVID signing keys: none yet"), "{table}");
 
     // Rotation: only what can be rotated, and only through a running service.
     let before = ledger_len(&data);

@@ -169,6 +169,7 @@ async fn show(config: &Config, json: bool) -> Result<()> {
             })
             .collect(),
     };
+    let jwt_keys = store.jwt_keys().await?;
     store.close().await;
     let mode = match &config.ca.mode {
         Mode::SelfSigned => "self-signed",
@@ -189,6 +190,14 @@ async fn show(config: &Config, json: bool) -> Result<()> {
                 "not_before": s.cert.not_before.unix_timestamp(),
                 "not_after": s.cert.not_after.unix_timestamp(),
                 "pem": s.cert.pem(),
+            })).collect::<Vec<_>>(),
+            "jwt_keys": jwt_keys.iter().map(|k| serde_json::json!({
+                "kid": k.kid,
+                "state": k.state,
+                "created_at_ms": k.created_at_ms,
+                "activated_at_ms": k.activated_at_ms,
+                "retired_at_ms": k.retired_at_ms,
+                "removed_at_ms": k.removed_at_ms,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -211,6 +220,34 @@ async fn show(config: &Config, json: bool) -> Result<()> {
         &rows,
     );
     println!("signing key: {}", ca.key_description());
+    println!();
+    if jwt_keys.is_empty() {
+        println!("JWT-SVID signing keys: none yet (the server makes the first when it starts)");
+    } else {
+        let ms = |t: Option<i64>| t.map(|t| table::time_text(t / 1000)).unwrap_or_default();
+        let rows: Vec<Vec<String>> = jwt_keys
+            .iter()
+            .map(|k| {
+                vec![
+                    k.kid.clone(),
+                    k.state.clone(),
+                    ms(Some(k.created_at_ms)),
+                    ms(k.activated_at_ms),
+                    ms(k.retired_at_ms.or(k.removed_at_ms)),
+                ]
+            })
+            .collect();
+        table::print(
+            &[
+                "JWT KEY ID",
+                "STATE",
+                "MADE",
+                "SIGNS FROM",
+                "RETIRED / REMOVED",
+            ],
+            &rows,
+        );
+    }
     Ok(())
 }
 
