@@ -3,9 +3,24 @@
 use ring::digest;
 use serde::Serialize;
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{encode_hex, Error};
+
+/// The URI SANs of `cert`, in order; none when it has no (readable) SAN extension.
+pub fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Root or intermediate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -29,7 +29,7 @@ pub use authority::{
 };
 pub use bootstrap::{chains_to, in_memory, init_self_signed, load, upstream_signing, Init};
 pub use cert_info::{
-    cert_pem, pem_encode, pem_fingerprints, private_key_pem, sha256_hex, CaCert, Role,
+    cert_pem, pem_encode, pem_fingerprints, private_key_pem, sha256_hex, uri_sans, CaCert, Role,
 };
 pub use csr::{CheckedCsr, CsrError, LeafKeyType};
 pub use dev_credentials::{dev_credentials, DevCredentials, PemPair, DEV_ORGANIZATION};

@@ -9,7 +9,7 @@ use rcgen::{
     SanType, SerialNumber,
 };
 use time::OffsetDateTime;
-use x509_parser::prelude::{GeneralName, X509Certificate};
+use x509_parser::prelude::X509Certificate;
 
 use super::serial::random_serial;
 use super::{Error, Settings};
@@ -54,21 +54,7 @@ impl Principal {
         cert: &X509Certificate<'_>,
         settings: &Settings,
     ) -> Result<Principal, PrincipalError> {
-        let uris: Vec<&str> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let uris = super::uri_sans(cert);
         let [id] = uris.as_slice() else {
             return Err(PrincipalError::UriCount(uris.len()));
         };

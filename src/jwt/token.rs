@@ -237,12 +237,6 @@ fn parse(token: &str) -> Result<Parts<'_>, Invalid> {
     })
 }
 
-/// The SPIFFE ID in a token's `sub`, read without checking anything else: which trust
-/// domain's bundle must check it.
-pub fn subject(token: &str) -> Result<SpiffeId, Invalid> {
-    subject_of(&parse(token)?.claims)
-}
-
 fn subject_of(claims: &Map<String, Value>) -> Result<SpiffeId, Invalid> {
     match claims.get("sub") {
         Some(Value::String(s)) => s

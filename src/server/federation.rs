@@ -25,7 +25,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, CertificateError, DigitallySignedStruct, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::clock::Clock;
 use crate::jwt::{jwt_keys_json, BundleDoc, MAX_BUNDLE_BYTES};
@@ -478,16 +478,9 @@ fn spiffe_ids(der: &[u8]) -> Vec<SpiffeId> {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return Vec::new();
     };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(uri) => uri.parse::<SpiffeId>().ok(),
-            _ => None,
-        })
+    crate::ca::uri_sans(&cert)
+        .into_iter()
+        .filter_map(|uri| uri.parse().ok())
         .collect()
 }
 
