@@ -140,16 +140,18 @@ impl IssuanceService {
     }
 
     /// A JWT-SVID for `caller`, placed as [`IssuanceService::sign_as`] places a certificate.
+    /// An audience no token can carry is refused first, before anything is recorded.
     pub async fn sign_jwt_as(
         &self,
         caller: &Caller,
         mut req: JwtRequest,
         now: OffsetDateTime,
     ) -> Result<SignedJwt, Error> {
+        check_audience(&req.audience)?;
         req.placement = self
             .placed_for(caller, req.placement, Asked::JwtSvid, now)
             .await?;
-        self.sign_jwt_at(req, now).await
+        self.issue_jwt(req, now).await
     }
 
     /// The placement `caller` may have an identity for: an operator's as given, a cell's as
@@ -237,11 +239,16 @@ impl IssuanceService {
         req: JwtRequest,
         now: OffsetDateTime,
     ) -> Result<SignedJwt, Error> {
+        check_audience(&req.audience)?;
+        self.issue_jwt(req, now).await
+    }
+
+    /// A JWT-SVID for a placement already checked, with an audience already checked,
+    /// recorded before it is returned.
+    async fn issue_jwt(&self, req: JwtRequest, now: OffsetDateTime) -> Result<SignedJwt, Error> {
         let Some(jwt) = &self.jwt else {
             return Err(unavailable(crate::jwt::keys::Error::NoActiveKey));
         };
-        crate::jwt::token::check_audience(&req.audience)
-            .map_err(|e| Error::Refused(Cause::Audience(e)))?;
         let p = &req.placement;
         self.refuse_revoked(p, now).await?;
         let subject = self
@@ -390,6 +397,11 @@ impl Authority for IssuanceService {
 enum Asked {
     Certificate,
     JwtSvid,
+}
+
+/// Refuses an audience list no JWT-SVID can carry.
+fn check_audience(audience: &[String]) -> Result<(), Error> {
+    crate::jwt::token::check_audience(audience).map_err(|e| Error::Refused(Cause::Audience(e)))
 }
 
 fn unavailable(e: impl Into<Cause>) -> Error {
