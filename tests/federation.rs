@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::dev::*;
 use common::envoy::*;
+use common::workload_client as workload;
 use idmint::clock::Clock;
 use idmint::jwt::BundleDoc;
 use idmint::server::federation::{Federation, FetchError, Foreign, Profile};
@@ -25,15 +26,6 @@ const TD_B: &str = "fb.example";
 
 fn id_in(td: &str, n: u8) -> String {
     format!("spiffe://{td}/org/{ORG}/space/{SPACE}/app/{}", app(n))
-}
-
-/// Runs `tests/workload_client.py` on `socket`: one JSON value per line it printed.
-fn workload(socket: &str, args: &[&str]) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload_client.py");
-    common::python3(&[&[script, socket][..], args].concat(), &[])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// How many roots of `td` the Workload API on `socket` gives.

@@ -161,14 +161,7 @@ fn two_agents_serve_their_own_cells_and_keep_serving_while_the_server_is_down() 
     // connection, checked against the JWT keys the server streamed to the agent; and the
     // federated trust domain's bundle beside ours.
     let socket = data1.join("sds").join(format!("{INSTANCE}.sock"));
-    let workload = |args: &[&str]| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload_client.py");
-        let out = python3(
-            &[&[script, socket.to_str().unwrap()][..], args].concat(),
-            &[],
-        );
-        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
-    };
+    let workload = |args: &[&str]| workload_client(socket.to_str().unwrap(), args).remove(0);
     let jwt = workload(&["jwt", "orders"]);
     assert_eq!(jwt["verified"], true, "{jwt}");
     assert_eq!(jwt["spiffe_id"], expected_spiffe_id());

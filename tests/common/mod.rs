@@ -417,6 +417,16 @@ pub fn python3(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `tests/workload_client.py`, a stock gRPC client of the Workload API, on `socket`:
+/// one JSON value per line it printed.
+pub fn workload_client(socket: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload_client.py");
+    python3(&[&[script, socket][..], args].concat(), &[])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The serial (lowercase hex, as the ledger writes it) of the first certificate in `pem`.
 pub fn serial_of_pem(pem: &[u8]) -> String {
     let block = pem::parse_many(pem).unwrap().remove(0);
