@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::dev::*;
 
-/// Runs `tests/workload_client.py` on `socket`: one JSON value per line it printed.
-fn client(socket: &str, args: &[&str]) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload_client.py");
-    common::python3(&[&[script, socket][..], args].concat(), &[])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn serial_of(cert_pem: &Path) -> String {
     common::serial_of_pem(&std::fs::read(cert_pem).unwrap())
 }
@@ -68,7 +59,7 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     assert_eq!(said.trim(), format!("valid for {}", spiffe_id(1)));
 
     // The SVID: the instance's certificate, its chain, a key that is its own, the roots.
-    let got = client(&socket, &["svid"]);
+    let got = common::workload_client(&socket, &["svid"]);
     let svid = &got[0]["svids"][0];
     assert_eq!(svid["spiffe_id"], spiffe_id(1));
     assert_eq!(svid["serial"], serial_of(&files.join("instance.crt")));
@@ -76,12 +67,12 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     assert_eq!(svid["chain"], 2, "leaf and intermediate");
     assert_eq!(svid["roots"], 1);
     assert_eq!(got[0]["crls"], 0, "nothing revoked");
-    let bundles = client(&socket, &["bundles"]);
+    let bundles = common::workload_client(&socket, &["bundles"]);
     assert_eq!(bundles[0]["bundles"]["spiffe://cf.internal"], 1);
 
     // A JWT-SVID for two audiences, its ES256 signature checked by Python's cryptography
     // against the JWK set of FetchJWTBundles.
-    let jwt = client(&socket, &["jwt", "api", "queue"]);
+    let jwt = common::workload_client(&socket, &["jwt", "api", "queue"]);
     assert_eq!(jwt[0]["verified"], true, "{jwt:?}");
     assert_eq!(jwt[0]["spiffe_id"], spiffe_id(1));
     let claims = &jwt[0]["claims"];
@@ -91,13 +82,13 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     assert_eq!(life, 300, "5 minutes by default");
 
     // Bad calls: no security header; a JWT-SVID for no audience.
-    let refused = client(&socket, &["no-header"]);
+    let refused = common::workload_client(&socket, &["no-header"]);
     assert_eq!(refused[0]["code"], "INVALID_ARGUMENT");
     assert!(refused[0]["details"]
         .as_str()
         .unwrap()
         .contains("workload.spiffe.io"));
-    let jwt = client(&socket, &["jwt"]);
+    let jwt = common::workload_client(&socket, &["jwt"]);
     assert_eq!(jwt[0]["code"], "INVALID_ARGUMENT");
     assert!(jwt[0]["details"].as_str().unwrap().contains("audience"));
 
@@ -105,7 +96,7 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     let old = serial_of(&files.join("instance.crt"));
     let follower = {
         let socket = socket.clone();
-        std::thread::spawn(move || client(&socket, &["follow", "3"]))
+        std::thread::spawn(move || common::workload_client(&socket, &["follow", "3"]))
     };
     std::thread::sleep(Duration::from_millis(500));
     let out = idmint.cli(&[
@@ -128,10 +119,15 @@ fn an_app_gets_its_identity_from_the_workload_api_and_follows_it() {
     assert_eq!(last["svids"][0]["key_matches"], true);
     assert_eq!(last["crls"], 1, "the CRL listing the old one");
 
-    // Deregistered: the endpoint file goes with the instance's other files.
+    // Deregistered: the endpoint file goes with the instance's other files, once the agent
+    // has stopped serving the instance (it does so after the deregistration returns).
     let out = idmint.cli(&["instance", "deregister", &instance(1)]);
     assert!(out.status.success());
-    assert!(!endpoint.exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while endpoint.exists() {
+        assert!(Instant::now() < deadline, "the endpoint file stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The SPIFFE Workload API client of the Rust `spiffe` crate, as an app would hold it: an
