@@ -8,7 +8,9 @@ use anyhow::{ensure, Result};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair};
 
-use super::{bench_placement, bench_runtime, fresh_bench_dir, next, process_cpu_seconds, queue};
+use super::{
+    bench_placement, bench_runtime, fresh_bench_dir, next, process_cpu_seconds, queue, run_cores,
+};
 use crate::api::JwtRequest;
 use crate::config::Config;
 use crate::ids::CellId;
@@ -18,13 +20,7 @@ const TARGET: f64 = 50.0;
 
 /// Runs the benchmark on a fresh SQLite store and prints its table.
 pub async fn run(config: Config, count: usize, concurrency: usize) -> Result<()> {
-    ensure!(
-        count > 0 && concurrency > 0,
-        "--count and --concurrency must be at least 1"
-    );
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = run_cores(count, concurrency)?;
     let ceiling_before = tokio::task::spawn_blocking(move || es256_ceiling(count, cores)).await??;
     let dir = fresh_bench_dir()?;
     std::fs::create_dir_all(&dir)?;

@@ -38,15 +38,21 @@ struct Sample {
     signature: Vec<u8>,
 }
 
-/// The cores, the CSRs (made untimed) and the ceiling measured once before the run.
-async fn prepare(count: usize, concurrency: usize) -> Result<(usize, Arc<Vec<Sample>>, f64)> {
+/// The cores a run of `count` requests, `concurrency` at a time, spreads over; refused when
+/// either is 0.
+fn run_cores(count: usize, concurrency: usize) -> Result<usize> {
     ensure!(
         count > 0 && concurrency > 0,
         "--count and --concurrency must be at least 1"
     );
-    let cores = std::thread::available_parallelism()
+    Ok(std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
+        .unwrap_or(1))
+}
+
+/// The cores, the CSRs (made untimed) and the ceiling measured once before the run.
+async fn prepare(count: usize, concurrency: usize) -> Result<(usize, Arc<Vec<Sample>>, f64)> {
+    let cores = run_cores(count, concurrency)?;
     println!("preparing {count} CSRs (not timed)…");
     let samples = Arc::new(tokio::task::spawn_blocking(move || make_samples(count, cores)).await??);
     let ceiling = ceiling(&samples, cores).await?;
